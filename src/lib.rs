@@ -1,0 +1,17 @@
+//! daps: Decoupled Annealing Posterior Sampling for inverse problems with diffusion priors.
+//!
+//! The crate is split by domain: [`prior`] (EDM denoisers), [`operator`] (forward maps and
+//! noise), [`sampler`] (DAPS, DPS and their sub-steps), [`schedule`] (noise-level grids),
+//! [`exact`] (closed-form Gaussian-mixture posteriors), [`metric`] and [`bench`].
+
+pub mod bench;
+pub mod error;
+pub mod exact;
+pub mod metric;
+pub mod noise;
+pub mod operator;
+pub mod prior;
+pub mod sampler;
+pub mod schedule;
+
+pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! Metrics.
+
+pub mod image;

@@ -1,0 +1,80 @@
+//! Forward operators A and their measurement-noise model.
+//!
+//! An operator maps a batch `[B, ...]` to a batch of measurements `[B, ...]`. The data-fidelity
+//! gradient needs Jᵀv; the default computes it with candle autograd through [`Operator::forward`],
+//! and operators with a cheaper closed form (matrices, FFTs) override [`Operator::vjp`].
+
+pub mod blur;
+pub mod fft;
+pub mod inpaint;
+pub mod linear;
+pub mod pointwise;
+pub mod resize;
+pub mod toy;
+
+use crate::error::{Error, Result};
+use crate::noise::NoiseSource;
+use candle_core::{Tensor, Var};
+
+pub use linear::MatrixOperator;
+pub use pointwise::Hdr;
+pub use toy::TrapOperator;
+
+pub trait Operator: Send + Sync {
+    /// A(x), differentiable in `x`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// Jᵀ v at `x` (the vector–Jacobian product). Default: autograd through `forward`.
+    fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let xv = Var::from_tensor(&x.detach())?;
+        let out = self.forward(xv.as_tensor())?;
+        let s = (out * v.detach())?.sum_all()?;
+        let grads = s.backward()?;
+        grads.get(xv.as_tensor()).cloned().ok_or_else(|| {
+            Error::msg(format!("{}: no gradient reached the input", self.name()))
+        })
+    }
+
+    /// A short human-readable description.
+    fn name(&self) -> String;
+
+    /// The operator as an explicit matrix `[d_y, d]` acting on flattened samples, when linear.
+    fn matrix(&self) -> Option<&nalgebra::DMatrix<f64>> {
+        None
+    }
+}
+
+/// A measurement y = A(x) + σ_y·n with Gaussian noise.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// `[B, ...]` or `[1, ...]` (then shared by every chain).
+    pub y: Tensor,
+    pub sigma_y: f64,
+}
+
+impl Measurement {
+    /// Simulates y = A(x) + σ_y·n.
+    pub fn simulate(
+        op: &dyn Operator,
+        x: &Tensor,
+        sigma_y: f64,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Self> {
+        let ax = op.forward(x)?;
+        let n = noise.randn(ax.shape(), ax.device())?;
+        let y = (ax + (n * sigma_y)?)?;
+        Ok(Self { y, sigma_y })
+    }
+
+    /// Per-chain residual r = A(x) − y, broadcasting a shared y.
+    pub fn residual(&self, op: &dyn Operator, x: &Tensor) -> Result<Tensor> {
+        let ax = op.forward(x)?;
+        Ok(ax.broadcast_sub(&self.y)?)
+    }
+}
+
+/// Per-chain squared norms Σ r² over all but the first dimension, as `[B]`.
+pub fn per_chain_sq_norm(r: &Tensor) -> Result<Tensor> {
+    let b = r.dim(0)?;
+    Ok(r.reshape((b, ()))?.sqr()?.sum(1)?)
+}
