@@ -38,7 +38,12 @@ fn quad_s(ch: &Cholesky<f64, Dyn>, r: &DVector<f64>) -> f64 {
 }
 
 impl<'a> Conditioner<'a> {
-    pub fn new(gmm: &'a GaussianMixture, a: &'a DMatrix<f64>, sigma_y: f64, sigma: Option<f64>) -> Self {
+    pub fn new(
+        gmm: &'a GaussianMixture,
+        a: &'a DMatrix<f64>,
+        sigma_y: f64,
+        sigma: Option<f64>,
+    ) -> Self {
         let dy = a.nrows();
         let gains = gmm
             .eigen()
@@ -69,11 +74,21 @@ impl<'a> Conditioner<'a> {
                 }
             })
             .collect();
-        Self { gmm, a, sigma_y, sigma, gains }
+        Self {
+            gmm,
+            a,
+            sigma_y,
+            sigma,
+            gains,
+        }
     }
 
     /// For component k and (optional) x_σ: (log prior weight, eigen-coords shift g⊙z, A·mean).
-    fn component(&self, k: usize, xt: Option<(&DVector<f64>, &DVector<f64>)>) -> (f64, Option<DVector<f64>>, DVector<f64>) {
+    fn component(
+        &self,
+        k: usize,
+        xt: Option<(&DVector<f64>, &DVector<f64>)>,
+    ) -> (f64, Option<DVector<f64>>, DVector<f64>) {
         let e: &Eigen = &self.gmm.eigen()[k];
         let lw = self.gmm.weights()[k].ln();
         let g = &self.gains[k];
@@ -110,7 +125,12 @@ impl<'a> Conditioner<'a> {
     }
 
     /// One exact draw for one chain; `xt` is x_σ when conditioning on it.
-    pub fn draw(&self, xt: Option<&DVector<f64>>, y: &DVector<f64>, rng: &mut impl Rng) -> (DVector<f64>, usize) {
+    pub fn draw(
+        &self,
+        xt: Option<&DVector<f64>>,
+        y: &DVector<f64>,
+        rng: &mut impl Rng,
+    ) -> (DVector<f64>, usize) {
         let kk = self.gmm.n_components();
         let ax = xt.map(|x| self.a * x);
         let mut logits = Vec::with_capacity(kk);
@@ -127,19 +147,57 @@ impl<'a> Conditioner<'a> {
         let e = &self.gmm.eigen()[k];
         let g = &self.gains[k];
         let d = self.gmm.dim();
-        let mut z = DVector::from_fn(d, |j, _| g.sqrt_cov[j] * rng.sample::<f64, _>(StandardNormal));
+        let mut z = DVector::from_fn(d, |j, _| {
+            g.sqrt_cov[j] * rng.sample::<f64, _>(StandardNormal)
+        });
         if let Some(s) = &shifts[k] {
             z += s;
         }
         let xprime = &self.gmm.means()[k] + e.from_eig(&z);
-        let ey = DVector::from_fn(y.len(), |_, _| self.sigma_y * rng.sample::<f64, _>(StandardNormal));
+        let ey = DVector::from_fn(y.len(), |_, _| {
+            self.sigma_y * rng.sample::<f64, _>(StandardNormal)
+        });
         let innov = y - self.a * &xprime - ey;
         (xprime + &g.k * innov, k)
     }
 
+    /// The conditional as an explicit mixture for one chain: (weights, means, covariances).
+    pub fn mixture(
+        &self,
+        xt: Option<&DVector<f64>>,
+        y: &DVector<f64>,
+    ) -> (Vec<f64>, Vec<DVector<f64>>, Vec<DMatrix<f64>>) {
+        let ax = xt.map(|x| self.a * x);
+        let d = self.gmm.dim();
+        let (mut logits, mut means, mut covs) = (Vec::new(), Vec::new(), Vec::new());
+        for k in 0..self.gmm.n_components() {
+            let (lw, shift, a_mean) = self.component(k, xt.zip(ax.as_ref()));
+            let e = &self.gmm.eigen()[k];
+            let g = &self.gains[k];
+            let r = y - &a_mean;
+            logits.push(lw - 0.5 * quad_s(&g.s_chol, &r) - 0.5 * g.logdet_s);
+            let prior_mean = match shift {
+                Some(s) => &self.gmm.means()[k] + e.from_eig(&s),
+                None => self.gmm.means()[k].clone(),
+            };
+            means.push(prior_mean + &g.k * r);
+            let lam_c = g.sqrt_cov.map(|v| v * v);
+            let c = e.apply_fn(&lam_c, &DMatrix::identity(d, d));
+            let kac = &g.k * (self.a * &c);
+            covs.push(&c - kac);
+        }
+        (softmax(&logits), means, covs)
+    }
+
     /// Draws for a batch: `xt` row-major `[B, d]` (ignored when σ is None), `ys` one row or B rows.
     /// Chain b uses stream (seed, b), so results do not depend on the thread count.
-    pub fn draw_batch(&self, xt: Option<&[f64]>, b: usize, ys: &[DVector<f64>], seed: u64) -> Vec<f64> {
+    pub fn draw_batch(
+        &self,
+        xt: Option<&[f64]>,
+        b: usize,
+        ys: &[DVector<f64>],
+        seed: u64,
+    ) -> Vec<f64> {
         let d = self.gmm.dim();
         let mut out = vec![0.0; b * d];
         out.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
@@ -162,7 +220,12 @@ pub struct Posterior<'a> {
 }
 
 impl<'a> Posterior<'a> {
-    pub fn new(gmm: &'a GaussianMixture, a: &'a DMatrix<f64>, sigma_y: f64, y: DVector<f64>) -> Self {
+    pub fn new(
+        gmm: &'a GaussianMixture,
+        a: &'a DMatrix<f64>,
+        sigma_y: f64,
+        y: DVector<f64>,
+    ) -> Self {
         let cond = Conditioner::new(gmm, a, sigma_y, None);
         let mut logits = Vec::new();
         let mut means = Vec::new();
@@ -172,12 +235,18 @@ impl<'a> Posterior<'a> {
             logits.push(gmm.weights()[k].ln() - 0.5 * quad_s(&g.s_chol, &r) - 0.5 * g.logdet_s);
             means.push(&gmm.means()[k] + &g.k * r);
         }
-        Self { weights: softmax(&logits), means, cond, y }
+        Self {
+            weights: softmax(&logits),
+            means,
+            cond,
+            y,
+        }
     }
 
     /// `n` exact posterior samples, row-major `[n, d]`.
     pub fn sample(&self, n: usize, seed: u64) -> Vec<f64> {
-        self.cond.draw_batch(None, n, std::slice::from_ref(&self.y), seed)
+        self.cond
+            .draw_batch(None, n, std::slice::from_ref(&self.y), seed)
     }
 
     /// The component with the largest posterior responsibility for each row of `x` (`[n, d]`).
@@ -190,7 +259,8 @@ impl<'a> Posterior<'a> {
         let consts: Vec<f64> = (0..gmm.n_components())
             .map(|k| {
                 let logdet_sigma: f64 = gmm.eigen()[k].lambda.iter().map(|l| l.ln()).sum();
-                self.weights[k].ln() - 0.5 * (logdet_sigma + dy * s2y.ln() - self.cond.gains[k].logdet_s)
+                self.weights[k].ln()
+                    - 0.5 * (logdet_sigma + dy * s2y.ln() - self.cond.gains[k].logdet_s)
             })
             .collect();
         x.par_chunks(d)

@@ -33,17 +33,21 @@ pub fn mix(mut z: u64) -> u64 {
 
 /// A ChaCha8 generator for stream `(seed, a, b)`.
 pub fn stream(seed: u64, a: u64, b: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(mix(mix(mix(seed) ^ a) ^ b.wrapping_mul(0xD1B5_4A32_D192_ED03)))
+    ChaCha8Rng::seed_from_u64(mix(
+        mix(mix(seed) ^ a) ^ b.wrapping_mul(0xD1B5_4A32_D192_ED03)
+    ))
 }
 
 /// Fills `out` with N(0,1) values, in parallel, deterministically for `(seed, draw)`.
 pub fn fill_normal(out: &mut [f32], seed: u64, draw: u64) {
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        let mut rng = stream(seed, draw, c as u64);
-        for v in chunk.iter_mut() {
-            *v = rng.sample(StandardNormal);
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut rng = stream(seed, draw, c as u64);
+            for v in chunk.iter_mut() {
+                *v = rng.sample(StandardNormal);
+            }
+        });
 }
 
 /// Counter-based seeded noise; see the module docs.

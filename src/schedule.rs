@@ -50,7 +50,13 @@ pub fn annealing_sigmas(
 
 /// The PF-ODE grid from `sigma` down for `m` Euler steps (length m+1).
 /// Main ends at `sigma_min_ode`; legacy's last step goes from `sigma_min_ode` to 0.
-pub fn ode_sigmas(m: usize, sigma: f64, sigma_min_ode: f64, rho: f64, disc: Discretization) -> Vec<f64> {
+pub fn ode_sigmas(
+    m: usize,
+    sigma: f64,
+    sigma_min_ode: f64,
+    rho: f64,
+    disc: Discretization,
+) -> Vec<f64> {
     match disc {
         Discretization::Main => poly_grid(sigma, sigma_min_ode, m + 1, rho),
         Discretization::Legacy => {

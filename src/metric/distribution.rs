@@ -50,9 +50,14 @@ pub fn sliced_wasserstein(a: &[f64], b: &[f64], d: usize, n_dirs: usize, seed: u
         })
         .collect();
     let proj = |x: &[f64], u: &[f64]| -> Vec<f64> {
-        x.chunks(d).map(|r| r.iter().zip(u).map(|(p, q)| p * q).sum()).collect()
+        x.chunks(d)
+            .map(|r| r.iter().zip(u).map(|(p, q)| p * q).sum())
+            .collect()
     };
-    let total: f64 = dirs.par_iter().map(|u| w1_1d(&proj(a, u), &proj(b, u))).sum();
+    let total: f64 = dirs
+        .par_iter()
+        .map(|u| w1_1d(&proj(a, u), &proj(b, u)))
+        .sum();
     total / n_dirs as f64
 }
 
@@ -64,7 +69,11 @@ pub fn mode_weight_tv(weights: &[f64], labels: &[usize]) -> f64 {
         counts[l] += 1;
     }
     let n = labels.len().max(1) as f64;
-    0.5 * weights.iter().zip(&counts).map(|(w, c)| (w - *c as f64 / n).abs()).sum::<f64>()
+    0.5 * weights
+        .iter()
+        .zip(&counts)
+        .map(|(w, c)| (w - *c as f64 / n).abs())
+        .sum::<f64>()
 }
 
 /// Exact W1 (Euclidean cost) between two equal-size point sets with uniform weights: the
@@ -169,7 +178,10 @@ mod tests {
         }
         heap(n, &mut perm, &mut |p| {
             let c: f64 = (0..n)
-                .map(|i| ((a[2 * i] - b[2 * p[i]]).powi(2) + (a[2 * i + 1] - b[2 * p[i] + 1]).powi(2)).sqrt())
+                .map(|i| {
+                    ((a[2 * i] - b[2 * p[i]]).powi(2) + (a[2 * i + 1] - b[2 * p[i] + 1]).powi(2))
+                        .sqrt()
+                })
                 .sum::<f64>()
                 / n as f64;
             best = best.min(c);

@@ -30,9 +30,10 @@ pub trait Operator: Send + Sync {
         let out = self.forward(xv.as_tensor())?;
         let s = (out * v.detach())?.sum_all()?;
         let grads = s.backward()?;
-        grads.get(xv.as_tensor()).cloned().ok_or_else(|| {
-            Error::msg(format!("{}: no gradient reached the input", self.name()))
-        })
+        grads
+            .get(xv.as_tensor())
+            .cloned()
+            .ok_or_else(|| Error::msg(format!("{}: no gradient reached the input", self.name())))
     }
 
     /// A short human-readable description.

@@ -68,9 +68,16 @@ impl Eigen {
 }
 
 enum Path {
-    Iso { var: Vec<f64> },
-    Diag { var: Tensor },
-    Full { q: Vec<Tensor>, lambda: Vec<Vec<f64>> },
+    Iso {
+        var: Vec<f64>,
+    },
+    Diag {
+        var: Tensor,
+    },
+    Full {
+        q: Vec<Tensor>,
+        lambda: Vec<Vec<f64>>,
+    },
 }
 
 /// A Gaussian mixture in R^d.
@@ -156,7 +163,10 @@ impl GaussianMixture {
             }
             eig.push(e);
         }
-        let flat: Vec<f32> = means.iter().flat_map(|m| m.iter().map(|v| *v as f32)).collect();
+        let flat: Vec<f32> = means
+            .iter()
+            .flat_map(|m| m.iter().map(|v| *v as f32))
+            .collect();
         let means_t = Tensor::from_vec(flat, (k, d), device)?;
         let mu_sq = means.iter().map(|m| m.norm_squared()).collect();
         let path = if covs.iter().all(|c| matches!(c, Covariance::Isotropic(_))) {
@@ -179,7 +189,10 @@ impl GaussianMixture {
             }
             Path::Full {
                 q,
-                lambda: eig.iter().map(|e| e.lambda.iter().copied().collect()).collect(),
+                lambda: eig
+                    .iter()
+                    .map(|e| e.lambda.iter().copied().collect())
+                    .collect(),
             }
         };
         Ok(Self {
@@ -196,7 +209,12 @@ impl GaussianMixture {
     }
 
     /// Isotropic components sharing the variance `var`.
-    pub fn isotropic(weights: Vec<f64>, means: Vec<DVector<f64>>, var: f64, device: &Device) -> Result<Self> {
+    pub fn isotropic(
+        weights: Vec<f64>,
+        means: Vec<DVector<f64>>,
+        var: f64,
+        device: &Device,
+    ) -> Result<Self> {
         let k = means.len();
         Self::new(weights, means, vec![Covariance::Isotropic(var); k], device)
     }
@@ -315,13 +333,15 @@ impl GaussianMixture {
                 // logits = bias − ½‖x‖²/lv + x·μ/lv
                 let logits = (xm.broadcast_mul(&inv_t)?
                     - xsq.broadcast_mul(&inv_t)?.affine(0.5, 0.0)?)?
-                    .broadcast_add(&self.row(&bias)?)?;
+                .broadcast_add(&self.row(&bias)?)?;
                 let g = candle_nn::ops::softmax(&logits, 1)?;
                 if want_d {
                     let a: Vec<f64> = (0..k).map(|i| var[i] / lv[i]).collect();
                     let one_m_a: Vec<f64> = a.iter().map(|a| 1.0 - a).collect();
                     let ga = g.broadcast_mul(&self.row(&a)?)?.sum_keepdim(1)?;
-                    let mean_part = g.broadcast_mul(&self.row(&one_m_a)?)?.matmul(&self.means_t)?;
+                    let mean_part = g
+                        .broadcast_mul(&self.row(&one_m_a)?)?
+                        .matmul(&self.means_t)?;
                     Ok((x.broadcast_mul(&ga)? + mean_part)?)
                 } else {
                     let gi = g.broadcast_mul(&inv_t)?;
@@ -333,9 +353,19 @@ impl GaussianMixture {
                 let p = var.affine(1.0, s2)?.recip()?; // [K,d]
                 let mup = (&self.means_t * &p)?;
                 let c: Vec<f64> = {
-                    let musq_p = (self.means_t.sqr()? * &p)?.sum(1)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                    let logdet = var.affine(1.0, s2)?.to_dtype(DType::F64)?.log()?.sum(1)?.to_vec1::<f64>()?;
-                    (0..k).map(|i| logw[i] - 0.5 * musq_p[i] - 0.5 * logdet[i]).collect()
+                    let musq_p = (self.means_t.sqr()? * &p)?
+                        .sum(1)?
+                        .to_dtype(DType::F64)?
+                        .to_vec1::<f64>()?;
+                    let logdet = var
+                        .affine(1.0, s2)?
+                        .to_dtype(DType::F64)?
+                        .log()?
+                        .sum(1)?
+                        .to_vec1::<f64>()?;
+                    (0..k)
+                        .map(|i| logw[i] - 0.5 * musq_p[i] - 0.5 * logdet[i])
+                        .collect()
                 };
                 let quad = (x.sqr()?.matmul(&p.t()?)? - x.matmul(&mup.t()?)?.affine(2.0, 0.0)?)?;
                 let logits = quad.affine(-0.5, 0.0)?.broadcast_add(&self.row(&c)?)?;
@@ -439,7 +469,10 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
 
 pub fn mat_to_tensor(m: &DMatrix<f64>, device: &Device) -> Result<Tensor> {
     let (r, c) = m.shape();
-    let v: Vec<f32> = (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| m[(i, j)] as f32).collect();
+    let v: Vec<f32> = (0..r)
+        .flat_map(|i| (0..c).map(move |j| (i, j)))
+        .map(|(i, j)| m[(i, j)] as f32)
+        .collect();
     Ok(Tensor::from_vec(v, (r, c), device)?)
 }
 
@@ -452,6 +485,10 @@ pub fn rows_to_tensor(v: &[f64], n: usize, d: usize, device: &Device) -> Result<
 pub fn tensor_to_rows(t: &Tensor) -> Result<(Vec<f64>, usize, usize)> {
     let b = t.dim(0)?;
     let d = t.elem_count() / b.max(1);
-    let v = t.reshape((b, d))?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let v = t
+        .reshape((b, d))?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
     Ok((v, b, d))
 }

@@ -130,7 +130,13 @@ impl DapsConfig {
     }
 
     pub fn sigmas(&self) -> Vec<f64> {
-        annealing_sigmas(self.annealing_steps, self.sigma_max, self.sigma_min, self.rho, self.discretization)
+        annealing_sigmas(
+            self.annealing_steps,
+            self.sigma_max,
+            self.sigma_min,
+            self.rho,
+            self.discretization,
+        )
     }
 }
 
@@ -157,7 +163,13 @@ pub fn daps(
         let x0hat = match cfg.x0_method {
             X0Method::Exact => None,
             _ => {
-                let grid = ode_sigmas(cfg.ode_steps, sigma, cfg.sigma_min_ode, cfg.rho, cfg.discretization);
+                let grid = ode_sigmas(
+                    cfg.ode_steps,
+                    sigma,
+                    cfg.sigma_min_ode,
+                    cfg.rho,
+                    cfg.discretization,
+                );
                 let h = ode::euler(p.prior, &x, &grid)?;
                 check_finite(&h, i, "PF-ODE estimate x̂0")?;
                 Some(h)
@@ -210,10 +222,16 @@ struct ExactStep<'a> {
 impl<'a> ExactStep<'a> {
     fn new(p: &Problem<'a>) -> Result<Self> {
         let why = "the exact x0 step needs a Gaussian-mixture prior and a matrix operator";
-        p.prior.as_gmm().ok_or_else(|| Error::Unsupported(why.into()))?;
-        p.operator.matrix().ok_or_else(|| Error::Unsupported(why.into()))?;
+        p.prior
+            .as_gmm()
+            .ok_or_else(|| Error::Unsupported(why.into()))?;
+        p.operator
+            .matrix()
+            .ok_or_else(|| Error::Unsupported(why.into()))?;
         let (yv, b, dy) = tensor_to_rows(&p.measurement.y)?;
-        let ys = (0..b).map(|i| DVector::from_column_slice(&yv[i * dy..(i + 1) * dy])).collect();
+        let ys = (0..b)
+            .map(|i| DVector::from_column_slice(&yv[i * dy..(i + 1) * dy]))
+            .collect();
         Ok(Self { p: *p, ys })
     }
 

@@ -24,7 +24,11 @@ pub struct DpsConfig {
 
 impl Default for DpsConfig {
     fn default() -> Self {
-        Self { steps: 1000, zeta: 1.0, clip: None }
+        Self {
+            steps: 1000,
+            zeta: 1.0,
+            clip: None,
+        }
     }
 }
 
@@ -47,21 +51,27 @@ pub fn dps(
         let ab_prev = if k + 1 < n { vp.alpha_bar[k + 1] } else { 1.0 };
         let sigma = vp.sigma(k);
         let xv = Var::from_tensor(&x)?;
-        let x0hat = p.prior.denoise(&xv.as_tensor().affine(1.0 / ab.sqrt(), 0.0)?, sigma)?;
+        let x0hat = p
+            .prior
+            .denoise(&xv.as_tensor().affine(1.0 / ab.sqrt(), 0.0)?, sigma)?;
         // ∇_x Σ_b ‖A(x̂0_b) − y‖ = J_Dᵀ · J_Aᵀ r/‖r‖, with J_Aᵀ from the operator's own VJP.
         let x0d = x0hat.detach();
         let r = p.measurement.residual(p.operator, &x0d)?;
         let b = r.dim(0)?;
-        let norms = crate::operator::per_chain_sq_norm(&r)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+        let norms = crate::operator::per_chain_sq_norm(&r)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
         let mut nshape = vec![b];
         nshape.extend(std::iter::repeat_n(1, r.rank() - 1));
         let unit = r.broadcast_div(&norms.reshape(nshape)?)?;
         let v = p.operator.vjp(&x0d, &unit)?;
         let grads = (x0hat.clone() * v)?.sum_all()?.backward()?;
-        let g = grads
-            .get(xv.as_tensor())
-            .cloned()
-            .ok_or_else(|| Error::msg(format!("DPS: no gradient flows through the prior {}", p.prior.name())))?;
+        let g = grads.get(xv.as_tensor()).cloned().ok_or_else(|| {
+            Error::msg(format!(
+                "DPS: no gradient flows through the prior {}",
+                p.prior.name()
+            ))
+        })?;
         let mut x0c = x0d;
         if let Some(c) = cfg.clip {
             x0c = x0c.clamp(-c as f32, c as f32)?;

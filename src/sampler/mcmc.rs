@@ -52,7 +52,8 @@ impl Target<'_> {
         let p = &self.problem;
         let r = p.measurement.residual(p.operator, x)?;
         let e_data = per_chain_sq_norm(&r)?.affine(0.5 / (self.tau * self.tau), 0.0)?;
-        let e_prior = per_chain_sq_norm(&(x - self.x0hat)?)?.affine(0.5 / (self.sigma * self.sigma), 0.0)?;
+        let e_prior =
+            per_chain_sq_norm(&(x - self.x0hat)?)?.affine(0.5 / (self.sigma * self.sigma), 0.0)?;
         Ok((e_data + e_prior)?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
     }
 }
@@ -71,7 +72,13 @@ pub fn langevin(t: &Target, steps: usize, lr: f64, noise: &mut dyn NoiseSource) 
 
 /// The official code's HMC (underdamped Langevin): v₀ ~ N(0, I) at each outer step, h = √η,
 /// v ← m·v + h·∇log π(x) + √(2(1−m))·ε, x ← x + h·v.
-pub fn hmc(t: &Target, steps: usize, lr: f64, momentum: f64, noise: &mut dyn NoiseSource) -> Result<Tensor> {
+pub fn hmc(
+    t: &Target,
+    steps: usize,
+    lr: f64,
+    momentum: f64,
+    noise: &mut dyn NoiseSource,
+) -> Result<Tensor> {
     let mut x = t.x0hat.clone();
     let h = lr.sqrt();
     let sd = (2.0 * (1.0 - momentum)).max(0.0).sqrt();
@@ -87,7 +94,12 @@ pub fn hmc(t: &Target, steps: usize, lr: f64, momentum: f64, noise: &mut dyn Noi
 
 /// Random-walk Metropolis–Hastings with proposal x' = x + √η·ε on the Gaussian-prior target.
 /// Returns the final state and the acceptance rate.
-pub fn metropolis(t: &Target, steps: usize, lr: f64, noise: &mut dyn NoiseSource) -> Result<(Tensor, f64)> {
+pub fn metropolis(
+    t: &Target,
+    steps: usize,
+    lr: f64,
+    noise: &mut dyn NoiseSource,
+) -> Result<(Tensor, f64)> {
     let mut x = t.x0hat.clone();
     let b = x.dim(0)?;
     let mut e = t.energy(&x)?;
