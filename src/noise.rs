@@ -13,7 +13,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
-const CHUNK: usize = 1 << 14;
+/// Elements per independent random stream within one draw.
+pub const CHUNK: usize = 1 << 14;
 
 /// A source of standard normal tensors (and of seeds for code that draws on its own).
 pub trait NoiseSource {
@@ -21,6 +22,11 @@ pub trait NoiseSource {
     fn randn(&mut self, shape: &Shape, device: &Device) -> Result<Tensor>;
     /// A fresh 64-bit seed for a sub-computation that needs its own random stream.
     fn fork(&mut self) -> u64;
+    /// For counter-based sources: claims the next draw and returns (seed, draw), so that a fused
+    /// kernel can generate exactly the values [`NoiseSource::randn`] would have returned.
+    fn claim_draw(&mut self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// SplitMix64 finaliser: decorrelates structured seeds.
@@ -73,6 +79,10 @@ impl NoiseSource for SeededNoise {
     fn fork(&mut self) -> u64 {
         self.draws += 1;
         mix(self.seed ^ mix(self.draws.wrapping_add(0x5EED)))
+    }
+    fn claim_draw(&mut self) -> Option<(u64, u64)> {
+        self.draws += 1;
+        Some((self.seed, self.draws - 1))
     }
 }
 

@@ -12,7 +12,11 @@ use daps::schedule::{annealing_sigmas, lr_multiplier, ode_sigmas, Discretization
 use nalgebra::DVector;
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -23,7 +27,10 @@ fn annealing_grid_matches_official_main() {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         // the reference is f32: allow f32 rounding
-        assert!((g - w).abs() <= 1e-6 * w.abs().max(1e-3), "step {i}: {g} vs {w}");
+        assert!(
+            (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+            "step {i}: {g} vs {w}"
+        );
     }
     let grid64 = floats(&j["annealing_grid_float64_Nplus1_points"]);
     let ours = daps::schedule::poly_grid(100.0, 0.1, 201, 7.0);
@@ -42,7 +49,10 @@ fn inner_ode_grid_and_lr_decay_match_official_main() {
         let w = floats(g);
         let ours = ode_sigmas(5, sig[i], 0.01, 7.0, Discretization::Main);
         for (a, b) in ours.iter().zip(&w) {
-            assert!((a - b).abs() <= 2e-6 * b.abs().max(0.01), "outer {i}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 2e-6 * b.abs().max(0.01),
+                "outer {i}: {a} vs {b}"
+            );
         }
     }
     let lr = floats(&j["mcmc_lr_multiplier_per_outer_step_lr_min_ratio_0.01"]);
@@ -74,9 +84,14 @@ fn pf_ode_matches_official_euler_trajectories() {
 #[test]
 fn daps_replay_matches_official_output() {
     let f = load("daps_loop/daps_hdr_gausstoy.safetensors");
-    let prior = GaussianMixture::isotropic(vec![1.0], vec![DVector::zeros(192)], 0.25, &Device::Cpu).unwrap();
+    let prior =
+        GaussianMixture::isotropic(vec![1.0], vec![DVector::zeros(192)], 0.25, &Device::Cpu)
+            .unwrap();
     let op = Hdr::default();
-    let meas = Measurement { y: f["y"].clone(), sigma_y: 0.05 };
+    let meas = Measurement {
+        y: f["y"].clone(),
+        sigma_y: 0.05,
+    };
     let cfg = DapsConfig {
         annealing_steps: 10,
         sigma_max: 10.0,
@@ -97,7 +112,11 @@ fn daps_replay_matches_official_output() {
         draws.push(nd.get(i).unwrap());
     }
     let mut noise = ReplayNoise::new(draws);
-    let p = Problem { prior: &prior, operator: &op, measurement: &meas };
+    let p = Problem {
+        prior: &prior,
+        operator: &op,
+        measurement: &meas,
+    };
     let out = sampler::daps(&p, &cfg, &[1, 3, 8, 8], &mut noise, &mut Silent).unwrap();
     assert_eq!(noise.remaining(), 0);
     let e = rel_err(&vec64(&out), &vec64(&f["output"]));
@@ -109,7 +128,14 @@ fn daps_replay_matches_official_output() {
     for i in 0..nd.dim(0).unwrap() {
         draws2.push(nd.get(i).unwrap());
     }
-    let out2 = sampler::daps(&p, &cfg2, &[1, 3, 8, 8], &mut ReplayNoise::new(draws2), &mut Silent).unwrap();
+    let out2 = sampler::daps(
+        &p,
+        &cfg2,
+        &[1, 3, 8, 8],
+        &mut ReplayNoise::new(draws2),
+        &mut Silent,
+    )
+    .unwrap();
     assert!(rel_err(&vec64(&out2), &vec64(&f["output"])) > 1e-3);
     let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu);
 }

@@ -570,3 +570,34 @@ fn dps_guidance_reduces_the_measurement_misfit() {
     let (m0, m1) = (misfit(0.0), misfit(0.5));
     assert!(m1 < 0.5 * m0, "misfit without guidance {m0}, with {m1}");
 }
+
+/// Hides `claim_draw`, forcing the step-by-step Langevin path.
+struct Plain(SeededNoise);
+impl NoiseSource for Plain {
+    fn randn(&mut self, shape: &candle_core::Shape, device: &Device) -> daps::Result<Tensor> {
+        self.0.randn(shape, device)
+    }
+    fn fork(&mut self) -> u64 {
+        self.0.fork()
+    }
+}
+
+#[test]
+fn fused_langevin_equals_the_step_by_step_update() {
+    let c = x0_case();
+    let p = Problem { prior: &c.gmm, operator: &c.op, measurement: &c.meas };
+    let xt = row_tensor(&[0.2, -0.1].repeat(50_000), 2);
+    let x0hat = c.gmm.denoise(&xt, 0.7).unwrap();
+    let t = Target {
+        problem: p,
+        sigma: 0.7,
+        x0hat: &x0hat,
+        xt: &xt,
+        tau: 0.5,
+        data_gradient: DataGradient::Doubled,
+        prior_term: PriorTerm::Gaussian,
+    };
+    let a = rows(&mcmc::langevin(&t, 20, 1e-2, &mut SeededNoise::new(9)).unwrap());
+    let b = rows(&mcmc::langevin(&t, 20, 1e-2, &mut Plain(SeededNoise::new(9))).unwrap());
+    assert!(rel_err(&a, &b) < 1e-5, "{}", rel_err(&a, &b));
+}

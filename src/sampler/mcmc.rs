@@ -8,7 +8,10 @@ use super::Problem;
 use crate::error::Result;
 use crate::noise::{stream, NoiseSource};
 use crate::operator::per_chain_sq_norm;
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use crate::noise::CHUNK;
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
 use rand::Rng;
 
 /// Everything the kernels need at one outer step.
@@ -24,7 +27,7 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn data_factor(&self) -> f64 {
+    pub fn data_factor(&self) -> f64 {
         match self.data_gradient {
             DataGradient::Paper => 1.0,
             DataGradient::Doubled => 2.0,
@@ -61,6 +64,34 @@ impl Target<'_> {
 /// Unadjusted Langevin: x ← x + η·∇log π(x) + √(2η)·ε.
 pub fn langevin(t: &Target, steps: usize, lr: f64, noise: &mut dyn NoiseSource) -> Result<Tensor> {
     let mut x = t.x0hat.clone();
+    let sd = (2.0 * lr).sqrt();
+    if t.prior_term == PriorTerm::Gaussian && x.device().is_cpu() {
+        // x ← (1 − η/σ²)·x + (η/σ²)·x̂0 − (η·c/τ²)·Jᵀr + √(2η)·ε in one pass per step.
+        let p = &t.problem;
+        let h = t.x0hat.contiguous()?;
+        let k = lr / (t.sigma * t.sigma);
+        for _ in 0..steps {
+            let Some((seed, draw)) = noise.claim_draw() else {
+                return langevin_steps(t, x, steps, lr, noise);
+            };
+            let r = p.measurement.residual(p.operator, &x)?;
+            let g = p.operator.vjp(&x, &r)?.contiguous()?;
+            let op = FusedLangevin {
+                a: (1.0 - k) as f32,
+                b: k as f32,
+                c: (-lr * t.data_factor() / (t.tau * t.tau)) as f32,
+                sd: sd as f32,
+                seed,
+                draw,
+            };
+            x = x.contiguous()?.apply_op3_no_bwd(&h, &g, &op)?;
+        }
+        return Ok(x);
+    }
+    langevin_steps(t, x, steps, lr, noise)
+}
+
+fn langevin_steps(t: &Target, mut x: Tensor, steps: usize, lr: f64, noise: &mut dyn NoiseSource) -> Result<Tensor> {
     let sd = (2.0 * lr).sqrt();
     for _ in 0..steps {
         let s = t.score(&x)?;
@@ -124,4 +155,53 @@ pub fn metropolis(
         x = m.broadcast_as(x.shape())?.where_cond(&prop, &x)?;
     }
     Ok((x, accepted as f64 / (b * steps.max(1)) as f64))
+}
+
+/// a·x + b·x̂0 + c·g + sd·ε on the CPU, with ε generated in place exactly as
+/// [`crate::noise::SeededNoise`] would for the same (seed, draw).
+struct FusedLangevin {
+    a: f32,
+    b: f32,
+    c: f32,
+    sd: f32,
+    seed: u64,
+    draw: u64,
+}
+
+impl CustomOp3 for FusedLangevin {
+    fn name(&self) -> &'static str {
+        "fused-langevin"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+            let (a, b) = l
+                .contiguous_offsets()
+                .ok_or_else(|| candle_core::Error::Msg("fused-langevin: non-contiguous input".into()))?;
+            Ok(&s.as_slice::<f32>()?[a..b])
+        }
+        let (x, h, g) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        if x.len() != h.len() || x.len() != g.len() {
+            candle_core::bail!("fused-langevin: mismatched sizes");
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, o)| {
+            let mut rng = stream(self.seed, self.draw, ci as u64);
+            let base = ci * CHUNK;
+            for (i, v) in o.iter_mut().enumerate() {
+                let e: f32 = rng.sample(StandardNormal);
+                let j = base + i;
+                *v = self.a * x[j] + self.b * h[j] + self.c * g[j] + self.sd * e;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
 }

@@ -1,0 +1,254 @@
+//! The Gaussian-mixture benchmark of MCGdiff (Cardoso et al., ICLR 2024), with the exact
+//! posterior as reference: 25 components on a grid, Σ = I, a random operator with U(0,1)
+//! singular values, random noise level; sliced Wasserstein and mode-weight TV to the truth.
+
+use super::mean_ci95;
+use crate::error::{Error, Result};
+use crate::exact::Posterior;
+use crate::metric::{mode_weight_tv, sliced_wasserstein};
+use crate::noise::{stream, SeededNoise};
+use crate::operator::{MatrixOperator, Measurement};
+use crate::prior::gmm::{rows_to_tensor, tensor_to_rows};
+use crate::prior::GaussianMixture;
+use crate::sampler::{self, DapsConfig, DpsConfig, Problem, Silent, X0Method};
+use candle_core::Device;
+use nalgebra::{DMatrix, DVector};
+use rand::Rng;
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Exact posterior samples against another exact draw: the noise floor of the metrics.
+    Oracle,
+    /// Prior samples that ignore y.
+    Prior,
+    /// DAPS with the closed-form x0 step.
+    DapsExact,
+    /// DAPS with Langevin x0 steps.
+    Daps,
+    /// DPS with as many network evaluations as DAPS.
+    Dps,
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Oracle => "oracle",
+            Method::Prior => "prior",
+            Method::DapsExact => "daps-exact",
+            Method::Daps => "daps",
+            Method::Dps => "dps",
+        }
+    }
+    pub const ALL: [Method; 5] = [Method::Oracle, Method::Prior, Method::DapsExact, Method::Daps, Method::Dps];
+}
+
+#[derive(Debug, Clone)]
+pub struct GmmBenchConfig {
+    pub dims: Vec<usize>,
+    pub dys: Vec<usize>,
+    pub problems: usize,
+    pub samples: usize,
+    pub annealing_steps: usize,
+    pub ode_steps: usize,
+    pub mcmc_steps: usize,
+    /// Langevin step size in units of τ² (τ = σ_y of each problem).
+    pub lr: f64,
+    pub lr_min_ratio: f64,
+    pub dps_zeta: f64,
+    pub methods: Vec<Method>,
+    pub directions: usize,
+}
+
+impl Default for GmmBenchConfig {
+    fn default() -> Self {
+        Self {
+            dims: vec![8, 80, 800],
+            dys: vec![1, 2, 4],
+            problems: 20,
+            samples: 2000,
+            annealing_steps: 200,
+            ode_steps: 5,
+            mcmc_steps: 100,
+            lr: 0.5,
+            lr_min_ratio: 0.01,
+            dps_zeta: 0.3,
+            methods: Method::ALL.to_vec(),
+            directions: 100,
+        }
+    }
+}
+
+impl GmmBenchConfig {
+    /// A small size for CI.
+    pub fn quick() -> Self {
+        Self {
+            dims: vec![8],
+            dys: vec![1, 2],
+            problems: 3,
+            samples: 300,
+            annealing_steps: 40,
+            mcmc_steps: 20,
+            ..Self::default()
+        }
+    }
+}
+
+/// One row of the table (and of the JSON output).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub d: usize,
+    pub d_y: usize,
+    pub method: String,
+    pub sw_mean: f64,
+    pub sw_ci95: f64,
+    pub tv_mean: f64,
+    /// Printed in the table; not part of the JSON record.
+    #[serde(skip)]
+    pub tv_ci95: f64,
+    pub seconds_per_problem: f64,
+    pub problems: usize,
+    pub samples: usize,
+}
+
+/// One benchmark problem.
+pub struct GmmProblem {
+    pub prior: GaussianMixture,
+    pub a: DMatrix<f64>,
+    pub sigma_y: f64,
+    pub y: DVector<f64>,
+}
+
+/// The 25-component prior in dimension d (even): means (−8i, −8j, −8i, −8j, …), i, j ∈ {−2..2},
+/// Σ = I, weights z²/Σz² with z ~ N(0, I) fixed per d.
+pub fn mixture_prior(d: usize, device: &Device) -> Result<GaussianMixture> {
+    if d < 2 || d % 2 != 0 {
+        return Err(Error::config(format!("the mixture benchmark needs an even dimension, got {d}")));
+    }
+    let mut rng = stream(0x6D6978, d as u64, 0);
+    let z: Vec<f64> = (0..25).map(|_| rng.sample::<f64, _>(StandardNormal).powi(2)).collect();
+    let mut means = Vec::with_capacity(25);
+    for i in -2i32..=2 {
+        for j in -2i32..=2 {
+            means.push(DVector::from_fn(d, |k, _| if k % 2 == 0 { -8.0 * i as f64 } else { -8.0 * j as f64 }));
+        }
+    }
+    GaussianMixture::isotropic(z, means, 1.0, device)
+}
+
+/// Problem `i` of cell (d, d_y); `seed` follows the MCGdiff script: 2^{ind_d}·3^{ind_dy} + i.
+pub fn make_problem(d: usize, dy: usize, seed: u64, device: &Device) -> Result<GmmProblem> {
+    let prior = mixture_prior(d, device)?;
+    let mut rng = stream(seed, d as u64, dy as u64);
+    let a0 = DMatrix::from_fn(dy, d, |_, _| rng.sample::<f64, _>(StandardNormal));
+    let svd = a0.svd(true, true);
+    let (u, vt) = (svd.u.unwrap(), svd.v_t.unwrap()); // dy×dy, dy×d
+    let mut s: Vec<f64> = (0..dy).map(|_| rng.random::<f64>()).collect();
+    s.sort_by(|a, b| b.total_cmp(a));
+    let a = u * DMatrix::from_diagonal(&DVector::from_vec(s.clone())) * vt;
+    let sigma_y = rng.random::<f64>() * s[0];
+    let (x, _) = prior.sample(1, rng.random());
+    let y = &a * DVector::from_vec(x) + DVector::from_fn(dy, |_, _| sigma_y * rng.sample::<f64, _>(StandardNormal));
+    Ok(GmmProblem { prior, a, sigma_y, y })
+}
+
+/// Samples from one method, row-major `[n, d]`.
+pub fn run_method(m: Method, p: &GmmProblem, cfg: &GmmBenchConfig, seed: u64, device: &Device) -> Result<Vec<f64>> {
+    let d = p.prior.dim();
+    let n = cfg.samples;
+    let op = MatrixOperator::new(p.a.clone(), &[d], device)?;
+    let y = rows_to_tensor(p.y.as_slice(), 1, p.y.len(), device)?;
+    let meas = Measurement { y, sigma_y: p.sigma_y };
+    let prob = Problem { prior: &p.prior, operator: &op, measurement: &meas };
+    let mut noise = SeededNoise::new(seed);
+    let tau = p.sigma_y;
+    let daps_cfg = DapsConfig {
+        annealing_steps: cfg.annealing_steps,
+        ode_steps: cfg.ode_steps,
+        mcmc_steps: cfg.mcmc_steps,
+        lr: cfg.lr * tau * tau,
+        lr_min_ratio: cfg.lr_min_ratio,
+        tau,
+        ..DapsConfig::default()
+    };
+    let out = match m {
+        Method::Oracle => return Ok(Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone()).sample(n, seed)),
+        Method::Prior => return Ok(p.prior.sample(n, seed).0),
+        Method::DapsExact => {
+            let c = DapsConfig { x0_method: X0Method::Exact, ..daps_cfg };
+            sampler::daps(&prob, &c, &[n, d], &mut noise, &mut Silent)?
+        }
+        Method::Daps => sampler::daps(&prob, &daps_cfg, &[n, d], &mut noise, &mut Silent)?,
+        Method::Dps => {
+            let c = DpsConfig { steps: cfg.annealing_steps * cfg.ode_steps, zeta: cfg.dps_zeta, clip: None };
+            sampler::dps(&prob, &c, &[n, d], &mut noise, &mut Silent)?
+        }
+    };
+    Ok(tensor_to_rows(&out)?.0)
+}
+
+/// Per-problem scores of one method: (SW, TV, seconds).
+pub fn score(
+    m: Method,
+    p: &GmmProblem,
+    post: &Posterior,
+    reference: &[f64],
+    cfg: &GmmBenchConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<(f64, f64, f64)> {
+    let t = Instant::now();
+    let s = run_method(m, p, cfg, seed, device)?;
+    let secs = t.elapsed().as_secs_f64();
+    let d = p.prior.dim();
+    let sw = sliced_wasserstein(&s, reference, d, cfg.directions, seed ^ 0x5157);
+    let tv = mode_weight_tv(&post.weights, &post.assign(&s));
+    Ok((sw, tv, secs))
+}
+
+/// Runs every cell, calling `on_record` as each (d, d_y, method) row completes.
+pub fn run(cfg: &GmmBenchConfig, device: &Device, mut on_record: impl FnMut(&Record) -> Result<()>) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for (id, &d) in cfg.dims.iter().enumerate() {
+        for (iy, &dy) in cfg.dys.iter().enumerate() {
+            if dy > d {
+                return Err(Error::config(format!("d_y = {dy} exceeds d = {d}")));
+            }
+            let mut per: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); cfg.methods.len()];
+            for i in 0..cfg.problems {
+                let seed = 2u64.pow(id as u32) * 3u64.pow(iy as u32) + i as u64;
+                let p = make_problem(d, dy, seed, device)?;
+                let post = Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone());
+                let reference = post.sample(cfg.samples, seed ^ 0xAAAA);
+                for (k, &m) in cfg.methods.iter().enumerate() {
+                    let (sw, tv, secs) = score(m, &p, &post, &reference, cfg, seed.wrapping_mul(31) + k as u64, device)?;
+                    per[k].0.push(sw);
+                    per[k].1.push(tv);
+                    per[k].2.push(secs);
+                }
+            }
+            for (k, &m) in cfg.methods.iter().enumerate() {
+                let (sw_mean, sw_ci95) = mean_ci95(&per[k].0);
+                let (tv_mean, tv_ci95) = mean_ci95(&per[k].1);
+                let r = Record {
+                    d,
+                    d_y: dy,
+                    method: m.name().to_string(),
+                    sw_mean,
+                    sw_ci95,
+                    tv_mean,
+                    tv_ci95,
+                    seconds_per_problem: per[k].2.iter().sum::<f64>() / cfg.problems as f64,
+                    problems: cfg.problems,
+                    samples: cfg.samples,
+                };
+                on_record(&r)?;
+                records.push(r);
+            }
+        }
+    }
+    Ok(records)
+}

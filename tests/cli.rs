@@ -1,0 +1,55 @@
+//! The `daps` binary end to end.
+
+use std::process::Command;
+
+fn daps() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_daps"))
+}
+
+#[test]
+fn bench_gmm_quick_writes_the_documented_records() {
+    let dir = std::env::temp_dir().join(format!("daps-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("gmm.json");
+    let out = daps().args(["bench", "gmm", "--quick", "--json"]).arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("daps-exact") && text.contains("oracle"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let recs = v.as_array().unwrap();
+    assert_eq!(recs.len(), 2 * 5, "2 cells × 5 methods");
+    let keys = ["d", "d_y", "method", "sw_mean", "sw_ci95", "tv_mean", "seconds_per_problem", "problems", "samples"];
+    for r in recs {
+        let o = r.as_object().unwrap();
+        let mut got: Vec<&str> = o.keys().map(|k| k.as_str()).collect();
+        got.sort();
+        let mut want = keys.to_vec();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(o["d"], 8);
+        assert_eq!(o["problems"], 3);
+    }
+    // Exact-step DAPS is far closer to the posterior than the prior is, in both metrics.
+    for dy in [1, 2] {
+        let get = |m: &str, k: &str| {
+            recs.iter()
+                .find(|r| r["method"] == m && r["d_y"] == dy)
+                .unwrap()[k]
+                .as_f64()
+                .unwrap()
+        };
+        assert!(get("daps-exact", "sw_mean") < 0.5 * get("prior", "sw_mean"));
+        assert!(get("daps-exact", "tv_mean") < 0.5 * get("prior", "tv_mean"));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let out = daps().args(["bench", "gmm", "--quick", "--methods", "magic"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown method 'magic'"));
+    let out = daps().args(["bench", "gmm", "--quick", "--d", "7"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("even dimension"));
+}
