@@ -1,1 +1,414 @@
-//! (in progress)
+//! VP (DDPM) noise-prediction networks as EDM denoisers (DAPS `model/precond.py::VPPrecond`),
+//! plus the checkpoint loading shared by the UNets.
+//!
+//! σ ↦ t(σ) = (√(β_min² + 2β_d·ln(1+σ²)) − β_min)/β_d, c_in = 1/√(1+σ²), c_noise = 999·t(σ),
+//! D(x, σ) = x − σ·ε_θ(c_in·x, c_noise)[:, :C] (learned-σ channels dropped).
+
+use crate::error::{Error, Result};
+use crate::prior::Denoiser;
+use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
+/// A network called as `net(x [B,C,H,W], timesteps [B] f32)`, e.g. an ε-prediction UNet.
+pub trait TimestepNet: Send + Sync {
+    /// The raw network output, `[B, C_out, H, W]`. `t` holds one (fractional) timestep per sample.
+    fn forward_t(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
+    fn device(&self) -> &Device;
+    /// The dtype of the parameters; inputs are cast to it.
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+    /// Channels of the data (the first `in_channels()` output channels are the prediction).
+    fn in_channels(&self) -> usize;
+    /// Square training resolution, when known.
+    fn image_size(&self) -> Option<usize> {
+        None
+    }
+    fn describe(&self) -> String;
+}
+
+impl<N: TimestepNet + ?Sized> TimestepNet for Box<N> {
+    fn forward_t(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        (**self).forward_t(x, t)
+    }
+    fn device(&self) -> &Device {
+        (**self).device()
+    }
+    fn dtype(&self) -> DType {
+        (**self).dtype()
+    }
+    fn in_channels(&self) -> usize {
+        (**self).in_channels()
+    }
+    fn image_size(&self) -> Option<usize> {
+        (**self).image_size()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+impl<N: TimestepNet + ?Sized> TimestepNet for Arc<N> {
+    fn forward_t(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        (**self).forward_t(x, t)
+    }
+    fn device(&self) -> &Device {
+        (**self).device()
+    }
+    fn dtype(&self) -> DType {
+        (**self).dtype()
+    }
+    fn in_channels(&self) -> usize {
+        (**self).in_channels()
+    }
+    fn image_size(&self) -> Option<usize> {
+        (**self).image_size()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+/// The continuous VP noise schedule that maps σ to the network's timestep.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum VpSchedule {
+    /// β(t) = β_min + β_d·t (DDPM linear β ∈ [1e-4, 0.02] for β_min 0.1, β_d 19.9).
+    Linear { beta_min: f64, beta_d: f64 },
+    /// β(t) = (a·t + b)², b = √β_min, a = √β_max − √β_min (Stable Diffusion's scaled-linear).
+    ScaledLinear { beta_min: f64, beta_max: f64 },
+}
+
+impl VpSchedule {
+    /// DAPS / EDM `VPPrecond` defaults: β_min 0.1, β_d 19.9.
+    pub fn ddpm() -> Self {
+        VpSchedule::Linear {
+            beta_min: 0.1,
+            beta_d: 19.9,
+        }
+    }
+
+    /// t(σ) ∈ [0, 1], computed in f32 with the same operation order as `VPPrecond.sigma_inv`.
+    pub fn t_of_sigma(&self, sigma: f32) -> f32 {
+        match *self {
+            VpSchedule::Linear { beta_min, beta_d } => {
+                let l = (1.0f32 + sigma * sigma).ln();
+                let inner = (beta_min * beta_min) as f32 + (2.0 * beta_d) as f32 * l;
+                (inner.sqrt() - beta_min as f32) / beta_d as f32
+            }
+            VpSchedule::ScaledLinear { beta_min, beta_max } => {
+                let b = beta_min.sqrt();
+                let a = beta_max.sqrt() - b;
+                let l = (1.0 + (sigma as f64).powi(2)).ln();
+                (((3.0 * a * l + b.powi(3)).cbrt() - b) / a) as f32
+            }
+        }
+    }
+
+    /// σ(t = 1), the largest noise level of the schedule.
+    pub fn sigma_max(&self) -> f64 {
+        let integral = match *self {
+            VpSchedule::Linear { beta_min, beta_d } => 0.5 * beta_d + beta_min,
+            VpSchedule::ScaledLinear { beta_min, beta_max } => {
+                let b = beta_min.sqrt();
+                let a = beta_max.sqrt() - b;
+                ((a + b).powi(3) - b.powi(3)) / (3.0 * a)
+            }
+        };
+        (integral.exp() - 1.0).sqrt()
+    }
+}
+
+/// What the network predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    /// ε: D = x − σ·net(...)[:, :C].
+    Epsilon,
+    /// x0: D = net(...)[:, :C].
+    Sample,
+    /// v = √α·ε − √(1−α)·x0 on the VP input, α = 1/(1+σ²).
+    VPrediction,
+}
+
+/// A VP network wrapped as an EDM denoiser.
+pub struct VpDenoiser<N> {
+    net: N,
+    schedule: VpSchedule,
+    /// c_noise = multiplier·t(σ): 999 for DDPM/ADM checkpoints, 1000 for DAPS's SD wrapper.
+    noise_multiplier: f32,
+    prediction: Prediction,
+}
+
+impl<N: TimestepNet> VpDenoiser<N> {
+    /// DAPS's `VPPrecond` defaults: linear schedule (0.1, 19.9), c_noise = 999·t(σ), ε-prediction.
+    pub fn new(net: N) -> Self {
+        Self {
+            net,
+            schedule: VpSchedule::ddpm(),
+            noise_multiplier: 999.0,
+            prediction: Prediction::Epsilon,
+        }
+    }
+    pub fn with_schedule(mut self, schedule: VpSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+    pub fn with_noise_multiplier(mut self, m: f32) -> Self {
+        self.noise_multiplier = m;
+        self
+    }
+    pub fn with_prediction(mut self, p: Prediction) -> Self {
+        self.prediction = p;
+        self
+    }
+    pub fn net(&self) -> &N {
+        &self.net
+    }
+    pub fn schedule(&self) -> VpSchedule {
+        self.schedule
+    }
+    /// c_in(σ) = 1/√(1+σ²) in f32.
+    pub fn c_in(&self, sigma: f32) -> f32 {
+        1.0 / (sigma * sigma + 1.0).sqrt()
+    }
+    /// The network timestep for σ, in f32 as DAPS computes it.
+    pub fn c_noise(&self, sigma: f32) -> f32 {
+        self.noise_multiplier * self.schedule.t_of_sigma(sigma)
+    }
+}
+
+impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        if sigma.is_nan() || sigma < 0.0 || sigma.is_infinite() {
+            return Err(Error::config(format!("VP denoiser: invalid σ = {sigma}")));
+        }
+        let (b, c, _, _) = x.dims4()?;
+        let channels = self.net.in_channels();
+        crate::error::expect_shape("VP denoiser input channels", &[c], &[channels])?;
+        let out_dtype = x.dtype();
+        let xin = x.to_dtype(self.net.dtype())?;
+        let s = sigma as f32;
+        let c_in = self.c_in(s);
+        let t = Tensor::full(self.c_noise(s), b, xin.device())?;
+        let x_scaled = xin.affine(c_in as f64, 0.0)?;
+        let out = self.net.forward_t(&x_scaled, &t)?;
+        let f = out.narrow(1, 0, channels)?;
+        let d = match self.prediction {
+            Prediction::Epsilon => (&xin - f.affine(s as f64, 0.0)?)?,
+            Prediction::Sample => f,
+            Prediction::VPrediction => {
+                let alpha = 1.0 / (1.0 + sigma * sigma);
+                let eps =
+                    (f.affine(alpha.sqrt(), 0.0)? + x_scaled.affine((1.0 - alpha).sqrt(), 0.0)?)?;
+                (&xin - eps.affine(sigma, 0.0)?)?
+            }
+        };
+        Ok(d.to_dtype(out_dtype)?)
+    }
+
+    fn device(&self) -> &Device {
+        self.net.device()
+    }
+
+    fn name(&self) -> String {
+        let pred = match self.prediction {
+            Prediction::Epsilon => "ε",
+            Prediction::Sample => "x0",
+            Prediction::VPrediction => "v",
+        };
+        format!(
+            "VP denoiser ({pred}-prediction, c_noise = {}·t(σ)) on {}",
+            self.noise_multiplier,
+            self.net.describe()
+        )
+    }
+
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        self.net
+            .image_size()
+            .map(|s| vec![self.net.in_channels(), s, s])
+    }
+}
+
+/// Timesteps as a `[B]` f32 tensor: a 0-dim or one-element tensor is broadcast over the batch.
+pub fn timesteps_for_batch(t: &Tensor, batch: usize) -> candle_core::Result<Tensor> {
+    let t = t.to_dtype(DType::F32)?;
+    match t.dims() {
+        [] => t.reshape(1)?.broadcast_as(batch)?.contiguous(),
+        [1] if batch != 1 => t.broadcast_as(batch)?.contiguous(),
+        [n] if *n == batch => Ok(t),
+        d => candle_core::bail!("timesteps of shape {d:?} do not fit a batch of {batch}"),
+    }
+}
+
+/// Reading state dicts (`.safetensors`, PyTorch `.pt`/`.pth`/`.bin`/`.ckpt`) and checking them
+/// against a model's parameter list.
+pub mod checkpoint {
+    use super::*;
+    use candle_nn::var_builder::SimpleBackend;
+    use candle_nn::VarBuilder;
+    use std::collections::{HashMap, HashSet};
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    /// One `(name, shape)` per parameter, in construction (= PyTorch `state_dict`) order.
+    pub type ParamList = Vec<(String, Vec<usize>)>;
+
+    /// Loads every tensor of a checkpoint onto the CPU, in its stored dtype. PyTorch files may
+    /// nest the weights under `state_dict` or `model`; a DataParallel `module.` prefix is removed.
+    pub fn load_state_dict(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        if !path.is_file() {
+            return Err(Error::Io {
+                path: shown,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
+            });
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let mut tensors: HashMap<String, Tensor> = match ext.as_str() {
+            "safetensors" => candle_core::safetensors::load(path, &Device::Cpu)
+                .map_err(|e| Error::msg(format!("cannot read safetensors file {shown}: {e}")))?,
+            "pt" | "pth" | "bin" | "ckpt" => {
+                let read = |key: Option<&str>| {
+                    candle_core::pickle::read_all_with_key(path, key)
+                        .map_err(|e| Error::msg(format!("cannot read PyTorch file {shown}: {e}")))
+                };
+                let mut all = read(None)?;
+                for key in ["state_dict", "model"] {
+                    if !all.is_empty() {
+                        break;
+                    }
+                    if let Ok(nested) = read(Some(key)) {
+                        all = nested;
+                    }
+                }
+                all.into_iter().collect()
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "weights file {shown}: unknown extension {ext:?} \
+                     (expected .safetensors, .pt, .pth, .bin or .ckpt)"
+                )))
+            }
+        };
+        if tensors.is_empty() {
+            return Err(Error::msg(format!("no tensors found in {shown}")));
+        }
+        if tensors.keys().all(|k| k.starts_with("module.")) {
+            tensors = tensors
+                .into_iter()
+                .map(|(k, v)| (k["module.".len()..].to_string(), v))
+                .collect();
+        }
+        Ok(tensors)
+    }
+
+    /// Checks `tensors` against `expected` (first missing or mis-shaped tensor in parameter
+    /// order, then unexpected extras) and returns a `VarBuilder` over them in `dtype` on `device`.
+    pub fn var_builder(
+        tensors: HashMap<String, Tensor>,
+        expected: &ParamList,
+        dtype: DType,
+        device: &Device,
+        source: &str,
+    ) -> Result<VarBuilder<'static>> {
+        for (name, shape) in expected {
+            match tensors.get(name) {
+                None => {
+                    return Err(Error::msg(format!(
+                        "weights {source} do not fit the model: missing tensor `{name}` \
+                         (expected shape {shape:?})"
+                    )))
+                }
+                Some(t) if t.dims() != shape.as_slice() => {
+                    return Err(Error::Shape {
+                        what: format!("tensor `{name}` of weights {source}"),
+                        expected: shape.clone(),
+                        got: t.dims().to_vec(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        let names: HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        let mut extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !names.contains(k.as_str()))
+            .collect();
+        if !extra.is_empty() {
+            extra.sort();
+            return Err(Error::msg(format!(
+                "weights {source} do not fit the model: unexpected tensor `{}` ({} unexpected)",
+                extra[0],
+                extra.len()
+            )));
+        }
+        let mut map = HashMap::with_capacity(tensors.len());
+        for (k, t) in tensors {
+            map.insert(k, t.to_dtype(dtype)?.to_device(device)?);
+        }
+        Ok(VarBuilder::from_tensors(map, dtype, device))
+    }
+
+    struct Recorder(Arc<Mutex<ParamList>>);
+
+    impl SimpleBackend for Recorder {
+        fn get(
+            &self,
+            s: candle_core::Shape,
+            name: &str,
+            _: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((name.to_string(), s.dims().to_vec()));
+            Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+        }
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+            candle_core::bail!("parameter recorder: `{name}` requested without a shape")
+        }
+        fn contains_tensor(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    /// Runs a model constructor on a `VarBuilder` that only records the requested names and
+    /// shapes (no weights are allocated: every tensor is a broadcast scalar).
+    pub fn record_params<T>(
+        build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+    ) -> Result<ParamList> {
+        let list = Arc::new(Mutex::new(Vec::new()));
+        let vb =
+            VarBuilder::from_backend(Box::new(Recorder(list.clone())), DType::F32, Device::Cpu);
+        build(vb)?;
+        let out = list.lock().unwrap().clone();
+        Ok(out)
+    }
+
+    /// Parses a `*_params.txt` listing (`name<TAB>[d0, d1, ...]` per line).
+    pub fn parse_param_list(text: &str) -> Result<ParamList> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let (name, shape) = l
+                    .split_once('\t')
+                    .ok_or_else(|| Error::msg(format!("bad parameter line {l:?}")))?;
+                let shape: Vec<usize> = serde_json::from_str(shape.trim())
+                    .map_err(|e| Error::msg(format!("bad shape in {l:?}: {e}")))?;
+                Ok((name.to_string(), shape))
+            })
+            .collect()
+    }
+
+    /// Total number of scalars in a parameter list.
+    pub fn num_params(list: &ParamList) -> usize {
+        list.iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+}
