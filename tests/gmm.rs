@@ -48,6 +48,31 @@ fn denoiser_matches_closed_form_for_every_covariance_kind() {
 }
 
 #[test]
+fn shared_variance_fast_path_matches_closed_form() {
+    let d = 6;
+    let mut rng = stream(8, 0, 0);
+    let means: Vec<DVector<f64>> = (0..4)
+        .map(|_| DVector::from_fn(d, |_, _| rng.sample::<f64, _>(StandardNormal)))
+        .collect();
+    let g = GaussianMixture::isotropic(vec![1.0, 2.0, 3.0, 4.0], means, 0.3, &Device::Cpu).unwrap();
+    let pts: Vec<f64> = (0..5 * d)
+        .map(|_| rng.sample::<f64, _>(StandardNormal))
+        .collect();
+    for sigma in [0.1, 1.0, 20.0] {
+        let got = rows(&g.denoise(&row_tensor(&pts, d), sigma).unwrap());
+        for (i, p) in pts.chunks(d).enumerate() {
+            let (_, want) = g.denoise_point(&DVector::from_column_slice(p), sigma);
+            for j in 0..d {
+                assert!(
+                    (got[i * d + j] - want[j]).abs() < 2e-4 * (1.0 + want[j].abs()),
+                    "σ={sigma}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn clean_score_matches_mixture_gradient() {
     // σ = 0: ∇log p(x) = Σ γ_k Σ_k⁻¹ (μ_k − x), checked by central differences of log p.
     let d = 3;

@@ -89,7 +89,8 @@ pub struct GaussianMixture {
     eig: Vec<Eigen>,
     // candle caches
     device: Device,
-    means_t: Tensor, // [K, d]
+    means_t: Tensor,  // [K, d]
+    means_tt: Tensor, // [d, K]
     mu_sq: Vec<f64>,
     path: Path,
 }
@@ -168,6 +169,7 @@ impl GaussianMixture {
             .flat_map(|m| m.iter().map(|v| *v as f32))
             .collect();
         let means_t = Tensor::from_vec(flat, (k, d), device)?;
+        let means_tt = means_t.t()?.contiguous()?;
         let mu_sq = means.iter().map(|m| m.norm_squared()).collect();
         let path = if covs.iter().all(|c| matches!(c, Covariance::Isotropic(_))) {
             Path::Iso {
@@ -203,6 +205,7 @@ impl GaussianMixture {
             eig,
             device: device.clone(),
             means_t,
+            means_tt,
             mu_sq,
             path,
         })
@@ -327,15 +330,24 @@ impl GaussianMixture {
                     .map(|i| logw[i] - 0.5 * self.mu_sq[i] / lv[i] - 0.5 * d * lv[i].ln())
                     .collect();
                 let inv: Vec<f64> = lv.iter().map(|l| 1.0 / l).collect();
-                let xsq = x.sqr()?.sum_keepdim(1)?; // [B,1]
-                let xm = x.matmul(&self.means_t.t()?)?; // [B,K]
+                let xm = x.matmul(&self.means_tt)?; // [B,K]
                 let inv_t = self.row(&inv)?;
-                // logits = bias − ½‖x‖²/lv + x·μ/lv
-                let logits = (xm.broadcast_mul(&inv_t)?
-                    - xsq.broadcast_mul(&inv_t)?.affine(0.5, 0.0)?)?
-                .broadcast_add(&self.row(&bias)?)?;
+                // logits = bias − ½‖x‖²/lv + x·μ/lv; with one shared variance the ‖x‖² term is
+                // the same for every component and cancels in the softmax.
+                let shared = var.iter().all(|v| *v == var[0]);
+                let logits = if shared {
+                    xm.affine(inv[0], 0.0)?.broadcast_add(&self.row(&bias)?)?
+                } else {
+                    let xsq = x.sqr()?.sum_keepdim(1)?; // [B,1]
+                    (xm.broadcast_mul(&inv_t)? - xsq.broadcast_mul(&inv_t)?.affine(0.5, 0.0)?)?
+                        .broadcast_add(&self.row(&bias)?)?
+                };
                 let g = candle_nn::ops::softmax(&logits, 1)?;
-                if want_d {
+                if want_d && shared {
+                    let a = var[0] / lv[0];
+                    let mean_part = g.matmul(&self.means_t)?.affine(1.0 - a, 0.0)?;
+                    Ok((x.affine(a, 0.0)? + mean_part)?)
+                } else if want_d {
                     let a: Vec<f64> = (0..k).map(|i| var[i] / lv[i]).collect();
                     let one_m_a: Vec<f64> = a.iter().map(|a| 1.0 - a).collect();
                     let ga = g.broadcast_mul(&self.row(&a)?)?.sum_keepdim(1)?;
