@@ -1,1 +1,196 @@
-//! (in progress)
+//! Downsampling operators: DAPS super-resolution (antialiased bicubic) and average pooling.
+
+use super::Operator;
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+
+/// Keys cubic kernel with a = −0.5 (MATLAB `imresize`).
+fn cubic(x: f64) -> f64 {
+    let a = x.abs();
+    let (a2, a3) = (a * a, a * a * a);
+    if a <= 1.0 {
+        1.5 * a3 - 2.5 * a2 + 1.0
+    } else if a <= 2.0 {
+        -0.5 * a3 + 2.5 * a2 - 4.0 * a + 2.0
+    } else {
+        0.0
+    }
+}
+
+/// The `[out_len, in_len]` matrix of one axis of Shocher's MATLAB-imresize port (DAPS
+/// `Resizer.contributions`, cubic kernel): kernel stretched by 1/scale when downscaling
+/// (antialiasing), weights normalised per row, mirror boundary (edge repeated).
+pub fn imresize_matrix(in_len: usize, out_len: usize, scale: f64) -> Vec<f64> {
+    let antialias = scale < 1.0;
+    let kernel = |x: f64| {
+        if antialias {
+            scale * cubic(scale * x)
+        } else {
+            cubic(x)
+        }
+    };
+    let width = if antialias { 4.0 / scale } else { 4.0 };
+    let taps = width.ceil() as i64 + 2;
+    let (n, m) = (in_len as f64, out_len as f64);
+    let mut mat = vec![0.0; out_len * in_len];
+    for o in 0..out_len {
+        let shifted = (o + 1) as f64 - (m - n * scale) / 2.0;
+        let centre = shifted / scale + 0.5 * (1.0 - 1.0 / scale);
+        let left = (centre - width / 2.0).floor() as i64;
+        let fov: Vec<i64> = (0..taps).map(|t| left + t - 1).collect();
+        let mut w: Vec<f64> = fov
+            .iter()
+            .map(|&f| kernel(centre - f as f64 - 1.0))
+            .collect();
+        let sum: f64 = w.iter().sum();
+        let sum = if sum == 0.0 { 1.0 } else { sum };
+        w.iter_mut().for_each(|v| *v /= sum);
+        let period = 2 * in_len as i64;
+        for (&f, &wv) in fov.iter().zip(&w) {
+            let j = f.rem_euclid(period);
+            let j = if j >= in_len as i64 {
+                period - 1 - j
+            } else {
+                j
+            };
+            mat[o * in_len + j as usize] += wv;
+        }
+    }
+    mat
+}
+
+fn dims4(x: &Tensor, what: &str) -> Result<(usize, usize, usize, usize)> {
+    x.dims4().map_err(|_| Error::Shape {
+        what: format!("{what} input [B, C, H, W]"),
+        expected: vec![1, 3, 256, 256],
+        got: x.dims().to_vec(),
+    })
+}
+
+/// DAPS `down_sampling`: ×k antialiased bicubic downsampling, y = M_h·x·M_wᵀ per channel,
+/// for a fixed input size H×W (output ⌈H/k⌉×⌈W/k⌉).
+pub struct SuperResolution {
+    factor: usize,
+    in_hw: (usize, usize),
+    m_h: Tensor,
+    m_w: Tensor,
+}
+
+impl SuperResolution {
+    pub fn new(factor: usize, h: usize, w: usize, device: &Device) -> Result<Self> {
+        if factor == 0 || h == 0 || w == 0 {
+            return Err(Error::config(format!(
+                "super-resolution: need factor, H, W ≥ 1, got ×{factor} on {h}×{w}"
+            )));
+        }
+        let scale = 1.0 / factor as f64;
+        let matrix = |n: usize| -> Result<Tensor> {
+            let out = (n as f64 * scale).ceil() as usize;
+            let m: Vec<f32> = if factor == 1 {
+                (0..n * n).map(|i| (i / n == i % n) as u8 as f32).collect()
+            } else {
+                imresize_matrix(n, out, scale)
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect()
+            };
+            Ok(Tensor::from_vec(m, (out, n), device)?)
+        };
+        Ok(Self {
+            factor,
+            in_hw: (h, w),
+            m_h: matrix(h)?,
+            m_w: matrix(w)?,
+        })
+    }
+
+    /// The row matrix M_h `[H/k, H]` and the column matrix M_w `[W/k, W]` (f32).
+    pub fn matrices(&self) -> (&Tensor, &Tensor) {
+        (&self.m_h, &self.m_w)
+    }
+
+    fn check(&self, x: &Tensor) -> Result<()> {
+        let (b, c, _, _) = dims4(x, "super-resolution")?;
+        crate::error::expect_shape(
+            "super-resolution input",
+            x.dims(),
+            &[b, c, self.in_hw.0, self.in_hw.1],
+        )
+    }
+
+    /// M_a·t·M_bᵀ over the last two dims of `t` `[B, C, R, S]`.
+    fn sandwich(t: &Tensor, m_a: &Tensor, m_b: &Tensor) -> Result<Tensor> {
+        let (b, c, r, s) = t.dims4()?;
+        let (m_a, m_b) = (m_a.to_dtype(t.dtype())?, m_b.to_dtype(t.dtype())?);
+        let (ra, sb) = (m_a.dim(0)?, m_b.dim(0)?);
+        let u = t.reshape((b * c * r, s))?.matmul(&m_b.t()?)?; // [BCR, S']
+        let u = u.reshape((b * c, r, sb))?;
+        let y = m_a.broadcast_left(b * c)?.matmul(&u)?; // [BC, R', S']
+        Ok(y.reshape((b, c, ra, sb))?)
+    }
+}
+
+impl Operator for SuperResolution {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check(x)?;
+        Self::sandwich(x, &self.m_h, &self.m_w)
+    }
+
+    /// M_hᵀ·v·M_w.
+    fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.check(x)?;
+        let (b, c, _, _) = x.dims4()?;
+        let expected = [b, c, self.m_h.dim(0)?, self.m_w.dim(0)?];
+        crate::error::expect_shape("super-resolution cotangent", v.dims(), &expected)?;
+        let v = v.to_dtype(x.dtype())?;
+        Self::sandwich(&v, &self.m_h.t()?, &self.m_w.t()?)
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "super-resolution ×{} (bicubic, {}×{})",
+            self.factor, self.in_hw.0, self.in_hw.1
+        )
+    }
+}
+
+/// ×k average pooling (H and W must be multiples of k).
+#[derive(Debug, Clone, Copy)]
+pub struct AvgPool {
+    pub factor: usize,
+}
+
+impl AvgPool {
+    fn check(&self, x: &Tensor) -> Result<(usize, usize)> {
+        let (_, _, h, w) = dims4(x, "average pooling")?;
+        let k = self.factor;
+        if k == 0 || h == 0 || w == 0 || h % k != 0 || w % k != 0 {
+            return Err(Error::config(format!(
+                "average pooling ×{k}: H and W must be positive multiples of {k}, got {h}×{w}"
+            )));
+        }
+        Ok((h, w))
+    }
+}
+
+impl Operator for AvgPool {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check(x)?;
+        Ok(x.avg_pool2d(self.factor)?)
+    }
+
+    /// v spread over each k×k block, divided by k².
+    fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (h, w) = self.check(x)?;
+        let (b, c, _, _) = x.dims4()?;
+        let k = self.factor;
+        crate::error::expect_shape("average pooling cotangent", v.dims(), &[b, c, h / k, w / k])?;
+        let v = v.to_dtype(x.dtype())?;
+        Ok(v.upsample_nearest2d(h, w)?
+            .affine(1.0 / (k * k) as f64, 0.0)?)
+    }
+
+    fn name(&self) -> String {
+        format!("average pooling ×{}", self.factor)
+    }
+}

@@ -1,0 +1,112 @@
+//! PSNR and SSIM against piq 0.8 (fixture `tests/fixtures/metrics`).
+//!
+//! Tolerances (fixture README): PSNR 1e-4 dB, SSIM 1e-5. We compute in f64; piq's float32
+//! values differ from float64 by at most 5e-7 dB (PSNR) and 3e-6 (SSIM).
+
+use candle_core::{DType, Device, Tensor};
+use daps::metric::image::{psnr, ssim, to_unit};
+use daps::Error;
+
+fn dir() -> String {
+    format!("{}/tests/fixtures/metrics", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pairs() -> (Tensor, Tensor) {
+    let t = candle_core::safetensors::load(format!("{}/pairs.safetensors", dir()), &Device::Cpu)
+        .unwrap();
+    (t["clean"].clone(), t["distorted"].clone())
+}
+
+fn expected(key: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(format!("{}/expected.json", dir())).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+fn assert_all_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
+    }
+}
+
+#[test]
+fn psnr_matches_piq() {
+    let (clean, distorted) = pairs();
+    let got = psnr(&clean, &distorted).unwrap();
+    assert_all_close(&got, &expected("psnr"), 1e-4, "psnr");
+    assert_all_close(
+        &got,
+        &expected("psnr_float64_from_definition"),
+        1e-6,
+        "psnr f64",
+    );
+}
+
+#[test]
+fn ssim_matches_piq() {
+    let (clean, distorted) = pairs();
+    let got = ssim(&clean, &distorted).unwrap();
+    assert_all_close(&got, &expected("ssim"), 1e-5, "ssim");
+    assert_all_close(
+        &got,
+        &expected("ssim_float64_from_definition"),
+        1e-7,
+        "ssim f64",
+    );
+}
+
+#[test]
+fn identical_images() {
+    let (clean, _) = pairs();
+    for v in ssim(&clean, &clean).unwrap() {
+        assert!((v - 1.0).abs() < 1e-12);
+    }
+    for v in psnr(&clean, &clean).unwrap() {
+        assert!((v - 80.0).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn ssim_downsamples_large_images() {
+    // min side 384 ⇒ round(1.5) = 2: piq average-pools by 2 first.
+    let (clean, distorted) = pairs();
+    let up = |t: &Tensor| t.upsample_nearest2d(384, 384).unwrap();
+    let pooled = |t: &Tensor| up(t).avg_pool2d(2).unwrap();
+    let big = ssim(&up(&clean), &up(&distorted)).unwrap();
+    let small = ssim(&pooled(&clean), &pooled(&distorted)).unwrap();
+    assert_all_close(&big, &small, 1e-12, "pooled ssim");
+    // 320 ⇒ round(1.25) = 1: no pooling (differs from the pooled value).
+    let up = |t: &Tensor| t.upsample_nearest2d(320, 320).unwrap();
+    let direct = ssim(&up(&clean), &up(&distorted)).unwrap();
+    let pooled = ssim(
+        &up(&clean).avg_pool2d(2).unwrap(),
+        &up(&distorted).avg_pool2d(2).unwrap(),
+    )
+    .unwrap();
+    assert!((direct[0] - pooled[0]).abs() > 1e-4);
+}
+
+#[test]
+fn to_unit_maps_and_clips() {
+    let x = Tensor::new(&[-1.5f32, -1.0, 0.0, 0.5, 1.0, 2.0], &Device::Cpu).unwrap();
+    let y = to_unit(&x).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(y, vec![0.0, 0.0, 0.5, 0.75, 1.0, 1.0]);
+}
+
+#[test]
+fn metric_shape_errors() {
+    let a = Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros((1, 3, 16, 15), DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(psnr(&a, &b), Err(Error::Shape { .. })));
+    assert!(matches!(ssim(&a, &b), Err(Error::Shape { .. })));
+    let flat = Tensor::zeros((3, 16, 16), DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(psnr(&flat, &flat), Err(Error::Shape { .. })));
+    let tiny = Tensor::zeros((1, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(ssim(&tiny, &tiny), Err(Error::Config(_))));
+}
