@@ -9,7 +9,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "daps", version, about = "Decoupled Annealing Posterior Sampling for inverse problems")]
+#[command(
+    name = "daps",
+    version,
+    about = "Decoupled Annealing Posterior Sampling for inverse problems"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -109,11 +113,17 @@ fn parse_method(s: &str) -> Result<Method> {
     Method::ALL
         .into_iter()
         .find(|m| m.name() == s)
-        .with_context(|| format!("unknown method '{s}' (expected one of oracle, prior, daps-exact, daps, dps)"))
+        .with_context(|| {
+            format!("unknown method '{s}' (expected one of oracle, prior, daps-exact, daps, dps)")
+        })
 }
 
 fn bench_gmm(a: GmmArgs) -> Result<()> {
-    let mut cfg = if a.quick { GmmBenchConfig::quick() } else { GmmBenchConfig::default() };
+    let mut cfg = if a.quick {
+        GmmBenchConfig::quick()
+    } else {
+        GmmBenchConfig::default()
+    };
     if let Some(v) = a.d {
         cfg.dims = v;
     }
@@ -136,7 +146,10 @@ fn bench_gmm(a: GmmArgs) -> Result<()> {
         cfg.problems, cfg.samples, cfg.annealing_steps, cfg.ode_steps, cfg.mcmc_steps, cfg.lr, cfg.lr_min_ratio,
         cfg.annealing_steps * cfg.ode_steps, cfg.dps_zeta
     );
-    println!("{:>5} {:>4}  {:<11} {:>20} {:>20} {:>12}", "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "s/problem");
+    println!(
+        "{:>5} {:>4}  {:<11} {:>20} {:>20} {:>12}",
+        "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "s/problem"
+    );
     let started = std::time::Instant::now();
     let mut done: Vec<Record> = Vec::new();
     let json = a.json.clone();
@@ -164,13 +177,18 @@ fn bench_gmm(a: GmmArgs) -> Result<()> {
 
 fn write_json(path: &PathBuf, records: &[Record]) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(records)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_string_pretty(records)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
 fn bench_toy2d(a: Toy2dArgs) -> Result<()> {
-    let mut cfg = Toy2dConfig { samples: a.samples, repeats: a.repeats, ..Toy2dConfig::default() };
+    let mut cfg = Toy2dConfig {
+        samples: a.samples,
+        repeats: a.repeats,
+        ..Toy2dConfig::default()
+    };
     if let Some(z) = a.zeta {
         cfg.dps.zeta = z;
     }
@@ -184,7 +202,10 @@ fn bench_toy2d(a: Toy2dArgs) -> Result<()> {
     );
     println!("{:<8} {:>18} {:>10}", "method", "W1 (±95%)", "seconds");
     for r in daps::bench::toy2d::run(&cfg, &Device::Cpu)? {
-        println!("{:<8} {:>9.4} ± {:<6.4} {:>10.3}", r.method, r.w1_mean, r.w1_ci95, r.seconds);
+        println!(
+            "{:<8} {:>9.4} ± {:<6.4} {:>10.3}",
+            r.method, r.w1_mean, r.w1_ci95, r.seconds
+        );
     }
     Ok(())
 }
@@ -206,12 +227,24 @@ fn bench_speed(a: SpeedArgs) -> Result<()> {
     };
     let n = 1024;
     let x = Tensor::randn(0f32, 1f32, (n, n), &dev)?;
-    let t = best(&mut || { x.matmul(&x)?; Ok(()) }, 10)?;
+    let t = best(
+        &mut || {
+            x.matmul(&x)?;
+            Ok(())
+        },
+        10,
+    )?;
     let gemm = 2.0 * (n as f64).powi(3) / t / 1e9;
     println!("GEMM 1024² f32: {:.2} ms, {gemm:.1} GFLOP/s", t * 1e3);
     let prior = daps::bench::gmm::mixture_prior(a.d, &dev)?;
     let xs = Tensor::randn(0f32, 10f32, (a.chains, a.d), &dev)?;
-    let t = best(&mut || { prior.denoise(&xs, 3.0)?; Ok(()) }, 10)?;
+    let t = best(
+        &mut || {
+            prior.denoise(&xs, 3.0)?;
+            Ok(())
+        },
+        10,
+    )?;
     let k = prior.n_components() as f64;
     let flops = 2.0 * 2.0 * a.chains as f64 * k * a.d as f64; // the two [B,K]×[K,d] products
     println!(

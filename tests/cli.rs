@@ -11,14 +11,36 @@ fn bench_gmm_quick_writes_the_documented_records() {
     let dir = std::env::temp_dir().join(format!("daps-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("gmm.json");
-    let out = daps().args(["bench", "gmm", "--quick", "--json"]).arg(&json).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = daps()
+        .args(["bench", "gmm", "--quick", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("daps-exact") && text.contains("oracle"), "{text}");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        text.contains("daps-exact") && text.contains("oracle"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let recs = v.as_array().unwrap();
     assert_eq!(recs.len(), 2 * 5, "2 cells × 5 methods");
-    let keys = ["d", "d_y", "method", "sw_mean", "sw_ci95", "tv_mean", "seconds_per_problem", "problems", "samples"];
+    let keys = [
+        "d",
+        "d_y",
+        "method",
+        "sw_mean",
+        "sw_ci95",
+        "tv_mean",
+        "seconds_per_problem",
+        "problems",
+        "samples",
+    ];
     for r in recs {
         let o = r.as_object().unwrap();
         let mut got: Vec<&str> = o.keys().map(|k| k.as_str()).collect();
@@ -46,10 +68,16 @@ fn bench_gmm_quick_writes_the_documented_records() {
 
 #[test]
 fn bad_arguments_fail_with_a_message() {
-    let out = daps().args(["bench", "gmm", "--quick", "--methods", "magic"]).output().unwrap();
+    let out = daps()
+        .args(["bench", "gmm", "--quick", "--methods", "magic"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown method 'magic'"));
-    let out = daps().args(["bench", "gmm", "--quick", "--d", "7"]).output().unwrap();
+    let out = daps()
+        .args(["bench", "gmm", "--quick", "--d", "7"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("even dimension"));
 }

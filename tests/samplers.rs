@@ -585,7 +585,11 @@ impl NoiseSource for Plain {
 #[test]
 fn fused_langevin_equals_the_step_by_step_update() {
     let c = x0_case();
-    let p = Problem { prior: &c.gmm, operator: &c.op, measurement: &c.meas };
+    let p = Problem {
+        prior: &c.gmm,
+        operator: &c.op,
+        measurement: &c.meas,
+    };
     let xt = row_tensor(&[0.2, -0.1].repeat(50_000), 2);
     let x0hat = c.gmm.denoise(&xt, 0.7).unwrap();
     let t = Target {

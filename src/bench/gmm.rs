@@ -43,7 +43,13 @@ impl Method {
             Method::Dps => "dps",
         }
     }
-    pub const ALL: [Method; 5] = [Method::Oracle, Method::Prior, Method::DapsExact, Method::Daps, Method::Dps];
+    pub const ALL: [Method; 5] = [
+        Method::Oracle,
+        Method::Prior,
+        Method::DapsExact,
+        Method::Daps,
+        Method::Dps,
+    ];
 }
 
 #[derive(Debug, Clone)]
@@ -126,14 +132,24 @@ pub struct GmmProblem {
 /// Σ = I, weights z²/Σz² with z ~ N(0, I) fixed per d.
 pub fn mixture_prior(d: usize, device: &Device) -> Result<GaussianMixture> {
     if d < 2 || d % 2 != 0 {
-        return Err(Error::config(format!("the mixture benchmark needs an even dimension, got {d}")));
+        return Err(Error::config(format!(
+            "the mixture benchmark needs an even dimension, got {d}"
+        )));
     }
     let mut rng = stream(0x6D6978, d as u64, 0);
-    let z: Vec<f64> = (0..25).map(|_| rng.sample::<f64, _>(StandardNormal).powi(2)).collect();
+    let z: Vec<f64> = (0..25)
+        .map(|_| rng.sample::<f64, _>(StandardNormal).powi(2))
+        .collect();
     let mut means = Vec::with_capacity(25);
     for i in -2i32..=2 {
         for j in -2i32..=2 {
-            means.push(DVector::from_fn(d, |k, _| if k % 2 == 0 { -8.0 * i as f64 } else { -8.0 * j as f64 }));
+            means.push(DVector::from_fn(d, |k, _| {
+                if k % 2 == 0 {
+                    -8.0 * i as f64
+                } else {
+                    -8.0 * j as f64
+                }
+            }));
         }
     }
     GaussianMixture::isotropic(z, means, 1.0, device)
@@ -151,18 +167,37 @@ pub fn make_problem(d: usize, dy: usize, seed: u64, device: &Device) -> Result<G
     let a = u * DMatrix::from_diagonal(&DVector::from_vec(s.clone())) * vt;
     let sigma_y = rng.random::<f64>() * s[0];
     let (x, _) = prior.sample(1, rng.random());
-    let y = &a * DVector::from_vec(x) + DVector::from_fn(dy, |_, _| sigma_y * rng.sample::<f64, _>(StandardNormal));
-    Ok(GmmProblem { prior, a, sigma_y, y })
+    let y = &a * DVector::from_vec(x)
+        + DVector::from_fn(dy, |_, _| sigma_y * rng.sample::<f64, _>(StandardNormal));
+    Ok(GmmProblem {
+        prior,
+        a,
+        sigma_y,
+        y,
+    })
 }
 
 /// Samples from one method, row-major `[n, d]`.
-pub fn run_method(m: Method, p: &GmmProblem, cfg: &GmmBenchConfig, seed: u64, device: &Device) -> Result<Vec<f64>> {
+pub fn run_method(
+    m: Method,
+    p: &GmmProblem,
+    cfg: &GmmBenchConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<Vec<f64>> {
     let d = p.prior.dim();
     let n = cfg.samples;
     let op = MatrixOperator::new(p.a.clone(), &[d], device)?;
     let y = rows_to_tensor(p.y.as_slice(), 1, p.y.len(), device)?;
-    let meas = Measurement { y, sigma_y: p.sigma_y };
-    let prob = Problem { prior: &p.prior, operator: &op, measurement: &meas };
+    let meas = Measurement {
+        y,
+        sigma_y: p.sigma_y,
+    };
+    let prob = Problem {
+        prior: &p.prior,
+        operator: &op,
+        measurement: &meas,
+    };
     let mut noise = SeededNoise::new(seed);
     let tau = p.sigma_y;
     let daps_cfg = DapsConfig {
@@ -175,15 +210,24 @@ pub fn run_method(m: Method, p: &GmmProblem, cfg: &GmmBenchConfig, seed: u64, de
         ..DapsConfig::default()
     };
     let out = match m {
-        Method::Oracle => return Ok(Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone()).sample(n, seed)),
+        Method::Oracle => {
+            return Ok(Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone()).sample(n, seed))
+        }
         Method::Prior => return Ok(p.prior.sample(n, seed).0),
         Method::DapsExact => {
-            let c = DapsConfig { x0_method: X0Method::Exact, ..daps_cfg };
+            let c = DapsConfig {
+                x0_method: X0Method::Exact,
+                ..daps_cfg
+            };
             sampler::daps(&prob, &c, &[n, d], &mut noise, &mut Silent)?
         }
         Method::Daps => sampler::daps(&prob, &daps_cfg, &[n, d], &mut noise, &mut Silent)?,
         Method::Dps => {
-            let c = DpsConfig { steps: cfg.annealing_steps * cfg.ode_steps, zeta: cfg.dps_zeta, clip: None };
+            let c = DpsConfig {
+                steps: cfg.annealing_steps * cfg.ode_steps,
+                zeta: cfg.dps_zeta,
+                clip: None,
+            };
             sampler::dps(&prob, &c, &[n, d], &mut noise, &mut Silent)?
         }
     };
@@ -210,21 +254,34 @@ pub fn score(
 }
 
 /// Runs every cell, calling `on_record` as each (d, d_y, method) row completes.
-pub fn run(cfg: &GmmBenchConfig, device: &Device, mut on_record: impl FnMut(&Record) -> Result<()>) -> Result<Vec<Record>> {
+pub fn run(
+    cfg: &GmmBenchConfig,
+    device: &Device,
+    mut on_record: impl FnMut(&Record) -> Result<()>,
+) -> Result<Vec<Record>> {
     let mut records = Vec::new();
     for (id, &d) in cfg.dims.iter().enumerate() {
         for (iy, &dy) in cfg.dys.iter().enumerate() {
             if dy > d {
                 return Err(Error::config(format!("d_y = {dy} exceeds d = {d}")));
             }
-            let mut per: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); cfg.methods.len()];
+            let mut per: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
+                vec![Default::default(); cfg.methods.len()];
             for i in 0..cfg.problems {
                 let seed = 2u64.pow(id as u32) * 3u64.pow(iy as u32) + i as u64;
                 let p = make_problem(d, dy, seed, device)?;
                 let post = Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone());
                 let reference = post.sample(cfg.samples, seed ^ 0xAAAA);
                 for (k, &m) in cfg.methods.iter().enumerate() {
-                    let (sw, tv, secs) = score(m, &p, &post, &reference, cfg, seed.wrapping_mul(31) + k as u64, device)?;
+                    let (sw, tv, secs) = score(
+                        m,
+                        &p,
+                        &post,
+                        &reference,
+                        cfg,
+                        seed.wrapping_mul(31) + k as u64,
+                        device,
+                    )?;
                     per[k].0.push(sw);
                     per[k].1.push(tv);
                     per[k].2.push(secs);

@@ -44,7 +44,11 @@ impl Default for Toy2dConfig {
                 tau: 0.1,
                 ..DapsConfig::default()
             },
-            dps: DpsConfig { steps: 500, zeta: 0.5, clip: None },
+            dps: DpsConfig {
+                steps: 500,
+                zeta: 0.5,
+                clip: None,
+            },
         }
     }
 }
@@ -54,7 +58,10 @@ pub const SIGMA_Y: f64 = 0.3;
 pub fn prior(device: &Device) -> Result<GaussianMixture> {
     GaussianMixture::new(
         vec![0.5, 0.5],
-        vec![DVector::from_vec(vec![-0.3, -0.4]), DVector::from_vec(vec![0.6, 0.5])],
+        vec![
+            DVector::from_vec(vec![-0.3, -0.4]),
+            DVector::from_vec(vec![0.6, 0.5]),
+        ],
         vec![Covariance::Isotropic(0.01), Covariance::Isotropic(0.04)],
         device,
     )
@@ -90,21 +97,46 @@ pub fn run(cfg: &Toy2dConfig, device: &Device) -> Result<Vec<Toy2dRow>> {
     let gmm = prior(device)?;
     let op = TrapOperator::default();
     let y = rows_to_tensor(&[op.eval([0.5, 0.5])], 1, 1, device)?;
-    let meas = Measurement { y, sigma_y: SIGMA_Y };
-    let p = Problem { prior: &gmm, operator: &op as &dyn Operator, measurement: &meas };
-    let mut rows: Vec<(&'static str, Vec<f64>, f64)> =
-        vec![("oracle", vec![], 0.0), ("prior", vec![], 0.0), ("daps", vec![], 0.0), ("dps", vec![], 0.0)];
+    let meas = Measurement {
+        y,
+        sigma_y: SIGMA_Y,
+    };
+    let p = Problem {
+        prior: &gmm,
+        operator: &op as &dyn Operator,
+        measurement: &meas,
+    };
+    let mut rows: Vec<(&'static str, Vec<f64>, f64)> = vec![
+        ("oracle", vec![], 0.0),
+        ("prior", vec![], 0.0),
+        ("daps", vec![], 0.0),
+        ("dps", vec![], 0.0),
+    ];
     for r in 0..cfg.repeats as u64 {
         let refs = reference(&gmm, cfg.samples, cfg.pool, 1000 + r);
         let other = reference(&gmm, cfg.samples, cfg.pool, 2000 + r);
         rows[0].1.push(w1_exact(&other, &refs, 2));
-        rows[1].1.push(w1_exact(&gmm.sample(cfg.samples, 3000 + r).0, &refs, 2));
+        rows[1]
+            .1
+            .push(w1_exact(&gmm.sample(cfg.samples, 3000 + r).0, &refs, 2));
         let t = Instant::now();
-        let x = sampler::daps(&p, &cfg.daps, &[cfg.samples, 2], &mut SeededNoise::new(r), &mut Silent)?;
+        let x = sampler::daps(
+            &p,
+            &cfg.daps,
+            &[cfg.samples, 2],
+            &mut SeededNoise::new(r),
+            &mut Silent,
+        )?;
         rows[2].2 += t.elapsed().as_secs_f64();
         rows[2].1.push(w1_exact(&tensor_to_rows(&x)?.0, &refs, 2));
         let t = Instant::now();
-        let x = sampler::dps(&p, &cfg.dps, &[cfg.samples, 2], &mut SeededNoise::new(r), &mut Silent)?;
+        let x = sampler::dps(
+            &p,
+            &cfg.dps,
+            &[cfg.samples, 2],
+            &mut SeededNoise::new(r),
+            &mut Silent,
+        )?;
         rows[3].2 += t.elapsed().as_secs_f64();
         rows[3].1.push(w1_exact(&tensor_to_rows(&x)?.0, &refs, 2));
     }
@@ -112,7 +144,12 @@ pub fn run(cfg: &Toy2dConfig, device: &Device) -> Result<Vec<Toy2dRow>> {
         .into_iter()
         .map(|(method, v, secs)| {
             let (w1_mean, w1_ci95) = mean_ci95(&v);
-            Toy2dRow { method, w1_mean, w1_ci95, seconds: secs / cfg.repeats as f64 }
+            Toy2dRow {
+                method,
+                w1_mean,
+                w1_ci95,
+                seconds: secs / cfg.repeats as f64,
+            }
         })
         .collect())
 }

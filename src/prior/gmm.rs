@@ -345,7 +345,7 @@ impl GaussianMixture {
                 let g = candle_nn::ops::softmax(&logits, 1)?;
                 if want_d && shared {
                     let a = var[0] / lv[0];
-                    let mean_part = g.matmul(&self.means_t)?.affine(1.0 - a, 0.0)?;
+                    let mean_part = g.affine(1.0 - a, 0.0)?.matmul(&self.means_t)?;
                     Ok((x.affine(a, 0.0)? + mean_part)?)
                 } else if want_d {
                     let a: Vec<f64> = (0..k).map(|i| var[i] / lv[i]).collect();

@@ -6,13 +6,13 @@
 use super::daps::{DataGradient, PriorTerm};
 use super::Problem;
 use crate::error::Result;
+use crate::noise::CHUNK;
 use crate::noise::{stream, NoiseSource};
 use crate::operator::per_chain_sq_norm;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
-use crate::noise::CHUNK;
+use rand::Rng;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
-use rand::Rng;
 
 /// Everything the kernels need at one outer step.
 pub struct Target<'a> {
@@ -91,7 +91,13 @@ pub fn langevin(t: &Target, steps: usize, lr: f64, noise: &mut dyn NoiseSource) 
     langevin_steps(t, x, steps, lr, noise)
 }
 
-fn langevin_steps(t: &Target, mut x: Tensor, steps: usize, lr: f64, noise: &mut dyn NoiseSource) -> Result<Tensor> {
+fn langevin_steps(
+    t: &Target,
+    mut x: Tensor,
+    steps: usize,
+    lr: f64,
+    noise: &mut dyn NoiseSource,
+) -> Result<Tensor> {
     let sd = (2.0 * lr).sqrt();
     for _ in 0..steps {
         let s = t.score(&x)?;
@@ -183,9 +189,9 @@ impl CustomOp3 for FusedLangevin {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-            let (a, b) = l
-                .contiguous_offsets()
-                .ok_or_else(|| candle_core::Error::Msg("fused-langevin: non-contiguous input".into()))?;
+            let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+                candle_core::Error::Msg("fused-langevin: non-contiguous input".into())
+            })?;
             Ok(&s.as_slice::<f32>()?[a..b])
         }
         let (x, h, g) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
