@@ -4,6 +4,7 @@
 //! noise), [`sampler`] (DAPS, DPS and their sub-steps), [`schedule`] (noise-level grids),
 //! [`exact`] (closed-form Gaussian-mixture posteriors), [`metric`] and [`bench`].
 
+pub mod app;
 pub mod bench;
 pub mod error;
 pub mod exact;

@@ -24,6 +24,16 @@ enum Cmd {
     /// Benchmarks with known answers, and speed measurements.
     #[command(subcommand)]
     Bench(Bench),
+    /// Simulate a measurement y = A(x) + σ_y·n of an image and save it.
+    Measure(daps::app::solve::MeasureArgs),
+    /// Sample x from p(x | y) for a saved measurement.
+    Solve(daps::app::solve::SolveArgs),
+    /// List the tasks (operators) and their parameters.
+    Tasks(daps::app::solve::TasksArgs),
+    /// Train a diffusion prior on images.
+    Train(daps::app::train::TrainArgs),
+    /// Draw unconditional samples from a prior.
+    Sample(daps::app::train::SampleArgs),
 }
 
 #[derive(Subcommand)]
@@ -106,6 +116,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(Bench::Gmm(a)) => bench_gmm(a),
         Cmd::Bench(Bench::Toy2d(a)) => bench_toy2d(a),
         Cmd::Bench(Bench::Speed(a)) => bench_speed(a),
+        Cmd::Measure(a) => daps::app::solve::measure(a),
+        Cmd::Solve(a) => daps::app::solve::solve(a),
+        Cmd::Tasks(a) => daps::app::solve::tasks(a),
+        Cmd::Train(a) => daps::app::train::train(a),
+        Cmd::Sample(a) => daps::app::train::sample(a),
     }
 }
 

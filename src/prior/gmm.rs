@@ -93,6 +93,7 @@ pub struct GaussianMixture {
     means_tt: Tensor, // [d, K]
     mu_sq: Vec<f64>,
     path: Path,
+    shape: Vec<usize>,
 }
 
 impl GaussianMixture {
@@ -208,6 +209,7 @@ impl GaussianMixture {
             means_tt,
             mu_sq,
             path,
+            shape: vec![d],
         })
     }
 
@@ -220,6 +222,18 @@ impl GaussianMixture {
     ) -> Result<Self> {
         let k = means.len();
         Self::new(weights, means, vec![Covariance::Isotropic(var); k], device)
+    }
+
+    /// Declares the shape of one sample (e.g. `[1, 8, 8]` for images); its size must be d.
+    pub fn with_sample_shape(mut self, shape: &[usize]) -> Result<Self> {
+        if shape.iter().product::<usize>() != self.d {
+            return Err(Error::config(format!(
+                "sample shape {shape:?} does not have {} entries",
+                self.d
+            )));
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
     }
 
     pub fn dim(&self) -> usize {
@@ -450,7 +464,7 @@ impl Denoiser for GaussianMixture {
     }
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
-        Some(vec![self.d])
+        Some(self.shape.clone())
     }
 
     fn as_gmm(&self) -> Option<&GaussianMixture> {

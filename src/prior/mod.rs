@@ -2,6 +2,7 @@
 
 pub mod adm;
 pub mod gmm;
+pub mod spec;
 pub mod unet2d;
 pub mod vp;
 

@@ -1,0 +1,221 @@
+//! The `--prior` argument: `KIND:PATH[:CONFIG]`, loaded as a [`Denoiser`].
+//!
+//! | spec | prior |
+//! |---|---|
+//! | `adm:FILE.pt:ffhq256` | guided-diffusion ADM UNet (ε-prediction, VP→EDM); CONFIG is `ffhq256`, `imagenet256` or a JSON file of `create_model` arguments; without it, `FILE` with its extension replaced by `.json` is used |
+//! | `adm-x0:…` | the same network predicting x0 |
+//! | `unet2d:DIR` | a diffusers `UNet2DModel` folder (config.json + diffusion_pytorch_model.safetensors) |
+//! | `gmm:FILE.safetensors` | an exact Gaussian mixture: tensors `weights` [K], `means` [K, …], `variances` [K] (isotropic) or [K, d] (diagonal) |
+
+use super::adm::{AdmConfig, AdmUnet};
+use super::unet2d::Unet2dModel;
+use super::vp::{Prediction, VpDenoiser};
+use super::{Covariance, Denoiser, GaussianMixture};
+use crate::error::{Error, Result};
+use candle_core::{DType, Device};
+use nalgebra::DVector;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PriorSpec {
+    Adm {
+        path: PathBuf,
+        config: Option<String>,
+        x0: bool,
+    },
+    Unet2d {
+        dir: PathBuf,
+        x0: bool,
+    },
+    Gmm {
+        path: PathBuf,
+    },
+}
+
+impl std::str::FromStr for PriorSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (kind, rest) = s.split_once(':').ok_or_else(|| {
+            Error::config(format!(
+                "prior '{s}': expected KIND:PATH (kinds: adm, adm-x0, unet2d, unet2d-x0, gmm)"
+            ))
+        })?;
+        match kind {
+            "adm" | "adm-x0" => {
+                let (path, config) = match rest.rsplit_once(':') {
+                    Some((p, c))
+                        if !c.contains('/') && !c.contains('.') || c.ends_with(".json") =>
+                    {
+                        (p.to_string(), Some(c.to_string()))
+                    }
+                    _ => (rest.to_string(), None),
+                };
+                Ok(PriorSpec::Adm {
+                    path: path.into(),
+                    config,
+                    x0: kind == "adm-x0",
+                })
+            }
+            "unet2d" | "unet2d-x0" => Ok(PriorSpec::Unet2d {
+                dir: rest.into(),
+                x0: kind == "unet2d-x0",
+            }),
+            "gmm" => Ok(PriorSpec::Gmm { path: rest.into() }),
+            other => Err(Error::config(format!(
+                "unknown prior kind '{other}' (expected adm, adm-x0, unet2d, unet2d-x0 or gmm)"
+            ))),
+        }
+    }
+}
+
+fn prediction(x0: bool) -> Prediction {
+    if x0 {
+        Prediction::Sample
+    } else {
+        Prediction::Epsilon
+    }
+}
+
+/// The ADM architecture named by `config`, or found next to `path`.
+pub fn adm_config(path: &Path, config: Option<&str>) -> Result<AdmConfig> {
+    match config {
+        Some("ffhq256") => Ok(AdmConfig::ffhq256()),
+        Some("imagenet256") => Ok(AdmConfig::imagenet256()),
+        Some(c) if c.ends_with(".json") => AdmConfig::from_json_file(c),
+        Some(c) => Err(Error::config(format!(
+            "unknown ADM architecture '{c}' (expected ffhq256, imagenet256 or a .json file)"
+        ))),
+        None => {
+            let side = path.with_extension("json");
+            if side.is_file() {
+                AdmConfig::from_json_file(&side)
+            } else {
+                Err(Error::config(format!(
+                    "{}: the architecture is not known; add :ffhq256, :imagenet256 or :CONFIG.json, or put it in {}",
+                    path.display(),
+                    side.display()
+                )))
+            }
+        }
+    }
+}
+
+impl PriorSpec {
+    pub fn load(&self, device: &Device) -> Result<Box<dyn Denoiser>> {
+        match self {
+            PriorSpec::Adm { path, config, x0 } => {
+                let cfg = adm_config(path, config.as_deref())?;
+                let net = AdmUnet::load(&cfg, path, device)?;
+                Ok(Box::new(
+                    VpDenoiser::new(net).with_prediction(prediction(*x0)),
+                ))
+            }
+            PriorSpec::Unet2d { dir, x0 } => {
+                let net = Unet2dModel::from_pretrained(dir, device)?;
+                Ok(Box::new(
+                    VpDenoiser::new(net).with_prediction(prediction(*x0)),
+                ))
+            }
+            PriorSpec::Gmm { path } => Ok(Box::new(load_gmm(path, device)?)),
+        }
+    }
+}
+
+/// Reads a mixture file (see the module docs).
+pub fn load_gmm(path: &Path, device: &Device) -> Result<GaussianMixture> {
+    if !path.is_file() {
+        return Err(Error::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        Error::msg(format!(
+            "{}: not a readable safetensors file: {e}",
+            path.display()
+        ))
+    })?;
+    let get = |n: &str| {
+        t.get(n)
+            .ok_or_else(|| Error::msg(format!("{}: missing tensor '{n}'", path.display())))
+    };
+    let (w, m, v) = (get("weights")?, get("means")?, get("variances")?);
+    let k = w.dim(0)?;
+    let shape = m.dims()[1..].to_vec();
+    let d: usize = shape.iter().product();
+    let w: Vec<f64> = w.to_dtype(DType::F64)?.to_vec1()?;
+    let m: Vec<f64> = m.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let vv: Vec<f64> = v.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let means = (0..k)
+        .map(|i| DVector::from_column_slice(&m[i * d..(i + 1) * d]))
+        .collect();
+    let covs = if vv.len() == k {
+        vv.iter().map(|v| Covariance::Isotropic(*v)).collect()
+    } else if vv.len() == k * d {
+        (0..k)
+            .map(|i| Covariance::Diagonal(vv[i * d..(i + 1) * d].to_vec()))
+            .collect()
+    } else {
+        return Err(Error::Shape {
+            what: format!("{}: variances", path.display()),
+            expected: vec![k, d],
+            got: v.dims().to_vec(),
+        });
+    };
+    GaussianMixture::new(w, means, covs, device)?.with_sample_shape(&shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        let s: PriorSpec = "adm:/m/ffhq_10m.pt:ffhq256".parse().unwrap();
+        assert_eq!(
+            s,
+            PriorSpec::Adm {
+                path: "/m/ffhq_10m.pt".into(),
+                config: Some("ffhq256".into()),
+                x0: false
+            }
+        );
+        let s: PriorSpec = "adm:model.safetensors".parse().unwrap();
+        assert_eq!(
+            s,
+            PriorSpec::Adm {
+                path: "model.safetensors".into(),
+                config: None,
+                x0: false
+            }
+        );
+        let s: PriorSpec = "adm-x0:a.pt:cfg.json".parse().unwrap();
+        assert_eq!(
+            s,
+            PriorSpec::Adm {
+                path: "a.pt".into(),
+                config: Some("cfg.json".into()),
+                x0: true
+            }
+        );
+        assert!(matches!(
+            "unet2d:dir".parse::<PriorSpec>().unwrap(),
+            PriorSpec::Unet2d { .. }
+        ));
+        let e = "magic:x".parse::<PriorSpec>().unwrap_err().to_string();
+        assert!(e.contains("unknown prior kind 'magic'"), "{e}");
+        assert!("nokind".parse::<PriorSpec>().is_err());
+    }
+
+    #[test]
+    fn missing_architecture_is_named() {
+        let e = adm_config(Path::new("/nowhere/m.pt"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ffhq256") && e.contains("/nowhere/m.json"),
+            "{e}"
+        );
+    }
+}
