@@ -168,18 +168,45 @@ fn bench_gmm(a: GmmArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let mut done: Vec<Record> = Vec::new();
     let json = a.json.clone();
-    let result = daps::bench::gmm::run(&cfg, &Device::Cpu, |r| {
-        println!(
-            "{:>5} {:>4}  {:<11} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>12.3}",
-            r.d, r.d_y, r.method, r.sw_mean, r.sw_ci95, r.tv_mean, r.tv_ci95, r.seconds_per_problem
-        );
-        std::io::stdout().flush().ok();
-        done.push(r.clone());
-        if let Some(p) = &json {
-            write_json(p, &done).map_err(|e| daps::Error::msg(format!("{e:#}")))?;
-        }
-        Ok(())
-    });
+    let bar = indicatif::ProgressBar::new((cfg.dims.len() * cfg.dys.len() * cfg.problems) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} problems, {msg} [{elapsed} < {eta}]",
+        )
+        .expect("valid template"),
+    );
+    let result = daps::bench::gmm::run(
+        &cfg,
+        &Device::Cpu,
+        |d, dy, i| {
+            if i > 0 || d != cfg.dims[0] || dy != cfg.dys[0] {
+                bar.inc(1);
+            }
+            bar.set_message(format!("d = {d}, d_y = {dy}"));
+        },
+        |r| {
+            bar.suspend(|| {
+                println!(
+                    "{:>5} {:>4}  {:<11} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>12.3}",
+                    r.d,
+                    r.d_y,
+                    r.method,
+                    r.sw_mean,
+                    r.sw_ci95,
+                    r.tv_mean,
+                    r.tv_ci95,
+                    r.seconds_per_problem
+                );
+                std::io::stdout().flush().ok();
+            });
+            done.push(r.clone());
+            if let Some(p) = &json {
+                write_json(p, &done).map_err(|e| daps::Error::msg(format!("{e:#}")))?;
+            }
+            Ok(())
+        },
+    );
+    bar.finish_and_clear();
     println!("total wall time {:.1} s", started.elapsed().as_secs_f64());
     if let Err(e) = result {
         if let Some(p) = &json {

@@ -253,10 +253,12 @@ pub fn score(
     Ok((sw, tv, secs))
 }
 
-/// Runs every cell, calling `on_record` as each (d, d_y, method) row completes.
+/// Runs every cell, calling `on_problem(d, d_y, i)` before each problem and `on_record` as each
+/// (d, d_y, method) row completes.
 pub fn run(
     cfg: &GmmBenchConfig,
     device: &Device,
+    mut on_problem: impl FnMut(usize, usize, usize),
     mut on_record: impl FnMut(&Record) -> Result<()>,
 ) -> Result<Vec<Record>> {
     let mut records = Vec::new();
@@ -268,6 +270,7 @@ pub fn run(
             let mut per: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
                 vec![Default::default(); cfg.methods.len()];
             for i in 0..cfg.problems {
+                on_problem(d, dy, i);
                 let seed = 2u64.pow(id as u32) * 3u64.pow(iy as u32) + i as u64;
                 let p = make_problem(d, dy, seed, device)?;
                 let post = Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone());
