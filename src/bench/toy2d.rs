@@ -46,7 +46,7 @@ impl Default for Toy2dConfig {
             },
             dps: DpsConfig {
                 steps: 500,
-                zeta: 0.5,
+                zeta: 0.1,
                 clip: None,
             },
         }
