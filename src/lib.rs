@@ -14,5 +14,6 @@ pub mod operator;
 pub mod prior;
 pub mod sampler;
 pub mod schedule;
+pub mod task;
 
 pub use error::{Error, Result};

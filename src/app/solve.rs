@@ -1,24 +1,613 @@
-//! `daps measure`, `daps solve`, `daps tasks` (in progress).
+//! `daps measure`, `daps solve`, `daps tasks`: from a PNG to a measurement file, and from a
+//! measurement file to restored PNGs with metrics.
+//!
+//! Images are read as RGB or grayscale (alpha dropped) and mapped [0, 255] → [−1, 1], f32
+//! `[1, C, H, W]`. The measurement file format is described in [`crate::task::MeasurementFile`].
 
+use crate::metric::image::{psnr, ssim, to_unit};
+use crate::noise::SeededNoise;
+use crate::operator::{per_chain_sq_norm, Operator};
+use crate::prior::spec::PriorSpec;
+use crate::prior::Denoiser;
+use crate::sampler::{daps, DapsConfig, Observer, Problem, StepInfo, X0Method};
+use crate::task::{
+    self, preset, set_config, MeasurementFile, Task, TaskFiles, TaskSpec, BUDGETS, DEFAULT_BUDGET,
+    TASKS,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Args, Debug)]
-pub struct MeasureArgs {}
-
-#[derive(Args, Debug)]
-pub struct SolveArgs {}
-
-#[derive(Args, Debug)]
-pub struct TasksArgs {}
-
-pub fn measure(_a: MeasureArgs) -> anyhow::Result<()> {
-    anyhow::bail!("daps measure is not implemented yet")
+pub struct MeasureArgs {
+    /// Task (see `daps tasks`).
+    #[arg(long)]
+    pub task: String,
+    /// Image to measure (PNG or JPEG, RGB or grayscale).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Measurement file to write (.safetensors); a preview PNG is written next to it.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Measurement noise σ_y, in [−1, 1] image units.
+    #[arg(long, default_value_t = 0.05)]
+    pub sigma_y: f64,
+    /// Seed of the measurement noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Mask PNG for inpaint-mask (nonzero = observed), the image's size.
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// Kernel for motion-blur: a square odd PNG (normalised to sum 1) or a .safetensors file
+    /// with a `kernel` tensor (used as given).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Overrides a task parameter, e.g. `--param sigma=1.5` (repeatable; see `daps tasks`).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
 }
 
-pub fn solve(_a: SolveArgs) -> anyhow::Result<()> {
-    anyhow::bail!("daps solve is not implemented yet")
+#[derive(Args, Debug)]
+pub struct SolveArgs {
+    /// Measurement file written by `daps measure`.
+    #[arg(long)]
+    pub measurement: PathBuf,
+    /// Prior as KIND:PATH[:CONFIG]: adm:FILE.pt:ffhq256, adm-x0:…, unet2d:DIR, gmm:FILE.safetensors.
+    #[arg(long)]
+    pub prior: Option<String>,
+    /// Restored image; with --samples N > 1, OUT_0 … OUT_{N−1} and OUT_mean.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Sampler budget: daps-1k, daps-4k or daps-100 (values per task in presets/).
+    #[arg(long, default_value = DEFAULT_BUDGET)]
+    pub preset: String,
+    /// Independent samples (chains, run as one batch).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Ground-truth image: prints PSNR, SSIM and ‖A(x) − y‖ per sample.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Writes x̂0 and x0 frames (first 8 chains side by side) to this folder.
+    #[arg(long)]
+    pub save_trajectory: Option<PathBuf>,
+    /// Frame interval in annealing steps (default: about 20 frames per run).
+    #[arg(long)]
+    pub trajectory_every: Option<usize>,
+    /// Writes the raw samples (f32 `samples` [N, C, H, W] in [−1, 1], unclipped) as safetensors.
+    #[arg(long)]
+    pub save_samples: Option<PathBuf>,
+    /// x0 step: langevin, hmc, mh, or exact (linear tasks with a gmm: prior).
+    #[arg(long)]
+    pub x0_method: Option<String>,
+    #[arg(long)]
+    pub annealing_steps: Option<usize>,
+    #[arg(long)]
+    pub ode_steps: Option<usize>,
+    #[arg(long)]
+    pub mcmc_steps: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub lr_min_ratio: Option<f64>,
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// Overrides any sampler setting, e.g. `--set momentum=0.5` (repeatable; TOML values).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
-pub fn tasks(_a: TasksArgs) -> anyhow::Result<()> {
-    anyhow::bail!("daps tasks is not implemented yet")
+#[derive(Args, Debug)]
+pub struct TasksArgs {
+    /// Show the parameters for this image size (H = W).
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+}
+
+fn key_value(s: &str) -> Result<(&str, &str)> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .ok_or_else(|| anyhow!("expected KEY=VALUE, got '{s}'"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images
+
+/// Reads a PNG/JPEG as `[1, C, H, W]` f32 in [−1, 1]: C = 1 for grayscale, else 3 (RGB).
+pub fn read_image(path: &Path) -> Result<Tensor> {
+    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (c, raw) = if img.color().has_color() {
+        (3, img.to_rgb8().into_raw())
+    } else {
+        (1, img.to_luma8().into_raw())
+    };
+    let hwc: Vec<f32> = raw.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+    let t = Tensor::from_vec(hwc, (h, w, c), &Device::Cpu)?;
+    Ok(t.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()?)
+}
+
+/// Writes `[C, H, W]` or `[1, C, H, W]` values in [0, 1] (clipped) as an 8-bit PNG/JPEG.
+pub fn write_unit_image(x: &Tensor, path: &Path) -> Result<()> {
+    let x = if x.rank() == 4 {
+        x.squeeze(0)?
+    } else {
+        x.clone()
+    };
+    let (c, h, w) = x.dims3()?;
+    let v: Vec<u8> = x
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    let (w, h) = (w as u32, h as u32);
+    let res = match c {
+        1 => image::GrayImage::from_raw(w, h, v).map(|i| i.save(path)),
+        3 => image::RgbImage::from_raw(w, h, v).map(|i| i.save(path)),
+        _ => bail!("cannot write a {c}-channel image to {}", path.display()),
+    };
+    res.expect("buffer size matches")
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes a DAPS image (values in [−1, 1], clipped).
+pub fn write_image(x: &Tensor, path: &Path) -> Result<()> {
+    write_unit_image(&to_unit(x)?, path)
+}
+
+/// A viewable [0, 1] image of the measurement: SR tasks upsampled (nearest) to the image size,
+/// phase retrieval as ln(|y| + 10⁻³) scaled to [0, 1] per channel, others y itself.
+pub fn preview(mf: &MeasurementFile) -> Result<Tensor> {
+    let [_, h, w] = mf.task.shape();
+    let y = &mf.y;
+    Ok(match mf.task.spec() {
+        TaskSpec::Sr4 { .. } | TaskSpec::Sr4Pool { .. } => to_unit(&y.upsample_nearest2d(h, w)?)?,
+        TaskSpec::PhaseRetrieval { .. } => {
+            let l = (y.abs()? + 1e-3)?.log()?;
+            let (_, c, hh, ww) = l.dims4()?;
+            let l = l.reshape((c, hh * ww))?;
+            let (lo, hi) = (l.min_keepdim(1)?, l.max_keepdim(1)?);
+            let span = (&hi - &lo)?.clamp(1e-12, f64::MAX)?;
+            l.broadcast_sub(&lo)?
+                .broadcast_div(&span)?
+                .reshape((1, c, hh, ww))?
+        }
+        _ => to_unit(y)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// daps measure
+
+pub fn measure(a: MeasureArgs) -> Result<()> {
+    if a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!(
+            "--out must name a .safetensors file, got {}",
+            a.out.display()
+        );
+    }
+    crate::task::info(&a.task)?;
+    let x = read_image(&a.input)?;
+    let (_, c, h, w) = x.dims4()?;
+    let files = TaskFiles {
+        mask: a.mask.clone(),
+        kernel: a.kernel.clone(),
+    };
+    let mut spec = TaskSpec::defaults(&a.task, h, w, &files)?;
+    for p in &a.params {
+        let (k, v) = key_value(p)?;
+        spec = spec.set(k, v)?;
+    }
+    let task = Task::build(spec, [c, h, w])
+        .with_context(|| format!("{} ({c}×{h}×{w})", a.input.display()))?;
+    let mf = MeasurementFile::simulate(task, &x, a.sigma_y, a.seed)?;
+    mf.save(&a.out)?;
+    let view = a.out.with_extension("png");
+    write_unit_image(&preview(&mf)?, &view)?;
+    println!(
+        "{}: {}, σ_y {}, seed {}; y {:?} → {} (preview {})",
+        a.input.display(),
+        mf.task.describe(),
+        mf.sigma_y,
+        mf.seed,
+        mf.y.dims(),
+        a.out.display(),
+        view.display()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// daps solve
+
+/// The prior used when `--prior` is not given.
+pub fn default_prior(_device: &Device) -> Result<Box<dyn Denoiser>> {
+    bail!(
+        "no --prior given, and the built-in default prior is not available yet: pass --prior KIND:PATH \
+         (e.g. --prior adm:ffhq_10m.pt:ffhq256, --prior unet2d:DIR or --prior gmm:FILE.safetensors)"
+    )
+}
+
+fn load_prior(spec: Option<&str>, device: &Device) -> Result<Box<dyn Denoiser>> {
+    match spec {
+        None => default_prior(device),
+        Some(s) => {
+            let p: PriorSpec = s.parse()?;
+            Ok(p.load(device)
+                .with_context(|| format!("loading prior {s}"))?)
+        }
+    }
+}
+
+/// The sampler configuration: the task's preset, then the explicit flags, then `--set`.
+pub fn solve_config(task: &str, a: &SolveArgs) -> Result<DapsConfig> {
+    let mut cfg = preset(task, &a.preset)?;
+    let flags: [(&str, Option<String>); 7] = [
+        ("x0_method", a.x0_method.clone()),
+        ("annealing_steps", a.annealing_steps.map(|v| v.to_string())),
+        ("ode_steps", a.ode_steps.map(|v| v.to_string())),
+        ("mcmc_steps", a.mcmc_steps.map(|v| v.to_string())),
+        ("lr", a.lr.map(|v| format!("{v:e}"))),
+        ("lr_min_ratio", a.lr_min_ratio.map(|v| format!("{v:e}"))),
+        ("tau", a.tau.map(|v| format!("{v:e}"))),
+    ];
+    for (k, v) in flags {
+        if let Some(v) = v {
+            let v = if k == "x0_method" {
+                format!("\"{v}\"")
+            } else {
+                v
+            };
+            cfg = set_config(&cfg, k, &v)?;
+        }
+    }
+    for s in &a.set {
+        let (k, v) = key_value(s)?;
+        cfg = set_config(&cfg, k, v)?;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Progress bar, trajectory frames, and the last x0 (kept for a run that fails).
+struct Progress {
+    bar: ProgressBar,
+    frames: Option<(PathBuf, usize)>,
+    last: Option<(usize, Tensor)>,
+    misfit: f64,
+}
+
+/// The first (up to) 8 chains of `[N, C, H, W]` side by side, as `[C, H, n·W]`.
+fn strip(x: &Tensor) -> Result<Tensor> {
+    let n = x.dim(0)?.min(8);
+    let parts: Vec<Tensor> = (0..n)
+        .map(|i| x.get(i))
+        .collect::<candle_core::Result<_>>()?;
+    Ok(Tensor::cat(&parts, 2)?)
+}
+
+impl Progress {
+    fn save_frames(&self, s: &StepInfo) -> Result<()> {
+        let Some((dir, every)) = &self.frames else {
+            return Ok(());
+        };
+        if !s.step.is_multiple_of(*every) && s.step + 1 != s.steps {
+            return Ok(());
+        }
+        if let Some(h) = s.x0hat {
+            write_image(&strip(h)?, &dir.join(format!("x0hat_{:04}.png", s.step)))?;
+        }
+        write_image(&strip(s.x0)?, &dir.join(format!("x0_{:04}.png", s.step)))
+    }
+}
+
+impl Observer for Progress {
+    fn on_step(&mut self, s: &StepInfo) -> crate::Result<()> {
+        self.bar.set_length(s.steps as u64);
+        self.bar.set_position(s.step as u64 + 1);
+        self.bar
+            .set_message(format!("σ {:<8.4} ‖A(x0)−y‖ {:.4}", s.sigma, s.misfit));
+        self.last = Some((s.step, s.x0.clone()));
+        self.misfit = s.misfit;
+        self.save_frames(s)
+            .map_err(|e| crate::Error::msg(format!("saving trajectory frames: {e:#}")))
+    }
+}
+
+/// `out` for one sample; `OUT_i` / `OUT_mean` (same extension) for several.
+fn output_path(out: &Path, label: Option<&str>) -> PathBuf {
+    match label {
+        None => out.to_path_buf(),
+        Some(l) => {
+            let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("x");
+            let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
+            out.with_file_name(format!("{stem}_{l}.{ext}"))
+        }
+    }
+}
+
+/// Writes every sample and, for several, their mean; returns the paths.
+fn write_samples(x: &Tensor, out: &Path) -> Result<Vec<PathBuf>> {
+    let n = x.dim(0)?;
+    if n == 1 {
+        write_image(&x.get(0)?, out)?;
+        return Ok(vec![out.to_path_buf()]);
+    }
+    let mut paths = Vec::with_capacity(n + 1);
+    for i in 0..n {
+        let p = output_path(out, Some(&i.to_string()));
+        write_image(&x.get(i)?, &p)?;
+        paths.push(p);
+    }
+    let p = output_path(out, Some("mean"));
+    write_image(&x.mean(0)?, &p)?;
+    paths.push(p);
+    Ok(paths)
+}
+
+pub fn solve(a: SolveArgs) -> Result<()> {
+    if a.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let mf = MeasurementFile::load(&a.measurement)?;
+    let task = &mf.task;
+    let cfg = solve_config(task.name(), &a)?;
+    let [c, h, w] = task.shape();
+    let reference = match &a.reference {
+        Some(p) => {
+            let r = read_image(p)?;
+            if r.dims() != [1, c, h, w] {
+                bail!(
+                    "reference {} is {:?}, but the measurement is of a {c}×{h}×{w} image",
+                    p.display(),
+                    &r.dims()[1..]
+                );
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    if let Some(d) = &a.save_trajectory {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let device = Device::Cpu;
+    let prior = load_prior(a.prior.as_deref(), &device)?;
+    if let Some(s) = prior.sample_shape() {
+        if s != [c, h, w] {
+            bail!(
+                "prior {} takes samples of shape {s:?}, but the measurement is of a {c}×{h}×{w} image",
+                prior.name()
+            );
+        }
+    }
+    let explicit;
+    let op: &dyn Operator = if cfg.x0_method == X0Method::Exact {
+        if prior.as_gmm().is_none() {
+            bail!(
+                "--x0-method exact needs a Gaussian-mixture prior (--prior gmm:FILE.safetensors)"
+            );
+        }
+        if !task.is_linear() {
+            bail!(
+                "--x0-method exact needs a linear task; {} is not",
+                task.name()
+            );
+        }
+        explicit = task.explicit()?;
+        &explicit
+    } else {
+        task
+    };
+    let measurement = mf.measurement();
+    let problem = Problem {
+        prior: &*prior,
+        operator: op,
+        measurement: &measurement,
+    };
+    eprintln!(
+        "{}; σ_y {}; prior {}; {} × {} NFE, x0 step {:?} ({} steps, lr {:e}, τ {}); {} sample(s), seed {}",
+        task.describe(),
+        mf.sigma_y,
+        prior.name(),
+        cfg.annealing_steps,
+        cfg.ode_steps,
+        cfg.x0_method,
+        cfg.mcmc_steps,
+        cfg.lr,
+        cfg.tau,
+        a.samples,
+        a.seed
+    );
+    let bar = ProgressBar::new(cfg.annealing_steps as u64).with_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} annealing steps, ETA {eta_precise}  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let every = a
+        .trajectory_every
+        .unwrap_or((cfg.annealing_steps / 20).max(1))
+        .max(1);
+    let mut progress = Progress {
+        bar,
+        frames: a.save_trajectory.clone().map(|d| (d, every)),
+        last: None,
+        misfit: f64::NAN,
+    };
+    let started = Instant::now();
+    let shape = [a.samples, c, h, w];
+    let result = daps(
+        &problem,
+        &cfg,
+        &shape,
+        &mut SeededNoise::new(a.seed),
+        &mut progress,
+    );
+    progress.bar.finish_and_clear();
+    let x = match result {
+        Ok(x) => x,
+        Err(e) => {
+            let Some((step, x0)) = progress.last.take() else {
+                return Err(anyhow!(e).context("DAPS failed before the first annealing step ended"));
+            };
+            let partial = output_path(&a.out, Some(&format!("partial_step{step:04}")));
+            let kept = write_samples(&x0, &partial)?;
+            return Err(anyhow!(e).context(format!(
+                "DAPS stopped; the last x0 (annealing step {step}) is in {}",
+                kept.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    eprintln!(
+        "{} annealing steps in {:.1} s ({:.3} s/step); mean ‖A(x0)−y‖ {:.4}",
+        cfg.annealing_steps,
+        started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64() / cfg.annealing_steps as f64,
+        progress.misfit
+    );
+    if let Some(p) = &a.save_samples {
+        let mut meta = BTreeMap::new();
+        meta.insert("measurement".into(), a.measurement.display().to_string());
+        meta.insert("seed".into(), a.seed.to_string());
+        task::write_safetensors(p, &[("samples", x.clone())], &meta)?;
+    }
+    let paths = write_samples(&x, &a.out)?;
+    println!(
+        "wrote {}",
+        if paths.len() <= 3 {
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            format!(
+                "{}, …, {}",
+                paths[0].display(),
+                paths[paths.len() - 1].display()
+            )
+        }
+    );
+    print_metrics(&x, reference.as_ref(), &mf)?;
+    Ok(())
+}
+
+/// Per-sample ‖A(x) − y‖, and PSNR / SSIM against the reference when there is one.
+fn print_metrics(x: &Tensor, reference: Option<&Tensor>, mf: &MeasurementFile) -> Result<()> {
+    let n = x.dim(0)?;
+    let r = mf.measurement().residual(&mf.task, x)?;
+    let misfit: Vec<f32> = per_chain_sq_norm(&r)?.sqrt()?.to_vec1()?;
+    let Some(gt) = reference else {
+        let mean = misfit.iter().map(|v| *v as f64).sum::<f64>() / n as f64;
+        println!("‖A(x) − y‖: mean {mean:.4} over {n} sample(s)");
+        return Ok(());
+    };
+    let mut rows = Vec::with_capacity(n + 1);
+    let gt_unit = to_unit(gt)?;
+    let score = |img: &Tensor| -> Result<(f64, Option<f64>)> {
+        let u = to_unit(img)?;
+        let p = psnr(&u, &gt_unit)?[0];
+        let s = ssim(&u, &gt_unit).ok().map(|v| v[0]);
+        Ok((p, s))
+    };
+    for (i, m) in misfit.iter().enumerate() {
+        let (p, s) = score(&x.narrow(0, i, 1)?)?;
+        rows.push((i.to_string(), p, s, *m as f64));
+    }
+    if n > 1 {
+        let m = x.mean_keepdim(0)?;
+        let (p, s) = score(&m)?;
+        let r = mf.measurement().residual(&mf.task, &m)?;
+        let mm = per_chain_sq_norm(&r)?.sqrt()?.to_vec1::<f32>()?[0] as f64;
+        rows.push(("mean".into(), p, s, mm));
+    }
+    println!(
+        "{:>8} {:>8} {:>7} {:>10}",
+        "sample", "PSNR", "SSIM", "‖A(x)−y‖"
+    );
+    let fmt = |(l, p, s, m): &(String, f64, Option<f64>, f64)| {
+        let s = s.map_or("–".to_string(), |v| format!("{v:.4}"));
+        println!("{l:>8} {p:>8.2} {s:>7} {m:>10.4}");
+    };
+    let shown = 20;
+    for r in rows.iter().take(shown.min(n)) {
+        fmt(r);
+    }
+    if n > shown {
+        println!("{:>8}", "…");
+    }
+    if n > 1 {
+        fmt(&rows[n]);
+        let ps: Vec<f64> = rows[..n].iter().map(|r| r.1).collect();
+        let mean = ps.iter().sum::<f64>() / n as f64;
+        let sd = (ps.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+        println!("PSNR over samples: mean {mean:.2} ± {sd:.2} (sd)");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// daps tasks
+
+pub fn tasks(a: TasksArgs) -> Result<()> {
+    let s = a.size;
+    println!("Tasks (parameters at {s}×{s}; override with `daps measure --param KEY=VALUE`):\n");
+    for t in TASKS {
+        println!("{:<16} {} (DAPS: {})", t.name, t.summary, t.official);
+        let files = TaskFiles {
+            mask: (t.name == "inpaint-mask").then(|| PathBuf::from("MASK.png")),
+            kernel: None,
+        };
+        let spec = TaskSpec::defaults(t.name, s, s, &files)?;
+        let params: Vec<String> = spec
+            .params()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let shape = match t.name {
+            "inpaint-mask" => "same as the image".to_string(),
+            _ => match Task::build(spec, [3, s, s]) {
+                Ok(task) => format!("{:?}", task.output_shape()),
+                Err(e) => format!("not available at this size: {e}"),
+            },
+        };
+        println!("{:<16} parameters: {}", "", params.join(", "));
+        println!("{:<16} y for a 3×{s}×{s} image: {shape}", "");
+        for b in BUDGETS {
+            let c = preset(t.name, b)?;
+            println!(
+                "{:<16} {b:<9} {} × {} NFE, {:?} {} steps, lr {:e}, lr_min_ratio {}, τ {}, σ {} → {}",
+                "",
+                c.annealing_steps,
+                c.ode_steps,
+                c.x0_method,
+                c.mcmc_steps,
+                c.lr,
+                c.lr_min_ratio,
+                c.tau,
+                c.sigma_max,
+                c.sigma_min
+            );
+        }
+        println!();
+    }
+    println!(
+        "Blur kernels keep 61×61 / σ 3 from 128 px up; smaller images use σ = 3·s/256 and the odd size\n\
+         nearest 61·s/256 (s = min(H, W)). The box hole is 128·H/256 × 128·W/256. Masks and kernels\n\
+         use `seed` (default 42); --seed of `daps measure` seeds the measurement noise only."
+    );
+    Ok(())
 }

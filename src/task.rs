@@ -1,0 +1,1068 @@
+//! The DAPS image tasks: a registry of named degradations, their operators for a given image
+//! size, the measurement file that holds everything needed to solve one again, and the
+//! per-task sampler presets (`presets/<task>.toml`, embedded in the binary).
+//!
+//! | task | DAPS name | A(x) | default parameters (256×256) |
+//! |---|---|---|---|
+//! | `sr4` | `down_sampling` | ×4 antialiased bicubic downsampling | factor 4 |
+//! | `sr4-pool` | – | ×4 average pooling | factor 4 |
+//! | `inpaint-box` | `inpainting` | x ⊙ mask, one 128×128 hole at a seeded position | seed 42 |
+//! | `inpaint-random` | `inpainting_rand` | x ⊙ mask, 70% of pixels dropped | drop 0.7, seed 42 |
+//! | `inpaint-mask` | – | x ⊙ mask, mask read from a PNG (nonzero = observed) | `--mask` |
+//! | `gaussian-blur` | `gaussian_blur` | reflect-padded 61×61 Gaussian blur, σ 3 | kernel_size 61, sigma 3 |
+//! | `motion-blur` | `motion_blur` | reflect-padded 61×61 motion blur | kernel_size 61, intensity 0.5, seed 42 (or `--kernel`) |
+//! | `phase-retrieval` | `phase_retrieval` | \|centred FFT\| of the zero-padded [0,1] image | oversample 2 |
+//! | `hdr` | `high_dynamic_range` | clip(2x, −1, 1) | scale 2 |
+//!
+//! Size rules: SR needs H and W to be multiples of the factor; the box hole is 128·H/256 ×
+//! 128·W/256 (margin 32·H/256); blur kernels keep 61 / σ 3 when min(H, W) ≥ 128, and below that
+//! use σ = 3·s/256 and the odd size nearest 61·s/256 (at least 3), s = min(H, W). Masks and
+//! kernels are seeded with `seed` (default 42, as DAPS fixes one mask per dataset); the
+//! measurement noise has its own seed. Every parameter can be overridden (`--param key=value`).
+
+use crate::error::{Error, Result};
+use crate::noise::SeededNoise;
+use crate::operator::blur::Blur;
+use crate::operator::fft::PhaseRetrieval;
+use crate::operator::inpaint::{box_mask, random_mask, Inpaint};
+use crate::operator::resize::{AvgPool, SuperResolution};
+use crate::operator::{Hdr, Measurement, Operator};
+use crate::sampler::DapsConfig;
+use candle_core::{DType, Device, Tensor};
+use nalgebra::DMatrix;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// One registered task.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskInfo {
+    pub name: &'static str,
+    /// The task's name in the official DAPS configs ("–" when it has none).
+    pub official: &'static str,
+    pub summary: &'static str,
+    pub linear: bool,
+}
+
+pub const TASKS: [TaskInfo; 9] = [
+    TaskInfo {
+        name: "sr4",
+        official: "down_sampling",
+        summary: "super-resolution ×4, antialiased bicubic (MATLAB imresize)",
+        linear: true,
+    },
+    TaskInfo {
+        name: "sr4-pool",
+        official: "–",
+        summary: "super-resolution ×4, average pooling",
+        linear: true,
+    },
+    TaskInfo {
+        name: "inpaint-box",
+        official: "inpainting",
+        summary: "box inpainting, one 128×128 hole (scaled) at a seeded position",
+        linear: true,
+    },
+    TaskInfo {
+        name: "inpaint-random",
+        official: "inpainting_rand",
+        summary: "random inpainting, 70% of pixels dropped",
+        linear: true,
+    },
+    TaskInfo {
+        name: "inpaint-mask",
+        official: "–",
+        summary: "inpainting with a user mask PNG (nonzero = observed)",
+        linear: true,
+    },
+    TaskInfo {
+        name: "gaussian-blur",
+        official: "gaussian_blur",
+        summary: "Gaussian blur 61×61, σ 3, reflect padding",
+        linear: true,
+    },
+    TaskInfo {
+        name: "motion-blur",
+        official: "motion_blur",
+        summary: "motion blur 61×61, intensity 0.5 (seeded kernel or a kernel file)",
+        linear: true,
+    },
+    TaskInfo {
+        name: "phase-retrieval",
+        official: "phase_retrieval",
+        summary: "Fourier phase retrieval, oversampling 2",
+        linear: false,
+    },
+    TaskInfo {
+        name: "hdr",
+        official: "high_dynamic_range",
+        summary: "high dynamic range, clip(2x, −1, 1)",
+        linear: false,
+    },
+];
+
+fn task_names() -> String {
+    TASKS.map(|t| t.name).join(", ")
+}
+
+/// The registry entry for `name`, or an error listing the valid names.
+pub fn info(name: &str) -> Result<&'static TaskInfo> {
+    TASKS
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| Error::config(format!("unknown task '{name}' (valid: {})", task_names())))
+}
+
+/// A task with its operator parameters (the `operator` metadata of a measurement file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TaskSpec {
+    Sr4 {
+        factor: usize,
+    },
+    Sr4Pool {
+        factor: usize,
+    },
+    InpaintBox {
+        seed: u64,
+    },
+    InpaintRandom {
+        drop: f64,
+        seed: u64,
+    },
+    InpaintMask {
+        file: String,
+    },
+    GaussianBlur {
+        kernel_size: usize,
+        sigma: f64,
+    },
+    /// With `file`, the kernel is read from it and `intensity`, `seed` are unused.
+    MotionBlur {
+        kernel_size: usize,
+        intensity: f64,
+        seed: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+    },
+    PhaseRetrieval {
+        oversample: f64,
+    },
+    Hdr {
+        scale: f64,
+    },
+}
+
+/// Files a task may read: `--mask` for `inpaint-mask`, `--kernel` for `motion-blur`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFiles {
+    pub mask: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
+}
+
+/// Blur kernel (size, σ) for an image whose smaller side is `s` (see the module docs).
+pub fn blur_size(s: usize) -> (usize, f64) {
+    if s >= 128 {
+        return (61, 3.0);
+    }
+    let k = (61.0 * s as f64 / 256.0).round() as usize;
+    let k = if k.is_multiple_of(2) { k + 1 } else { k };
+    (k.max(3), 3.0 * s as f64 / 256.0)
+}
+
+impl TaskSpec {
+    /// The default parameters of task `name` for an H×W image.
+    pub fn defaults(name: &str, h: usize, w: usize, files: &TaskFiles) -> Result<Self> {
+        let info = info(name)?;
+        if files.mask.is_some() && name != "inpaint-mask" {
+            return Err(Error::config(format!(
+                "--mask only applies to inpaint-mask, not {name}"
+            )));
+        }
+        if files.kernel.is_some() && name != "motion-blur" {
+            return Err(Error::config(format!(
+                "--kernel only applies to motion-blur, not {name}"
+            )));
+        }
+        let (k, sigma) = blur_size(h.min(w));
+        let path = |p: &Path| p.display().to_string();
+        Ok(match info.name {
+            "sr4" => Self::Sr4 { factor: 4 },
+            "sr4-pool" => Self::Sr4Pool { factor: 4 },
+            "inpaint-box" => Self::InpaintBox { seed: 42 },
+            "inpaint-random" => Self::InpaintRandom {
+                drop: 0.7,
+                seed: 42,
+            },
+            "inpaint-mask" => Self::InpaintMask {
+                file: files.mask.as_deref().map(path).ok_or_else(|| {
+                    Error::config("task inpaint-mask needs a mask image: --mask FILE.png")
+                })?,
+            },
+            "gaussian-blur" => Self::GaussianBlur {
+                kernel_size: k,
+                sigma,
+            },
+            "motion-blur" => Self::MotionBlur {
+                kernel_size: k,
+                intensity: 0.5,
+                seed: 42,
+                file: files.kernel.as_deref().map(path),
+            },
+            "phase-retrieval" => Self::PhaseRetrieval { oversample: 2.0 },
+            "hdr" => Self::Hdr { scale: 2.0 },
+            _ => unreachable!("every registered task has defaults"),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sr4 { .. } => "sr4",
+            Self::Sr4Pool { .. } => "sr4-pool",
+            Self::InpaintBox { .. } => "inpaint-box",
+            Self::InpaintRandom { .. } => "inpaint-random",
+            Self::InpaintMask { .. } => "inpaint-mask",
+            Self::GaussianBlur { .. } => "gaussian-blur",
+            Self::MotionBlur { .. } => "motion-blur",
+            Self::PhaseRetrieval { .. } => "phase-retrieval",
+            Self::Hdr { .. } => "hdr",
+        }
+    }
+
+    pub fn is_linear(&self) -> bool {
+        info(self.name()).map(|i| i.linear).unwrap_or(false)
+    }
+
+    /// The parameters as `key=value` pairs (without the task name).
+    pub fn params(&self) -> Vec<(String, String)> {
+        let v = serde_json::to_value(self).expect("serialisable");
+        v.as_object()
+            .expect("an object")
+            .iter()
+            .filter(|(k, _)| *k != "task")
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                };
+                (k.clone(), s)
+            })
+            .collect()
+    }
+
+    /// Overrides one parameter (`value` is read as JSON, or else as a string).
+    pub fn set(&self, key: &str, value: &str) -> Result<Self> {
+        let mut v = serde_json::to_value(self).expect("serialisable");
+        let obj = v.as_object_mut().expect("an object");
+        let valid: Vec<&str> = self.params_keys();
+        if key == "task" || !valid.contains(&key) {
+            return Err(Error::config(format!(
+                "task {} has no parameter '{key}' (parameters: {})",
+                self.name(),
+                valid.join(", ")
+            )));
+        }
+        let parsed = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        obj.insert(key.to_string(), parsed);
+        serde_json::from_value(v).map_err(|e| {
+            Error::config(format!(
+                "task {}: bad value '{value}' for {key}: {e}",
+                self.name()
+            ))
+        })
+    }
+
+    fn params_keys(&self) -> Vec<&'static str> {
+        match self {
+            Self::Sr4 { .. } | Self::Sr4Pool { .. } => vec!["factor"],
+            Self::InpaintBox { .. } => vec!["seed"],
+            Self::InpaintRandom { .. } => vec!["drop", "seed"],
+            Self::InpaintMask { .. } => vec!["file"],
+            Self::GaussianBlur { .. } => vec!["kernel_size", "sigma"],
+            Self::MotionBlur { .. } => vec!["kernel_size", "intensity", "seed", "file"],
+            Self::PhaseRetrieval { .. } => vec!["oversample"],
+            Self::Hdr { .. } => vec!["scale"],
+        }
+    }
+}
+
+/// A task built for images of shape (C, H, W): its operator, and the mask or kernel it uses.
+pub struct Task {
+    spec: TaskSpec,
+    shape: [usize; 3],
+    mask: Option<Tensor>,
+    kernel: Option<Tensor>,
+    op: Box<dyn Operator>,
+    out_shape: Vec<usize>,
+}
+
+fn cpu_f32(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)
+}
+
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(v.iter().all(|x| x.is_finite()))
+}
+
+impl Task {
+    /// Builds the task, generating its mask or kernel (or reading it from the spec's file).
+    pub fn build(spec: TaskSpec, shape: [usize; 3]) -> Result<Self> {
+        let [_, h, w] = shape;
+        let name = spec.name();
+        let ctx = |e: Error| Error::config(format!("{name} on {h}×{w}: {e}"));
+        let mut spec = spec;
+        let (mut mask, mut kernel) = (None, None);
+        let mask_tensor = |m: Vec<f32>| Tensor::from_vec(m, (1, 1, h, w), &Device::Cpu);
+        match &mut spec {
+            TaskSpec::InpaintBox { seed } => {
+                mask = Some(mask_tensor(box_mask(h, w, *seed).map_err(ctx)?)?)
+            }
+            TaskSpec::InpaintRandom { drop, seed } => {
+                mask = Some(mask_tensor(random_mask(h, w, *drop, *seed).map_err(ctx)?)?)
+            }
+            TaskSpec::InpaintMask { file } => {
+                mask = Some(Inpaint::from_png(&*file, h, w, &Device::Cpu)?.mask)
+            }
+            TaskSpec::GaussianBlur { kernel_size, sigma } => {
+                let b = Blur::gaussian(*kernel_size, *sigma).map_err(ctx)?;
+                kernel = Some(b.kernel_tensor(&Device::Cpu)?);
+            }
+            TaskSpec::MotionBlur {
+                kernel_size,
+                intensity,
+                seed,
+                file,
+            } => {
+                let b = match file {
+                    Some(f) if f.ends_with(".safetensors") => Blur::from_safetensors(&*f)?,
+                    Some(f) => Blur::from_png(&*f)?,
+                    None => Blur::motion(*kernel_size, *intensity, *seed).map_err(ctx)?,
+                };
+                *kernel_size = b.size();
+                kernel = Some(b.kernel_tensor(&Device::Cpu)?);
+            }
+            _ => {}
+        }
+        Self::assemble(spec, shape, mask, kernel)
+    }
+
+    /// Builds the operator from the spec and the given mask/kernel tensors, checking that they
+    /// fit the task and the image size.
+    pub fn assemble(
+        spec: TaskSpec,
+        shape: [usize; 3],
+        mask: Option<Tensor>,
+        kernel: Option<Tensor>,
+    ) -> Result<Self> {
+        let [c, h, w] = shape;
+        let name = spec.name();
+        if c == 0 || h == 0 || w == 0 {
+            return Err(Error::config(format!(
+                "{name}: empty image shape {c}×{h}×{w}"
+            )));
+        }
+        let bad = |m: String| Err(Error::config(format!("{name} on {c}×{h}×{w}: {m}")));
+        let need = |t: Option<Tensor>, what: &str| {
+            t.map(|t| cpu_f32(&t))
+                .transpose()?
+                .ok_or_else(|| Error::config(format!("task {name} needs a {what} tensor")))
+        };
+        let mut keep_mask = None;
+        let mut keep_kernel = None;
+        let op: Box<dyn Operator> = match &spec {
+            TaskSpec::Sr4 { factor } | TaskSpec::Sr4Pool { factor } => {
+                let f = *factor;
+                if f == 0 || h % f != 0 || w % f != 0 {
+                    return bad(format!("H and W must be positive multiples of {f}"));
+                }
+                if matches!(spec, TaskSpec::Sr4 { .. }) {
+                    Box::new(SuperResolution::new(f, h, w, &Device::Cpu)?)
+                } else {
+                    Box::new(AvgPool { factor: f })
+                }
+            }
+            TaskSpec::InpaintBox { .. }
+            | TaskSpec::InpaintRandom { .. }
+            | TaskSpec::InpaintMask { .. } => {
+                let m = need(mask, "mask")?;
+                crate::error::expect_shape(&format!("{name} mask"), m.dims(), &[1, 1, h, w])?;
+                let v = m.flatten_all()?.to_vec1::<f32>()?;
+                if v.iter().any(|x| !(*x == 0.0 || *x == 1.0)) {
+                    return bad("mask values must be 0 or 1".into());
+                }
+                keep_mask = Some(m.clone());
+                Box::new(Inpaint::new(m)?)
+            }
+            TaskSpec::GaussianBlur { kernel_size, .. }
+            | TaskSpec::MotionBlur { kernel_size, .. } => {
+                let k = need(kernel, "kernel")?;
+                let ks = *kernel_size;
+                crate::error::expect_shape(&format!("{name} kernel"), k.dims(), &[ks, ks])?;
+                if !all_finite(&k)? {
+                    return bad("kernel has NaN or Inf entries".into());
+                }
+                if ks % 2 == 0 {
+                    return bad(format!("kernel size must be odd, got {ks}"));
+                }
+                if ks / 2 >= h.min(w) {
+                    return bad(format!(
+                        "a {ks}×{ks} kernel needs H and W > {} (reflect padding)",
+                        ks / 2
+                    ));
+                }
+                keep_kernel = Some(k.clone());
+                Box::new(Blur::from_kernel(&k)?)
+            }
+            TaskSpec::PhaseRetrieval { oversample } => {
+                if !(oversample.is_finite() && *oversample >= 0.0) {
+                    return bad(format!(
+                        "oversample must be finite and ≥ 0, got {oversample}"
+                    ));
+                }
+                Box::new(PhaseRetrieval {
+                    oversample: *oversample,
+                })
+            }
+            TaskSpec::Hdr { scale } => {
+                if !(scale.is_finite() && *scale > 0.0) {
+                    return bad(format!("scale must be finite and > 0, got {scale}"));
+                }
+                Box::new(Hdr { scale: *scale })
+            }
+        };
+        let probe = Tensor::zeros((1, c, h, w), DType::F32, &Device::Cpu)?;
+        let out_shape = op.forward(&probe)?.dims()[1..].to_vec();
+        Ok(Self {
+            spec,
+            shape,
+            mask: keep_mask,
+            kernel: keep_kernel,
+            op,
+            out_shape,
+        })
+    }
+
+    pub fn spec(&self) -> &TaskSpec {
+        &self.spec
+    }
+    pub fn name(&self) -> &'static str {
+        self.spec.name()
+    }
+    /// (C, H, W) of the images the task takes.
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+    /// The shape of one measurement (without the batch dimension).
+    pub fn output_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+    /// `[1, 1, H, W]` (1 = observed), for the inpainting tasks.
+    pub fn mask(&self) -> Option<&Tensor> {
+        self.mask.as_ref()
+    }
+    /// `[k, k]`, for the blur tasks.
+    pub fn kernel(&self) -> Option<&Tensor> {
+        self.kernel.as_ref()
+    }
+    pub fn is_linear(&self) -> bool {
+        self.spec.is_linear()
+    }
+
+    /// One line: the task and its parameters.
+    pub fn describe(&self) -> String {
+        let [c, h, w] = self.shape;
+        let p: Vec<String> = self
+            .spec
+            .params()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!("{} on {c}×{h}×{w} ({})", self.name(), p.join(", "))
+    }
+
+    /// The explicit matrix of this (linear) task, attached to its operator.
+    pub fn explicit(&self) -> Result<Explicit<'_>> {
+        if !self.is_linear() {
+            return Err(Error::Unsupported(format!(
+                "{} is not linear, so it has no matrix",
+                self.name()
+            )));
+        }
+        let a = explicit_matrix(&*self.op, &self.shape)?;
+        Ok(Explicit { op: self, a })
+    }
+}
+
+impl Operator for Task {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.op.forward(x)
+    }
+    fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.op.vjp(x, v)
+    }
+    fn name(&self) -> String {
+        self.describe()
+    }
+}
+
+/// The largest sample (C·H·W) [`explicit_matrix`] accepts: 3×32×32.
+pub const MAX_EXPLICIT_DIM: usize = 3 * 32 * 32;
+
+/// The `[d_y, d]` matrix of a linear operator on samples of shape `sample_shape`, column j being
+/// A(e_j) (evaluated in f64, in batches of basis images).
+pub fn explicit_matrix(op: &dyn Operator, sample_shape: &[usize]) -> Result<DMatrix<f64>> {
+    let d: usize = sample_shape.iter().product();
+    if d == 0 || d > MAX_EXPLICIT_DIM {
+        return Err(Error::Unsupported(format!(
+            "explicit matrix of {}: samples of shape {sample_shape:?} have {d} entries (at most {MAX_EXPLICIT_DIM}, e.g. 3×32×32)",
+            op.name()
+        )));
+    }
+    let mut a: Option<DMatrix<f64>> = None;
+    let chunk = 256;
+    for start in (0..d).step_by(chunk) {
+        let n = chunk.min(d - start);
+        let mut basis = vec![0f64; n * d];
+        for i in 0..n {
+            basis[i * d + start + i] = 1.0;
+        }
+        let mut shape = vec![n];
+        shape.extend_from_slice(sample_shape);
+        let x = Tensor::from_vec(basis, shape, &Device::Cpu)?;
+        let y = op.forward(&x)?.to_dtype(DType::F64)?.reshape((n, ()))?;
+        let dy = y.dim(1)?;
+        let rows = y.flatten_all()?.to_vec1::<f64>()?;
+        let a = a.get_or_insert_with(|| DMatrix::zeros(dy, d));
+        for i in 0..n {
+            for r in 0..dy {
+                a[(r, start + i)] = rows[i * dy + r];
+            }
+        }
+    }
+    Ok(a.expect("d > 0"))
+}
+
+/// A linear operator with its explicit matrix attached, for the exact x0 step. Forward and VJP
+/// stay the operator's own (so measurements keep their shape); [`Operator::matrix`] gives A.
+pub struct Explicit<'a> {
+    op: &'a dyn Operator,
+    a: DMatrix<f64>,
+}
+
+impl Operator for Explicit<'_> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.op.forward(x)
+    }
+    fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.op.vjp(x, v)
+    }
+    fn name(&self) -> String {
+        format!("{} (explicit matrix)", self.op.name())
+    }
+    fn matrix(&self) -> Option<&DMatrix<f64>> {
+        Some(&self.a)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement files
+
+/// `format` metadata of a measurement file.
+pub const FORMAT: &str = "daps-measurement";
+/// `version` metadata of a measurement file.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A simulated measurement with its task: one safetensors file holding `y` `[1, ...]`, the
+/// task's `mask` or `kernel`, and metadata `format`, `version`, `task`, `operator` (JSON of the
+/// [`TaskSpec`]), `shape` (JSON [C, H, W]), `sigma_y`, `seed`, `description`.
+pub struct MeasurementFile {
+    pub task: Task,
+    /// `[1, ...]`, the task's output shape.
+    pub y: Tensor,
+    pub sigma_y: f64,
+    /// Seed of the measurement noise.
+    pub seed: u64,
+}
+
+impl MeasurementFile {
+    /// y = A(x) + σ_y·n with `SeededNoise::new(seed)`; `x` is `[1, C, H, W]` in [−1, 1].
+    pub fn simulate(task: Task, x: &Tensor, sigma_y: f64, seed: u64) -> Result<Self> {
+        let [c, h, w] = task.shape();
+        crate::error::expect_shape("measured image", x.dims(), &[1, c, h, w])?;
+        if !(sigma_y.is_finite() && sigma_y >= 0.0) {
+            return Err(Error::config(format!(
+                "sigma_y must be finite and ≥ 0, got {sigma_y}"
+            )));
+        }
+        let m = Measurement::simulate(&task, &cpu_f32(x)?, sigma_y, &mut SeededNoise::new(seed))?;
+        Ok(Self {
+            task,
+            y: m.y,
+            sigma_y,
+            seed,
+        })
+    }
+
+    pub fn measurement(&self) -> Measurement {
+        Measurement {
+            y: self.y.clone(),
+            sigma_y: self.sigma_y,
+        }
+    }
+
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let t = &self.task;
+        let mut meta = BTreeMap::new();
+        meta.insert("format".into(), FORMAT.into());
+        meta.insert("version".into(), FORMAT_VERSION.to_string());
+        meta.insert("task".into(), t.name().into());
+        meta.insert(
+            "operator".into(),
+            serde_json::to_string(t.spec()).expect("serialisable"),
+        );
+        meta.insert(
+            "shape".into(),
+            serde_json::to_string(&t.shape()).expect("serialisable"),
+        );
+        meta.insert("sigma_y".into(), self.sigma_y.to_string());
+        meta.insert("seed".into(), self.seed.to_string());
+        meta.insert("description".into(), t.describe());
+        let mut tensors = vec![("y", self.y.clone())];
+        if let Some(m) = t.mask() {
+            tensors.push(("mask", m.clone()));
+        }
+        if let Some(k) = t.kernel() {
+            tensors.push(("kernel", k.clone()));
+        }
+        write_safetensors(path, &tensors, &meta)
+    }
+
+    /// Reads and validates a measurement file, rebuilding its task.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let at = |m: String| Error::msg(format!("measurement {}: {m}", path.display()));
+        let (mut tensors, meta) = read_safetensors(path)?;
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| at(format!("missing metadata '{k}' (not a daps measure file?)")))
+        };
+        if get("format")? != FORMAT {
+            return Err(at(format!(
+                "format is '{}', expected '{FORMAT}'",
+                meta["format"]
+            )));
+        }
+        let version: u32 = get("version")?
+            .parse()
+            .map_err(|_| at("unreadable version".into()))?;
+        if version != FORMAT_VERSION {
+            return Err(at(format!(
+                "format version {version}, this build reads {FORMAT_VERSION}"
+            )));
+        }
+        let task = get("task")?;
+        info(task).map_err(|e| at(e.to_string()))?;
+        let spec: TaskSpec = serde_json::from_str(get("operator")?)
+            .map_err(|e| at(format!("bad operator parameters for task {task}: {e}")))?;
+        if spec.name() != task {
+            return Err(at(format!(
+                "operator parameters are for {}, but the task is {task}",
+                spec.name()
+            )));
+        }
+        let shape: [usize; 3] =
+            serde_json::from_str(get("shape")?).map_err(|e| at(format!("bad image shape: {e}")))?;
+        let sigma_y: f64 = get("sigma_y")?
+            .parse()
+            .map_err(|_| at("unreadable sigma_y".into()))?;
+        if !(sigma_y.is_finite() && sigma_y >= 0.0) {
+            return Err(at(format!("sigma_y must be finite and ≥ 0, got {sigma_y}")));
+        }
+        let seed: u64 = get("seed")?
+            .parse()
+            .map_err(|_| at("unreadable seed".into()))?;
+        let y = tensors
+            .remove("y")
+            .ok_or_else(|| at("missing tensor 'y'".into()))?;
+        let mask = tensors.remove("mask");
+        let kernel = tensors.remove("kernel");
+        let needs = match spec {
+            TaskSpec::InpaintBox { .. }
+            | TaskSpec::InpaintRandom { .. }
+            | TaskSpec::InpaintMask { .. } => Some(("mask", mask.is_some())),
+            TaskSpec::GaussianBlur { .. } | TaskSpec::MotionBlur { .. } => {
+                Some(("kernel", kernel.is_some()))
+            }
+            _ => None,
+        };
+        if let Some((what, false)) = needs {
+            return Err(at(format!(
+                "missing tensor '{what}' (task {task} needs it)"
+            )));
+        }
+        let task = Task::assemble(spec, shape, mask, kernel).map_err(|e| at(e.to_string()))?;
+        let mut expected = vec![1];
+        expected.extend_from_slice(task.output_shape());
+        if y.dims() != expected.as_slice() {
+            return Err(at(format!(
+                "y has shape {:?}, but {} gives {:?}",
+                y.dims(),
+                task.describe(),
+                expected
+            )));
+        }
+        let y = cpu_f32(&y)?;
+        if !all_finite(&y)? {
+            return Err(at("y contains NaN or Inf".into()));
+        }
+        Ok(Self {
+            task,
+            y,
+            sigma_y,
+            seed,
+        })
+    }
+}
+
+/// Writes f32 tensors and string metadata as a safetensors file.
+pub fn write_safetensors(
+    path: impl AsRef<Path>,
+    tensors: &[(&str, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).expect("strings"),
+    );
+    let mut data: Vec<u8> = Vec::new();
+    for (name, t) in tensors {
+        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let start = data.len();
+        data.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut json = serde_json::to_string(&header).expect("json");
+    while !json.len().is_multiple_of(8) {
+        json.push(' ');
+    }
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads a safetensors file: its tensors (on the CPU) and its string metadata.
+pub fn read_safetensors(
+    path: impl AsRef<Path>,
+) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let bad = |m: String| {
+        Error::msg(format!(
+            "{}: not a readable safetensors file: {m}",
+            path.display()
+        ))
+    };
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(|| bad("too short".into()))?;
+    let header = bytes
+        .get(8..8usize.saturating_add(n))
+        .ok_or_else(|| bad("truncated header".into()))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
+    let meta = match header.get("__metadata__") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| bad(e.to_string()))?,
+        None => BTreeMap::new(),
+    };
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((tensors, meta))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presets
+
+/// Sampler budgets in every preset file.
+pub const BUDGETS: [&str; 3] = ["daps-1k", "daps-4k", "daps-100"];
+/// The budget `daps solve` uses unless told otherwise.
+pub const DEFAULT_BUDGET: &str = "daps-1k";
+
+/// The embedded TOML preset file of a task.
+pub fn preset_source(task: &str) -> Result<&'static str> {
+    Ok(match info(task)?.name {
+        "sr4" => include_str!("../presets/sr4.toml"),
+        "sr4-pool" => include_str!("../presets/sr4-pool.toml"),
+        "inpaint-box" => include_str!("../presets/inpaint-box.toml"),
+        "inpaint-random" => include_str!("../presets/inpaint-random.toml"),
+        "inpaint-mask" => include_str!("../presets/inpaint-mask.toml"),
+        "gaussian-blur" => include_str!("../presets/gaussian-blur.toml"),
+        "motion-blur" => include_str!("../presets/motion-blur.toml"),
+        "phase-retrieval" => include_str!("../presets/phase-retrieval.toml"),
+        "hdr" => include_str!("../presets/hdr.toml"),
+        _ => unreachable!("every registered task has a preset file"),
+    })
+}
+
+/// The sampler configuration of `budget` (`daps-1k`, `daps-4k`, `daps-100`) for a task.
+pub fn preset(task: &str, budget: &str) -> Result<DapsConfig> {
+    let src = preset_source(task)?;
+    let table: toml::Table =
+        toml::from_str(src).map_err(|e| Error::config(format!("preset file of {task}: {e}")))?;
+    let section = table.get(budget).ok_or_else(|| {
+        Error::config(format!(
+            "unknown preset '{budget}' for task {task} (valid: {})",
+            BUDGETS.join(", ")
+        ))
+    })?;
+    let cfg: DapsConfig = section
+        .clone()
+        .try_into()
+        .map_err(|e| Error::config(format!("preset {budget} of {task}: {e}")))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Sets one field of a sampler configuration; `value` is read as TOML (or else as a string).
+pub fn set_config(cfg: &DapsConfig, key: &str, value: &str) -> Result<DapsConfig> {
+    let mut v = toml::Value::try_from(cfg).expect("serialisable");
+    let table = v.as_table_mut().expect("a table");
+    if !table.contains_key(key) {
+        let keys: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
+        return Err(Error::config(format!(
+            "unknown sampler setting '{key}' (settings: {})",
+            keys.join(", ")
+        )));
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    table.insert(key.to_string(), parsed);
+    v.try_into()
+        .map_err(|e| Error::config(format!("bad value '{value}' for {key}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::X0Method;
+
+    fn build(name: &str, shape: [usize; 3]) -> Result<Task> {
+        Task::build(
+            TaskSpec::defaults(name, shape[1], shape[2], &TaskFiles::default())?,
+            shape,
+        )
+    }
+
+    #[test]
+    fn every_task_builds_at_256_and_small_sizes() {
+        for t in TASKS.iter().filter(|t| t.name != "inpaint-mask") {
+            for s in [256, 32, 8] {
+                let task = build(t.name, [3, s, s]).unwrap();
+                let out = task.output_shape().to_vec();
+                let expected = match t.name {
+                    "sr4" | "sr4-pool" => vec![3, s / 4, s / 4],
+                    "phase-retrieval" => vec![3, s + 2 * (s / 4), s + 2 * (s / 4)],
+                    _ => vec![3, s, s],
+                };
+                assert_eq!(out, expected, "{} at {s}", t.name);
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_scaling() {
+        assert_eq!(blur_size(256), (61, 3.0));
+        assert_eq!(blur_size(128), (61, 3.0));
+        assert_eq!(blur_size(64), (15, 0.75));
+        assert_eq!(blur_size(32), (9, 0.375));
+        assert_eq!(blur_size(8).0, 3);
+        let t = build("gaussian-blur", [1, 64, 64]).unwrap();
+        assert_eq!(t.kernel().unwrap().dims(), &[15, 15]);
+    }
+
+    #[test]
+    fn box_hole_is_scaled() {
+        let t = build("inpaint-box", [3, 64, 64]).unwrap();
+        let m = t
+            .mask()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(m as usize, 64 * 64 - 32 * 32);
+        let t = build("inpaint-random", [3, 20, 20]).unwrap();
+        let m = t
+            .mask()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(m as usize, 400 - 280);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = build("deblur", [3, 8, 8]).err().unwrap().to_string();
+        assert!(
+            e.contains("unknown task 'deblur'") && e.contains("motion-blur"),
+            "{e}"
+        );
+        let e = build("sr4", [3, 30, 30]).err().unwrap().to_string();
+        assert!(e.contains("multiples of 4") && e.contains("30×30"), "{e}");
+        let spec = TaskSpec::defaults("gaussian-blur", 16, 16, &TaskFiles::default())
+            .unwrap()
+            .set("kernel_size", "61")
+            .unwrap();
+        let e = Task::build(spec, [3, 16, 16]).err().unwrap().to_string();
+        assert!(e.contains("needs H and W > 30"), "{e}");
+        let e = TaskSpec::defaults("inpaint-mask", 8, 8, &TaskFiles::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--mask"), "{e}");
+        let spec = TaskSpec::defaults("hdr", 8, 8, &TaskFiles::default()).unwrap();
+        let e = spec.set("factor", "2").unwrap_err().to_string();
+        assert!(
+            e.contains("no parameter 'factor'") && e.contains("scale"),
+            "{e}"
+        );
+        let e = spec.set("scale", "big").unwrap_err().to_string();
+        assert!(e.contains("bad value"), "{e}");
+        assert_eq!(
+            spec.set("scale", "3").unwrap(),
+            TaskSpec::Hdr { scale: 3.0 }
+        );
+    }
+
+    #[test]
+    fn spec_json_roundtrip() {
+        for t in TASKS.iter().filter(|t| t.name != "inpaint-mask") {
+            let s = TaskSpec::defaults(t.name, 256, 256, &TaskFiles::default()).unwrap();
+            let j = serde_json::to_string(&s).unwrap();
+            assert!(j.contains(&format!("\"task\":\"{}\"", t.name)), "{j}");
+            assert_eq!(serde_json::from_str::<TaskSpec>(&j).unwrap(), s);
+        }
+        let e = serde_json::from_str::<TaskSpec>(r#"{"task":"hdr","scale":2,"extra":1}"#);
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn presets_hold_the_official_values() {
+        // (task, Langevin steps, lr) from reference §4.2, pixel column; lr_min_ratio 0.01.
+        let official = [
+            ("sr4", 100, 1e-4),
+            ("sr4-pool", 100, 1e-4),
+            ("inpaint-box", 100, 5e-5),
+            ("inpaint-random", 100, 1e-4),
+            ("inpaint-mask", 100, 5e-5),
+            ("gaussian-blur", 100, 1e-4),
+            ("motion-blur", 100, 5e-5),
+            ("phase-retrieval", 100, 5e-5),
+            ("hdr", 100, 2e-5),
+        ];
+        assert_eq!(official.len(), TASKS.len());
+        for (task, steps, lr) in official {
+            for (budget, n, m) in [
+                ("daps-1k", 200, 5),
+                ("daps-4k", 400, 10),
+                ("daps-100", 50, 2),
+            ] {
+                let c = preset(task, budget).unwrap();
+                assert_eq!((c.annealing_steps, c.ode_steps), (n, m), "{task} {budget}");
+                assert_eq!(c.mcmc_steps, steps, "{task} {budget}");
+                assert_eq!(c.lr, lr, "{task} {budget}");
+                assert_eq!(c.lr_min_ratio, 0.01);
+                assert_eq!(c.tau, 0.01);
+                assert_eq!(
+                    (c.sigma_max, c.sigma_min, c.sigma_min_ode),
+                    (100.0, 0.1, 0.01)
+                );
+                assert_eq!(c.x0_method, X0Method::Langevin);
+            }
+            let e = preset(task, "daps-2k").unwrap_err().to_string();
+            assert!(
+                e.contains("unknown preset 'daps-2k'") && e.contains("daps-100"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_overrides() {
+        let c = preset("sr4", "daps-1k").unwrap();
+        let c = set_config(&c, "lr", "3e-5").unwrap();
+        let c = set_config(&c, "annealing_steps", "7").unwrap();
+        let c = set_config(&c, "x0_method", "hmc").unwrap();
+        let c = set_config(&c, "tau", "1").unwrap();
+        assert_eq!(
+            (c.lr, c.annealing_steps, c.x0_method, c.tau),
+            (3e-5, 7, X0Method::Hmc, 1.0)
+        );
+        let e = set_config(&c, "lrr", "1").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown sampler setting 'lrr'") && e.contains("mcmc_steps"),
+            "{e}"
+        );
+        let e = set_config(&c, "x0_method", "magic")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad value 'magic'"), "{e}");
+    }
+
+    #[test]
+    fn explicit_matrix_reproduces_the_operator() {
+        let t = build("sr4", [1, 8, 8]).unwrap();
+        let e = t.explicit().unwrap();
+        let a = e.matrix().unwrap();
+        assert_eq!(a.shape(), (4, 64));
+        let x = crate::noise::NoiseSource::randn(
+            &mut SeededNoise::new(3),
+            &(1, 1, 8, 8).into(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let xv = nalgebra::DVector::from_vec(
+            x.flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+        );
+        let y: Vec<f32> = t
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (r, v) in (a * xv).iter().zip(&y) {
+            assert!((r - *v as f64).abs() < 1e-5);
+        }
+        assert!(build("hdr", [1, 8, 8]).unwrap().explicit().is_err());
+        let e = build("sr4", [3, 64, 64])
+            .unwrap()
+            .explicit()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("at most 3072"), "{e}");
+    }
+}

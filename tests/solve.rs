@@ -1,0 +1,693 @@
+//! `daps measure` / `daps solve` / `daps tasks` end to end, through the binary.
+//!
+//! The exact-posterior test: a two-component Gaussian-mixture prior with diagonal covariances on
+//! 1×8×8 images, the exact x0 step (explicit operator matrix), 4000 samples per linear task.
+//! The sample mean and per-pixel variance must match the closed-form posterior within 5 Monte
+//! Carlo standard errors per pixel: SE(mean) = sd/√n, SE(var) = √((m4 − var²)/n) with m4 the
+//! posterior's fourth central moment estimated from the samples (≈ var·√(2/n) for a Gaussian).
+
+use candle_core::{DType, Device, Tensor};
+use daps::noise::{NoiseSource, SeededNoise};
+use daps::operator::Operator;
+use daps::task::{read_safetensors, write_safetensors, MeasurementFile, Task, TaskSpec};
+use nalgebra::{DMatrix, DVector};
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("daps-solve-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn daps(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_daps"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = daps(args);
+    assert!(
+        out.status.success(),
+        "daps {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail; returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = daps(args);
+    assert!(!out.status.success(), "daps {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A smooth-ish random 8-bit image, `c` = 1 (gray) or 3 (RGB).
+fn write_png(path: &Path, c: usize, h: usize, w: usize, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<u8> = (0..c * h * w)
+        .map(|i| {
+            let (y, x) = ((i / c) / w, (i / c) % w);
+            let base = 128.0 + 60.0 * ((x as f64 * 0.4).sin() + (y as f64 * 0.3).cos());
+            (base + rng.random_range(-30.0..30.0)).clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    let (w, h) = (w as u32, h as u32);
+    match c {
+        1 => image::GrayImage::from_raw(w, h, v)
+            .unwrap()
+            .save(path)
+            .unwrap(),
+        _ => image::RgbImage::from_raw(w, h, v)
+            .unwrap()
+            .save(path)
+            .unwrap(),
+    }
+}
+
+fn vec64(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    vec64(a)
+        .iter()
+        .zip(vec64(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn measure_roundtrip_every_task() {
+    let dir = tmp("roundtrip");
+    let img = dir.join("x.png");
+    write_png(&img, 3, 32, 32, 1);
+    let mask = dir.join("mask.png");
+    let m: Vec<u8> = (0..32 * 32)
+        .map(|i| if (i * 7) % 5 < 3 { 255 } else { 0 })
+        .collect();
+    image::GrayImage::from_raw(32, 32, m)
+        .unwrap()
+        .save(&mask)
+        .unwrap();
+    let kernel = dir.join("kernel.safetensors");
+    let k = Tensor::from_vec(
+        vec![0.0f32, 0.1, 0.0, 0.2, 0.4, 0.1, 0.0, 0.2, 0.0],
+        (3, 3),
+        &Device::Cpu,
+    )
+    .unwrap();
+    candle_core::safetensors::save(&[("kernel", k.clone())].into_iter().collect(), &kernel)
+        .unwrap();
+    let x = daps::app::solve::read_image(&img).unwrap();
+    assert_eq!(x.dims(), &[1, 3, 32, 32]);
+
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("sr4", vec![]),
+        ("sr4-pool", vec![]),
+        ("inpaint-box", vec![]),
+        ("inpaint-random", vec![]),
+        ("inpaint-mask", vec!["--mask", s(&mask)]),
+        ("gaussian-blur", vec![]),
+        ("motion-blur", vec![]),
+        ("motion-blur", vec!["--kernel", s(&kernel)]),
+        ("phase-retrieval", vec![]),
+        ("hdr", vec!["--param", "scale=1.5"]),
+    ];
+    for (i, (task, extra)) in cases.iter().enumerate() {
+        let out = dir.join(format!("y{i}.safetensors"));
+        let mut args = vec![
+            "measure",
+            "--task",
+            task,
+            "--input",
+            s(&img),
+            "--out",
+            s(&out),
+        ];
+        args.extend(["--sigma-y", "0.1", "--seed", "7"]);
+        args.extend(extra.iter().copied());
+        ok(&args);
+        let preview = image::open(out.with_extension("png")).unwrap();
+        let mf = MeasurementFile::load(&out).unwrap();
+        assert_eq!(mf.task.name(), *task);
+        assert_eq!(mf.task.shape(), [3, 32, 32]);
+        assert_eq!((mf.sigma_y, mf.seed), (0.1, 7));
+        // The same task built afresh from the stored spec gives the same A(x) as the stored
+        // operator, and y = A(x) + σ_y·n with the seeded noise, exactly.
+        let fresh = Task::build(mf.task.spec().clone(), [3, 32, 32]).unwrap();
+        let ax = mf.task.forward(&x).unwrap();
+        assert!(max_diff(&ax, &fresh.forward(&x).unwrap()) < 1e-6, "{task}");
+        let n = SeededNoise::new(7).randn(ax.shape(), &Device::Cpu).unwrap();
+        let y = (&ax + (n * 0.1).unwrap()).unwrap();
+        assert!(max_diff(&y, &mf.y) < 1e-6, "{task}");
+        let (pw, ph) = (preview.width() as usize, preview.height() as usize);
+        match *task {
+            "phase-retrieval" => assert_eq!((ph, pw), (48, 48)),
+            _ => assert_eq!((ph, pw), (32, 32), "{task}"),
+        }
+        match *task {
+            "inpaint-mask" => {
+                let observed = vec64(mf.task.mask().unwrap()).iter().sum::<f64>();
+                assert_eq!(
+                    observed as usize,
+                    (0..1024).filter(|i| (i * 7) % 5 < 3).count()
+                );
+            }
+            "motion-blur" if !extra.is_empty() => {
+                assert!(max_diff(mf.task.kernel().unwrap(), &k) == 0.0);
+                assert!(matches!(
+                    mf.task.spec(),
+                    TaskSpec::MotionBlur { kernel_size: 3, .. }
+                ));
+            }
+            "hdr" => assert_eq!(mf.task.spec(), &TaskSpec::Hdr { scale: 1.5 }),
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A valid measurement file to corrupt.
+fn good_measurement(dir: &Path) -> PathBuf {
+    let img = dir.join("x.png");
+    write_png(&img, 1, 16, 16, 2);
+    let out = dir.join("good.safetensors");
+    ok(&[
+        "measure",
+        "--task",
+        "inpaint-box",
+        "--input",
+        s(&img),
+        "--out",
+        s(&out),
+    ]);
+    out
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = tmp("errors");
+    let good = good_measurement(&dir);
+    let img = dir.join("x.png");
+    let y = dir.join("y.safetensors");
+
+    let e = fails(&[
+        "measure",
+        "--task",
+        "deblur",
+        "--input",
+        s(&img),
+        "--out",
+        s(&y),
+    ]);
+    assert!(
+        e.contains("unknown task 'deblur'") && e.contains("inpaint-random"),
+        "{e}"
+    );
+    let odd = dir.join("odd.png");
+    write_png(&odd, 3, 30, 30, 3);
+    let e = fails(&[
+        "measure",
+        "--task",
+        "sr4",
+        "--input",
+        s(&odd),
+        "--out",
+        s(&y),
+    ]);
+    assert!(e.contains("multiples of 4") && e.contains("30×30"), "{e}");
+    let e = fails(&[
+        "measure",
+        "--task",
+        "gaussian-blur",
+        "--input",
+        s(&img),
+        "--out",
+        s(&y),
+        "--param",
+        "kernel_size=61",
+    ]);
+    assert!(e.contains("needs H and W > 30"), "{e}");
+    let junk = dir.join("junk.png");
+    std::fs::write(&junk, b"not an image").unwrap();
+    let e = fails(&[
+        "measure",
+        "--task",
+        "hdr",
+        "--input",
+        s(&junk),
+        "--out",
+        s(&y),
+    ]);
+    assert!(
+        e.contains("cannot read image") && e.contains("junk.png"),
+        "{e}"
+    );
+    let e = fails(&[
+        "measure",
+        "--task",
+        "inpaint-mask",
+        "--input",
+        s(&img),
+        "--out",
+        s(&y),
+    ]);
+    assert!(e.contains("--mask"), "{e}");
+    let e = fails(&[
+        "measure",
+        "--task",
+        "hdr",
+        "--input",
+        s(&img),
+        "--out",
+        s(&y),
+        "--param",
+        "sigma=2",
+    ]);
+    assert!(e.contains("no parameter 'sigma'"), "{e}");
+
+    // Corrupted measurement files.
+    let (tensors, meta) = read_safetensors(&good).unwrap();
+    let write =
+        |name: &str, t: &[(&str, Tensor)], m: &std::collections::BTreeMap<String, String>| {
+            let p = dir.join(name);
+            write_safetensors(&p, t, m).unwrap();
+            p
+        };
+    let yt = tensors["y"].clone();
+    let mask = tensors["mask"].clone();
+    let solve = |p: &Path| {
+        fails(&[
+            "solve",
+            "--measurement",
+            s(p),
+            "--prior",
+            "gmm:/nonexistent.safetensors",
+            "--out",
+            s(&dir.join("o.png")),
+        ])
+    };
+    let mut v = vec64(&yt);
+    v[5] = f64::NAN;
+    let nan = Tensor::from_vec(v, yt.shape(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let e = solve(&write(
+        "nan.safetensors",
+        &[("y", nan), ("mask", mask.clone())],
+        &meta,
+    ));
+    assert!(e.contains("y contains NaN"), "{e}");
+    let e = solve(&write("nomask.safetensors", &[("y", yt.clone())], &meta));
+    assert!(e.contains("missing tensor 'mask'"), "{e}");
+    let e = solve(&write("noy.safetensors", &[("mask", mask.clone())], &meta));
+    assert!(e.contains("missing tensor 'y'"), "{e}");
+    let small = yt.narrow(3, 0, 8).unwrap();
+    let e = solve(&write(
+        "shape.safetensors",
+        &[("y", small), ("mask", mask.clone())],
+        &meta,
+    ));
+    assert!(e.contains("y has shape [1, 1, 16, 8]"), "{e}");
+    let mut m2 = meta.clone();
+    m2.insert("task".into(), "deblur".into());
+    let e = solve(&write(
+        "task.safetensors",
+        &[("y", yt.clone()), ("mask", mask.clone())],
+        &m2,
+    ));
+    assert!(e.contains("unknown task 'deblur'"), "{e}");
+    let mut m3 = meta.clone();
+    m3.insert("shape".into(), "[1, 12, 12]".into());
+    let e = solve(&write(
+        "size.safetensors",
+        &[("y", yt.clone()), ("mask", mask)],
+        &m3,
+    ));
+    assert!(e.contains("inpaint-box mask"), "{e}");
+    let e = solve(&img);
+    assert!(e.contains("not a readable safetensors"), "{e}");
+
+    let out = s(&dir.join("o.png")).to_string();
+    let e = fails(&[
+        "solve",
+        "--measurement",
+        s(&good),
+        "--out",
+        &out,
+        "--preset",
+        "daps-2k",
+    ]);
+    assert!(
+        e.contains("unknown preset 'daps-2k'") && e.contains("daps-100"),
+        "{e}"
+    );
+    let e = fails(&["solve", "--measurement", s(&good), "--out", &out]);
+    assert!(
+        e.contains("default prior is not available") && e.contains("--prior"),
+        "{e}"
+    );
+    let e = fails(&[
+        "solve",
+        "--measurement",
+        s(&good),
+        "--out",
+        &out,
+        "--set",
+        "lrr=1",
+    ]);
+    assert!(e.contains("unknown sampler setting 'lrr'"), "{e}");
+    let e = fails(&[
+        "solve",
+        "--measurement",
+        s(&good),
+        "--out",
+        &out,
+        "--x0-method",
+        "magic",
+    ]);
+    assert!(e.contains("magic"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes a mixture prior file on 1×h×w and returns (weights, means, diagonal variances).
+fn write_prior(
+    path: &Path,
+    h: usize,
+    w: usize,
+) -> (Vec<f64>, Vec<DVector<f64>>, Vec<DVector<f64>>) {
+    let d = h * w;
+    let weights = vec![0.6, 0.4];
+    let means: Vec<DVector<f64>> = (0..2)
+        .map(|k| {
+            DVector::from_fn(d, |i, _| {
+                let (y, x) = ((i / w) as f64, (i % w) as f64);
+                0.3 * ((0.7 + 0.3 * k as f64) * x + 0.5 * y).sin() - 0.1 * k as f64
+            })
+        })
+        .collect();
+    let vars: Vec<DVector<f64>> = (0..2)
+        .map(|k| DVector::from_fn(d, |i, _| 0.02 + 0.03 * ((i * (k + 3)) % 7) as f64 / 6.0))
+        .collect();
+    let t = |v: Vec<f64>, shape: Vec<usize>| {
+        Tensor::from_vec(v, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let flat = |vs: &[DVector<f64>]| {
+        vs.iter()
+            .flat_map(|v| v.iter().copied())
+            .collect::<Vec<_>>()
+    };
+    let tensors = [
+        ("weights".to_string(), t(weights.clone(), vec![2])),
+        ("means".to_string(), t(flat(&means), vec![2, 1, h, w])),
+        ("variances".to_string(), t(flat(&vars), vec![2, d])),
+    ];
+    candle_core::safetensors::save(&tensors.into_iter().collect(), path).unwrap();
+    // the file holds f32: use the stored values
+    let r = |v: &DVector<f64>| v.map(|x| x as f32 as f64);
+    (
+        weights,
+        means.iter().map(r).collect(),
+        vars.iter().map(r).collect(),
+    )
+}
+
+/// Closed-form posterior mean and per-pixel variance of a diagonal-covariance mixture prior
+/// under y = A x + σ n.
+fn posterior_moments(
+    w: &[f64],
+    means: &[DVector<f64>],
+    vars: &[DVector<f64>],
+    a: &DMatrix<f64>,
+    y: &DVector<f64>,
+    sigma: f64,
+) -> (DVector<f64>, DVector<f64>) {
+    let d = a.ncols();
+    let s2 = sigma * sigma;
+    let mut logw = Vec::new();
+    let mut comps = Vec::new();
+    for k in 0..w.len() {
+        let c = DMatrix::from_diagonal(&vars[k]);
+        let s = a * &c * a.transpose() + DMatrix::identity(a.nrows(), a.nrows()) * s2;
+        let ch = s.clone().cholesky().unwrap();
+        let r = y - a * &means[k];
+        let logdet: f64 = 2.0 * ch.l().diagonal().iter().map(|v| v.ln()).sum::<f64>();
+        logw.push(w[k].ln() - 0.5 * r.dot(&ch.solve(&r)) - 0.5 * logdet);
+        let prec = DMatrix::from_diagonal(&vars[k].map(|v| 1.0 / v)) + a.transpose() * a / s2;
+        let cov = prec.try_inverse().unwrap();
+        let mu = &cov * (means[k].component_div(&vars[k]) + a.transpose() * y / s2);
+        comps.push((mu, cov.diagonal()));
+    }
+    let mx = logw.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let pw: Vec<f64> = logw.iter().map(|l| (l - mx).exp()).collect();
+    let tot: f64 = pw.iter().sum();
+    let mut mean = DVector::zeros(d);
+    let mut second = DVector::zeros(d);
+    for (p, (mu, var)) in pw.iter().zip(&comps) {
+        mean += mu * (p / tot);
+        second += (var + mu.component_mul(mu)) * (p / tot);
+    }
+    let var = second - mean.component_mul(&mean);
+    (mean, var)
+}
+
+#[test]
+fn exact_posterior_on_every_linear_task() {
+    let dir = tmp("exact");
+    let (h, w) = (8, 8);
+    let d = h * w;
+    let prior_file = dir.join("prior.safetensors");
+    let (pw, pm, pv) = write_prior(&prior_file, h, w);
+    // Ground truth: a draw from the prior component 0.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let x: Vec<u8> = (0..d)
+        .map(|i| {
+            let v = pm[0][i] + pv[0][i].sqrt() * rng.sample::<f64, _>(StandardNormal);
+            ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    let img = dir.join("x.png");
+    image::GrayImage::from_raw(w as u32, h as u32, x)
+        .unwrap()
+        .save(&img)
+        .unwrap();
+    let prior = format!("gmm:{}", prior_file.display());
+    let n = 4000;
+    let tasks: [(&str, &[&str]); 6] = [
+        ("sr4", &[]),
+        ("sr4-pool", &[]),
+        ("inpaint-box", &[]),
+        ("inpaint-random", &[]),
+        (
+            "gaussian-blur",
+            &["--param", "kernel_size=5", "--param", "sigma=1.0"],
+        ),
+        ("motion-blur", &["--param", "kernel_size=5"]),
+    ];
+    for (task, extra) in tasks {
+        let y = dir.join(format!("{task}.safetensors"));
+        let mut args = vec![
+            "measure",
+            "--task",
+            task,
+            "--input",
+            s(&img),
+            "--out",
+            s(&y),
+            "--seed",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+        let samples = dir.join(format!("{task}-samples.safetensors"));
+        let out = dir.join(format!("{task}-x.png"));
+        let ns = n.to_string();
+        ok(&[
+            "solve",
+            "--measurement",
+            s(&y),
+            "--prior",
+            &prior,
+            "--out",
+            s(&out),
+            "--preset",
+            "daps-100",
+            "--annealing-steps",
+            "10",
+            "--x0-method",
+            "exact",
+            "--samples",
+            &ns,
+            "--seed",
+            "11",
+            "--save-samples",
+            s(&samples),
+        ]);
+        assert!(dir.join(format!("{task}-x_mean.png")).is_file());
+        let (t, _) = read_safetensors(&samples).unwrap();
+        assert_eq!(t["samples"].dims(), &[n, 1, h, w]);
+        let xs = vec64(&t["samples"]);
+
+        let mf = MeasurementFile::load(&y).unwrap();
+        let e = mf.task.explicit().unwrap();
+        let a = e.matrix().unwrap().clone();
+        // The matrix is the operator: A·v = A(v) for a random v.
+        let v = SeededNoise::new(1)
+            .randn(&(1, 1, h, w).into(), &Device::Cpu)
+            .unwrap();
+        let av = &a * DVector::from_vec(vec64(&v));
+        let fv = vec64(&mf.task.forward(&v).unwrap());
+        assert!(
+            av.iter().zip(&fv).all(|(p, q)| (p - q).abs() < 1e-5),
+            "{task}: matrix"
+        );
+        let yv = DVector::from_vec(vec64(&mf.y));
+        let (mean, var) = posterior_moments(&pw, &pm, &pv, &a, &yv, mf.sigma_y);
+
+        let mut worst: (f64, f64) = (0.0, 0.0);
+        for j in 0..d {
+            let col: Vec<f64> = (0..n).map(|i| xs[i * d + j]).collect();
+            let m = col.iter().sum::<f64>() / n as f64;
+            let c2 = col.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+            let m4 = col.iter().map(|v| (v - m).powi(4)).sum::<f64>() / n as f64;
+            let z_mean = (m - mean[j]).abs() / (var[j] / n as f64).sqrt();
+            let se_var = ((m4 - c2 * c2).max(0.0) / n as f64).sqrt();
+            let z_var = (c2 - var[j]).abs() / se_var;
+            worst = (worst.0.max(z_mean), worst.1.max(z_var));
+            assert!(
+                z_mean < 5.0 && z_var < 5.0,
+                "{task} pixel {j}: mean {m:.4} vs {:.4} ({z_mean:.1} SE), var {c2:.5} vs {:.5} ({z_var:.1} SE)",
+                mean[j],
+                var[j]
+            );
+        }
+        eprintln!(
+            "{task}: worst |z| mean {:.2}, variance {:.2}",
+            worst.0, worst.1
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn solve_writes_samples_frames_and_metrics() {
+    let dir = tmp("outputs");
+    let (h, w) = (16, 16);
+    let prior_file = dir.join("prior.safetensors");
+    write_prior(&prior_file, h, w);
+    let img = dir.join("gt.png");
+    write_png(&img, 1, h, w, 4);
+    let y = dir.join("y.safetensors");
+    ok(&[
+        "measure",
+        "--task",
+        "inpaint-random",
+        "--input",
+        s(&img),
+        "--out",
+        s(&y),
+    ]);
+    let prior = format!("gmm:{}", prior_file.display());
+    let frames = dir.join("frames");
+    let out = dir.join("x.png");
+    let text = ok(&[
+        "solve",
+        "--measurement",
+        s(&y),
+        "--prior",
+        &prior,
+        "--out",
+        s(&out),
+        "--preset",
+        "daps-100",
+        "--annealing-steps",
+        "10",
+        "--mcmc-steps",
+        "10",
+        "--samples",
+        "3",
+        "--reference",
+        s(&img),
+        "--save-trajectory",
+        s(&frames),
+        "--trajectory-every",
+        "4",
+    ]);
+    assert!(text.contains("PSNR") && text.contains("mean"), "{text}");
+    for f in ["x_0.png", "x_1.png", "x_2.png", "x_mean.png"] {
+        let i = image::open(dir.join(f)).unwrap();
+        assert_eq!((i.width(), i.height()), (16, 16));
+    }
+    for step in [0, 4, 8, 9] {
+        let f = image::open(frames.join(format!("x0_{step:04}.png"))).unwrap();
+        assert_eq!(
+            (f.width(), f.height()),
+            (3 * 16, 16),
+            "three chains side by side"
+        );
+        assert!(frames.join(format!("x0hat_{step:04}.png")).is_file());
+    }
+    assert!(!frames.join("x0_0001.png").exists());
+
+    // A failure mid-run (a frame that cannot be written at step 4) keeps the last x0.
+    let frames2 = dir.join("frames2");
+    std::fs::create_dir_all(frames2.join("x0_0004.png")).unwrap();
+    let e = fails(&[
+        "solve",
+        "--measurement",
+        s(&y),
+        "--prior",
+        &prior,
+        "--out",
+        s(&out),
+        "--preset",
+        "daps-100",
+        "--annealing-steps",
+        "10",
+        "--mcmc-steps",
+        "10",
+        "--save-trajectory",
+        s(&frames2),
+        "--trajectory-every",
+        "4",
+    ]);
+    assert!(
+        e.contains("annealing step 4") && e.contains("x_partial_step0004.png"),
+        "{e}"
+    );
+    assert!(dir.join("x_partial_step0004.png").is_file());
+
+    // tasks lists every task with its preset values.
+    let t = ok(&["tasks"]);
+    for name in [
+        "sr4-pool",
+        "inpaint-mask",
+        "phase-retrieval",
+        "hdr",
+        "lr 2e-5",
+        "400 × 10",
+    ] {
+        assert!(t.contains(name), "{name}: {t}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
