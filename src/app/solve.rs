@@ -5,6 +5,7 @@
 //! `[1, C, H, W]`. The measurement file format is described in [`crate::task::MeasurementFile`].
 
 use crate::metric::image::{psnr, ssim, to_unit};
+use crate::metric::lpips::Lpips;
 use crate::noise::SeededNoise;
 use crate::operator::{per_chain_sq_norm, Operator};
 use crate::prior::spec::PriorSpec;
@@ -73,6 +74,9 @@ pub struct SolveArgs {
     /// Ground-truth image: prints PSNR, SSIM and ‖A(x) − y‖ per sample.
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// VGG16 LPIPS weights (safetensors, see `daps::metric::lpips`): adds LPIPS to the metrics.
+    #[arg(long, requires = "reference")]
+    pub lpips_weights: Option<PathBuf>,
     /// Writes x̂0 and x0 frames (first 8 chains side by side) to this folder.
     #[arg(long)]
     pub save_trajectory: Option<PathBuf>,
@@ -376,6 +380,10 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         }
         None => None,
     };
+    let lpips = match &a.lpips_weights {
+        Some(p) => Some(Lpips::load(p, &Device::Cpu)?),
+        None => None,
+    };
     if let Some(d) = &a.save_trajectory {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -501,12 +509,17 @@ pub fn solve(a: SolveArgs) -> Result<()> {
             )
         }
     );
-    print_metrics(&x, reference.as_ref(), &mf)?;
+    print_metrics(&x, reference.as_ref(), lpips.as_ref(), &mf)?;
     Ok(())
 }
 
-/// Per-sample ‖A(x) − y‖, and PSNR / SSIM against the reference when there is one.
-fn print_metrics(x: &Tensor, reference: Option<&Tensor>, mf: &MeasurementFile) -> Result<()> {
+/// Per-sample ‖A(x) − y‖, and PSNR / SSIM (and LPIPS) against the reference when there is one.
+fn print_metrics(
+    x: &Tensor,
+    reference: Option<&Tensor>,
+    lpips: Option<&Lpips>,
+    mf: &MeasurementFile,
+) -> Result<()> {
     let n = x.dim(0)?;
     let r = mf.measurement().residual(&mf.task, x)?;
     let misfit: Vec<f32> = per_chain_sq_norm(&r)?.sqrt()?.to_vec1()?;
@@ -517,30 +530,34 @@ fn print_metrics(x: &Tensor, reference: Option<&Tensor>, mf: &MeasurementFile) -
     };
     let mut rows = Vec::with_capacity(n + 1);
     let gt_unit = to_unit(gt)?;
-    let score = |img: &Tensor| -> Result<(f64, Option<f64>)> {
+    let score = |img: &Tensor| -> Result<(f64, Option<f64>, Option<f64>)> {
         let u = to_unit(img)?;
         let p = psnr(&u, &gt_unit)?[0];
         let s = ssim(&u, &gt_unit).ok().map(|v| v[0]);
-        Ok((p, s))
+        let l = lpips.map(|l| l.distance(&u, &gt_unit)).transpose()?;
+        Ok((p, s, l.map(|v| v[0])))
     };
     for (i, m) in misfit.iter().enumerate() {
-        let (p, s) = score(&x.narrow(0, i, 1)?)?;
-        rows.push((i.to_string(), p, s, *m as f64));
+        let (p, s, l) = score(&x.narrow(0, i, 1)?)?;
+        rows.push((i.to_string(), p, s, l, *m as f64));
     }
     if n > 1 {
         let m = x.mean_keepdim(0)?;
-        let (p, s) = score(&m)?;
+        let (p, s, l) = score(&m)?;
         let r = mf.measurement().residual(&mf.task, &m)?;
         let mm = per_chain_sq_norm(&r)?.sqrt()?.to_vec1::<f32>()?[0] as f64;
-        rows.push(("mean".into(), p, s, mm));
+        rows.push(("mean".into(), p, s, l, mm));
     }
+    let lp = if lpips.is_some() { "  LPIPS" } else { "" };
     println!(
-        "{:>8} {:>8} {:>7} {:>10}",
+        "{:>8} {:>8} {:>7}{lp} {:>10}",
         "sample", "PSNR", "SSIM", "‖A(x)−y‖"
     );
-    let fmt = |(l, p, s, m): &(String, f64, Option<f64>, f64)| {
+    type Row = (String, f64, Option<f64>, Option<f64>, f64);
+    let fmt = |(l, p, s, lp, m): &Row| {
         let s = s.map_or("–".to_string(), |v| format!("{v:.4}"));
-        println!("{l:>8} {p:>8.2} {s:>7} {m:>10.4}");
+        let lp = lp.map_or(String::new(), |v| format!(" {v:>6.4}"));
+        println!("{l:>8} {p:>8.2} {s:>7}{lp} {m:>10.4}");
     };
     let shown = 20;
     for r in rows.iter().take(shown.min(n)) {

@@ -8,6 +8,7 @@ pub mod blur;
 pub mod fft;
 pub mod inpaint;
 pub mod linear;
+pub mod mri;
 pub mod pointwise;
 pub mod resize;
 pub mod toy;
