@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod data;
 pub mod error;
 pub mod exact;
 pub mod metric;
@@ -14,6 +15,7 @@ pub mod operator;
 pub mod prior;
 pub mod sampler;
 pub mod schedule;
+pub mod train;
 pub mod task;
 
 pub use error::{Error, Result};
