@@ -13,18 +13,29 @@
 //! | `motion-blur` | `motion_blur` | reflect-padded 61×61 motion blur | kernel_size 61, intensity 0.5, seed 42 (or `--kernel`) |
 //! | `phase-retrieval` | `phase_retrieval` | \|centred FFT\| of the zero-padded [0,1] image | oversample 2 |
 //! | `hdr` | `high_dynamic_range` | clip(2x, −1, 1) | scale 2 |
+//! | `mri-4x` | – (CVPR Table 2) | multi-coil Cartesian CS-MRI, masked centred k-space per coil | acceleration 4, centre fraction 0.08, 8 birdcage coils, seed 42 |
+//! | `mri-8x` | – (CVPR Table 2) | the same at ×8 | acceleration 8, centre fraction 0.04, 8 coils, seed 42 |
 //!
 //! Size rules: SR needs H and W to be multiples of the factor; the box hole is 128·H/256 ×
 //! 128·W/256 (margin 32·H/256); blur kernels keep 61 / σ 3 when min(H, W) ≥ 128, and below that
 //! use σ = 3·s/256 and the odd size nearest 61·s/256 (at least 3), s = min(H, W). Masks and
 //! kernels are seeded with `seed` (default 42, as DAPS fixes one mask per dataset); the
 //! measurement noise has its own seed. Every parameter can be overridden (`--param key=value`).
+//!
+//! The MRI tasks take complex images, stored as two channels `[2, H, W]` (real, imaginary); the
+//! measurement is `[C, H, W, 2]` (coils, complex last), zero off the mask. Their mask (`[H, W]`,
+//! whole k-space columns) and coil maps (`[C, H, W, 2]`, simulated birdcage maps or read from a
+//! `--maps` file) are stored in the measurement file, and the measurement noise is masked too
+//! (unsampled k-space stays exactly 0), so ‖A(x) − y‖ compares like with like.
 
 use crate::error::{Error, Result};
 use crate::noise::SeededNoise;
 use crate::operator::blur::Blur;
 use crate::operator::fft::PhaseRetrieval;
 use crate::operator::inpaint::{box_mask, random_mask, Inpaint};
+use crate::operator::mri::{
+    birdcage_maps, cartesian_mask, default_center_fraction, read_maps, Mri,
+};
 use crate::operator::resize::{AvgPool, SuperResolution};
 use crate::operator::{Hdr, Measurement, Operator};
 use crate::sampler::DapsConfig;
@@ -44,7 +55,7 @@ pub struct TaskInfo {
     pub linear: bool,
 }
 
-pub const TASKS: [TaskInfo; 9] = [
+pub const TASKS: [TaskInfo; 11] = [
     TaskInfo {
         name: "sr4",
         official: "down_sampling",
@@ -99,6 +110,18 @@ pub const TASKS: [TaskInfo; 9] = [
         summary: "high dynamic range, clip(2x, −1, 1)",
         linear: false,
     },
+    TaskInfo {
+        name: "mri-4x",
+        official: "– (multi-coil MRI, CVPR Table 2)",
+        summary: "multi-coil CS-MRI ×4 (complex image; column mask, 8% centre; birdcage maps)",
+        linear: true,
+    },
+    TaskInfo {
+        name: "mri-8x",
+        official: "– (multi-coil MRI, CVPR Table 2)",
+        summary: "multi-coil CS-MRI ×8 (complex image; column mask, 4% centre; birdcage maps)",
+        linear: true,
+    },
 ];
 
 fn task_names() -> String {
@@ -151,13 +174,48 @@ pub enum TaskSpec {
     Hdr {
         scale: f64,
     },
+    #[serde(rename = "mri-4x")]
+    Mri4x(MriParams),
+    #[serde(rename = "mri-8x")]
+    Mri8x(MriParams),
 }
 
-/// Files a task may read: `--mask` for `inpaint-mask`, `--kernel` for `motion-blur`.
+/// Parameters of the MRI tasks (see [`crate::operator::mri`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MriParams {
+    /// Undersampling factor R: round(W/R) of the W k-space columns are sampled.
+    pub acceleration: f64,
+    /// Fraction of fully sampled centre columns (fastMRI: 0.32/R).
+    pub center_fraction: f64,
+    /// Number of simulated birdcage coils (the maps file's C when `maps` is given).
+    pub coils: usize,
+    /// Seed of the random columns of the mask.
+    pub seed: u64,
+    /// Coil maps file (safetensors with `maps` [C, H, W, 2]) instead of birdcage maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maps: Option<String>,
+}
+
+impl MriParams {
+    fn new(acceleration: f64, maps: Option<String>) -> Self {
+        Self {
+            acceleration,
+            center_fraction: default_center_fraction(acceleration),
+            coils: 8,
+            seed: 42,
+            maps,
+        }
+    }
+}
+
+/// Files a task may read: `--mask` for `inpaint-mask`, `--kernel` for `motion-blur`, `--maps`
+/// (coil sensitivities) for the MRI tasks.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFiles {
     pub mask: Option<PathBuf>,
     pub kernel: Option<PathBuf>,
+    pub maps: Option<PathBuf>,
 }
 
 /// Blur kernel (size, σ) for an image whose smaller side is `s` (see the module docs).
@@ -182,6 +240,11 @@ impl TaskSpec {
         if files.kernel.is_some() && name != "motion-blur" {
             return Err(Error::config(format!(
                 "--kernel only applies to motion-blur, not {name}"
+            )));
+        }
+        if files.maps.is_some() && !name.starts_with("mri-") {
+            return Err(Error::config(format!(
+                "--maps only applies to the MRI tasks, not {name}"
             )));
         }
         let (k, sigma) = blur_size(h.min(w));
@@ -211,6 +274,8 @@ impl TaskSpec {
             },
             "phase-retrieval" => Self::PhaseRetrieval { oversample: 2.0 },
             "hdr" => Self::Hdr { scale: 2.0 },
+            "mri-4x" => Self::Mri4x(MriParams::new(4.0, files.maps.as_deref().map(path))),
+            "mri-8x" => Self::Mri8x(MriParams::new(8.0, files.maps.as_deref().map(path))),
             _ => unreachable!("every registered task has defaults"),
         })
     }
@@ -226,7 +291,27 @@ impl TaskSpec {
             Self::MotionBlur { .. } => "motion-blur",
             Self::PhaseRetrieval { .. } => "phase-retrieval",
             Self::Hdr { .. } => "hdr",
+            Self::Mri4x(_) => "mri-4x",
+            Self::Mri8x(_) => "mri-8x",
         }
+    }
+
+    /// The MRI parameters, for the MRI tasks.
+    pub fn mri(&self) -> Option<&MriParams> {
+        match self {
+            Self::Mri4x(p) | Self::Mri8x(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the task takes complex images (`[2, H, W]`: real, imaginary), as MRI does.
+    pub fn is_complex(&self) -> bool {
+        self.mri().is_some()
+    }
+
+    /// The number of image channels the task needs, when it fixes one (2 for MRI).
+    pub fn channels(&self) -> Option<usize> {
+        self.is_complex().then_some(2)
     }
 
     pub fn is_linear(&self) -> bool {
@@ -283,16 +368,30 @@ impl TaskSpec {
             Self::MotionBlur { .. } => vec!["kernel_size", "intensity", "seed", "file"],
             Self::PhaseRetrieval { .. } => vec!["oversample"],
             Self::Hdr { .. } => vec!["scale"],
+            Self::Mri4x(_) | Self::Mri8x(_) => {
+                vec!["acceleration", "center_fraction", "coils", "seed", "maps"]
+            }
         }
     }
 }
 
-/// A task built for images of shape (C, H, W): its operator, and the mask or kernel it uses.
+/// The tensors a task is built from (those it needs, by task): an inpainting mask `[1, 1, H, W]`
+/// or MRI k-space mask `[H, W]`, a blur kernel `[k, k]`, MRI coil maps `[C, H, W, 2]`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskTensors {
+    pub mask: Option<Tensor>,
+    pub kernel: Option<Tensor>,
+    pub maps: Option<Tensor>,
+}
+
+/// A task built for images of shape (C, H, W): its operator, and the mask, kernel or coil maps
+/// it uses.
 pub struct Task {
     spec: TaskSpec,
     shape: [usize; 3],
     mask: Option<Tensor>,
     kernel: Option<Tensor>,
+    maps: Option<Tensor>,
     op: Box<dyn Operator>,
     out_shape: Vec<usize>,
 }
@@ -313,7 +412,7 @@ impl Task {
         let name = spec.name();
         let ctx = |e: Error| Error::config(format!("{name} on {h}×{w}: {e}"));
         let mut spec = spec;
-        let (mut mask, mut kernel) = (None, None);
+        let (mut mask, mut kernel, mut maps) = (None, None, None);
         let mask_tensor = |m: Vec<f32>| Tensor::from_vec(m, (1, 1, h, w), &Device::Cpu);
         match &mut spec {
             TaskSpec::InpaintBox { seed } => {
@@ -343,19 +442,27 @@ impl Task {
                 *kernel_size = b.size();
                 kernel = Some(b.kernel_tensor(&Device::Cpu)?);
             }
+            TaskSpec::Mri4x(p) | TaskSpec::Mri8x(p) => {
+                let m = match &p.maps {
+                    Some(f) => read_maps(f)?,
+                    None => birdcage_maps(p.coils, h, w).map_err(ctx)?,
+                };
+                p.coils = m.dim(0)?;
+                // Stored as f32 in the measurement file: build from the same values.
+                maps = Some(cpu_f32(&m)?);
+                mask = Some(
+                    cartesian_mask(h, w, p.acceleration, p.center_fraction, p.seed).map_err(ctx)?,
+                );
+            }
             _ => {}
         }
-        Self::assemble(spec, shape, mask, kernel)
+        Self::assemble(spec, shape, TaskTensors { mask, kernel, maps })
     }
 
-    /// Builds the operator from the spec and the given mask/kernel tensors, checking that they
-    /// fit the task and the image size.
-    pub fn assemble(
-        spec: TaskSpec,
-        shape: [usize; 3],
-        mask: Option<Tensor>,
-        kernel: Option<Tensor>,
-    ) -> Result<Self> {
+    /// Builds the operator from the spec and the given mask/kernel/maps tensors, checking that
+    /// they fit the task and the image size (shapes, values, finiteness).
+    pub fn assemble(spec: TaskSpec, shape: [usize; 3], tensors: TaskTensors) -> Result<Self> {
+        let TaskTensors { mask, kernel, maps } = tensors;
         let [c, h, w] = shape;
         let name = spec.name();
         if c == 0 || h == 0 || w == 0 {
@@ -371,6 +478,14 @@ impl Task {
         };
         let mut keep_mask = None;
         let mut keep_kernel = None;
+        let mut keep_maps = None;
+        if let Some(need_c) = spec.channels() {
+            if c != need_c {
+                return bad(format!(
+                    "takes complex images stored as {need_c} channels (real, imaginary), got {c}"
+                ));
+            }
+        }
         let op: Box<dyn Operator> = match &spec {
             TaskSpec::Sr4 { factor } | TaskSpec::Sr4Pool { factor } => {
                 let f = *factor;
@@ -431,6 +546,41 @@ impl Task {
                 }
                 Box::new(Hdr { scale: *scale })
             }
+            TaskSpec::Mri4x(p) | TaskSpec::Mri8x(p) => {
+                if !(p.acceleration.is_finite() && p.acceleration >= 1.0) {
+                    return bad(format!(
+                        "acceleration must be finite and ≥ 1, got {}",
+                        p.acceleration
+                    ));
+                }
+                if !(0.0..=1.0).contains(&p.center_fraction) {
+                    return bad(format!(
+                        "center_fraction must be in [0, 1], got {}",
+                        p.center_fraction
+                    ));
+                }
+                let m = need(mask, "mask")?;
+                crate::error::expect_shape(&format!("{name} k-space mask"), m.dims(), &[h, w])?;
+                let v = m.flatten_all()?.to_vec1::<f32>()?;
+                if v.iter().any(|x| !(*x == 0.0 || *x == 1.0)) {
+                    return bad("k-space mask values must be 0 or 1".into());
+                }
+                if !v.contains(&1.0) {
+                    return bad("k-space mask samples nothing".into());
+                }
+                let s = need(maps, "maps")?;
+                crate::error::expect_shape(
+                    &format!("{name} coil maps"),
+                    s.dims(),
+                    &[p.coils, h, w, 2],
+                )?;
+                if !all_finite(&s)? {
+                    return bad("coil maps have NaN or Inf entries".into());
+                }
+                keep_mask = Some(m.clone());
+                keep_maps = Some(s.clone());
+                Box::new(Mri::new(&s, &m)?)
+            }
         };
         let probe = Tensor::zeros((1, c, h, w), DType::F32, &Device::Cpu)?;
         let out_shape = op.forward(&probe)?.dims()[1..].to_vec();
@@ -439,6 +589,7 @@ impl Task {
             shape,
             mask: keep_mask,
             kernel: keep_kernel,
+            maps: keep_maps,
             op,
             out_shape,
         })
@@ -458,9 +609,18 @@ impl Task {
     pub fn output_shape(&self) -> &[usize] {
         &self.out_shape
     }
-    /// `[1, 1, H, W]` (1 = observed), for the inpainting tasks.
+    /// `[1, 1, H, W]` (1 = observed) for the inpainting tasks; the k-space mask `[H, W]`
+    /// (1 = sampled) for MRI.
     pub fn mask(&self) -> Option<&Tensor> {
         self.mask.as_ref()
+    }
+    /// The coil sensitivity maps `[C, H, W, 2]`, for MRI.
+    pub fn maps(&self) -> Option<&Tensor> {
+        self.maps.as_ref()
+    }
+    /// Whether the task takes complex images `[2, H, W]` (MRI).
+    pub fn is_complex(&self) -> bool {
+        self.spec.is_complex()
     }
     /// `[k, k]`, for the blur tasks.
     pub fn kernel(&self) -> Option<&Tensor> {
@@ -596,10 +756,24 @@ impl MeasurementFile {
                 "sigma_y must be finite and ≥ 0, got {sigma_y}"
             )));
         }
-        let m = Measurement::simulate(&task, &cpu_f32(x)?, sigma_y, &mut SeededNoise::new(seed))?;
+        let x = cpu_f32(x)?;
+        let y = match (task.is_complex(), task.mask()) {
+            // MRI: noise only on the sampled k-space entries (unsampled ones stay exactly 0).
+            (true, Some(mask)) => {
+                let ax = task.forward(&x)?;
+                let n = crate::noise::NoiseSource::randn(
+                    &mut SeededNoise::new(seed),
+                    ax.shape(),
+                    &Device::Cpu,
+                )?;
+                let m = mask.reshape((1, 1, h, w, 1))?;
+                (ax + (n.broadcast_mul(&m)? * sigma_y)?)?
+            }
+            _ => Measurement::simulate(&task, &x, sigma_y, &mut SeededNoise::new(seed))?.y,
+        };
         Ok(Self {
             task,
-            y: m.y,
+            y,
             sigma_y,
             seed,
         })
@@ -635,6 +809,9 @@ impl MeasurementFile {
         }
         if let Some(k) = t.kernel() {
             tensors.push(("kernel", k.clone()));
+        }
+        if let Some(s) = t.maps() {
+            tensors.push(("maps", s.clone()));
         }
         write_safetensors(path, &tensors, &meta)
     }
@@ -688,21 +865,26 @@ impl MeasurementFile {
             .ok_or_else(|| at("missing tensor 'y'".into()))?;
         let mask = tensors.remove("mask");
         let kernel = tensors.remove("kernel");
-        let needs = match spec {
+        let maps = tensors.remove("maps");
+        let needs: &[(&str, bool)] = match spec {
             TaskSpec::InpaintBox { .. }
             | TaskSpec::InpaintRandom { .. }
-            | TaskSpec::InpaintMask { .. } => Some(("mask", mask.is_some())),
+            | TaskSpec::InpaintMask { .. } => &[("mask", mask.is_some())],
             TaskSpec::GaussianBlur { .. } | TaskSpec::MotionBlur { .. } => {
-                Some(("kernel", kernel.is_some()))
+                &[("kernel", kernel.is_some())]
             }
-            _ => None,
+            TaskSpec::Mri4x(_) | TaskSpec::Mri8x(_) => {
+                &[("mask", mask.is_some()), ("maps", maps.is_some())]
+            }
+            _ => &[],
         };
-        if let Some((what, false)) = needs {
+        if let Some((what, _)) = needs.iter().find(|(_, present)| !present) {
             return Err(at(format!(
                 "missing tensor '{what}' (task {task} needs it)"
             )));
         }
-        let task = Task::assemble(spec, shape, mask, kernel).map_err(|e| at(e.to_string()))?;
+        let task = Task::assemble(spec, shape, TaskTensors { mask, kernel, maps })
+            .map_err(|e| at(e.to_string()))?;
         let mut expected = vec![1];
         expected.extend_from_slice(task.output_shape());
         if y.dims() != expected.as_slice() {
@@ -814,6 +996,8 @@ pub fn preset_source(task: &str) -> Result<&'static str> {
         "motion-blur" => include_str!("../presets/motion-blur.toml"),
         "phase-retrieval" => include_str!("../presets/phase-retrieval.toml"),
         "hdr" => include_str!("../presets/hdr.toml"),
+        "mri-4x" => include_str!("../presets/mri-4x.toml"),
+        "mri-8x" => include_str!("../presets/mri-8x.toml"),
         _ => unreachable!("every registered task has a preset file"),
     })
 }
@@ -873,11 +1057,13 @@ mod tests {
     fn every_task_builds_at_256_and_small_sizes() {
         for t in TASKS.iter().filter(|t| t.name != "inpaint-mask") {
             for s in [256, 32, 8] {
-                let task = build(t.name, [3, s, s]).unwrap();
+                let c = if t.name.starts_with("mri-") { 2 } else { 3 };
+                let task = build(t.name, [c, s, s]).unwrap();
                 let out = task.output_shape().to_vec();
                 let expected = match t.name {
                     "sr4" | "sr4-pool" => vec![3, s / 4, s / 4],
                     "phase-retrieval" => vec![3, s + 2 * (s / 4), s + 2 * (s / 4)],
+                    "mri-4x" | "mri-8x" => vec![8, s, s, 2],
                     _ => vec![3, s, s],
                 };
                 assert_eq!(out, expected, "{} at {s}", t.name);
@@ -976,6 +1162,9 @@ mod tests {
             ("motion-blur", 100, 5e-5),
             ("phase-retrieval", 100, 5e-5),
             ("hdr", 100, 2e-5),
+            // not official (no DAPS config): mid-range of InverseBench's sweep
+            ("mri-4x", 100, 1e-4),
+            ("mri-8x", 100, 1e-4),
         ];
         assert_eq!(official.len(), TASKS.len());
         for (task, steps, lr) in official {
@@ -1002,6 +1191,95 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn mri_tasks_store_and_check_mask_and_maps() {
+        let t = build("mri-4x", [2, 32, 32]).unwrap();
+        assert!(t.is_complex() && t.is_linear());
+        assert_eq!(t.mask().unwrap().dims(), &[32, 32]);
+        assert_eq!(t.maps().unwrap().dims(), &[8, 32, 32, 2]);
+        let cols: f32 = t
+            .mask()
+            .unwrap()
+            .narrow(0, 0, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(cols, 8.0, "32 columns / 4");
+        let t8 = build("mri-8x", [2, 32, 32]).unwrap();
+        assert_eq!(
+            t8.spec().mri().unwrap().center_fraction,
+            default_center_fraction(8.0)
+        );
+        let e = build("mri-4x", [3, 32, 32]).err().unwrap().to_string();
+        assert!(e.contains("complex images") && e.contains("got 3"), "{e}");
+        let spec = t.spec().clone();
+        let tensors = |mask: Option<Tensor>, maps: Option<Tensor>| TaskTensors {
+            mask,
+            kernel: None,
+            maps,
+        };
+        let (mask, maps) = (t.mask().cloned(), t.maps().cloned());
+        let e = Task::assemble(spec.clone(), [2, 32, 32], tensors(mask.clone(), None))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("needs a maps tensor"), "{e}");
+        let small = maps.as_ref().unwrap().narrow(0, 0, 4).unwrap();
+        let e = Task::assemble(
+            spec.clone(),
+            [2, 32, 32],
+            tensors(mask.clone(), Some(small)),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("coil maps"), "{e}");
+        let nan = (maps.as_ref().unwrap() * f64::NAN).unwrap();
+        let e = Task::assemble(spec.clone(), [2, 32, 32], tensors(mask.clone(), Some(nan)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("NaN"), "{e}");
+        let half = (mask.as_ref().unwrap() * 0.5).unwrap();
+        let e = Task::assemble(spec.clone(), [2, 32, 32], tensors(Some(half), maps.clone()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("0 or 1"), "{e}");
+        // Noise only where k-space is sampled.
+        let x = crate::noise::NoiseSource::randn(
+            &mut SeededNoise::new(1),
+            &(1, 2, 32, 32).into(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mf = MeasurementFile::simulate(t, &x, 0.1, 3).unwrap();
+        let r = mf.measurement().residual(&mf.task, &x).unwrap();
+        let m = mask.unwrap().reshape((1, 1, 32, 32, 1)).unwrap();
+        let off = r
+            .broadcast_mul(&(1.0 - &m).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(off, 0.0);
+        let on = r
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // 8 coils × 32 rows × 8 columns × 2 sampled entries of variance 0.01.
+        let expected = 8.0 * 32.0 * 8.0 * 2.0 * 0.01;
+        assert!((on / expected - 1.0).abs() < 0.1, "{on} vs {expected}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `daps measure` / `daps solve` / `daps tasks` end to end, through the binary.
 //!
 //! The exact-posterior test: a two-component Gaussian-mixture prior with diagonal covariances on
-//! 1×8×8 images, the exact x0 step (explicit operator matrix), 4000 samples per linear task.
+//! 1×8×8 images (2×8×8 complex images for MRI), the exact x0 step (explicit operator matrix), 4000
+//! samples per linear task.
 //! The sample mean and per-pixel variance must match the closed-form posterior within 5 Monte
 //! Carlo standard errors per pixel: SE(mean) = sd/√n, SE(var) = √((m4 − var²)/n) with m4 the
 //! posterior's fourth central moment estimated from the samples (≈ var·√(2/n) for a Gaussian).
@@ -114,8 +115,25 @@ fn measure_roundtrip_every_task() {
     .unwrap();
     candle_core::safetensors::save(&[("kernel", k.clone())].into_iter().collect(), &kernel)
         .unwrap();
+    let maps_file = dir.join("maps.safetensors");
+    let maps = daps::operator::mri::birdcage_maps(3, 32, 32)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    candle_core::safetensors::save(&[("maps", maps.clone())].into_iter().collect(), &maps_file)
+        .unwrap();
     let x = daps::app::solve::read_image(&img).unwrap();
     assert_eq!(x.dims(), &[1, 3, 32, 32]);
+    let xc = daps::app::solve::read_complex_image(&img).unwrap();
+    assert_eq!(xc.dims(), &[1, 2, 32, 32]);
+    // (luminance in [0, 1], 0)
+    let unit = ((&x + 1.0).unwrap() * 0.5).unwrap();
+    let lum = (0..3)
+        .map(|c| (unit.narrow(1, c, 1).unwrap() * [0.299, 0.587, 0.114][c]).unwrap())
+        .reduce(|a, b| (a + b).unwrap())
+        .unwrap();
+    assert!(max_diff(&xc.narrow(1, 0, 1).unwrap(), &lum) < 1e-6);
+    assert_eq!(vec64(&xc.narrow(1, 1, 1).unwrap()).iter().sum::<f64>(), 0.0);
 
     let cases: Vec<(&str, Vec<&str>)> = vec![
         ("sr4", vec![]),
@@ -128,6 +146,8 @@ fn measure_roundtrip_every_task() {
         ("motion-blur", vec!["--kernel", s(&kernel)]),
         ("phase-retrieval", vec![]),
         ("hdr", vec!["--param", "scale=1.5"]),
+        ("mri-4x", vec![]),
+        ("mri-8x", vec!["--maps", s(&maps_file), "--param", "seed=3"]),
     ];
     for (i, (task, extra)) in cases.iter().enumerate() {
         let out = dir.join(format!("y{i}.safetensors"));
@@ -145,15 +165,22 @@ fn measure_roundtrip_every_task() {
         ok(&args);
         let preview = image::open(out.with_extension("png")).unwrap();
         let mf = MeasurementFile::load(&out).unwrap();
+        let mri = task.starts_with("mri-");
+        let (c, x) = if mri { (2, &xc) } else { (3, &x) };
         assert_eq!(mf.task.name(), *task);
-        assert_eq!(mf.task.shape(), [3, 32, 32]);
+        assert_eq!(mf.task.shape(), [c, 32, 32]);
         assert_eq!((mf.sigma_y, mf.seed), (0.1, 7));
         // The same task built afresh from the stored spec gives the same A(x) as the stored
-        // operator, and y = A(x) + σ_y·n with the seeded noise, exactly.
-        let fresh = Task::build(mf.task.spec().clone(), [3, 32, 32]).unwrap();
-        let ax = mf.task.forward(&x).unwrap();
-        assert!(max_diff(&ax, &fresh.forward(&x).unwrap()) < 1e-6, "{task}");
-        let n = SeededNoise::new(7).randn(ax.shape(), &Device::Cpu).unwrap();
+        // operator, and y = A(x) + σ_y·n with the seeded noise, exactly (MRI: n masked to the
+        // sampled k-space).
+        let fresh = Task::build(mf.task.spec().clone(), [c, 32, 32]).unwrap();
+        let ax = mf.task.forward(x).unwrap();
+        assert!(max_diff(&ax, &fresh.forward(x).unwrap()) < 1e-6, "{task}");
+        let mut n = SeededNoise::new(7).randn(ax.shape(), &Device::Cpu).unwrap();
+        if mri {
+            let m = mf.task.mask().unwrap().reshape((1, 1, 32, 32, 1)).unwrap();
+            n = n.broadcast_mul(&m).unwrap();
+        }
         let y = (&ax + (n * 0.1).unwrap()).unwrap();
         assert!(max_diff(&y, &mf.y) < 1e-6, "{task}");
         let (pw, ph) = (preview.width() as usize, preview.height() as usize);
@@ -177,6 +204,23 @@ fn measure_roundtrip_every_task() {
                 ));
             }
             "hdr" => assert_eq!(mf.task.spec(), &TaskSpec::Hdr { scale: 1.5 }),
+            "mri-4x" | "mri-8x" => {
+                let p = mf.task.spec().mri().unwrap();
+                assert_eq!(mf.y.dims()[1..], [p.coils, 32, 32, 2]);
+                assert_eq!(mf.task.mask().unwrap().dims(), &[32, 32]);
+                let cols = vec64(&mf.task.mask().unwrap().narrow(0, 0, 1).unwrap())
+                    .iter()
+                    .sum::<f64>();
+                if *task == "mri-4x" {
+                    assert_eq!((p.coils, p.seed, p.maps.is_none()), (8, 42, true));
+                    assert_eq!(cols, 8.0);
+                } else {
+                    assert_eq!((p.coils, p.seed), (3, 3));
+                    assert!(p.maps.as_deref().unwrap().ends_with("maps.safetensors"));
+                    assert_eq!(max_diff(mf.task.maps().unwrap(), &maps), 0.0);
+                    assert_eq!(cols, 4.0);
+                }
+            }
             _ => {}
         }
     }
@@ -384,22 +428,89 @@ fn bad_input_is_named() {
         "magic",
     ]);
     assert!(e.contains("magic"), "{e}");
+
+    // MRI: --maps only for MRI; the stored maps are required and checked.
+    let e = fails(&[
+        "measure",
+        "--task",
+        "hdr",
+        "--input",
+        s(&img),
+        "--out",
+        s(&y),
+        "--maps",
+        s(&good),
+    ]);
+    assert!(e.contains("--maps only applies"), "{e}");
+    let e = fails(&[
+        "measure",
+        "--task",
+        "mri-4x",
+        "--input",
+        s(&img),
+        "--out",
+        s(&y),
+        "--maps",
+        s(&good),
+    ]);
+    assert!(e.contains("no tensor 'maps'"), "{e}");
+    let mri = dir.join("mri.safetensors");
+    ok(&[
+        "measure",
+        "--task",
+        "mri-4x",
+        "--input",
+        s(&img),
+        "--out",
+        s(&mri),
+    ]);
+    let (t, meta) = read_safetensors(&mri).unwrap();
+    assert_eq!(t["maps"].dims(), &[8, 16, 16, 2]);
+    let e = solve(&write(
+        "nomaps.safetensors",
+        &[("y", t["y"].clone()), ("mask", t["mask"].clone())],
+        &meta,
+    ));
+    assert!(e.contains("missing tensor 'maps'"), "{e}");
+    let bad_maps = (&t["maps"] * f64::NAN).unwrap();
+    let e = solve(&write(
+        "nanmaps.safetensors",
+        &[
+            ("y", t["y"].clone()),
+            ("mask", t["mask"].clone()),
+            ("maps", bad_maps),
+        ],
+        &meta,
+    ));
+    assert!(e.contains("NaN"), "{e}");
+    let few = t["maps"].narrow(0, 0, 2).unwrap();
+    let e = solve(&write(
+        "fewmaps.safetensors",
+        &[
+            ("y", t["y"].clone()),
+            ("mask", t["mask"].clone()),
+            ("maps", few),
+        ],
+        &meta,
+    ));
+    assert!(e.contains("coil maps"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Writes a mixture prior file on 1×h×w and returns (weights, means, diagonal variances).
+/// Writes a mixture prior file on c×h×w and returns (weights, means, diagonal variances).
 fn write_prior(
     path: &Path,
+    c: usize,
     h: usize,
     w: usize,
 ) -> (Vec<f64>, Vec<DVector<f64>>, Vec<DVector<f64>>) {
-    let d = h * w;
+    let d = c * h * w;
     let weights = vec![0.6, 0.4];
     let means: Vec<DVector<f64>> = (0..2)
         .map(|k| {
             DVector::from_fn(d, |i, _| {
-                let (y, x) = ((i / w) as f64, (i % w) as f64);
-                0.3 * ((0.7 + 0.3 * k as f64) * x + 0.5 * y).sin() - 0.1 * k as f64
+                let (ch, y, x) = ((i / (h * w)) as f64, ((i / w) % h) as f64, (i % w) as f64);
+                0.3 * ((0.7 + 0.3 * k as f64) * x + 0.5 * y + ch).sin() - 0.1 * k as f64
             })
         })
         .collect();
@@ -419,7 +530,7 @@ fn write_prior(
     };
     let tensors = [
         ("weights".to_string(), t(weights.clone(), vec![2])),
-        ("means".to_string(), t(flat(&means), vec![2, 1, h, w])),
+        ("means".to_string(), t(flat(&means), vec![2, c, h, w])),
         ("variances".to_string(), t(flat(&vars), vec![2, d])),
     ];
     candle_core::safetensors::save(&tensors.into_iter().collect(), path).unwrap();
@@ -475,12 +586,18 @@ fn posterior_moments(
 fn exact_posterior_on_every_linear_task() {
     let dir = tmp("exact");
     let (h, w) = (8, 8);
-    let d = h * w;
-    let prior_file = dir.join("prior.safetensors");
-    let (pw, pm, pv) = write_prior(&prior_file, h, w);
-    // Ground truth: a draw from the prior component 0.
+    let d1 = h * w;
+    // Real images 1×8×8; complex (MRI) images 2×8×8.
+    let priors = [1, 2].map(|c| {
+        let f = dir.join(format!("prior{c}.safetensors"));
+        let p = write_prior(&f, c, h, w);
+        (format!("gmm:{}", f.display()), p)
+    });
+    let (_, (_, pm, pv)) = &priors[0];
+    // Ground truth: a draw from the prior component 0 (for MRI, its luminance in [0, 1] is the
+    // real part).
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let x: Vec<u8> = (0..d)
+    let x: Vec<u8> = (0..d1)
         .map(|i| {
             let v = pm[0][i] + pv[0][i].sqrt() * rng.sample::<f64, _>(StandardNormal);
             ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
@@ -491,9 +608,8 @@ fn exact_posterior_on_every_linear_task() {
         .unwrap()
         .save(&img)
         .unwrap();
-    let prior = format!("gmm:{}", prior_file.display());
     let n = 4000;
-    let tasks: [(&str, &[&str]); 6] = [
+    let tasks: [(&str, &[&str]); 8] = [
         ("sr4", &[]),
         ("sr4-pool", &[]),
         ("inpaint-box", &[]),
@@ -503,8 +619,14 @@ fn exact_posterior_on_every_linear_task() {
             &["--param", "kernel_size=5", "--param", "sigma=1.0"],
         ),
         ("motion-blur", &["--param", "kernel_size=5"]),
+        // 2 coils keep the explicit matrix small (2·8·8·2 = 256 rows; unsampled rows are 0)
+        ("mri-4x", &["--param", "coils=2"]),
+        ("mri-8x", &["--param", "coils=2"]),
     ];
     for (task, extra) in tasks {
+        let c = if task.starts_with("mri-") { 2 } else { 1 };
+        let d = c * d1;
+        let (prior, (pw, pm, pv)) = &priors[c - 1];
         let y = dir.join(format!("{task}.safetensors"));
         let mut args = vec![
             "measure",
@@ -527,7 +649,7 @@ fn exact_posterior_on_every_linear_task() {
             "--measurement",
             s(&y),
             "--prior",
-            &prior,
+            prior,
             "--out",
             s(&out),
             "--preset",
@@ -545,7 +667,7 @@ fn exact_posterior_on_every_linear_task() {
         ]);
         assert!(dir.join(format!("{task}-x_mean.png")).is_file());
         let (t, _) = read_safetensors(&samples).unwrap();
-        assert_eq!(t["samples"].dims(), &[n, 1, h, w]);
+        assert_eq!(t["samples"].dims(), &[n, c, h, w]);
         let xs = vec64(&t["samples"]);
 
         let mf = MeasurementFile::load(&y).unwrap();
@@ -553,7 +675,7 @@ fn exact_posterior_on_every_linear_task() {
         let a = e.matrix().unwrap().clone();
         // The matrix is the operator: A·v = A(v) for a random v.
         let v = SeededNoise::new(1)
-            .randn(&(1, 1, h, w).into(), &Device::Cpu)
+            .randn(&(1, c, h, w).into(), &Device::Cpu)
             .unwrap();
         let av = &a * DVector::from_vec(vec64(&v));
         let fv = vec64(&mf.task.forward(&v).unwrap());
@@ -562,7 +684,7 @@ fn exact_posterior_on_every_linear_task() {
             "{task}: matrix"
         );
         let yv = DVector::from_vec(vec64(&mf.y));
-        let (mean, var) = posterior_moments(&pw, &pm, &pv, &a, &yv, mf.sigma_y);
+        let (mean, var) = posterior_moments(pw, pm, pv, &a, &yv, mf.sigma_y);
 
         let mut worst: (f64, f64) = (0.0, 0.0);
         for j in 0..d {
@@ -594,7 +716,7 @@ fn solve_writes_samples_frames_and_metrics() {
     let dir = tmp("outputs");
     let (h, w) = (16, 16);
     let prior_file = dir.join("prior.safetensors");
-    write_prior(&prior_file, h, w);
+    write_prior(&prior_file, 1, h, w);
     let img = dir.join("gt.png");
     write_png(&img, 1, h, w, 4);
     let y = dir.join("y.safetensors");
@@ -677,6 +799,57 @@ fn solve_writes_samples_frames_and_metrics() {
     );
     assert!(dir.join("x_partial_step0004.png").is_file());
 
+    // MRI: complex samples are written (and scored) as magnitudes; raw samples keep 2 channels.
+    let prior2 = dir.join("prior2.safetensors");
+    write_prior(&prior2, 2, h, w);
+    let ym = dir.join("mri.safetensors");
+    ok(&[
+        "measure",
+        "--task",
+        "mri-8x",
+        "--input",
+        s(&img),
+        "--out",
+        s(&ym),
+    ]);
+    let preview = image::open(ym.with_extension("png")).unwrap();
+    assert_eq!((preview.width(), preview.height()), (16, 16));
+    let mframes = dir.join("mri-frames");
+    let raw = dir.join("mri-samples.safetensors");
+    let text = ok(&[
+        "solve",
+        "--measurement",
+        s(&ym),
+        "--prior",
+        &format!("gmm:{}", prior2.display()),
+        "--out",
+        s(&dir.join("m.png")),
+        "--preset",
+        "daps-100",
+        "--annealing-steps",
+        "4",
+        "--mcmc-steps",
+        "5",
+        "--samples",
+        "2",
+        "--reference",
+        s(&img),
+        "--save-trajectory",
+        s(&mframes),
+        "--save-samples",
+        s(&raw),
+    ]);
+    assert!(text.contains("PSNR") && text.contains("mean"), "{text}");
+    for f in ["m_0.png", "m_1.png", "m_mean.png"] {
+        let i = image::open(dir.join(f)).unwrap();
+        assert_eq!((i.width(), i.height()), (16, 16));
+        assert_eq!(i.color(), image::ColorType::L8, "a magnitude image");
+    }
+    let f = image::open(mframes.join("x0_0003.png")).unwrap();
+    assert_eq!((f.width(), f.height()), (2 * 16, 16));
+    let (t, _) = read_safetensors(&raw).unwrap();
+    assert_eq!(t["samples"].dims(), &[2, 2, 16, 16]);
+
     // tasks lists every task with its preset values.
     let t = ok(&["tasks"]);
     for name in [
@@ -686,6 +859,9 @@ fn solve_writes_samples_frames_and_metrics() {
         "hdr",
         "lr 2e-5",
         "400 × 10",
+        "mri-4x",
+        "mri-8x",
+        "y for a 2×256×256 image: [8, 256, 256, 2]",
     ] {
         assert!(t.contains(name), "{name}: {t}");
     }

@@ -3,6 +3,12 @@
 //!
 //! Images are read as RGB or grayscale (alpha dropped) and mapped [0, 255] → [−1, 1], f32
 //! `[1, C, H, W]`. The measurement file format is described in [`crate::task::MeasurementFile`].
+//!
+//! The MRI tasks take complex images `[1, 2, H, W]` (real, imaginary). A PNG becomes the complex
+//! image (v, 0) with v its luminance (0.299 R + 0.587 G + 0.114 B for RGB) mapped [0, 255] →
+//! [0, 1], so that its magnitude is the picture (MRI images are normalised magnitudes, and
+//! real/imaginary parts then lie in [−1, 1]). Restored images, trajectory frames and the metrics
+//! use the magnitude |x| on [0, 1]; `--save-samples` keeps the raw two channels.
 
 use crate::metric::image::{psnr, ssim, to_unit};
 use crate::metric::lpips::Lpips;
@@ -47,6 +53,10 @@ pub struct MeasureArgs {
     /// with a `kernel` tensor (used as given).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// Coil sensitivity maps for mri-4x / mri-8x: a .safetensors file with `maps` [C, H, W, 2]
+    /// (default: simulated birdcage maps).
+    #[arg(long)]
+    pub maps: Option<PathBuf>,
     /// Overrides a task parameter, e.g. `--param sigma=1.5` (repeatable; see `daps tasks`).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
@@ -136,6 +146,50 @@ pub fn read_image(path: &Path) -> Result<Tensor> {
     Ok(t.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()?)
 }
 
+/// Reads a PNG/JPEG as the complex image `[1, 2, H, W]` (luminance in [0, 1], 0): see the module
+/// docs.
+pub fn read_complex_image(path: &Path) -> Result<Tensor> {
+    let x = read_image(path)?;
+    let (_, c, h, w) = x.dims4()?;
+    let unit = to_unit(&x)?;
+    let v = if c == 3 {
+        let [r, g, b] = [0, 1, 2].map(|i| unit.narrow(1, i, 1));
+        ((r? * 0.299)? + (g? * 0.587)? + (b? * 0.114)?)?
+    } else {
+        unit
+    };
+    let im = Tensor::zeros((1, 1, h, w), DType::F32, &Device::Cpu)?;
+    Ok(Tensor::cat(&[&v, &im], 1)?)
+}
+
+/// Reads the image a task takes: [`read_complex_image`] for complex tasks, else [`read_image`].
+pub fn read_task_image(path: &Path, complex: bool) -> Result<Tensor> {
+    if complex {
+        read_complex_image(path)
+    } else {
+        read_image(path)
+    }
+}
+
+/// `[N, 2, H, W]` complex images → their magnitude `[N, 1, H, W]`.
+pub fn magnitude(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if c != 2 {
+        bail!("a complex image has 2 channels (real, imaginary), got {c}");
+    }
+    Ok(x.sqr()?.sum_keepdim(1)?.sqrt()?.reshape((n, 1, h, w))?)
+}
+
+/// Viewable [0, 1] images of DAPS samples `[N, C, H, W]`: the clipped magnitude for complex
+/// tasks, else [−1, 1] → [0, 1].
+pub fn display(x: &Tensor, complex: bool) -> Result<Tensor> {
+    if complex {
+        Ok(magnitude(x)?.clamp(0.0, 1.0)?)
+    } else {
+        Ok(to_unit(x)?)
+    }
+}
+
 /// Writes `[C, H, W]` or `[1, C, H, W]` values in [0, 1] (clipped) as an 8-bit PNG/JPEG.
 pub fn write_unit_image(x: &Tensor, path: &Path) -> Result<()> {
     let x = if x.rank() == 4 {
@@ -185,6 +239,11 @@ pub fn preview(mf: &MeasurementFile) -> Result<Tensor> {
                 .broadcast_div(&span)?
                 .reshape((1, c, hh, ww))?
         }
+        TaskSpec::Mri4x(_) | TaskSpec::Mri8x(_) => {
+            // The zero-filled coil-combined image |Aᴴy|.
+            let probe = Tensor::zeros((1, 2, h, w), DType::F32, &Device::Cpu)?;
+            display(&mf.task.vjp(&probe, y)?, true)?
+        }
         _ => to_unit(y)?,
     })
 }
@@ -200,17 +259,24 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
         );
     }
     crate::task::info(&a.task)?;
-    let x = read_image(&a.input)?;
-    let (_, c, h, w) = x.dims4()?;
     let files = TaskFiles {
         mask: a.mask.clone(),
         kernel: a.kernel.clone(),
+        maps: a.maps.clone(),
     };
+    let probe = read_image(&a.input)?;
+    let (_, _, h, w) = probe.dims4()?;
     let mut spec = TaskSpec::defaults(&a.task, h, w, &files)?;
     for p in &a.params {
         let (k, v) = key_value(p)?;
         spec = spec.set(k, v)?;
     }
+    let x = if spec.is_complex() {
+        read_complex_image(&a.input)?
+    } else {
+        probe
+    };
+    let c = x.dim(1)?;
     let task = Task::build(spec, [c, h, w])
         .with_context(|| format!("{} ({c}×{h}×{w})", a.input.display()))?;
     let mf = MeasurementFile::simulate(task, &x, a.sigma_y, a.seed)?;
@@ -285,6 +351,7 @@ pub fn solve_config(task: &str, a: &SolveArgs) -> Result<DapsConfig> {
 /// Progress bar, trajectory frames, and the last x0 (kept for a run that fails).
 struct Progress {
     bar: ProgressBar,
+    complex: bool,
     frames: Option<(PathBuf, usize)>,
     last: Option<(usize, Tensor)>,
     misfit: f64,
@@ -307,10 +374,13 @@ impl Progress {
         if !s.step.is_multiple_of(*every) && s.step + 1 != s.steps {
             return Ok(());
         }
+        let frame = |x: &Tensor, p: PathBuf| -> Result<()> {
+            write_unit_image(&strip(&display(x, self.complex)?)?, &p)
+        };
         if let Some(h) = s.x0hat {
-            write_image(&strip(h)?, &dir.join(format!("x0hat_{:04}.png", s.step)))?;
+            frame(h, dir.join(format!("x0hat_{:04}.png", s.step)))?;
         }
-        write_image(&strip(s.x0)?, &dir.join(format!("x0_{:04}.png", s.step)))
+        frame(s.x0, dir.join(format!("x0_{:04}.png", s.step)))
     }
 }
 
@@ -339,21 +409,23 @@ fn output_path(out: &Path, label: Option<&str>) -> PathBuf {
     }
 }
 
-/// Writes every sample and, for several, their mean; returns the paths.
-fn write_samples(x: &Tensor, out: &Path) -> Result<Vec<PathBuf>> {
+/// Writes every sample and, for several, their mean; returns the paths. Complex samples are
+/// written as their magnitude (the mean is the mean complex image's magnitude).
+fn write_samples(x: &Tensor, out: &Path, complex: bool) -> Result<Vec<PathBuf>> {
     let n = x.dim(0)?;
+    let write = |x: &Tensor, p: &Path| write_unit_image(&display(&x.unsqueeze(0)?, complex)?, p);
     if n == 1 {
-        write_image(&x.get(0)?, out)?;
+        write(&x.get(0)?, out)?;
         return Ok(vec![out.to_path_buf()]);
     }
     let mut paths = Vec::with_capacity(n + 1);
     for i in 0..n {
         let p = output_path(out, Some(&i.to_string()));
-        write_image(&x.get(i)?, &p)?;
+        write(&x.get(i)?, &p)?;
         paths.push(p);
     }
     let p = output_path(out, Some("mean"));
-    write_image(&x.mean(0)?, &p)?;
+    write(&x.mean(0)?, &p)?;
     paths.push(p);
     Ok(paths)
 }
@@ -366,9 +438,10 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     let task = &mf.task;
     let cfg = solve_config(task.name(), &a)?;
     let [c, h, w] = task.shape();
+    let complex = task.is_complex();
     let reference = match &a.reference {
         Some(p) => {
-            let r = read_image(p)?;
+            let r = read_task_image(p, complex)?;
             if r.dims() != [1, c, h, w] {
                 bail!(
                     "reference {} is {:?}, but the measurement is of a {c}×{h}×{w} image",
@@ -448,6 +521,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         .max(1);
     let mut progress = Progress {
         bar,
+        complex,
         frames: a.save_trajectory.clone().map(|d| (d, every)),
         last: None,
         misfit: f64::NAN,
@@ -469,7 +543,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
                 return Err(anyhow!(e).context("DAPS failed before the first annealing step ended"));
             };
             let partial = output_path(&a.out, Some(&format!("partial_step{step:04}")));
-            let kept = write_samples(&x0, &partial)?;
+            let kept = write_samples(&x0, &partial, complex)?;
             return Err(anyhow!(e).context(format!(
                 "DAPS stopped; the last x0 (annealing step {step}) is in {}",
                 kept.iter()
@@ -492,7 +566,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         meta.insert("seed".into(), a.seed.to_string());
         task::write_safetensors(p, &[("samples", x.clone())], &meta)?;
     }
-    let paths = write_samples(&x, &a.out)?;
+    let paths = write_samples(&x, &a.out, complex)?;
     println!(
         "wrote {}",
         if paths.len() <= 3 {
@@ -529,9 +603,10 @@ fn print_metrics(
         return Ok(());
     };
     let mut rows = Vec::with_capacity(n + 1);
-    let gt_unit = to_unit(gt)?;
+    let complex = mf.task.is_complex();
+    let gt_unit = display(gt, complex)?;
     let score = |img: &Tensor| -> Result<(f64, Option<f64>, Option<f64>)> {
-        let u = to_unit(img)?;
+        let u = display(img, complex)?;
         let p = psnr(&u, &gt_unit)?[0];
         let s = ssim(&u, &gt_unit).ok().map(|v| v[0]);
         let l = lpips.map(|l| l.distance(&u, &gt_unit)).transpose()?;
@@ -586,9 +661,10 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
         println!("{:<16} {} (DAPS: {})", t.name, t.summary, t.official);
         let files = TaskFiles {
             mask: (t.name == "inpaint-mask").then(|| PathBuf::from("MASK.png")),
-            kernel: None,
+            ..TaskFiles::default()
         };
         let spec = TaskSpec::defaults(t.name, s, s, &files)?;
+        let ch = spec.channels().unwrap_or(3);
         let params: Vec<String> = spec
             .params()
             .into_iter()
@@ -596,13 +672,13 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
             .collect();
         let shape = match t.name {
             "inpaint-mask" => "same as the image".to_string(),
-            _ => match Task::build(spec, [3, s, s]) {
+            _ => match Task::build(spec.clone(), [ch, s, s]) {
                 Ok(task) => format!("{:?}", task.output_shape()),
                 Err(e) => format!("not available at this size: {e}"),
             },
         };
         println!("{:<16} parameters: {}", "", params.join(", "));
-        println!("{:<16} y for a 3×{s}×{s} image: {shape}", "");
+        println!("{:<16} y for a {ch}×{s}×{s} image: {shape}", "");
         for b in BUDGETS {
             let c = preset(t.name, b)?;
             println!(
@@ -624,7 +700,10 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
     println!(
         "Blur kernels keep 61×61 / σ 3 from 128 px up; smaller images use σ = 3·s/256 and the odd size\n\
          nearest 61·s/256 (s = min(H, W)). The box hole is 128·H/256 × 128·W/256. Masks and kernels\n\
-         use `seed` (default 42); --seed of `daps measure` seeds the measurement noise only."
+         use `seed` (default 42); --seed of `daps measure` seeds the measurement noise only.\n\
+         MRI tasks take complex images (2 channels: real, imaginary): a PNG is read as (luminance in\n\
+         [0, 1], 0), outputs and metrics use the magnitude; k-space noise is masked like y. Their\n\
+         presets are not official (no DAPS config exists): lr 1e-4, τ 0.01, mid-range of InverseBench's sweep."
     );
     Ok(())
 }
