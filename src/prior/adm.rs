@@ -1,13 +1,15 @@
 //! guided-diffusion `UNetModel` (ADM, openai/guided-diffusion `unet.py`) with the PyTorch
 //! parameter names, so `ffhq_10m.pt` / `256x256_diffusion_uncond.pt` load directly.
 //!
-//! Everything is built from differentiable candle ops (GroupNorm, `ops::softmax`, conv2d,
-//! avg_pool2d, nearest upsampling), so gradients flow through the network.
+//! Everything is built from differentiable candle ops (`ops::softmax`, avg_pool2d, nearest
+//! upsampling) and the conv2d / GroupNorm of [`crate::prior::fastops`] (candle's forward values,
+//! fast CPU backward passes), so gradients flow through the network.
 
 use crate::error::{Error, Result};
+use crate::prior::fastops::{self, Conv2d, GroupNorm};
 use crate::prior::vp::{checkpoint, timesteps_for_batch, TimestepNet};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde_json::Value;
 use std::path::Path;
 
@@ -256,16 +258,11 @@ fn conv(
     stride: usize,
     vb: VarBuilder,
 ) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(i, o, k, cfg, vb)
+    Conv2d::load(i, o, k, k / 2, stride, vb)
 }
 
 fn norm(ch: usize, vb: VarBuilder) -> candle_core::Result<GroupNorm> {
-    candle_nn::group_norm(GN_GROUPS, ch, GN_EPS, vb)
+    GroupNorm::load(GN_GROUPS, ch, GN_EPS, vb)
 }
 
 /// Nearest ×2 upsampling by broadcasting. (candle 0.11.1's `upsample_nearest2d` backward
@@ -347,7 +344,7 @@ impl ResBlock {
 
     /// `emb` is the already SiLU-activated time embedding `[B, E]`.
     fn forward(&self, x: &Tensor, emb: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.in_norm.forward(x)?.silu()?;
+        let h = fastops::silu(&self.in_norm.forward(x)?)?;
         let (h, x) = match self.resample {
             Resample::None => (h, x.clone()),
             Resample::Up => (upsample2x(&h)?, upsample2x(x)?),
@@ -365,7 +362,7 @@ impl ResBlock {
         } else {
             self.out_norm.forward(&h.broadcast_add(&e)?)?
         };
-        let h = self.out_conv.forward(&h.silu()?)?;
+        let h = self.out_conv.forward(&fastops::silu(&h)?)?;
         match &self.skip {
             Some(s) => s.forward(&x)? + h,
             None => x + h,
@@ -566,12 +563,7 @@ impl AdmUnet {
                 let layer = if cfg.resblock_updown {
                     Layer::Res(ResBlock::new(ch, ted, ch, ss, Resample::Down, vbb)?)
                 } else if cfg.conv_resample {
-                    let cfg2 = Conv2dConfig {
-                        padding: 1,
-                        stride: 2,
-                        ..Default::default()
-                    };
-                    Layer::Down(Some(candle_nn::conv2d(ch, ch, 3, cfg2, vbb.pp("op"))?))
+                    Layer::Down(Some(Conv2d::load(ch, ch, 3, 1, 2, vbb.pp("op"))?))
                 } else {
                     Layer::Down(None)
                 };
@@ -732,7 +724,9 @@ impl AdmUnet {
             h = blk.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb_act)?;
             trace(&format!("output_blocks.{i}"), &h);
         }
-        let out = self.out_conv.forward(&self.out_norm.forward(&h)?.silu()?)?;
+        let out = self
+            .out_conv
+            .forward(&fastops::silu(&self.out_norm.forward(&h)?)?)?;
         trace("out", &out);
         Ok(out)
     }

@@ -1,0 +1,756 @@
+//! Conv2d and GroupNorm with fast CPU backward passes (used by the ADM UNet).
+//!
+//! candle 0.11.1 computes the input gradient of a conv2d with `conv_transpose2d`, which on the CPU
+//! is a naive loop, and GroupNorm's backward goes through a long chain of broadcast ops. Here:
+//! - [`conv2d`]: im2col (a parallel copy loop) + one batched candle matmul, y = W·col; backward
+//!   dx = col2im(Wᵀ·g) and dW = Σ_b g·colᵀ (col recomputed), so every stride and padding costs
+//!   three matmuls of the forward's size plus the copies. candle's own conv2d forward uses small
+//!   gemm tiles and its input gradient a naive conv_transpose2d loop.
+//! - [`group_norm`]: forward and closed-form backward as plain loops over the (batch, group)
+//!   blocks, in parallel (rayon), accumulating in f64:
+//!   dx = (γ g − mean(γ g) − x̂ mean(γ g x̂)) / σ per group, dγ = Σ g x̂, dβ = Σ g.
+//!
+//! Both fall back to candle's ops off the CPU or for dtypes other than f32/f64, and give the same
+//! values as candle's ops up to float rounding.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, WithDType};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+fn cpu_fast(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// Copies a contiguous storage slice.
+fn copy_storage(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fastops: non-contiguous result".into()))?;
+    let s = match s {
+        CpuStorage::F32(v) => CpuStorage::F32(v[a..b].to_vec()),
+        CpuStorage::F64(v) => CpuStorage::F64(v[a..b].to_vec()),
+        _ => candle_core::bail!("fastops: unsupported dtype"),
+    };
+    Ok((s, l.shape().clone()))
+}
+
+/// Convolution geometry (square stride and padding, no dilation, one group).
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    pad: usize,
+    stride: usize,
+}
+
+impl Geom {
+    /// 1×1, stride 1, no padding: the columns are the input itself.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    fn out(&self) -> (usize, usize) {
+        (
+            (self.h + 2 * self.pad - self.kh) / self.stride + 1,
+            (self.w + 2 * self.pad - self.kw) / self.stride + 1,
+        )
+    }
+}
+
+/// `x` `[B, C, H, W]` → columns `[B, C·kh·kw, Ho·Wo]` (zero padding).
+fn im2col<T: WithDType>(x: &[T], g: Geom) -> Vec<T> {
+    let (ho, wo) = g.out();
+    let hw = g.h * g.w;
+    let kk = g.kh * g.kw;
+    let mut col = vec![T::zero(); x.len() / hw * kk * ho * wo];
+    col.par_chunks_mut(kk * ho * wo)
+        .zip(x.par_chunks(hw))
+        .for_each(|(cb, xb)| {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let rows = &mut cb[(ky * g.kw + kx) * ho * wo..][..ho * wo];
+                    for oy in 0..ho {
+                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let xr = &xb[iy as usize * g.w..][..g.w];
+                        let out = &mut rows[oy * wo..][..wo];
+                        if g.stride == 1 {
+                            // ix = ox + kx − pad, valid for ox in [lo, hi).
+                            let lo = g.pad.saturating_sub(kx);
+                            let hi = (g.w + g.pad).saturating_sub(kx).min(wo);
+                            if lo < hi {
+                                let i0 = lo + kx - g.pad;
+                                out[lo..hi].copy_from_slice(&xr[i0..i0 + hi - lo]);
+                            }
+                        } else {
+                            for (ox, o) in out.iter_mut().enumerate() {
+                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                if ix >= 0 && ix < g.w as isize {
+                                    *o = xr[ix as usize];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    col
+}
+
+/// Adjoint of [`im2col`]: columns `[B, C·kh·kw, Ho·Wo]` → `[B, C, H, W]`, summing overlaps.
+fn col2im<T: WithDType>(col: &[T], g: Geom) -> Vec<T> {
+    let (ho, wo) = g.out();
+    let hw = g.h * g.w;
+    let kk = g.kh * g.kw;
+    let mut x = vec![T::zero(); col.len() / (kk * ho * wo) * hw];
+    x.par_chunks_mut(hw)
+        .zip(col.par_chunks(kk * ho * wo))
+        .for_each(|(xb, cb)| {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let rows = &cb[(ky * g.kw + kx) * ho * wo..][..ho * wo];
+                    for oy in 0..ho {
+                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let xr = &mut xb[iy as usize * g.w..][..g.w];
+                        let inp = &rows[oy * wo..][..wo];
+                        if g.stride == 1 {
+                            let lo = g.pad.saturating_sub(kx);
+                            let hi = (g.w + g.pad).saturating_sub(kx).min(wo);
+                            if lo < hi {
+                                let i0 = lo + kx - g.pad;
+                                for (o, v) in xr[i0..i0 + hi - lo].iter_mut().zip(&inp[lo..hi]) {
+                                    *o += *v;
+                                }
+                            }
+                        } else {
+                            for (ox, v) in inp.iter().enumerate() {
+                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                if ix >= 0 && ix < g.w as isize {
+                                    xr[ix as usize] += *v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    x
+}
+
+/// im2col (`adjoint = false`) or col2im (`adjoint = true`) as a graph-less custom op.
+struct Cols {
+    g: Geom,
+    adjoint: bool,
+}
+
+impl candle_core::CustomOp1 for Cols {
+    fn name(&self) -> &'static str {
+        if self.adjoint {
+            "col2im"
+        } else {
+            "im2col"
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let b = l.dims()[0];
+        let (ho, wo) = self.g.out();
+        let kk = self.g.kh * self.g.kw;
+        let shape: Shape = if self.adjoint {
+            (b, self.g.c, self.g.h, self.g.w).into()
+        } else {
+            (b, self.g.c * kk, ho * wo).into()
+        };
+        let run = |adj: bool| -> Result<CpuStorage> {
+            Ok(match s {
+                CpuStorage::F32(_) => {
+                    let v = slice::<f32>(s, l)?;
+                    CpuStorage::F32(if adj {
+                        col2im(v, self.g)
+                    } else {
+                        im2col(v, self.g)
+                    })
+                }
+                CpuStorage::F64(_) => {
+                    let v = slice::<f64>(s, l)?;
+                    CpuStorage::F64(if adj {
+                        col2im(v, self.g)
+                    } else {
+                        im2col(v, self.g)
+                    })
+                }
+                _ => candle_core::bail!("im2col: unsupported dtype"),
+            })
+        };
+        Ok((run(self.adjoint)?, shape))
+    }
+}
+
+fn geom(
+    x_dims: (usize, usize, usize, usize),
+    w: &Tensor,
+    pad: usize,
+    stride: usize,
+) -> Result<Geom> {
+    let (_, c, h, wd) = x_dims;
+    let (_, ci, kh, kw) = w.dims4()?;
+    if ci != c || h + 2 * pad < kh || wd + 2 * pad < kw || stride == 0 {
+        candle_core::bail!(
+            "conv2d: input {x_dims:?} does not fit kernel {:?}",
+            w.dims()
+        );
+    }
+    Ok(Geom {
+        c,
+        h,
+        w: wd,
+        kh,
+        kw,
+        pad,
+        stride,
+    })
+}
+
+/// im2col of `x` `[B, C, H, W]` as `[B, C·kh·kw, Ho·Wo]` (a reshape for pointwise convs).
+fn cols(x: &Tensor, g: Geom) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if g.pointwise() {
+        let (b, c, h, w) = x.dims4()?;
+        x.reshape((b, c, h * w))
+    } else {
+        x.apply_op1_no_bwd(&Cols { g, adjoint: false })
+    }
+}
+
+/// Graph-less conv2d by im2col + batched matmul: `x` `[B, C, H, W]`, `w` `[O, C, kh, kw]`.
+fn conv2d_im2col(x: &Tensor, w: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
+    let g = geom(x.dims4()?, w, pad, stride)?;
+    let (b, o) = (x.dim(0)?, w.dim(0)?);
+    let (ho, wo) = g.out();
+    let col = cols(x, g)?;
+    let w2 = w.reshape((o, g.c * g.kh * g.kw))?;
+    w2.broadcast_left(b)?.matmul(&col)?.reshape((b, o, ho, wo))
+}
+
+/// Carries the forward result `y = conv2d(x, w)` (computed without a graph) and gives it the
+/// fast backward pass with respect to `x` and `w`.
+struct ConvGrad {
+    padding: usize,
+    stride: usize,
+}
+
+impl CustomOp3 for ConvGrad {
+    fn name(&self) -> &'static str {
+        "fast-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        y: &CpuStorage,
+        ly: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        copy_storage(y, ly)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let x = x.detach();
+        let w = w.detach();
+        let g = geom(x.dims4()?, &w, self.padding, self.stride)?;
+        let (b, o) = (x.dim(0)?, w.dim(0)?);
+        let (ho, wo) = g.out();
+        let ck = g.c * g.kh * g.kw;
+        let g3 = gy
+            .detach()
+            .to_dtype(x.dtype())?
+            .reshape((b, o, ho * wo))?
+            .contiguous()?;
+        let w2 = w.reshape((o, ck))?;
+        // dx = col2im(wᵀ g)
+        let dcol = w2.t()?.broadcast_left(b)?.matmul(&g3)?;
+        let dx = if g.pointwise() {
+            dcol.reshape(x.shape())?
+        } else {
+            dcol.apply_op1_no_bwd(&Cols { g, adjoint: true })?
+        };
+        // dw = Σ_b g colᵀ
+        let col = cols(&x, g)?;
+        let dw = g3.matmul(&col.t()?)?.sum(0)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw), None))
+    }
+}
+
+/// `conv2d(x, w, padding, stride)` (no dilation, one group) with the fast backward pass on the
+/// CPU; candle's conv2d elsewhere.
+pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    if !cpu_fast(x) || w.dtype() != x.dtype() {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    let y = conv2d_im2col(&x.detach(), &w.detach(), padding, stride)?;
+    if !x.track_op() && !w.track_op() {
+        return Ok(y);
+    }
+    x.apply_op3(w, &y, ConvGrad { padding, stride })
+}
+
+/// A `Conv2d` layer (`weight` `[O, I, k, k]`, optional `bias` `[O]`) using [`conv2d`]; the
+/// parameters are those of `candle_nn::conv2d`.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+    stride: usize,
+}
+
+impl Conv2d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, padding: usize, stride: usize) -> Self {
+        Self {
+            weight,
+            bias,
+            padding,
+            stride,
+        }
+    }
+
+    /// As `candle_nn::conv2d(i, o, k, {padding, stride}, vb)` (same names and initialisation).
+    pub fn load(
+        i: usize,
+        o: usize,
+        k: usize,
+        padding: usize,
+        stride: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let cfg = candle_nn::Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let c = candle_nn::conv2d(i, o, k, cfg, vb)?;
+        Ok(Self::new(
+            c.weight().clone(),
+            c.bias().cloned(),
+            padding,
+            stride,
+        ))
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv2d(x, &self.weight, self.padding, self.stride)?;
+        match &self.bias {
+            None => Ok(y),
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?),
+        }
+    }
+}
+
+/// GroupNorm over `x` `[B, C, ...]` with affine `gamma`, `beta` `[C]`: the custom op.
+struct GroupNormOp {
+    groups: usize,
+    eps: f64,
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("group-norm: non-contiguous input".into()))?;
+    Ok(&T::cpu_storage_as_slice(s)?[a..b])
+}
+
+/// Mean and 1/σ of one block (two passes, f64).
+fn stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|v| {
+            let d = v.to_f64() - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `x` is `[B, C, S]` flattened; a block is the `[C/groups, S]` slab of one (b, group).
+fn gn_fwd<T: WithDType>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    s: usize,
+    groups: usize,
+    eps: f64,
+) -> Vec<T> {
+    let cpg = gamma.len() / groups;
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(cpg * s)
+        .zip(x.par_chunks(cpg * s))
+        .enumerate()
+        .for_each(|(i, (yb, xb))| {
+            let g = i % groups;
+            let (mean, rstd) = stats(xb, eps);
+            for cc in 0..cpg {
+                let ch = g * cpg + cc;
+                let a = gamma[ch].to_f64() * rstd;
+                let b = beta[ch].to_f64() - mean * a;
+                for (o, v) in yb[cc * s..(cc + 1) * s]
+                    .iter_mut()
+                    .zip(&xb[cc * s..(cc + 1) * s])
+                {
+                    *o = T::from_f64(v.to_f64() * a + b);
+                }
+            }
+        });
+    y
+}
+
+/// Returns (dx, dγ, dβ) for the output gradient `gy`.
+fn gn_bwd<T: WithDType>(
+    x: &[T],
+    gamma: &[T],
+    gy: &[T],
+    s: usize,
+    groups: usize,
+    eps: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let c = gamma.len();
+    let cpg = c / groups;
+    let nb = x.len() / (c * s).max(1);
+    let mut dx = vec![T::zero(); x.len()];
+    // Per (b, channel) partial sums of g·x̂ and g.
+    let mut part = vec![(0f64, 0f64); nb * c];
+    dx.par_chunks_mut(cpg * s)
+        .zip(x.par_chunks(cpg * s))
+        .zip(gy.par_chunks(cpg * s))
+        .zip(part.par_chunks_mut(cpg))
+        .enumerate()
+        .for_each(|(i, (((db, xb), gb), pb))| {
+            let g = i % groups;
+            let (mean, rstd) = stats(xb, eps);
+            let n = (cpg * s) as f64;
+            // mean(γ g) and mean(γ g x̂) over the block.
+            let (mut m1, mut m2) = (0f64, 0f64);
+            for cc in 0..cpg {
+                let ga = gamma[g * cpg + cc].to_f64();
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for (xv, gv) in xb[cc * s..(cc + 1) * s]
+                    .iter()
+                    .zip(&gb[cc * s..(cc + 1) * s])
+                {
+                    let xh = (xv.to_f64() - mean) * rstd;
+                    let gv = gv.to_f64();
+                    sg += gv;
+                    sgx += gv * xh;
+                }
+                pb[cc] = (sgx, sg);
+                m1 += ga * sg;
+                m2 += ga * sgx;
+            }
+            m1 /= n;
+            m2 /= n;
+            for cc in 0..cpg {
+                let ga = gamma[g * cpg + cc].to_f64();
+                for ((o, xv), gv) in db[cc * s..(cc + 1) * s]
+                    .iter_mut()
+                    .zip(&xb[cc * s..(cc + 1) * s])
+                    .zip(&gb[cc * s..(cc + 1) * s])
+                {
+                    let xh = (xv.to_f64() - mean) * rstd;
+                    *o = T::from_f64(rstd * (ga * gv.to_f64() - m1 - xh * m2));
+                }
+            }
+        });
+    let mut dgamma = vec![0f64; c];
+    let mut dbeta = vec![0f64; c];
+    for b in 0..nb {
+        for ch in 0..c {
+            dgamma[ch] += part[b * c + ch].0;
+            dbeta[ch] += part[b * c + ch].1;
+        }
+    }
+    (
+        dx,
+        dgamma.into_iter().map(T::from_f64).collect(),
+        dbeta.into_iter().map(T::from_f64).collect(),
+    )
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "fast-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = lx.dims();
+        let s = dims[2..].iter().product::<usize>();
+        let y = match sx {
+            CpuStorage::F32(_) => CpuStorage::F32(gn_fwd::<f32>(
+                slice(sx, lx)?,
+                slice(sg, lg)?,
+                slice(sb, lb)?,
+                s,
+                self.groups,
+                self.eps,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(gn_fwd::<f64>(
+                slice(sx, lx)?,
+                slice(sg, lg)?,
+                slice(sb, lb)?,
+                s,
+                self.groups,
+                self.eps,
+            )),
+            _ => candle_core::bail!("group-norm: unsupported dtype"),
+        };
+        Ok((y, lx.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = x.dims();
+        let s = dims[2..].iter().product::<usize>();
+        let gy = gy.to_dtype(x.dtype())?;
+        fn run<T: WithDType>(
+            x: &Tensor,
+            gamma: &Tensor,
+            gy: &Tensor,
+            s: usize,
+            op: &GroupNormOp,
+        ) -> Result<(Tensor, Tensor, Tensor)> {
+            let xv = x.flatten_all()?.to_vec1::<T>()?;
+            let gv = gamma.flatten_all()?.to_vec1::<T>()?;
+            let gyv = gy.flatten_all()?.to_vec1::<T>()?;
+            let (dx, dg, db) = gn_bwd(&xv, &gv, &gyv, s, op.groups, op.eps);
+            let dev = x.device();
+            Ok((
+                Tensor::from_vec(dx, x.shape(), dev)?,
+                Tensor::from_vec(dg, gamma.shape(), dev)?,
+                Tensor::from_vec(db, gamma.shape(), dev)?,
+            ))
+        }
+        let (dx, dg, db) = match x.dtype() {
+            DType::F32 => run::<f32>(x, gamma, &gy, s, self)?,
+            DType::F64 => run::<f64>(x, gamma, &gy, s, self)?,
+            d => candle_core::bail!("group-norm: unsupported dtype {d:?}"),
+        };
+        let _ = beta;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+/// GroupNorm of `x` `[B, C, ...]` (`groups` groups, affine `gamma`, `beta` `[C]`), as
+/// `candle_nn::GroupNorm` computes it, with the closed-form backward on the CPU.
+pub fn group_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() < 3 || dims[1] != gamma.elem_count() || !dims[1].is_multiple_of(groups) {
+        candle_core::bail!(
+            "group_norm: bad input {:?} for {} channels",
+            dims,
+            gamma.elem_count()
+        );
+    }
+    let same = gamma.dtype() == x.dtype() && beta.dtype() == x.dtype();
+    if !cpu_fast(x) || !same {
+        let gn = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), dims[1], groups, eps)?;
+        return gn.forward(x);
+    }
+    x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        GroupNormOp { groups, eps },
+    )
+}
+
+/// A GroupNorm layer with the parameters of `candle_nn::group_norm` (`weight`, `bias`).
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(weight: Tensor, bias: Tensor, groups: usize, eps: f64) -> Self {
+        Self {
+            weight,
+            bias,
+            groups,
+            eps,
+        }
+    }
+
+    /// As `candle_nn::group_norm(groups, channels, eps, vb)` (same names and initialisation).
+    pub fn load(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
+        let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
+        if !channels.is_multiple_of(groups) {
+            candle_core::bail!("GroupNorm: {groups} groups do not divide {channels} channels");
+        }
+        Ok(Self::new(weight, bias, groups, eps))
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        group_norm(x, &self.weight, &self.bias, self.groups, self.eps)
+    }
+}
+
+/// SiLU x·σ(x) with a one-pass backward dx = g·σ(x)·(1 + x·(1 − σ(x))).
+struct Silu;
+
+fn silu_map<T: WithDType>(x: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(yb, xb)| {
+            for (o, v) in yb.iter_mut().zip(xb) {
+                let v = v.to_f64();
+                *o = T::from_f64(v / (1.0 + (-v).exp()));
+            }
+        });
+    y
+}
+
+fn silu_grad_map<T: WithDType>(x: &[T], g: &[T]) -> Vec<T> {
+    let mut d = vec![T::zero(); x.len()];
+    d.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
+        .for_each(|(db, (xb, gb))| {
+            for ((o, v), gv) in db.iter_mut().zip(xb).zip(gb) {
+                let v = v.to_f64();
+                let s = 1.0 / (1.0 + (-v).exp());
+                *o = T::from_f64(gv.to_f64() * s * (1.0 + v * (1.0 - s)));
+            }
+        });
+    d
+}
+
+/// f32 specialisations (no round trip through f64).
+fn silu_f32(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(yb, xb)| {
+            for (o, &v) in yb.iter_mut().zip(xb) {
+                *o = v / (1.0 + (-v).exp());
+            }
+        });
+    y
+}
+
+fn silu_grad_f32(x: &[f32], g: &[f32]) -> Vec<f32> {
+    let mut d = vec![0f32; x.len()];
+    d.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
+        .for_each(|(db, (xb, gb))| {
+            for ((o, &v), &gv) in db.iter_mut().zip(xb).zip(gb) {
+                let s = 1.0 / (1.0 + (-v).exp());
+                *o = gv * s * (1.0 + v * (1.0 - s));
+            }
+        });
+    d
+}
+
+impl candle_core::CustomOp1 for Silu {
+    fn name(&self) -> &'static str {
+        "fast-silu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(silu_f32(slice::<f32>(s, l)?)),
+            CpuStorage::F64(_) => CpuStorage::F64(silu_map(slice::<f64>(s, l)?)),
+            _ => candle_core::bail!("silu: unsupported dtype"),
+        };
+        Ok((y, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.detach().to_dtype(x.dtype())?.contiguous()?;
+        Ok(Some(x.detach().apply_op2_no_bwd(&g, &SiluGrad)?))
+    }
+}
+
+struct SiluGrad;
+
+impl candle_core::CustomOp2 for SiluGrad {
+    fn name(&self) -> &'static str {
+        "fast-silu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = match sx {
+            CpuStorage::F32(_) => CpuStorage::F32(silu_grad_f32(slice(sx, lx)?, slice(sg, lg)?)),
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(silu_grad_map::<f64>(slice(sx, lx)?, slice(sg, lg)?))
+            }
+            _ => candle_core::bail!("silu: unsupported dtype"),
+        };
+        Ok((d, lx.shape().clone()))
+    }
+}
+
+/// SiLU with a one-pass backward on the CPU (candle's `silu` elsewhere).
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    if !cpu_fast(x) {
+        return x.silu();
+    }
+    x.contiguous()?.apply_op1(Silu)
+}
