@@ -435,3 +435,47 @@ fn silu_matches_candle_and_finite_differences() {
         );
     }
 }
+
+#[test]
+fn channel_bias_and_upsample_match_candle_autograd() {
+    for dtype in [DType::F32, DType::F64] {
+        let x = rand(&[3, 4, 5, 6], 11, dtype);
+        let b = rand(&[4], 12, dtype);
+        let r = rand(&[3, 4, 10, 12], 13, dtype);
+        let grads = |fast: bool| {
+            let xv = Var::from_tensor(&x).unwrap();
+            let bv = Var::from_tensor(&b).unwrap();
+            let (xt, bt) = (xv.as_tensor(), bv.as_tensor());
+            let (h, up) = if fast {
+                let h = fastops::add_channel_bias(xt, bt).unwrap();
+                let up = fastops::upsample2x(&h).unwrap();
+                (h, up)
+            } else {
+                let h = xt
+                    .broadcast_add(&bt.reshape((1, 4, 1, 1)).unwrap())
+                    .unwrap();
+                let up = h
+                    .reshape((3, 4, 5, 1, 6, 1))
+                    .unwrap()
+                    .broadcast_as((3, 4, 5, 2, 6, 2))
+                    .unwrap()
+                    .reshape((3, 4, 10, 12))
+                    .unwrap();
+                (h, up)
+            };
+            // h has two consumers: the upsampling and the loss itself.
+            let loss = ((&up * &r).unwrap().sum_all().unwrap()
+                + (&h * &h).unwrap().sum_all().unwrap())
+            .unwrap();
+            let g = loss.backward().unwrap();
+            (up, g.get(xt).unwrap().clone(), g.get(bt).unwrap().clone())
+        };
+        let f = grads(true);
+        let c = grads(false);
+        let e = [rel(&f.0, &c.0), rel(&f.1, &c.1), rel(&f.2, &c.2)];
+        assert!(
+            e[0] == 0.0 && e[1] < 1e-6 && e[2] < 1e-6,
+            "{dtype:?}: up, dx, db rel errors {e:?}"
+        );
+    }
+}

@@ -265,14 +265,11 @@ fn norm(ch: usize, vb: VarBuilder) -> candle_core::Result<GroupNorm> {
     GroupNorm::load(GN_GROUPS, ch, GN_EPS, vb)
 }
 
-/// Nearest ×2 upsampling by broadcasting. (candle 0.11.1's `upsample_nearest2d` backward
-/// overwrites instead of accumulating the input's gradient, which is wrong when the input has
-/// other consumers, as in up-ResBlocks.)
+/// Nearest ×2 upsampling ([`fastops::upsample2x`]). (candle 0.11.1's `upsample_nearest2d`
+/// backward overwrites instead of accumulating the input's gradient, which is wrong when the
+/// input has other consumers, as in up-ResBlocks.)
 pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h, 1, w, 1))?
-        .broadcast_as((b, c, h, 2, w, 2))?
-        .reshape((b, c, 2 * h, 2 * w))
+    fastops::upsample2x(x)
 }
 
 /// guided-diffusion `timestep_embedding`: [cos(t·f), sin(t·f)], f_i = 10000^(−i/half), in f32.

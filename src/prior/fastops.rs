@@ -368,7 +368,7 @@ impl Module for Conv2d {
         let y = conv2d(x, &self.weight, self.padding, self.stride)?;
         match &self.bias {
             None => Ok(y),
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dims1()?, 1, 1))?),
+            Some(b) => add_channel_bias(&y, b),
         }
     }
 }
@@ -753,4 +753,193 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
         return x.silu();
     }
     x.contiguous()?.apply_op1(Silu)
+}
+
+/// `y` `[B, C, ...]` + `b` `[C]`, with db = Σ g over batch and space in one pass.
+struct ChannelBias;
+
+fn bias_fwd<T: WithDType>(y: &[T], b: &[T], s: usize) -> Vec<T> {
+    let c = b.len();
+    let mut out = vec![T::zero(); y.len()];
+    out.par_chunks_mut(s)
+        .zip(y.par_chunks(s))
+        .enumerate()
+        .for_each(|(i, (o, yb))| {
+            let bv = b[i % c];
+            for (o, v) in o.iter_mut().zip(yb) {
+                *o = *v + bv;
+            }
+        });
+    out
+}
+
+fn bias_grad<T: WithDType>(g: &[T], c: usize, s: usize) -> Vec<T> {
+    let sums: Vec<f64> = g
+        .par_chunks(s)
+        .map(|gb| gb.iter().map(|v| v.to_f64()).sum::<f64>())
+        .collect();
+    let mut db = vec![0f64; c];
+    for (i, v) in sums.iter().enumerate() {
+        db[i % c] += v;
+    }
+    db.into_iter().map(T::from_f64).collect()
+}
+
+impl candle_core::CustomOp2 for ChannelBias {
+    fn name(&self) -> &'static str {
+        "fast-channel-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sy: &CpuStorage,
+        ly: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = ly.dims()[2..].iter().product::<usize>();
+        let out = match sy {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(bias_fwd::<f32>(slice(sy, ly)?, slice(sb, lb)?, s))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(bias_fwd::<f64>(slice(sy, ly)?, slice(sb, lb)?, s))
+            }
+            _ => candle_core::bail!("channel bias: unsupported dtype"),
+        };
+        Ok((out, ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let s = y.dims()[2..].iter().product::<usize>();
+        let c = b.elem_count();
+        let gc = g.detach().to_dtype(y.dtype())?.contiguous()?;
+        let db = match y.dtype() {
+            DType::F32 => Tensor::from_vec(
+                bias_grad(&gc.flatten_all()?.to_vec1::<f32>()?, c, s),
+                b.shape(),
+                b.device(),
+            )?,
+            DType::F64 => Tensor::from_vec(
+                bias_grad(&gc.flatten_all()?.to_vec1::<f64>()?, c, s),
+                b.shape(),
+                b.device(),
+            )?,
+            d => candle_core::bail!("channel bias: unsupported dtype {d:?}"),
+        };
+        Ok((Some(g.clone()), Some(db)))
+    }
+}
+
+/// `y` `[B, C, ...]` + `bias` `[C]` broadcast over batch and space, with a one-pass bias
+/// gradient on the CPU (candle's broadcast_add elsewhere).
+pub fn add_channel_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let dims = y.dims();
+    if dims.len() < 2 || dims[1] != bias.elem_count() {
+        candle_core::bail!("add_channel_bias: {dims:?} + bias {:?}", bias.dims());
+    }
+    if !cpu_fast(y) || bias.dtype() != y.dtype() {
+        let mut shape = vec![1; dims.len()];
+        shape[1] = dims[1];
+        return y.broadcast_add(&bias.reshape(shape)?);
+    }
+    y.contiguous()?
+        .apply_op2(&bias.flatten_all()?.contiguous()?, ChannelBias)
+}
+
+/// Nearest-neighbour ×2 upsampling of `[B, C, H, W]`; backward sums each 2×2 block.
+struct Upsample2x;
+
+fn up2_fwd<T: WithDType>(x: &[T], h: usize, w: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); 4 * x.len()];
+    y.par_chunks_mut(4 * h * w)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(yb, xb)| {
+            for i in 0..h {
+                for j in 0..w {
+                    let v = xb[i * w + j];
+                    let r0 = 2 * i * 2 * w + 2 * j;
+                    yb[r0] = v;
+                    yb[r0 + 1] = v;
+                    yb[r0 + 2 * w] = v;
+                    yb[r0 + 2 * w + 1] = v;
+                }
+            }
+        });
+    y
+}
+
+fn up2_bwd<T: WithDType>(g: &[T], h: usize, w: usize) -> Vec<T> {
+    let mut d = vec![T::zero(); g.len() / 4];
+    d.par_chunks_mut(h * w)
+        .zip(g.par_chunks(4 * h * w))
+        .for_each(|(db, gb)| {
+            for i in 0..h {
+                for j in 0..w {
+                    let r0 = 2 * i * 2 * w + 2 * j;
+                    db[i * w + j] = gb[r0] + gb[r0 + 1] + gb[r0 + 2 * w] + gb[r0 + 2 * w + 1];
+                }
+            }
+        });
+    d
+}
+
+impl candle_core::CustomOp1 for Upsample2x {
+    fn name(&self) -> &'static str {
+        "fast-upsample2x"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let y = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(up2_fwd::<f32>(slice(s, l)?, h, w)),
+            CpuStorage::F64(_) => CpuStorage::F64(up2_fwd::<f64>(slice(s, l)?, h, w)),
+            _ => candle_core::bail!("upsample2x: unsupported dtype"),
+        };
+        Ok((y, (b, c, 2 * h, 2 * w).into()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.detach().to_dtype(x.dtype())?.contiguous()?;
+        Ok(Some(g.apply_op1_no_bwd(&Upsample2xGrad)?))
+    }
+}
+
+struct Upsample2xGrad;
+
+impl candle_core::CustomOp1 for Upsample2xGrad {
+    fn name(&self) -> &'static str {
+        "fast-upsample2x-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h2, w2) = l.shape().dims4()?;
+        let (h, w) = (h2 / 2, w2 / 2);
+        let d = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(up2_bwd::<f32>(slice(s, l)?, h, w)),
+            CpuStorage::F64(_) => CpuStorage::F64(up2_bwd::<f64>(slice(s, l)?, h, w)),
+            _ => candle_core::bail!("upsample2x: unsupported dtype"),
+        };
+        Ok((d, (b, c, h, w).into()))
+    }
+}
+
+/// Nearest ×2 upsampling of `[B, C, H, W]`. On the CPU a custom op whose backward sums the 2×2
+/// blocks (and accumulates correctly, unlike candle 0.11.1's `upsample_nearest2d`); elsewhere
+/// a broadcast.
+pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if !cpu_fast(x) {
+        return x
+            .reshape((b, c, h, 1, w, 1))?
+            .broadcast_as((b, c, h, 2, w, 2))?
+            .reshape((b, c, 2 * h, 2 * w));
+    }
+    x.contiguous()?.apply_op1(Upsample2x)
 }
