@@ -298,6 +298,21 @@ fn time<F: FnMut()>(n: usize, mut f: F) -> (f64, f64) {
 #[ignore]
 fn measure_ops() {
     let n = 5;
+    // Forward only at batch 1 (the sampling path of a 256-px model).
+    for &(c, h) in &[(128usize, 64usize), (128, 128)] {
+        let x = rand(&[1, c, h, h], 1, DType::F32);
+        let w = rand(&[c, c, 3, 3], 2, DType::F32);
+        let candle = time(3, || {
+            x.conv2d(&w, 1, 1, 1, 1).unwrap();
+        });
+        let fast = time(3, || {
+            fastops::conv2d(&x, &w, 1, 1).unwrap();
+        });
+        eprintln!(
+            "conv fwd 1x{c}x{h}x{h} 3x3: candle {:.1} ms (cpu {:.1}), fast {:.1} ms (cpu {:.1})",
+            candle.0, candle.1, fast.0, fast.1
+        );
+    }
     let b = 32;
     let report = |name: &str, fwd: (f64, f64), both: (f64, f64)| {
         eprintln!(
@@ -476,6 +491,47 @@ fn channel_bias_and_upsample_match_candle_autograd() {
         assert!(
             e[0] == 0.0 && e[1] < 1e-6 && e[2] < 1e-6,
             "{dtype:?}: up, dx, db rel errors {e:?}"
+        );
+    }
+}
+
+#[test]
+fn scale_shift_matches_candle_autograd() {
+    for dtype in [DType::F32, DType::F64] {
+        let h = rand(&[3, 4, 5, 6], 21, dtype);
+        let sc = rand(&[3, 8], 22, dtype);
+        let r = rand(&[3, 4, 5, 6], 23, dtype);
+        let grads = |fast: bool| {
+            let hv = Var::from_tensor(&h).unwrap();
+            let ev = Var::from_tensor(&sc).unwrap();
+            let (scale, shift) = (
+                ev.as_tensor().narrow(1, 0, 4).unwrap(),
+                ev.as_tensor().narrow(1, 4, 4).unwrap(),
+            );
+            let y = if fast {
+                fastops::scale_shift(hv.as_tensor(), &scale, &shift).unwrap()
+            } else {
+                let s4 = (scale + 1.0).unwrap().reshape((3, 4, 1, 1)).unwrap();
+                let t4 = shift.reshape((3, 4, 1, 1)).unwrap();
+                hv.as_tensor()
+                    .broadcast_mul(&s4)
+                    .unwrap()
+                    .broadcast_add(&t4)
+                    .unwrap()
+            };
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            (
+                y,
+                g.get(hv.as_tensor()).unwrap().clone(),
+                g.get(ev.as_tensor()).unwrap().clone(),
+            )
+        };
+        let f = grads(true);
+        let c = grads(false);
+        let e = [rel(&f.0, &c.0), rel(&f.1, &c.1), rel(&f.2, &c.2)];
+        assert!(
+            e[0] == 0.0 && e[1] < 1e-6 && e[2] < 1e-6,
+            "{dtype:?}: y, dh, d(scale, shift) rel errors {e:?}"
         );
     }
 }

@@ -348,16 +348,14 @@ impl ResBlock {
             Resample::Down => (h.avg_pool2d(2)?, x.avg_pool2d(2)?),
         };
         let h = self.in_conv.forward(&h)?;
-        let e = self.emb.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
+        let e = self.emb.forward(emb)?;
         let h = if self.scale_shift {
-            let scale = (e.narrow(1, 0, self.out_ch)? + 1.0)?;
+            let scale = e.narrow(1, 0, self.out_ch)?;
             let shift = e.narrow(1, self.out_ch, self.out_ch)?;
-            self.out_norm
-                .forward(&h)?
-                .broadcast_mul(&scale)?
-                .broadcast_add(&shift)?
+            fastops::scale_shift(&self.out_norm.forward(&h)?, &scale, &shift)?
         } else {
-            self.out_norm.forward(&h.broadcast_add(&e)?)?
+            self.out_norm
+                .forward(&h.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?)?
         };
         let h = self.out_conv.forward(&fastops::silu(&h)?)?;
         match &self.skip {

@@ -943,3 +943,138 @@ pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
     }
     x.contiguous()?.apply_op1(Upsample2x)
 }
+
+/// `h` `[B, C, ...]` · (1 + `scale` `[B, C]`) + `shift` `[B, C]` in one pass each way.
+struct ScaleShift;
+
+fn ss_fwd<T: WithDType>(h: &[T], sc: &[T], sh: &[T], s: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); h.len()];
+    y.par_chunks_mut(s)
+        .zip(h.par_chunks(s))
+        .enumerate()
+        .for_each(|(i, (yb, hb))| {
+            let a = sc[i] + T::one();
+            let t = sh[i];
+            for (o, v) in yb.iter_mut().zip(hb) {
+                *o = *v * a + t;
+            }
+        });
+    y
+}
+
+/// (dh, dscale, dshift)
+fn ss_bwd<T: WithDType>(h: &[T], sc: &[T], g: &[T], s: usize) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let mut dh = vec![T::zero(); h.len()];
+    let sums: Vec<(f64, f64)> = dh
+        .par_chunks_mut(s)
+        .zip(h.par_chunks(s).zip(g.par_chunks(s)))
+        .enumerate()
+        .map(|(i, (db, (hb, gb)))| {
+            let a = sc[i] + T::one();
+            let (mut sgh, mut sg) = (0f64, 0f64);
+            for ((o, hv), gv) in db.iter_mut().zip(hb).zip(gb) {
+                *o = *gv * a;
+                sgh += gv.to_f64() * hv.to_f64();
+                sg += gv.to_f64();
+            }
+            (sgh, sg)
+        })
+        .collect();
+    (
+        dh,
+        sums.iter().map(|v| T::from_f64(v.0)).collect(),
+        sums.iter().map(|v| T::from_f64(v.1)).collect(),
+    )
+}
+
+impl CustomOp3 for ScaleShift {
+    fn name(&self) -> &'static str {
+        "fast-scale-shift"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sh: &CpuStorage,
+        lh: &Layout,
+        ssc: &CpuStorage,
+        lsc: &Layout,
+        ssh: &CpuStorage,
+        lsh: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = lh.dims()[2..].iter().product::<usize>();
+        let y = match sh {
+            CpuStorage::F32(_) => CpuStorage::F32(ss_fwd::<f32>(
+                slice(sh, lh)?,
+                slice(ssc, lsc)?,
+                slice(ssh, lsh)?,
+                s,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(ss_fwd::<f64>(
+                slice(sh, lh)?,
+                slice(ssc, lsc)?,
+                slice(ssh, lsh)?,
+                s,
+            )),
+            _ => candle_core::bail!("scale-shift: unsupported dtype"),
+        };
+        Ok((y, lh.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        scale: &Tensor,
+        _shift: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let s = h.dims()[2..].iter().product::<usize>();
+        let g = g.detach().to_dtype(h.dtype())?;
+        fn run<T: WithDType>(
+            h: &Tensor,
+            scale: &Tensor,
+            g: &Tensor,
+            s: usize,
+        ) -> Result<(Tensor, Tensor, Tensor)> {
+            let hv = h.flatten_all()?.to_vec1::<T>()?;
+            let sv = scale.flatten_all()?.to_vec1::<T>()?;
+            let gv = g.flatten_all()?.to_vec1::<T>()?;
+            let (dh, ds, dt) = ss_bwd(&hv, &sv, &gv, s);
+            let dev = h.device();
+            Ok((
+                Tensor::from_vec(dh, h.shape(), dev)?,
+                Tensor::from_vec(ds, scale.shape(), dev)?,
+                Tensor::from_vec(dt, scale.shape(), dev)?,
+            ))
+        }
+        let (dh, ds, dt) = match h.dtype() {
+            DType::F32 => run::<f32>(h, scale, &g, s)?,
+            DType::F64 => run::<f64>(h, scale, &g, s)?,
+            d => candle_core::bail!("scale-shift: unsupported dtype {d:?}"),
+        };
+        Ok((Some(dh), Some(ds), Some(dt)))
+    }
+}
+
+/// `h` `[B, C, ...]` · (1 + `scale`) + `shift`, with `scale` and `shift` `[B, C]` (ADM's
+/// scale-shift norm), fused on the CPU (candle broadcast ops elsewhere).
+pub fn scale_shift(h: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let dims = h.dims();
+    if dims.len() < 2 || scale.dims() != &dims[..2] || shift.dims() != &dims[..2] {
+        candle_core::bail!(
+            "scale_shift: {dims:?} with scale {:?} and shift {:?}",
+            scale.dims(),
+            shift.dims()
+        );
+    }
+    let same = scale.dtype() == h.dtype() && shift.dtype() == h.dtype();
+    if !cpu_fast(h) || !same {
+        let mut bshape = dims[..2].to_vec();
+        bshape.resize(dims.len(), 1);
+        return h
+            .broadcast_mul(&(scale + 1.0)?.reshape(bshape.clone())?)?
+            .broadcast_add(&shift.reshape(bshape)?);
+    }
+    h.contiguous()?
+        .apply_op3(&scale.contiguous()?, &shift.contiguous()?, ScaleShift)
+}
