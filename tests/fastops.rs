@@ -535,3 +535,31 @@ fn scale_shift_matches_candle_autograd() {
         );
     }
 }
+
+#[test]
+fn conv_gradient_only_for_tracked_arguments() {
+    let x = rand(&[2, 3, 6, 6], 31, DType::F32);
+    let w = rand(&[4, 3, 3, 3], 32, DType::F32);
+    let r = rand(&[2, 4, 6, 6], 33, DType::F32);
+    let (_, dx_ref, dw_ref) = conv_grads(&x, &w, &r, 1, 1, false);
+    // Frozen weights: only dx.
+    let xv = Var::from_tensor(&x).unwrap();
+    let g = (fastops::conv2d(xv.as_tensor(), &w, 1, 1).unwrap() * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(&w).is_none());
+    assert!(rel(g.get(xv.as_tensor()).unwrap(), &dx_ref) < 1e-5);
+    // Constant input: only dw.
+    let wv = Var::from_tensor(&w).unwrap();
+    let g = (fastops::conv2d(&x, wv.as_tensor(), 1, 1).unwrap() * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(&x).is_none());
+    assert!(rel(g.get(wv.as_tensor()).unwrap(), &dw_ref) < 1e-5);
+}

@@ -272,6 +272,8 @@ impl CustomOp3 for ConvGrad {
         _res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // No gradient for an argument outside the graph (the input image, frozen weights).
+        let (want_x, want_w) = (x.track_op(), w.track_op());
         let x = x.detach();
         let w = w.detach();
         let g = geom(x.dims4()?, &w, self.padding, self.stride)?;
@@ -283,18 +285,28 @@ impl CustomOp3 for ConvGrad {
             .to_dtype(x.dtype())?
             .reshape((b, o, ho * wo))?
             .contiguous()?;
-        let w2 = w.reshape((o, ck))?;
-        // dx = col2im(wᵀ g)
-        let dcol = w2.t()?.broadcast_left(b)?.matmul(&g3)?;
-        let dx = if g.pointwise() {
-            dcol.reshape(x.shape())?
+        let dx = if want_x {
+            // dx = col2im(wᵀ g)
+            let dcol = w.reshape((o, ck))?.t()?.broadcast_left(b)?.matmul(&g3)?;
+            Some(if g.pointwise() {
+                dcol.reshape(x.shape())?
+            } else {
+                dcol.apply_op1_no_bwd(&Cols { g, adjoint: true })?
+            })
         } else {
-            dcol.apply_op1_no_bwd(&Cols { g, adjoint: true })?
+            None
         };
-        // dw = Σ_b g colᵀ
-        let col = cols(&x, g)?;
-        let dw = g3.matmul(&col.t()?)?.sum(0)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw), None))
+        let dw = if want_w {
+            // dw = Σ_b g colᵀ, the batch sum as a matmul with ones (candle's sum over a leading
+            // dim is a scalar loop).
+            let col = cols(&x, g)?;
+            let dwb = g3.matmul(&col.t()?)?.reshape((b, o * ck))?;
+            let ones = Tensor::ones((1, b), dwb.dtype(), dwb.device())?;
+            Some(ones.matmul(&dwb)?.reshape(w.shape())?)
+        } else {
+            None
+        };
+        Ok((dx, dw, None))
     }
 }
 
