@@ -1,17 +1,20 @@
-//! Conv2d and GroupNorm with fast CPU backward passes (used by the ADM UNet).
+//! CPU custom ops with fast backward passes for the ADM UNet's training step.
 //!
-//! candle 0.11.1 computes the input gradient of a conv2d with `conv_transpose2d`, which on the CPU
-//! is a naive loop, and GroupNorm's backward goes through a long chain of broadcast ops. Here:
-//! - [`conv2d`]: im2col (a parallel copy loop) + one batched candle matmul, y = W·col; backward
-//!   dx = col2im(Wᵀ·g) and dW = Σ_b g·colᵀ (col recomputed), so every stride and padding costs
-//!   three matmuls of the forward's size plus the copies. candle's own conv2d forward uses small
-//!   gemm tiles and its input gradient a naive conv_transpose2d loop.
-//! - [`group_norm`]: forward and closed-form backward as plain loops over the (batch, group)
-//!   blocks, in parallel (rayon), accumulating in f64:
+//! candle 0.11.1's conv2d forward uses small gemm tiles and its input gradient is a naive
+//! `conv_transpose2d` loop; GroupNorm, SiLU and broadcast ops go through long chains of
+//! full-size passes, and its sum over leading dimensions (bias gradients, broadcast upsampling)
+//! is a scalar loop. Here:
+//! - [`conv2d`] / [`Conv2d`]: im2col (a parallel copy loop; none for 1×1) + one batched candle
+//!   matmul, y = W·col; backward dx = col2im(Wᵀ·g) and dW = Σ_b g·colᵀ (col recomputed, only
+//!   for tracked arguments), any stride and padding.
+//! - [`group_norm`] / [`GroupNorm`]: forward and closed-form backward as loops over the
+//!   (batch, group) blocks, in parallel, accumulating in f64:
 //!   dx = (γ g − mean(γ g) − x̂ mean(γ g x̂)) / σ per group, dγ = Σ g x̂, dβ = Σ g.
+//! - [`silu`], [`add_channel_bias`], [`scale_shift`] (h·(1 + s) + t), [`upsample2x`]: one pass
+//!   each way.
 //!
-//! Both fall back to candle's ops off the CPU or for dtypes other than f32/f64, and give the same
-//! values as candle's ops up to float rounding.
+//! All fall back to candle's ops off the CPU or for dtypes other than f32/f64, and give candle's
+//! values up to float rounding (tests/fastops.rs).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
