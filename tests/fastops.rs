@@ -563,3 +563,96 @@ fn conv_gradient_only_for_tracked_arguments() {
     assert!(g.get(&x).is_none());
     assert!(rel(g.get(wv.as_tensor()).unwrap(), &dw_ref) < 1e-5);
 }
+
+/// Per-block forward times of the digits32 ADM (batch 32, random weights):
+/// `cargo test --release --test fastops measure_blocks -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_blocks() {
+    use daps::prior::adm::AdmUnet;
+    let cfg = daps::train::preset("digits32").unwrap();
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let net = AdmUnet::new(&cfg, vb).unwrap();
+    let x = rand(&[32, 1, 32, 32], 1, DType::F32);
+    let t = Tensor::full(500f32, 32, &Device::Cpu).unwrap();
+    for _ in 0..3 {
+        let mut last = std::time::Instant::now();
+        let mut line = String::new();
+        let y = net
+            .forward_traced(&x, &t, &mut |name, _| {
+                let now = std::time::Instant::now();
+                line += &format!("{name} {:.0}ms, ", (now - last).as_secs_f64() * 1e3);
+                last = now;
+            })
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let _ = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        eprintln!(
+            "{line}\n  (no-grad net; backward n/a {:.0} ms)",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    // With gradients: weights as variables.
+    let xv = Var::from_tensor(&x).unwrap();
+    for _ in 0..2 {
+        let c0 = cpu_seconds();
+        let y = net.forward(xv.as_tensor(), &t).unwrap();
+        let c1 = cpu_seconds();
+        let _ = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        eprintln!(
+            "tracked: fwd {:.2} CPU-s, bwd {:.2} CPU-s",
+            c1 - c0,
+            cpu_seconds() - c1
+        );
+    }
+}
+
+#[test]
+#[ignore]
+fn measure_matmul_layouts() {
+    let w = rand(&[32, 288], 1, DType::F32);
+    let colb = rand(&[32, 288, 1024], 2, DType::F32);
+    let col1 = rand(&[288, 32 * 1024], 3, DType::F32);
+    let a = time(5, || {
+        w.broadcast_left(32).unwrap().matmul(&colb).unwrap();
+    });
+    let b = time(5, || {
+        w.matmul(&col1).unwrap();
+    });
+    let c = time(5, || {
+        let _ = w
+            .matmul(&col1)
+            .unwrap()
+            .reshape((32, 32, 1024))
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+    });
+    let d = time(5, || {
+        let _ = Tensor::zeros((32, 288, 1024), DType::F32, &Device::Cpu)
+            .unwrap()
+            .affine(1.0, 1.0)
+            .unwrap();
+    });
+    eprintln!("batched {a:?}, single {b:?}, single+transpose {c:?}, alloc+touch 37MB {d:?}");
+}
+
+/// Big enough that the column buffers are built one batch item at a time.
+#[test]
+fn conv_chunked_batch_matches_candle_autograd() {
+    for (s, h) in [(1usize, 128usize), (2, 130)] {
+        let x = rand(&[3, 32, h, h], 41, DType::F32);
+        let w = rand(&[8, 32, 3, 3], 42, DType::F32);
+        let r = rand(x.conv2d(&w, 1, s, 1, 1).unwrap().dims(), 43, DType::F32);
+        let (yf, dxf, dwf) = conv_grads(&x, &w, &r, 1, s, true);
+        let (yc, dxc, dwc) = conv_grads(&x, &w, &r, 1, s, false);
+        let e = [rel(&yf, &yc), rel(&dxf, &dxc), rel(&dwf, &dwc)];
+        assert!(
+            e.iter().all(|&v| v < 1e-5),
+            "stride {s}, {h}x{h}: y, dx, dw rel errors {e:?}"
+        );
+    }
+}

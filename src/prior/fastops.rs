@@ -238,9 +238,38 @@ fn conv2d_im2col(x: &Tensor, w: &Tensor, pad: usize, stride: usize) -> Result<Te
     let g = geom(x.dims4()?, w, pad, stride)?;
     let (b, o) = (x.dim(0)?, w.dim(0)?);
     let (ho, wo) = g.out();
-    let col = cols(x, g)?;
     let w2 = w.reshape((o, g.c * g.kh * g.kw))?;
-    w2.broadcast_left(b)?.matmul(&col)?.reshape((b, o, ho, wo))
+    let x = x.contiguous()?;
+    let ys = batch_chunks(b, g)
+        .into_iter()
+        .map(|(s, n)| w2.broadcast_left(n)?.matmul(&cols(&x.narrow(0, s, n)?, g)?))
+        .collect::<Result<Vec<_>>>()?;
+    cat0(ys)?.reshape((b, o, ho, wo))
+}
+
+/// Column buffers are built for at most this many elements at a time (16 MiB of f32): large
+/// fresh allocations are mmapped and page-faulted in on every call, smaller ones are reused
+/// by the allocator.
+const COL_CHUNK: usize = 1 << 22;
+
+/// Batch ranges (start, len) whose column buffers stay under [`COL_CHUNK`] (one item at least).
+fn batch_chunks(b: usize, g: Geom) -> Vec<(usize, usize)> {
+    let (ho, wo) = g.out();
+    let per_item = if g.pointwise() {
+        0
+    } else {
+        g.c * g.kh * g.kw * ho * wo
+    };
+    let n = (COL_CHUNK / per_item.max(1)).clamp(1, b.max(1));
+    (0..b).step_by(n).map(|s| (s, n.min(b - s))).collect()
+}
+
+fn cat0(mut ts: Vec<Tensor>) -> Result<Tensor> {
+    if ts.len() == 1 {
+        Ok(ts.pop().expect("one tensor"))
+    } else {
+        Tensor::cat(&ts, 0)
+    }
 }
 
 /// Carries the forward result `y = conv2d(x, w)` (computed without a graph) and gives it the
@@ -288,24 +317,45 @@ impl CustomOp3 for ConvGrad {
             .to_dtype(x.dtype())?
             .reshape((b, o, ho * wo))?
             .contiguous()?;
+        let w2 = w.reshape((o, ck))?;
+        let chunks = batch_chunks(b, g);
         let dx = if want_x {
             // dx = col2im(wᵀ g)
-            let dcol = w.reshape((o, ck))?.t()?.broadcast_left(b)?.matmul(&g3)?;
-            Some(if g.pointwise() {
-                dcol.reshape(x.shape())?
-            } else {
-                dcol.apply_op1_no_bwd(&Cols { g, adjoint: true })?
-            })
+            let w2t = w2.t()?;
+            let parts = chunks
+                .iter()
+                .map(|&(s, n)| {
+                    let dcol = w2t.broadcast_left(n)?.matmul(&g3.narrow(0, s, n)?)?;
+                    if g.pointwise() {
+                        dcol.reshape((n, g.c, g.h, g.w))
+                    } else {
+                        dcol.apply_op1_no_bwd(&Cols { g, adjoint: true })
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(cat0(parts)?)
         } else {
             None
         };
         let dw = if want_w {
             // dw = Σ_b g colᵀ, the batch sum as a matmul with ones (candle's sum over a leading
             // dim is a scalar loop).
-            let col = cols(&x, g)?;
-            let dwb = g3.matmul(&col.t()?)?.reshape((b, o * ck))?;
-            let ones = Tensor::ones((1, b), dwb.dtype(), dwb.device())?;
-            Some(ones.matmul(&dwb)?.reshape(w.shape())?)
+            let x = x.contiguous()?;
+            let mut acc: Option<Tensor> = None;
+            for &(s, n) in &chunks {
+                let col = cols(&x.narrow(0, s, n)?, g)?;
+                let dwb = g3
+                    .narrow(0, s, n)?
+                    .matmul(&col.t()?)?
+                    .reshape((n, o * ck))?;
+                let ones = Tensor::ones((1, n), dwb.dtype(), dwb.device())?;
+                let part = ones.matmul(&dwb)?;
+                acc = Some(match acc {
+                    None => part,
+                    Some(a) => (a + part)?,
+                });
+            }
+            Some(acc.expect("one chunk at least").reshape(w.shape())?)
         } else {
             None
         };
