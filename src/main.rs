@@ -74,6 +74,9 @@ struct GmmArgs {
     lr: Option<f64>,
     #[arg(long)]
     lr_min_ratio: Option<f64>,
+    /// Top of the annealing (DAPS starts from N(0, σ_max² I)).
+    #[arg(long)]
+    sigma_max: Option<f64>,
     /// DPS step size ζ.
     #[arg(long)]
     zeta: Option<f64>,
@@ -149,7 +152,8 @@ fn bench_gmm(a: GmmArgs) -> Result<()> {
         ($($f:ident <- $v:expr),*) => { $(if let Some(v) = $v { cfg.$f = v; })* };
     }
     set!(problems <- a.problems, samples <- a.samples, annealing_steps <- a.steps, ode_steps <- a.ode_steps,
-         mcmc_steps <- a.mcmc_steps, lr <- a.lr, lr_min_ratio <- a.lr_min_ratio, dps_zeta <- a.zeta);
+         mcmc_steps <- a.mcmc_steps, lr <- a.lr, lr_min_ratio <- a.lr_min_ratio,
+        sigma_max <- a.sigma_max, dps_zeta <- a.zeta);
     if let Some(ms) = a.methods {
         cfg.methods = ms.iter().map(|s| parse_method(s)).collect::<Result<_>>()?;
     }

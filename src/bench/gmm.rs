@@ -64,6 +64,8 @@ pub struct GmmBenchConfig {
     /// Langevin step size in units of τ² (τ = σ_y of each problem).
     pub lr: f64,
     pub lr_min_ratio: f64,
+    /// Start and top of the annealing: x_T ~ N(0, σ_max² I).
+    pub sigma_max: f64,
     pub dps_zeta: f64,
     pub methods: Vec<Method>,
     pub directions: usize,
@@ -81,6 +83,7 @@ impl Default for GmmBenchConfig {
             mcmc_steps: 100,
             lr: 0.5,
             lr_min_ratio: 0.01,
+            sigma_max: 100.0,
             dps_zeta: 0.3,
             methods: Method::ALL.to_vec(),
             directions: 100,
@@ -206,6 +209,7 @@ pub fn run_method(
         mcmc_steps: cfg.mcmc_steps,
         lr: cfg.lr * tau * tau,
         lr_min_ratio: cfg.lr_min_ratio,
+        sigma_max: cfg.sigma_max,
         tau,
         ..DapsConfig::default()
     };
