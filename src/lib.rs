@@ -15,7 +15,7 @@ pub mod operator;
 pub mod prior;
 pub mod sampler;
 pub mod schedule;
-pub mod train;
 pub mod task;
+pub mod train;
 
 pub use error::{Error, Result};
