@@ -13,6 +13,7 @@
 //! | `motion-blur` | `motion_blur` | reflect-padded 61×61 motion blur | kernel_size 61, intensity 0.5, seed 42 (or `--kernel`) |
 //! | `phase-retrieval` | `phase_retrieval` | \|centred FFT\| of the zero-padded [0,1] image | oversample 2 |
 //! | `hdr` | `high_dynamic_range` | clip(2x, −1, 1) | scale 2 |
+//! | `nonlinear-blur` | `nonlinear_blur` | bkse KernelWizard.adaptKernel (GOPRO_wVAE.pth), fixed kernel latent | `--blur-weights FILE`, seed 0, scale 1.2 |
 //! | `mri-4x` | – (CVPR Table 2) | multi-coil Cartesian CS-MRI, masked centred k-space per coil | acceleration 4, centre fraction 0.08, 8 birdcage coils, seed 42 |
 //! | `mri-8x` | – (CVPR Table 2) | the same at ×8 | acceleration 8, centre fraction 0.04, 8 coils, seed 42 |
 //!
@@ -27,12 +28,17 @@
 //! whole k-space columns) and coil maps (`[C, H, W, 2]`, simulated birdcage maps or read from a
 //! `--maps` file) are stored in the measurement file, and the measurement noise is masked too
 //! (unsampled k-space stays exactly 0), so ‖A(x) − y‖ compares like with like.
+//!
+//! `nonlinear-blur` needs the bkse network weights (`--blur-weights GOPRO_wVAE.pth`, not shipped;
+//! see [`crate::operator::nonlinear_blur`]) and H, W multiples of 128. The measurement file
+//! records the weights' path (not the weights); `daps solve --blur-weights` overrides it.
 
 use crate::error::{Error, Result};
 use crate::noise::SeededNoise;
 use crate::operator::blur::Blur;
 use crate::operator::fft::PhaseRetrieval;
 use crate::operator::inpaint::{box_mask, random_mask, Inpaint};
+use crate::operator::nonlinear_blur::NonlinearBlur;
 use crate::operator::mri::{
     birdcage_maps, cartesian_mask, default_center_fraction, read_maps, Mri,
 };
@@ -55,7 +61,7 @@ pub struct TaskInfo {
     pub linear: bool,
 }
 
-pub const TASKS: [TaskInfo; 11] = [
+pub const TASKS: [TaskInfo; 12] = [
     TaskInfo {
         name: "sr4",
         official: "down_sampling",
@@ -108,6 +114,12 @@ pub const TASKS: [TaskInfo; 11] = [
         name: "hdr",
         official: "high_dynamic_range",
         summary: "high dynamic range, clip(2x, −1, 1)",
+        linear: false,
+    },
+    TaskInfo {
+        name: "nonlinear-blur",
+        official: "nonlinear_blur",
+        summary: "nonlinear blur: bkse KernelWizard network (GOPRO_wVAE.pth via --blur-weights), fixed kernel latent",
         linear: false,
     },
     TaskInfo {
@@ -174,6 +186,12 @@ pub enum TaskSpec {
     Hdr {
         scale: f64,
     },
+    /// bkse weights file; the kernel latent is `scale·randn` after numpy `seed(seed)`.
+    NonlinearBlur {
+        weights: String,
+        seed: u32,
+        scale: f64,
+    },
     #[serde(rename = "mri-4x")]
     Mri4x(MriParams),
     #[serde(rename = "mri-8x")]
@@ -210,12 +228,13 @@ impl MriParams {
 }
 
 /// Files a task may read: `--mask` for `inpaint-mask`, `--kernel` for `motion-blur`, `--maps`
-/// (coil sensitivities) for the MRI tasks.
+/// (coil sensitivities) for the MRI tasks, `--blur-weights` (bkse network) for `nonlinear-blur`.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFiles {
     pub mask: Option<PathBuf>,
     pub kernel: Option<PathBuf>,
     pub maps: Option<PathBuf>,
+    pub weights: Option<PathBuf>,
 }
 
 /// Blur kernel (size, σ) for an image whose smaller side is `s` (see the module docs).
@@ -247,6 +266,11 @@ impl TaskSpec {
                 "--maps only applies to the MRI tasks, not {name}"
             )));
         }
+        if files.weights.is_some() && name != "nonlinear-blur" {
+            return Err(Error::config(format!(
+                "--blur-weights only applies to nonlinear-blur, not {name}"
+            )));
+        }
         let (k, sigma) = blur_size(h.min(w));
         let path = |p: &Path| p.display().to_string();
         Ok(match info.name {
@@ -274,6 +298,16 @@ impl TaskSpec {
             },
             "phase-retrieval" => Self::PhaseRetrieval { oversample: 2.0 },
             "hdr" => Self::Hdr { scale: 2.0 },
+            "nonlinear-blur" => Self::NonlinearBlur {
+                weights: files.weights.as_deref().map(path).ok_or_else(|| {
+                    Error::config(
+                        "task nonlinear-blur needs the bkse network weights: --blur-weights \
+                         GOPRO_wVAE.pth (see `daps tasks`)",
+                    )
+                })?,
+                seed: 0,
+                scale: 1.2,
+            },
             "mri-4x" => Self::Mri4x(MriParams::new(4.0, files.maps.as_deref().map(path))),
             "mri-8x" => Self::Mri8x(MriParams::new(8.0, files.maps.as_deref().map(path))),
             _ => unreachable!("every registered task has defaults"),
@@ -291,6 +325,7 @@ impl TaskSpec {
             Self::MotionBlur { .. } => "motion-blur",
             Self::PhaseRetrieval { .. } => "phase-retrieval",
             Self::Hdr { .. } => "hdr",
+            Self::NonlinearBlur { .. } => "nonlinear-blur",
             Self::Mri4x(_) => "mri-4x",
             Self::Mri8x(_) => "mri-8x",
         }
@@ -368,6 +403,7 @@ impl TaskSpec {
             Self::MotionBlur { .. } => vec!["kernel_size", "intensity", "seed", "file"],
             Self::PhaseRetrieval { .. } => vec!["oversample"],
             Self::Hdr { .. } => vec!["scale"],
+            Self::NonlinearBlur { .. } => vec!["weights", "seed", "scale"],
             Self::Mri4x(_) | Self::Mri8x(_) => {
                 vec!["acceleration", "center_fraction", "coils", "seed", "maps"]
             }
@@ -545,6 +581,18 @@ impl Task {
                     return bad(format!("scale must be finite and > 0, got {scale}"));
                 }
                 Box::new(Hdr { scale: *scale })
+            }
+            TaskSpec::NonlinearBlur {
+                weights,
+                seed,
+                scale,
+            } => {
+                if !scale.is_finite() {
+                    return bad(format!("scale must be finite, got {scale}"));
+                }
+                let op = NonlinearBlur::load(weights, &Device::Cpu)?.with_latent(*seed, *scale);
+                op.check_shape(c, h, w)?;
+                Box::new(op)
             }
             TaskSpec::Mri4x(p) | TaskSpec::Mri8x(p) => {
                 if !(p.acceleration.is_finite() && p.acceleration >= 1.0) {
@@ -818,6 +866,12 @@ impl MeasurementFile {
 
     /// Reads and validates a measurement file, rebuilding its task.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(path, &TaskFiles::default())
+    }
+
+    /// [`MeasurementFile::load`], with `files.weights` replacing the bkse weights path that a
+    /// `nonlinear-blur` measurement records (`daps solve --blur-weights`).
+    pub fn load_with(path: impl AsRef<Path>, files: &TaskFiles) -> Result<Self> {
         let path = path.as_ref();
         let at = |m: String| Error::msg(format!("measurement {}: {m}", path.display()));
         let (mut tensors, meta) = read_safetensors(path)?;
@@ -848,6 +902,17 @@ impl MeasurementFile {
                 "operator parameters are for {}, but the task is {task}",
                 spec.name()
             )));
+        }
+        let mut spec = spec;
+        if let Some(p) = &files.weights {
+            match &mut spec {
+                TaskSpec::NonlinearBlur { weights, .. } => *weights = p.display().to_string(),
+                _ => {
+                    return Err(at(format!(
+                        "--blur-weights only applies to nonlinear-blur, not {task}"
+                    )))
+                }
+            }
         }
         let shape: [usize; 3] =
             serde_json::from_str(get("shape")?).map_err(|e| at(format!("bad image shape: {e}")))?;
@@ -996,6 +1061,7 @@ pub fn preset_source(task: &str) -> Result<&'static str> {
         "motion-blur" => include_str!("../presets/motion-blur.toml"),
         "phase-retrieval" => include_str!("../presets/phase-retrieval.toml"),
         "hdr" => include_str!("../presets/hdr.toml"),
+        "nonlinear-blur" => include_str!("../presets/nonlinear-blur.toml"),
         "mri-4x" => include_str!("../presets/mri-4x.toml"),
         "mri-8x" => include_str!("../presets/mri-8x.toml"),
         _ => unreachable!("every registered task has a preset file"),
@@ -1055,7 +1121,9 @@ mod tests {
 
     #[test]
     fn every_task_builds_at_256_and_small_sizes() {
-        for t in TASKS.iter().filter(|t| t.name != "inpaint-mask") {
+        // inpaint-mask and nonlinear-blur need user files (tests/nonlinear_blur.rs builds the latter).
+        let needs_files = ["inpaint-mask", "nonlinear-blur"];
+        for t in TASKS.iter().filter(|t| !needs_files.contains(&t.name)) {
             for s in [256, 32, 8] {
                 let c = if t.name.starts_with("mri-") { 2 } else { 3 };
                 let task = build(t.name, [c, s, s]).unwrap();
@@ -1139,8 +1207,16 @@ mod tests {
 
     #[test]
     fn spec_json_roundtrip() {
+        let files = TaskFiles {
+            weights: Some(PathBuf::from("GOPRO_wVAE.pth")),
+            ..TaskFiles::default()
+        };
         for t in TASKS.iter().filter(|t| t.name != "inpaint-mask") {
-            let s = TaskSpec::defaults(t.name, 256, 256, &TaskFiles::default()).unwrap();
+            let files = match t.name {
+                "nonlinear-blur" => files.clone(),
+                _ => TaskFiles::default(),
+            };
+            let s = TaskSpec::defaults(t.name, 256, 256, &files).unwrap();
             let j = serde_json::to_string(&s).unwrap();
             assert!(j.contains(&format!("\"task\":\"{}\"", t.name)), "{j}");
             assert_eq!(serde_json::from_str::<TaskSpec>(&j).unwrap(), s);
@@ -1162,6 +1238,7 @@ mod tests {
             ("motion-blur", 100, 5e-5),
             ("phase-retrieval", 100, 5e-5),
             ("hdr", 100, 2e-5),
+            ("nonlinear-blur", 200, 1e-5),
             // not official (no DAPS config): mid-range of InverseBench's sweep
             ("mri-4x", 100, 1e-4),
             ("mri-8x", 100, 1e-4),

@@ -57,6 +57,9 @@ pub struct MeasureArgs {
     /// (default: simulated birdcage maps).
     #[arg(long)]
     pub maps: Option<PathBuf>,
+    /// bkse network weights for nonlinear-blur: GOPRO_wVAE.pth (or a .safetensors conversion).
+    #[arg(long)]
+    pub blur_weights: Option<PathBuf>,
     /// Overrides a task parameter, e.g. `--param sigma=1.5` (repeatable; see `daps tasks`).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
@@ -67,6 +70,9 @@ pub struct SolveArgs {
     /// Measurement file written by `daps measure`.
     #[arg(long)]
     pub measurement: PathBuf,
+    /// bkse weights for a nonlinear-blur measurement (instead of the path it records).
+    #[arg(long)]
+    pub blur_weights: Option<PathBuf>,
     /// Prior as KIND:PATH[:CONFIG]: adm:FILE.pt:ffhq256, adm-x0:…, unet2d:DIR, gmm:FILE.safetensors.
     #[arg(long)]
     pub prior: Option<String>,
@@ -263,6 +269,7 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
         mask: a.mask.clone(),
         kernel: a.kernel.clone(),
         maps: a.maps.clone(),
+        weights: a.blur_weights.clone(),
     };
     let probe = read_image(&a.input)?;
     let (_, _, h, w) = probe.dims4()?;
@@ -434,7 +441,11 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let mf = MeasurementFile::load(&a.measurement)?;
+    let files = TaskFiles {
+        weights: a.blur_weights.clone(),
+        ..TaskFiles::default()
+    };
+    let mf = MeasurementFile::load_with(&a.measurement, &files)?;
     let task = &mf.task;
     let cfg = solve_config(task.name(), &a)?;
     let [c, h, w] = task.shape();
@@ -661,6 +672,7 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
         println!("{:<16} {} (DAPS: {})", t.name, t.summary, t.official);
         let files = TaskFiles {
             mask: (t.name == "inpaint-mask").then(|| PathBuf::from("MASK.png")),
+            weights: (t.name == "nonlinear-blur").then(|| PathBuf::from("GOPRO_wVAE.pth")),
             ..TaskFiles::default()
         };
         let spec = TaskSpec::defaults(t.name, s, s, &files)?;
@@ -672,6 +684,7 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
             .collect();
         let shape = match t.name {
             "inpaint-mask" => "same as the image".to_string(),
+            "nonlinear-blur" => "same as the image (H, W multiples of 128)".to_string(),
             _ => match Task::build(spec.clone(), [ch, s, s]) {
                 Ok(task) => format!("{:?}", task.output_shape()),
                 Err(e) => format!("not available at this size: {e}"),
@@ -703,7 +716,9 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
          use `seed` (default 42); --seed of `daps measure` seeds the measurement noise only.\n\
          MRI tasks take complex images (2 channels: real, imaginary): a PNG is read as (luminance in\n\
          [0, 1], 0), outputs and metrics use the magnitude; k-space noise is masked like y. Their\n\
-         presets are not official (no DAPS config exists): lr 1e-4, τ 0.01, mid-range of InverseBench's sweep."
+         presets are not official (no DAPS config exists): lr 1e-4, τ 0.01, mid-range of InverseBench's sweep.\n\
+         nonlinear-blur runs the bkse KernelWizard network: pass its weights GOPRO_wVAE.pth (bkse\n\
+         project, VinAIResearch/blur-kernel-space-exploring; not shipped) with --blur-weights FILE."
     );
     Ok(())
 }

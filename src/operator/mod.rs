@@ -9,6 +9,7 @@ pub mod fft;
 pub mod inpaint;
 pub mod linear;
 pub mod mri;
+pub mod nonlinear_blur;
 pub mod pointwise;
 pub mod resize;
 pub mod toy;
