@@ -705,7 +705,12 @@ impl NonlinearBlur {
     /// Checks that `[C, H, W]` images fit the network.
     pub fn check_shape(&self, c: usize, h: usize, w: usize) -> Result<()> {
         let need_c = self.net.config.input_nc;
-        if c != need_c || h == 0 || w == 0 || h % SIZE_MULTIPLE != 0 || w % SIZE_MULTIPLE != 0 {
+        if c != need_c
+            || h == 0
+            || w == 0
+            || !h.is_multiple_of(SIZE_MULTIPLE)
+            || !w.is_multiple_of(SIZE_MULTIPLE)
+        {
             return Err(Error::config(format!(
                 "the nonlinear blur takes {need_c}×H×W images with H and W positive multiples \
                  of {SIZE_MULTIPLE} (DAPS: 3×256×256), got {c}×{h}×{w}"
