@@ -21,6 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Held-out digits through every 32×32 task, DAPS against DPS, with the built-in prior:
+    /// writes a grid PNG and prints a metrics table (no arguments or downloads needed).
+    Demo(daps::app::demo::DemoArgs),
     /// Benchmarks with known answers, and speed measurements.
     #[command(subcommand)]
     Bench(Bench),
@@ -44,6 +47,8 @@ enum Bench {
     Toy2d(Toy2dArgs),
     /// GEMM GFLOP/s of this machine and the mixture denoiser's throughput.
     Speed(SpeedArgs),
+    /// A neural prior's denoising error per σ on held-out digits, and its time per evaluation.
+    Prior(PriorArgs),
 }
 
 #[derive(Args)]
@@ -107,6 +112,26 @@ struct SpeedArgs {
     chains: usize,
 }
 
+#[derive(Args)]
+struct PriorArgs {
+    /// The prior [default: the built-in digits prior].
+    #[arg(long)]
+    prior: Option<String>,
+    /// Held-out digits (9000..) for the denoising error; the same number of training digits
+    /// (0..) are reported beside them.
+    #[arg(long, default_value_t = 500)]
+    digits: usize,
+    /// Images per network call for the denoising error.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Timed repetitions per figure (the best is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Also time the FFHQ-256 ADM architecture (random weights, batch 1).
+    #[arg(long)]
+    ffhq: bool,
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -119,6 +144,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(Bench::Gmm(a)) => bench_gmm(a),
         Cmd::Bench(Bench::Toy2d(a)) => bench_toy2d(a),
         Cmd::Bench(Bench::Speed(a)) => bench_speed(a),
+        Cmd::Bench(Bench::Prior(a)) => bench_prior(a),
+        Cmd::Demo(a) => daps::app::demo::demo(a),
         Cmd::Measure(a) => daps::app::solve::measure(a),
         Cmd::Solve(a) => daps::app::solve::solve(a),
         Cmd::Tasks(a) => daps::app::solve::tasks(a),
@@ -297,5 +324,68 @@ fn bench_speed(a: SpeedArgs) -> Result<()> {
         "mixture denoiser (K = 25, d = {}, {} chains): {:.2} ms per call, {:.1} GFLOP/s on its matrix products = {:.0}% of GEMM",
         a.d, a.chains, t * 1e3, flops / t / 1e9, 100.0 * flops / t / 1e9 / gemm
     );
+    Ok(())
+}
+
+fn bench_prior(a: PriorArgs) -> Result<()> {
+    use daps::bench::prior::{denoising_error, nfe_seconds, random_adm, SIGMAS};
+    use daps::data::mnist_range;
+    let dev = Device::Cpu;
+    let prior = daps::app::solve::load_prior(a.prior.as_deref(), &dev)?;
+    let shape = prior
+        .sample_shape()
+        .context("this prior does not fix an image shape")?;
+    println!("prior: {}", prior.name());
+    let held = daps::prior::default::HELD_OUT;
+    if a.digits == 0 || a.digits > held.len() {
+        bail!("--digits must be in 1..={}", held.len());
+    }
+    if shape == [1, 32, 32] {
+        let test = mnist_range(held.start..held.start + a.digits)?;
+        let train = mnist_range(0..a.digits)?;
+        let t = denoising_error(&*prior, test.images(), &SIGMAS, a.batch, 1)?;
+        let r = denoising_error(&*prior, train.images(), &SIGMAS, a.batch, 1)?;
+        println!(
+            "denoising error, {} held-out digits ({}..{}) and {} training digits (0..{}):",
+            a.digits,
+            held.start,
+            held.start + a.digits,
+            a.digits,
+            a.digits
+        );
+        println!(
+            "{:>7} {:>12} {:>12} {:>12} {:>12}",
+            "σ", "RMSE held", "PSNR held", "RMSE train", "mean-image"
+        );
+        for (t, r) in t.iter().zip(&r) {
+            println!(
+                "{:>7} {:>12.4} {:>12.2} {:>12.4} {:>12.4}",
+                t.sigma, t.rmse, t.psnr, r.rmse, t.rmse_mean_image
+            );
+        }
+    } else {
+        println!("(denoising error: only for 1×32×32 digit priors)");
+    }
+    println!("time per network evaluation (best of {}):", a.reps);
+    for b in [1usize, 16] {
+        let f = nfe_seconds(&*prior, &shape, b, a.reps, false)?;
+        let fb = nfe_seconds(&*prior, &shape, b, a.reps, true)?;
+        println!(
+            "  batch {b:>2}: forward {:8.2} ms ({:.2} ms/image), forward+backward {:8.2} ms",
+            f * 1e3,
+            f * 1e3 / b as f64,
+            fb * 1e3
+        );
+    }
+    if a.ffhq {
+        let cfg = daps::prior::adm::AdmConfig::ffhq256();
+        let net = random_adm(&cfg, 0.02, &dev)?;
+        let f = nfe_seconds(&net, &[3, 256, 256], 1, a.reps.min(3), false)?;
+        println!(
+            "  FFHQ-256 ADM ({} parameters, random weights), batch 1: forward {:.2} s",
+            cfg.num_params()?,
+            f
+        );
+    }
     Ok(())
 }

@@ -403,9 +403,10 @@ fn bad_input_is_named() {
         e.contains("unknown preset 'daps-2k'") && e.contains("daps-100"),
         "{e}"
     );
+    // No --prior: the built-in digits prior, which only takes 1×32×32 images.
     let e = fails(&["solve", "--measurement", s(&good), "--out", &out]);
     assert!(
-        e.contains("default prior is not available") && e.contains("--prior"),
+        e.contains("takes samples of shape [1, 32, 32]") && e.contains("measurement is of a"),
         "{e}"
     );
     let e = fails(&[

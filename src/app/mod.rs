@@ -1,5 +1,7 @@
 //! The `daps` subcommands other than `bench`: argument structs (clap) and their implementations,
 //! kept in the library so they can be tested and reused.
 
+pub mod demo;
+pub mod grid;
 pub mod solve;
 pub mod train;

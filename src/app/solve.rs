@@ -129,7 +129,7 @@ pub struct TasksArgs {
     pub size: usize,
 }
 
-fn key_value(s: &str) -> Result<(&str, &str)> {
+pub fn key_value(s: &str) -> Result<(&str, &str)> {
     s.split_once('=')
         .map(|(k, v)| (k.trim(), v.trim()))
         .ok_or_else(|| anyhow!("expected KEY=VALUE, got '{s}'"))
@@ -306,15 +306,12 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // daps solve
 
-/// The prior used when `--prior` is not given.
-pub fn default_prior(_device: &Device) -> Result<Box<dyn Denoiser>> {
-    bail!(
-        "no --prior given, and the built-in default prior is not available yet: pass --prior KIND:PATH \
-         (e.g. --prior adm:ffhq_10m.pt:ffhq256, --prior unet2d:DIR or --prior gmm:FILE.safetensors)"
-    )
+/// The prior used when `--prior` is not given: the built-in digits prior.
+pub fn default_prior(device: &Device) -> Result<Box<dyn Denoiser>> {
+    Ok(Box::new(crate::prior::default::digits(device)?))
 }
 
-fn load_prior(spec: Option<&str>, device: &Device) -> Result<Box<dyn Denoiser>> {
+pub fn load_prior(spec: Option<&str>, device: &Device) -> Result<Box<dyn Denoiser>> {
     match spec {
         None => default_prior(device),
         Some(s) => {

@@ -4,7 +4,6 @@
 use crate::data::{save_grid, DataSpec};
 use crate::noise::SeededNoise;
 use crate::prior::adm::AdmConfig;
-use crate::prior::spec::PriorSpec;
 use crate::train::{adm_config_json, preset, with_shape, EdmGrid, Objective, TrainConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -96,7 +95,8 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// The prior, e.g. adm:runs/digits32/model.safetensors (see `--prior` specs).
+    /// The prior, e.g. adm:runs/digits32/model.safetensors (see `--prior` specs); default: the
+    /// built-in digits prior.
     #[arg(long)]
     pub prior: Option<String>,
     /// Output grid PNG.
@@ -379,16 +379,12 @@ pub fn checkpoint(trainer: &Trainer, out: &Path) -> Result<Option<PathBuf>> {
 }
 
 pub fn sample(a: SampleArgs) -> Result<()> {
-    let spec = a
-        .prior
-        .as_deref()
-        .context("--prior is required, e.g. --prior adm:runs/digits32/model.safetensors")?;
-    let spec: PriorSpec = spec.parse()?;
     if a.n == 0 || a.batch == 0 {
         bail!("--n and --batch must be ≥ 1");
     }
     let dev = device()?;
-    let prior = spec.load(&dev)?;
+    // No --prior: the built-in digits prior.
+    let prior = crate::app::solve::load_prior(a.prior.as_deref(), &dev)?;
     let shape = prior
         .sample_shape()
         .context("this prior does not fix an image shape")?;

@@ -2,6 +2,7 @@
 //! 2-D nonlinear toy ([`toy2d`]).
 
 pub mod gmm;
+pub mod prior;
 pub mod toy2d;
 
 /// mean and 1.96·sd/√n of a list of values.

@@ -1,6 +1,7 @@
 //! Priors. Every prior is an EDM denoiser D(x, σ) ≈ E[x0 | x0 + σε] on batched tensors.
 
 pub mod adm;
+pub mod default;
 pub mod fastops;
 pub mod gmm;
 pub mod spec;

@@ -1,0 +1,149 @@
+//! A small grayscale canvas for result grids: images scaled by an integer factor, and labels in
+//! a built-in 5×7 pixel font (upper-case letters, digits, a little punctuation).
+
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use std::path::Path;
+
+/// One glyph: 7 rows of 5 bits, leftmost pixel in bit 4.
+fn glyph(c: char) -> [u8; 7] {
+    match c.to_ascii_uppercase() {
+        '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
+        '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
+        '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
+        '3' => [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
+        '4' => [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
+        '5' => [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
+        '6' => [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
+        '7' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
+        '8' => [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
+        '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
+        'A' => [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
+        'B' => [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E],
+        'C' => [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E],
+        'D' => [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C],
+        'E' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F],
+        'F' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10],
+        'G' => [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F],
+        'H' => [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
+        'I' => [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E],
+        'J' => [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C],
+        'K' => [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
+        'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F],
+        'M' => [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11],
+        'N' => [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11],
+        'O' => [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
+        'P' => [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
+        'Q' => [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D],
+        'R' => [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11],
+        'S' => [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E],
+        'T' => [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
+        'U' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
+        'V' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04],
+        'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A],
+        'X' => [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11],
+        'Y' => [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04],
+        'Z' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F],
+        '.' => [0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C],
+        '-' => [0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00],
+        '/' => [0x01, 0x02, 0x02, 0x04, 0x08, 0x08, 0x10],
+        '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
+        ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
+        ':' => [0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00],
+        '|' => [0x04; 7],
+        _ => [0x00; 7],
+    }
+}
+
+/// Width in pixels of `text` at scale 1 (6 px per character: 5 + 1 spacing).
+pub fn text_width(text: &str) -> usize {
+    6 * text.chars().count()
+}
+
+/// Height of a line of text at scale 1.
+pub const TEXT_HEIGHT: usize = 7;
+
+/// A white grayscale canvas with values in [0, 1].
+pub struct Canvas {
+    w: usize,
+    h: usize,
+    px: Vec<f32>,
+}
+
+impl Canvas {
+    pub fn new(w: usize, h: usize) -> Self {
+        Self {
+            w,
+            h,
+            px: vec![1.0; w * h],
+        }
+    }
+
+    pub fn size(&self) -> (usize, usize) {
+        (self.w, self.h)
+    }
+
+    fn set(&mut self, x: usize, y: usize, v: f32) {
+        if x < self.w && y < self.h {
+            self.px[y * self.w + x] = v;
+        }
+    }
+
+    /// Draws a `[1, H, W]` (or `[1, 1, H, W]`) image with values in [0, 1] at (x, y), each pixel
+    /// as a `scale`×`scale` block, with a 1-px gray frame.
+    pub fn image(&mut self, img: &Tensor, x: usize, y: usize, scale: usize) -> Result<()> {
+        let img = img.flatten_to(img.rank().saturating_sub(3))?;
+        let img = if img.rank() == 4 {
+            img.squeeze(0)?
+        } else {
+            img
+        };
+        let (c, h, w) = img.dims3().context("canvas image [C, H, W]")?;
+        let v: Vec<f32> = img.mean(0)?.flatten_all()?.to_vec1()?;
+        let _ = c;
+        for yy in 0..h * scale + 2 {
+            for xx in 0..w * scale + 2 {
+                let inside = yy > 0 && xx > 0 && yy <= h * scale && xx <= w * scale;
+                let val = if inside {
+                    v[((yy - 1) / scale) * w + (xx - 1) / scale].clamp(0.0, 1.0)
+                } else {
+                    0.6
+                };
+                self.set(x + xx, y + yy, val);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `text` in black with its top-left corner at (x, y).
+    pub fn text(&mut self, text: &str, x: usize, y: usize) {
+        for (i, ch) in text.chars().enumerate() {
+            let g = glyph(ch);
+            for (row, bits) in g.iter().enumerate() {
+                for col in 0..5 {
+                    if bits & (0x10 >> col) != 0 {
+                        self.set(x + 6 * i + col, y + row, 0.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `text` centred horizontally in [x, x + width).
+    pub fn text_centred(&mut self, text: &str, x: usize, width: usize, y: usize) {
+        let tw = text_width(text).saturating_sub(1);
+        self.text(text, x + width.saturating_sub(tw) / 2, y);
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let v: Vec<u8> = self
+            .px
+            .iter()
+            .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect();
+        image::GrayImage::from_raw(self.w as u32, self.h as u32, v)
+            .expect("buffer size matches")
+            .save(path)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}

@@ -1,0 +1,171 @@
+//! `daps demo`, `daps sample` and `daps bench prior` with the built-in digits prior, at tiny
+//! budgets (the real figures are in the README and the issue notes).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn daps(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_daps"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("daps-demo-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn demo_writes_grid_table_and_records() {
+    let dir = tmp("run");
+    let (png, json) = (dir.join("grid.png"), dir.join("r.json"));
+    let out = daps(&[
+        "demo",
+        "--digits",
+        "3",
+        "--grid-digits",
+        "2",
+        "--tasks",
+        "sr4,phase-retrieval",
+        "--set",
+        "annealing_steps=3",
+        "--set",
+        "mcmc_steps=5",
+        "--dps-steps",
+        "4,6",
+        "--pr-runs",
+        "2",
+        "--out",
+        s(&png),
+        "--json",
+        s(&json),
+    ]);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{se}");
+    // Table: a header with the three methods, one row per task and the mean over tasks.
+    for m in ["DAPS-6", "DPS-4", "DPS-6"] {
+        assert!(so.contains(m), "{so}");
+    }
+    for t in ["sr4", "phase-retrieval", "mean"] {
+        assert!(so.lines().any(|l| l.starts_with(t)), "{so}");
+    }
+    // Records: 2 tasks × 3 methods, every digit scored with finite metrics, PR best of 2 runs.
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let recs = v.as_array().unwrap();
+    assert_eq!(recs.len(), 6);
+    for r in recs {
+        let digits = r["digits"].as_array().unwrap();
+        assert_eq!(
+            digits
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            vec![9000, 9001, 9002],
+            "held-out digits"
+        );
+        for key in ["psnr", "ssim"] {
+            let vals = r[key].as_array().unwrap();
+            assert_eq!(vals.len(), 3);
+            assert!(vals.iter().all(|x| x.as_f64().unwrap().is_finite()), "{r}");
+        }
+        let runs = if r["task"] == "phase-retrieval" { 2 } else { 1 };
+        assert_eq!(r["runs"].as_u64().unwrap(), runs);
+    }
+    // Grid: 2 tasks × 2 digits of 3× scaled 32 px cells, 4 image columns + a label column.
+    let img = image::open(&png).unwrap().to_luma8();
+    let (w, h) = img.dimensions();
+    let cell = 3 * 32 + 2;
+    assert!(
+        w as usize > 5 * cell && (w as usize) < 5 * cell + 300,
+        "width {w}"
+    );
+    assert!(
+        h as usize > 4 * cell && (h as usize) < 4 * (cell + 20) + 40,
+        "height {h}"
+    );
+}
+
+#[test]
+fn demo_rejects_bad_arguments_by_name() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["demo", "--digits", "0"], "--digits"),
+        (
+            &["demo", "--first", "998", "--digits", "5"],
+            "held-out digits",
+        ),
+        (&["demo", "--tasks", "sr4,deblur"], "deblur"),
+        (&["demo", "--split", "test"], "--split"),
+    ];
+    for (args, needle) in cases {
+        let out = daps(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn sample_uses_the_default_prior() {
+    let dir = tmp("sample");
+    let png = dir.join("s.png");
+    let out = daps(&["sample", "--n", "4", "--steps", "3", "--out", s(&png)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&png).unwrap();
+    assert!(img.width() >= 64 && img.height() >= 64);
+}
+
+#[test]
+fn bench_prior_reports_every_sigma() {
+    let out = daps(&[
+        "bench", "prior", "--digits", "8", "--batch", "8", "--reps", "1",
+    ]);
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for sigma in daps::bench::prior::SIGMAS {
+        assert!(
+            so.lines()
+                .any(|l| l.split_whitespace().next() == Some(&sigma.to_string())),
+            "σ = {sigma}: {so}"
+        );
+    }
+    assert!(so.contains("batch 16"), "{so}");
+}
+
+#[test]
+fn default_prior_denoises_held_out_digits() {
+    // A trained denoiser must beat both trivial estimators by a wide margin at moderate σ: the
+    // identity (RMSE σ) and the mean image.
+    use daps::bench::prior::denoising_error;
+    let prior = daps::prior::default::digits(&candle_core::Device::Cpu).unwrap();
+    let held = daps::prior::default::HELD_OUT;
+    let x = daps::data::mnist_range(held.start..held.start + 64).unwrap();
+    let rows = denoising_error(&prior, x.images(), &[0.2, 0.5, 1.0], 64, 3).unwrap();
+    for r in rows {
+        let trivial = r.sigma.min(r.rmse_mean_image);
+        assert!(
+            r.rmse < 0.5 * trivial,
+            "σ {}: RMSE {} vs trivial {}",
+            r.sigma,
+            r.rmse,
+            trivial
+        );
+    }
+}
