@@ -865,9 +865,10 @@ impl Trainer {
     }
 
     /// Unconditional samples of the EMA network (`sample_count` of them, Heun with
-    /// `sample_steps` steps, fixed noise so grids of successive checkpoints are comparable).
+    /// `sample_steps` steps, fixed noise so grids of successive checkpoints are comparable),
+    /// with D clamped to the data range [−1, 1] as the built-in prior uses it.
     pub fn ema_samples(&self) -> Result<Tensor> {
-        let den = self.ema_denoiser()?;
+        let den = self.ema_denoiser()?.with_clip(1.0);
         let s = self.arch.image_size;
         let shape = [self.cfg.sample_count, self.arch.in_channels, s, s];
         let mut noise = crate::noise::SeededNoise::new(mix(self.cfg.seed ^ TAG_SAMPLES));

@@ -157,6 +157,17 @@ fn default_prior_denoises_held_out_digits() {
     let prior = daps::prior::default::digits(&candle_core::Device::Cpu).unwrap();
     let held = daps::prior::default::HELD_OUT;
     let x = daps::data::mnist_range(held.start..held.start + 64).unwrap();
+    // D is clamped to the data range [−1, 1], also at the top of the schedule.
+    use daps::prior::Denoiser;
+    let noisy = (x.images() * 80.0).unwrap();
+    let d: Vec<f32> = prior
+        .denoise(&noisy, 80.0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(d.iter().all(|v| (-1.0..=1.0).contains(v)));
     let rows = denoising_error(&prior, x.images(), &[0.2, 0.5, 1.0], 64, 3).unwrap();
     for r in rows {
         let trivial = r.sigma.min(r.rmse_mean_image);

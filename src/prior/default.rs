@@ -36,5 +36,6 @@ pub fn digits(device: &Device) -> Result<VpDenoiser<AdmUnet>> {
         device,
         "of the built-in prior",
     )?;
-    Ok(VpDenoiser::new(AdmUnet::new(&cfg, vb)?))
+    // Digits lie in [−1, 1], so clamping D there can only help (see `with_clip`).
+    Ok(VpDenoiser::new(AdmUnet::new(&cfg, vb)?).with_clip(1.0))
 }

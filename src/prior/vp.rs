@@ -136,6 +136,8 @@ pub struct VpDenoiser<N> {
     /// c_noise = multiplier·t(σ): 999 for DDPM/ADM checkpoints, 1000 for DAPS's SD wrapper.
     noise_multiplier: f32,
     prediction: Prediction,
+    /// Clamp D to [−c, c] (the data range): see [`VpDenoiser::with_clip`].
+    clip: Option<f32>,
 }
 
 impl<N: TimestepNet> VpDenoiser<N> {
@@ -146,7 +148,16 @@ impl<N: TimestepNet> VpDenoiser<N> {
             schedule: VpSchedule::ddpm(),
             noise_multiplier: 999.0,
             prediction: Prediction::Epsilon,
+            clip: None,
         }
+    }
+    /// Clamps D(x, σ) to [−c, c]. When the data lie in [−c, c], so does E[x0 | x], and projecting
+    /// onto that box can only bring an estimate closer to it; this removes the large errors of
+    /// ε-prediction at high σ (D = x − σ·ε̂ multiplies the error of ε̂ by σ). Pixels that are
+    /// clamped pass no gradient.
+    pub fn with_clip(mut self, c: f32) -> Self {
+        self.clip = Some(c);
+        self
     }
     pub fn with_schedule(mut self, schedule: VpSchedule) -> Self {
         self.schedule = schedule;
@@ -202,6 +213,10 @@ impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
                 (&xin - eps.affine(sigma, 0.0)?)?
             }
         };
+        let d = match self.clip {
+            Some(c) => d.clamp(-c, c)?,
+            None => d,
+        };
         Ok(d.to_dtype(out_dtype)?)
     }
 
@@ -215,8 +230,12 @@ impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
             Prediction::Sample => "x0",
             Prediction::VPrediction => "v",
         };
+        let clip = match self.clip {
+            Some(c) => format!(", D clamped to ±{c}"),
+            None => String::new(),
+        };
         format!(
-            "VP denoiser ({pred}-prediction, c_noise = {}·t(σ)) on {}",
+            "VP denoiser ({pred}-prediction, c_noise = {}·t(σ){clip}) on {}",
             self.noise_multiplier,
             self.net.describe()
         )
