@@ -1045,7 +1045,7 @@ pub fn read_safetensors(
 // Presets
 
 /// Sampler budgets in every preset file.
-pub const BUDGETS: [&str; 3] = ["daps-1k", "daps-4k", "daps-100"];
+pub const BUDGETS: [&str; 4] = ["daps-1k", "daps-4k", "daps-100", "daps-50"];
 /// The budget `daps solve` uses unless told otherwise.
 pub const DEFAULT_BUDGET: &str = "daps-1k";
 
@@ -1068,7 +1068,7 @@ pub fn preset_source(task: &str) -> Result<&'static str> {
     })
 }
 
-/// The sampler configuration of `budget` (`daps-1k`, `daps-4k`, `daps-100`) for a task.
+/// The sampler configuration of `budget` (`daps-1k`, `daps-4k`, `daps-100`, `daps-50`) for a task.
 pub fn preset(task: &str, budget: &str) -> Result<DapsConfig> {
     let src = preset_source(task)?;
     let table: toml::Table =
@@ -1249,6 +1249,7 @@ mod tests {
                 ("daps-1k", 200, 5),
                 ("daps-4k", 400, 10),
                 ("daps-100", 50, 2),
+                ("daps-50", 50, 1),
             ] {
                 let c = preset(task, budget).unwrap();
                 assert_eq!((c.annealing_steps, c.ode_steps), (n, m), "{task} {budget}");

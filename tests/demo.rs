@@ -52,7 +52,7 @@ fn demo_writes_grid_table_and_records() {
     );
     assert!(out.status.success(), "{se}");
     // Table: a header with the three methods, one row per task and the mean over tasks.
-    for m in ["DAPS-6", "DPS-4", "DPS-6"] {
+    for m in ["DAPS-3", "DPS-4", "DPS-6"] {
         assert!(so.contains(m), "{so}");
     }
     for t in ["sr4", "phase-retrieval", "mean"] {

@@ -63,8 +63,9 @@ pub struct DemoArgs {
     /// Tasks (comma-separated) [default: all that fit 32×32].
     #[arg(long, value_delimiter = ',')]
     pub tasks: Option<Vec<String>>,
-    /// DAPS budget (presets/): daps-100, daps-1k or daps-4k.
-    #[arg(long, default_value = "daps-100")]
+    /// DAPS budget (presets/): daps-50 (50 annealing levels × 1 ODE step; fits a few minutes
+    /// on 2 cores), daps-100, daps-1k or daps-4k.
+    #[arg(long, default_value = "daps-50")]
     pub preset: String,
     /// Overrides a DAPS setting for every task, e.g. `--set annealing_steps=25` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]

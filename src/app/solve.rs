@@ -79,7 +79,7 @@ pub struct SolveArgs {
     /// Restored image; with --samples N > 1, OUT_0 … OUT_{N−1} and OUT_mean.
     #[arg(long)]
     pub out: PathBuf,
-    /// Sampler budget: daps-1k, daps-4k or daps-100 (values per task in presets/).
+    /// Sampler budget: daps-1k, daps-4k, daps-100 or daps-50 (values per task in presets/).
     #[arg(long, default_value = DEFAULT_BUDGET)]
     pub preset: String,
     /// Independent samples (chains, run as one batch).
