@@ -142,6 +142,13 @@ impl DemoRecord {
     }
 }
 
+/// FNV-1a of a name: seeds depend on the task and method, not on their order in the run.
+fn name_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
@@ -317,12 +324,12 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         built.push(Task::build(spec, [c, h, w]).with_context(|| format!("task {name}"))?);
         daps_config(name, &a)?;
     }
-    for (ti, (name, task)) in tasks.iter().zip(&built).enumerate() {
+    for (name, task) in tasks.iter().zip(&built) {
         let y = Measurement::simulate(
             task,
             &truth,
             a.sigma_y,
-            &mut SeededNoise::new(a.seed ^ (0xd1_6175 + ti as u64)),
+            &mut SeededNoise::new(a.seed ^ name_hash(name)),
         )?
         .y;
         let cfg = daps_config(name, &a)?;
@@ -349,11 +356,11 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             measured: preview(task, &y.narrow(0, 0, shown)?)?,
             restored: Vec::new(),
         };
-        for (mi, method) in methods.iter().enumerate() {
+        for method in &methods {
             let t0 = Instant::now();
             // All runs in one batch: y repeated `runs` times, run-major.
             let y_runs = Tensor::cat(&vec![&y; runs], 0)?;
-            let seed = a.seed ^ ((ti as u64) << 32 | (mi as u64) << 16);
+            let seed = a.seed ^ name_hash(name) ^ name_hash(&method.label()).rotate_left(17);
             let xs = restore(&*prior, task, &y_runs, a.sigma_y, method, a.batch, seed)?;
             let (x, p, s) = best_of_runs(&xs, &truth, runs)?;
             let rec = DemoRecord {
