@@ -180,3 +180,57 @@ fn default_prior_denoises_held_out_digits() {
         );
     }
 }
+
+#[test]
+fn measure_and_solve_a_held_out_digit_with_the_default_prior() {
+    // Every 32×32 task through the CLI, from a PNG to a restored PNG, with no --prior.
+    let dir = tmp("cli");
+    let held = daps::prior::default::HELD_OUT;
+    let x = daps::data::mnist_range(held.start..held.start + 1).unwrap();
+    let png = dir.join("digit.png");
+    daps::app::solve::write_image(x.images(), &png).unwrap();
+    for task in daps::app::demo::DEMO_TASKS {
+        let (y, out) = (
+            dir.join(format!("{task}.safetensors")),
+            dir.join(format!("{task}-x.png")),
+        );
+        let m = daps(&[
+            "measure",
+            "--task",
+            task,
+            "--input",
+            s(&png),
+            "--out",
+            s(&y),
+        ]);
+        assert!(
+            m.status.success(),
+            "{task}: {}",
+            String::from_utf8_lossy(&m.stderr)
+        );
+        let r = daps(&[
+            "solve",
+            "--measurement",
+            s(&y),
+            "--out",
+            s(&out),
+            "--preset",
+            "daps-50",
+            "--annealing-steps",
+            "3",
+            "--mcmc-steps",
+            "3",
+            "--reference",
+            s(&png),
+        ]);
+        let so = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            r.status.success(),
+            "{task}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(so.contains("PSNR"), "{task}: {so}");
+        let img = image::open(&out).unwrap();
+        assert_eq!((img.width(), img.height()), (32, 32), "{task}");
+    }
+}
