@@ -7,7 +7,7 @@
 #    50 annealing levels × 1 ODE step = 50 network evaluations) and DPS with the same 50
 #    evaluations; phase retrieval best of 4 runs per digit. Writes table.json (every digit's
 #    PSNR/SSIM) and grid.png.
-# 2. DPS with its own 1000 steps on the first DPS1K_DIGITS held-out digits (default 4: one
+# 2. DPS with its own 1000 steps on the first DPS1K_DIGITS held-out digits (default 2: one
 #    DPS-1000 digit costs about 30 s per task on 2 cores), beside DAPS on the same digits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +17,5 @@ mkdir -p "$OUT"
 D=${DAPS_BIN:-./target/release/daps}
 $D demo --digits "${DIGITS:-100}" --dps-steps 50 --out "$OUT/grid.png" --json "$OUT/table.json" \
   | tee "$OUT/table.txt"
-$D demo --digits "${DPS1K_DIGITS:-4}" --dps-steps 1000 --out "$OUT/grid-dps1000.png" \
+$D demo --digits "${DPS1K_DIGITS:-2}" --dps-steps 1000 --out "$OUT/grid-dps1000.png" \
   --json "$OUT/dps1000.json" | tee "$OUT/dps1000.txt"
