@@ -38,10 +38,10 @@ use crate::noise::SeededNoise;
 use crate::operator::blur::Blur;
 use crate::operator::fft::PhaseRetrieval;
 use crate::operator::inpaint::{box_mask, random_mask, Inpaint};
-use crate::operator::nonlinear_blur::NonlinearBlur;
 use crate::operator::mri::{
     birdcage_maps, cartesian_mask, default_center_fraction, read_maps, Mri,
 };
+use crate::operator::nonlinear_blur::NonlinearBlur;
 use crate::operator::resize::{AvgPool, SuperResolution};
 use crate::operator::{Hdr, Measurement, Operator};
 use crate::sampler::DapsConfig;
