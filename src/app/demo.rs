@@ -6,7 +6,7 @@
 //! retrieval is scored as the paper does: best of `--pr-runs` runs per digit and per metric.
 
 use super::grid::{text_width, Canvas, TEXT_HEIGHT};
-use super::solve::{key_value, load_prior};
+use super::solve::{key_value, load_prior, log_magnitude_view};
 use crate::data::mnist_range;
 use crate::metric::image::{psnr, ssim, to_unit};
 use crate::noise::SeededNoise;
@@ -207,14 +207,8 @@ fn preview(task: &Task, y: &Tensor) -> Result<Tensor> {
         TaskSpec::Sr4 { .. } | TaskSpec::Sr4Pool { .. } => to_unit(&y.upsample_nearest2d(h, w)?)?,
         TaskSpec::PhaseRetrieval { .. } => {
             // ln |y| per digit, scaled to [0, 1], centre crop to the image size.
-            let (n, c, hh, ww) = y.dims4()?;
-            let l = (y.abs()? + 1e-3)?.log()?.reshape((n, c * hh * ww))?;
-            let (lo, hi) = (l.min_keepdim(1)?, l.max_keepdim(1)?);
-            let span = (&hi - &lo)?.clamp(1e-12, f64::MAX)?;
-            let u = l
-                .broadcast_sub(&lo)?
-                .broadcast_div(&span)?
-                .reshape((n, c, hh, ww))?;
+            let (_, _, hh, ww) = y.dims4()?;
+            let u = log_magnitude_view(y)?;
             let (t, l) = ((hh.saturating_sub(h)) / 2, (ww.saturating_sub(w)) / 2);
             u.narrow(2, t, h.min(hh))?.narrow(3, l, w.min(ww))?
         }

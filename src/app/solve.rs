@@ -228,6 +228,17 @@ pub fn write_image(x: &Tensor, path: &Path) -> Result<()> {
     write_unit_image(&to_unit(x)?, path)
 }
 
+/// ln(|y| + 10⁻³) of Fourier magnitudes `[N, C, H, W]`, scaled to [0, 1] per image and channel.
+pub fn log_magnitude_view(y: &Tensor) -> Result<Tensor> {
+    let (n, c, hh, ww) = y.dims4()?;
+    let l = (y.abs()? + 1e-3)?.log()?.reshape((n * c, hh * ww))?;
+    let (lo, hi) = (l.min_keepdim(1)?, l.max_keepdim(1)?);
+    let span = (&hi - &lo)?.clamp(1e-12, f64::MAX)?;
+    Ok(l.broadcast_sub(&lo)?
+        .broadcast_div(&span)?
+        .reshape((n, c, hh, ww))?)
+}
+
 /// A viewable [0, 1] image of the measurement: SR tasks upsampled (nearest) to the image size,
 /// phase retrieval as ln(|y| + 10⁻³) scaled to [0, 1] per channel, others y itself.
 pub fn preview(mf: &MeasurementFile) -> Result<Tensor> {
@@ -235,16 +246,7 @@ pub fn preview(mf: &MeasurementFile) -> Result<Tensor> {
     let y = &mf.y;
     Ok(match mf.task.spec() {
         TaskSpec::Sr4 { .. } | TaskSpec::Sr4Pool { .. } => to_unit(&y.upsample_nearest2d(h, w)?)?,
-        TaskSpec::PhaseRetrieval { .. } => {
-            let l = (y.abs()? + 1e-3)?.log()?;
-            let (_, c, hh, ww) = l.dims4()?;
-            let l = l.reshape((c, hh * ww))?;
-            let (lo, hi) = (l.min_keepdim(1)?, l.max_keepdim(1)?);
-            let span = (&hi - &lo)?.clamp(1e-12, f64::MAX)?;
-            l.broadcast_sub(&lo)?
-                .broadcast_div(&span)?
-                .reshape((1, c, hh, ww))?
-        }
+        TaskSpec::PhaseRetrieval { .. } => log_magnitude_view(y)?,
         TaskSpec::Mri4x(_) | TaskSpec::Mri8x(_) => {
             // The zero-filled coil-combined image |Aᴴy|.
             let probe = Tensor::zeros((1, 2, h, w), DType::F32, &Device::Cpu)?;
