@@ -164,6 +164,8 @@ pub fn adm_config_json(cfg: &AdmConfig) -> Value {
         "use_fp16": false,
         "prediction": "epsilon",
         "noise_schedule": "VP linear beta 0.1..20, timestep = 999·t(sigma)",
+        // The training images lie in [−1, 1]: loaders clamp D there (`VpDenoiser::with_clip`).
+        "clip_denoised": true,
     })
 }
 
@@ -733,8 +735,10 @@ impl Trainer {
         let mut gs = Vec::with_capacity(self.params.len());
         let mut sq = 0f64;
         for p in &self.params {
+            // Detached: a gradient (and anything computed from it or from the variables)
+            // otherwise keeps the step's whole autograd graph alive, a leak per step.
             let g = match grads.get(p.var.as_tensor()) {
-                Some(g) => g.clone(),
+                Some(g) => g.detach(),
                 None => p.var.zeros_like()?,
             };
             sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -770,11 +774,12 @@ impl Trainer {
         };
         for (p, g) in self.params.iter_mut().zip(gs) {
             let g = if scale != 1.0 { (g * scale)? } else { g };
-            let (theta, m, v) = adamw_update(p.var.as_tensor(), &p.m, &p.v, &g, &hp)?;
+            let theta_now = p.var.as_tensor().detach();
+            let (theta, m, v) = adamw_update(&theta_now, &p.m, &p.v, &g, &hp)?;
             p.var.set(&theta)?;
-            p.m = m;
-            p.v = v;
-            p.ema = ema_update(&p.ema, p.var.as_tensor(), beta)?;
+            p.m = m.detach();
+            p.v = v.detach();
+            p.ema = ema_update(&p.ema, &p.var.as_tensor().detach(), beta)?.detach();
         }
         self.step += 1;
         self.history.push([loss_v as f32, norm as f32]);

@@ -341,9 +341,18 @@ fn checkpoint_loads_as_prior_and_denoises() {
     let noisy = (&x + Tensor::randn(0f32, 0.5, x.shape(), &dev).unwrap()).unwrap();
     let d = prior.denoise(&noisy, 0.5).unwrap();
     assert_eq!(d.dims(), x.dims());
-    // the loaded prior is the trainer's EMA network
-    let d2 = t.ema_denoiser().unwrap().denoise(&noisy, 0.5).unwrap();
+    // the loaded prior is the trainer's EMA network, clamped to the data range [−1, 1] as its
+    // model.json says ("clip_denoised": true)
+    let json = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+    assert!(json.contains("\"clip_denoised\": true"), "{json}");
+    let d2 = t
+        .ema_denoiser()
+        .unwrap()
+        .with_clip(1.0)
+        .denoise(&noisy, 0.5)
+        .unwrap();
     assert_eq!(vals(&d), vals(&d2));
+    assert!(vals(&d).iter().all(|v| v.abs() <= 1.0));
     assert!(vals(&d).iter().all(|v| v.is_finite()));
     // Heun samples of it, and a grid
     let grid = EdmGrid::new(3);
@@ -641,4 +650,18 @@ fn measure_op_times() {
     time("cat", &|| {
         Tensor::cat(&[x.as_tensor(), x.as_tensor()], 1).unwrap()
     });
+}
+
+#[test]
+fn a_step_leaves_no_autograd_graph_behind() {
+    // The optimizer state and the EMA are plain tensors after a step: if they kept the op that
+    // made them, each step would hold on to the previous one's graph (a leak that ran the GPU out
+    // of memory within 100 steps).
+    let dev = Device::Cpu;
+    let mut t = Trainer::new(tiny_config(2), tiny_data(), &dev).unwrap();
+    t.step().unwrap();
+    t.step().unwrap();
+    for (k, e) in t.ema_weights() {
+        assert!(!e.track_op(), "EMA {k} still tracks its op");
+    }
 }

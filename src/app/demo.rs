@@ -15,7 +15,7 @@ use crate::prior::Denoiser;
 use crate::sampler::{daps, dps, DapsConfig, DpsConfig, Problem, Silent};
 use crate::task::{preset, set_config, Task, TaskFiles, TaskSpec};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, IndexOp, Tensor};
+use candle_core::{IndexOp, Tensor};
 use clap::Args;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -93,6 +93,10 @@ pub struct DemoArgs {
     /// Prior [default: the built-in digits prior].
     #[arg(long)]
     pub prior: Option<String>,
+    /// Where the prior's network runs: cpu, or cuda[:N] (a `--features cuda` build); the
+    /// operators and the samplers stay on the CPU.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// A restoration method of the comparison.
@@ -282,8 +286,8 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         Some(t) => t.clone(),
         None => DEMO_TASKS.iter().map(|s| s.to_string()).collect(),
     };
-    let device = Device::Cpu;
-    let prior = load_prior(a.prior.as_deref(), &device)?;
+    let net_device = crate::prior::offload::parse_device(&a.device)?;
+    let prior = crate::prior::offload::host_view(load_prior(a.prior.as_deref(), &net_device)?);
     let digits = mnist_range(lo..hi)?;
     let truth = digits.images().clone();
     let (_, c, h, w) = truth.dims4()?;

@@ -68,7 +68,8 @@ pub fn denoising_error(
 }
 
 /// Seconds per network evaluation at `batch` images of `shape`: the best of `reps` timed calls
-/// after one warm-up, forward only and forward + backward to the input.
+/// after one warm-up, forward only and forward + backward to the input (the device is
+/// synchronized before the clock stops).
 pub fn nfe_seconds(
     prior: &dyn Denoiser,
     shape: &[usize],
@@ -87,6 +88,7 @@ pub fn nfe_seconds(
         } else {
             prior.denoise(&x, 1.0)?;
         }
+        prior.device().synchronize()?;
         Ok(())
     };
     once()?;

@@ -4,6 +4,7 @@ pub mod adm;
 pub mod default;
 pub mod fastops;
 pub mod gmm;
+pub mod offload;
 pub mod spec;
 pub mod unet2d;
 pub mod vp;

@@ -101,15 +101,32 @@ pub fn adm_config(path: &Path, config: Option<&str>) -> Result<AdmConfig> {
     }
 }
 
+/// Whether the ADM's JSON configuration says `"clip_denoised": true` (written by `daps train`:
+/// its data lie in [−1, 1], so D is clamped there).
+fn clip_denoised(path: &Path, config: Option<&str>) -> Result<bool> {
+    let json = match config {
+        Some(c) if c.ends_with(".json") => PathBuf::from(c),
+        Some(_) => return Ok(false),
+        None => path.with_extension("json"),
+    };
+    let text = std::fs::read_to_string(&json)
+        .map_err(|e| Error::config(format!("{}: {e}", json.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::config(format!("{}: {e}", json.display())))?;
+    Ok(v.get("clip_denoised").and_then(|b| b.as_bool()) == Some(true))
+}
+
 impl PriorSpec {
     pub fn load(&self, device: &Device) -> Result<Box<dyn Denoiser>> {
         match self {
             PriorSpec::Adm { path, config, x0 } => {
                 let cfg = adm_config(path, config.as_deref())?;
                 let net = AdmUnet::load(&cfg, path, device)?;
-                Ok(Box::new(
-                    VpDenoiser::new(net).with_prediction(prediction(*x0)),
-                ))
+                let d = VpDenoiser::new(net).with_prediction(prediction(*x0));
+                Ok(match clip_denoised(path, config.as_deref())? {
+                    true => Box::new(d.with_clip(1.0)),
+                    false => Box::new(d),
+                })
             }
             PriorSpec::Unet2d { dir, x0 } => {
                 let net = Unet2dModel::from_pretrained(dir, device)?;
