@@ -76,6 +76,10 @@ pub struct SolveArgs {
     /// Prior as KIND:PATH[:CONFIG]: adm:FILE.pt:ffhq256, adm-x0:…, unet2d:DIR, gmm:FILE.safetensors.
     #[arg(long)]
     pub prior: Option<String>,
+    /// Where the prior's network runs: cpu, or cuda[:N] (a `--features cuda` build); the
+    /// operator and the sampler stay on the CPU.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Restored image; with --samples N > 1, OUT_0 … OUT_{N−1} and OUT_mean.
     #[arg(long)]
     pub out: PathBuf,
@@ -470,8 +474,8 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     if let Some(d) = &a.save_trajectory {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let device = Device::Cpu;
-    let prior = load_prior(a.prior.as_deref(), &device)?;
+    let net_device = crate::prior::offload::parse_device(&a.device)?;
+    let prior = crate::prior::offload::host_view(load_prior(a.prior.as_deref(), &net_device)?);
     if let Some(s) = prior.sample_shape() {
         if s != [c, h, w] {
             bail!(
