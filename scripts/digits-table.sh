@@ -9,6 +9,8 @@
 #    PSNR/SSIM) and grid.png.
 # 2. DPS with its own 1000 steps on the first DPS1K_DIGITS held-out digits (default 2: one
 #    DPS-1000 digit costs about 30 s per task on 2 cores), beside DAPS on the same digits.
+#    The README's 100-digit DPS-1000 rows ran on an H100: DEVICE=cuda DPS1K_DIGITS=100
+#    DAPS_BIN=target-cuda/release/daps (scripts/cuda-build-from-pypi.sh), with --batch 100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/digits}
@@ -17,5 +19,6 @@ mkdir -p "$OUT"
 D=${DAPS_BIN:-./target/release/daps}
 $D demo --digits "${DIGITS:-100}" --dps-steps 50 --out "$OUT/grid.png" --json "$OUT/table.json" \
   | tee "$OUT/table.txt"
-$D demo --digits "${DPS1K_DIGITS:-2}" --dps-steps 1000 --out "$OUT/grid-dps1000.png" \
+$D demo --digits "${DPS1K_DIGITS:-2}" --dps-steps 1000 --device "${DEVICE:-cpu}" \
+  --batch "${BATCH:-32}" --out "$OUT/grid-dps1000.png" \
   --json "$OUT/dps1000.json" | tee "$OUT/dps1000.txt"
