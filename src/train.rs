@@ -735,8 +735,8 @@ impl Trainer {
         let mut gs = Vec::with_capacity(self.params.len());
         let mut sq = 0f64;
         for p in &self.params {
-            // Detached: a gradient (and anything computed from it or from the variables)
-            // otherwise keeps the step's whole autograd graph alive, a leak per step.
+            // Gradients and variables enter the update detached: the moments and the EMA made
+            // from them would otherwise keep the step's autograd graph alive, a leak per step.
             let g = match grads.get(p.var.as_tensor()) {
                 Some(g) => g.detach(),
                 None => p.var.zeros_like()?,
@@ -777,9 +777,9 @@ impl Trainer {
             let theta_now = p.var.as_tensor().detach();
             let (theta, m, v) = adamw_update(&theta_now, &p.m, &p.v, &g, &hp)?;
             p.var.set(&theta)?;
-            p.m = m.detach();
-            p.v = v.detach();
-            p.ema = ema_update(&p.ema, &p.var.as_tensor().detach(), beta)?.detach();
+            p.m = m;
+            p.v = v;
+            p.ema = ema_update(&p.ema, &p.var.as_tensor().detach(), beta)?;
         }
         self.step += 1;
         self.history.push([loss_v as f32, norm as f32]);

@@ -119,7 +119,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
     Ok(Device::new_cuda(ordinal)?)
 }
 
-/// Loads a prior for a CPU sampler: on the CPU, or on `device` behind [`Offloaded`].
+/// A prior as a CPU sampler sees it: itself if it is on the CPU, else behind [`Offloaded`].
 pub fn host_view(prior_on_device: Box<dyn Denoiser>) -> Box<dyn Denoiser> {
     if prior_on_device.device().is_cpu() {
         prior_on_device
