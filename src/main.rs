@@ -334,20 +334,16 @@ fn bench_prior(a: PriorArgs) -> Result<()> {
     use daps::bench::prior::{denoising_error, nfe_seconds, random_adm, SIGMAS};
     use daps::data::mnist_range;
     let dev = daps::prior::offload::parse_device(&a.device)?;
-    let native = daps::app::solve::load_prior(a.prior.as_deref(), &dev)?;
-    let shape = native
+    let prior = daps::app::solve::load_prior(a.prior.as_deref(), &dev)?;
+    let shape = prior
         .sample_shape()
         .context("this prior does not fix an image shape")?;
-    println!("prior: {}", native.name());
+    println!("prior: {}", prior.name());
     let held = daps::prior::default::HELD_OUT;
     if a.digits == 0 || a.digits > held.len() {
         bail!("--digits must be in 1..={}", held.len());
     }
     if shape == [1, 32, 32] {
-        let prior = daps::prior::offload::host_view(daps::app::solve::load_prior(
-            a.prior.as_deref(),
-            &dev,
-        )?);
         let test = mnist_range(held.start..held.start + a.digits)?;
         let train = mnist_range(0..a.digits)?;
         let t = denoising_error(&*prior, test.images(), &SIGMAS, a.batch, 1)?;
@@ -375,8 +371,8 @@ fn bench_prior(a: PriorArgs) -> Result<()> {
     }
     println!("time per network evaluation (best of {}):", a.reps);
     for b in [1usize, 16] {
-        let f = nfe_seconds(&*native, &shape, b, a.reps, false)?;
-        let fb = nfe_seconds(&*native, &shape, b, a.reps, true)?;
+        let f = nfe_seconds(&*prior, &shape, b, a.reps, false)?;
+        let fb = nfe_seconds(&*prior, &shape, b, a.reps, true)?;
         println!(
             "  batch {b:>2}: forward {:8.2} ms ({:.2} ms/image), forward+backward {:8.2} ms",
             f * 1e3,

@@ -6,7 +6,7 @@
 //! retrieval is scored as the paper does: best of `--pr-runs` runs per digit and per metric.
 
 use super::grid::{text_width, Canvas, TEXT_HEIGHT};
-use super::solve::{key_value, load_prior, log_magnitude_view};
+use super::solve::{key_value, load_host_prior, log_magnitude_view};
 use crate::data::mnist_range;
 use crate::metric::image::{psnr, ssim, to_unit};
 use crate::noise::SeededNoise;
@@ -286,8 +286,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         Some(t) => t.clone(),
         None => DEMO_TASKS.iter().map(|s| s.to_string()).collect(),
     };
-    let net_device = crate::prior::offload::parse_device(&a.device)?;
-    let prior = crate::prior::offload::host_view(load_prior(a.prior.as_deref(), &net_device)?);
+    let prior = load_host_prior(a.prior.as_deref(), &a.device)?;
     let digits = mnist_range(lo..hi)?;
     let truth = digits.images().clone();
     let (_, c, h, w) = truth.dims4()?;

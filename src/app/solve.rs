@@ -328,6 +328,15 @@ pub fn load_prior(spec: Option<&str>, device: &Device) -> Result<Box<dyn Denoise
     }
 }
 
+/// A prior for the CPU samplers, its network on `device` (`--device`: cpu or cuda[:N]).
+pub fn load_host_prior(spec: Option<&str>, device: &str) -> Result<Box<dyn Denoiser>> {
+    let net_device = crate::prior::offload::parse_device(device)?;
+    Ok(crate::prior::offload::host_view(load_prior(
+        spec,
+        &net_device,
+    )?))
+}
+
 /// The sampler configuration: the task's preset, then the explicit flags, then `--set`.
 pub fn solve_config(task: &str, a: &SolveArgs) -> Result<DapsConfig> {
     let mut cfg = preset(task, &a.preset)?;
@@ -474,8 +483,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     if let Some(d) = &a.save_trajectory {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let net_device = crate::prior::offload::parse_device(&a.device)?;
-    let prior = crate::prior::offload::host_view(load_prior(a.prior.as_deref(), &net_device)?);
+    let prior = load_host_prior(a.prior.as_deref(), &a.device)?;
     if let Some(s) = prior.sample_shape() {
         if s != [c, h, w] {
             bail!(

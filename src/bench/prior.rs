@@ -29,7 +29,8 @@ pub struct DenoiseRow {
     pub rmse_mean_image: f64,
 }
 
-/// D(x + σε, σ) against x for each σ, in batches of `batch` images (seeded noise).
+/// D(x + σε, σ) against x for each σ, in batches of `batch` images (seeded noise, drawn on x's
+/// device; the prior may live on another).
 pub fn denoising_error(
     prior: &dyn Denoiser,
     x: &Tensor,
@@ -53,7 +54,8 @@ pub fn denoising_error(
             let len = batch.min(n - start);
             let xb = x.narrow(0, start, len)?;
             let e = noise.randn(xb.shape(), xb.device())?;
-            let d = prior.denoise(&(&xb + (e * sigma)?)?, sigma)?;
+            let noisy = (&xb + (e * sigma)?)?.to_device(prior.device())?;
+            let d = prior.denoise(&noisy, sigma)?.to_device(xb.device())?;
             sq += (&d - &xb)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
             ps += psnr(&to_unit(&d)?, &to_unit(&xb)?)?.iter().sum::<f64>();
         }
