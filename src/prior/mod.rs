@@ -11,6 +11,7 @@ pub mod vp;
 
 use crate::error::Result;
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 pub use gmm::{Covariance, GaussianMixture};
 
@@ -36,6 +37,12 @@ pub trait Denoiser: Send + Sync {
     /// The device the prior's parameters live on.
     fn device(&self) -> &Device;
 
+    /// Whether a sampler should evaluate a batch as one piece per CPU thread ([`par_batches`]):
+    /// true for priors computed on the CPU.
+    fn splits_batches(&self) -> bool {
+        self.device().is_cpu()
+    }
+
     /// A short human-readable description.
     fn name(&self) -> String;
 
@@ -48,4 +55,31 @@ pub trait Denoiser: Send + Sync {
     fn as_gmm(&self) -> Option<&GaussianMixture> {
         None
     }
+}
+
+/// Batch ranges `(start, len)` for [`par_batches`]: one per thread of rayon's pool (at most one
+/// per item), near-equal in size.
+pub fn batch_splits(b: usize) -> Vec<(usize, usize)> {
+    let k = rayon::current_num_threads().clamp(1, b.max(1));
+    (0..k)
+        .map(|i| (i * b / k, (i + 1) * b / k - i * b / k))
+        .filter(|&(_, n)| n > 0)
+        .collect()
+}
+
+/// Runs `f(start, len)` on the batch ranges of [`batch_splits`] in parallel, in order.
+///
+/// A small network on the CPU keeps the cores busier this way than through the threading inside
+/// each of its ops, whose pieces are small: on 2 cores, DPS with the built-in prior runs about
+/// 1.25× faster (issue 3 note). The ops inside each piece still use rayon's pool.
+pub fn par_batches<T, F>(b: usize, f: F) -> Result<Vec<T>>
+where
+    T: Send,
+    F: Fn(usize, usize) -> Result<T> + Sync,
+{
+    let splits = batch_splits(b);
+    if splits.len() <= 1 {
+        return splits.into_iter().map(|(s, n)| f(s, n)).collect();
+    }
+    splits.into_par_iter().map(|(s, n)| f(s, n)).collect()
 }

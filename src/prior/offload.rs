@@ -82,6 +82,11 @@ impl Denoiser for Offloaded {
         &self.host
     }
 
+    fn splits_batches(&self) -> bool {
+        // The network runs on the other device, in one call per batch.
+        false
+    }
+
     fn name(&self) -> String {
         format!("{} (on {:?})", self.inner.name(), self.inner.device())
     }

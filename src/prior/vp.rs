@@ -187,11 +187,9 @@ impl<N: TimestepNet> VpDenoiser<N> {
     }
 }
 
-impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
-    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        if sigma.is_nan() || sigma < 0.0 || sigma.is_infinite() {
-            return Err(Error::config(format!("VP denoiser: invalid σ = {sigma}")));
-        }
+impl<N: TimestepNet> VpDenoiser<N> {
+    /// D(x, σ) for a valid σ, in one piece.
+    fn denoise_one(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         let (b, c, _, _) = x.dims4()?;
         let channels = self.net.in_channels();
         crate::error::expect_shape("VP denoiser input channels", &[c], &[channels])?;
@@ -218,6 +216,21 @@ impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
             None => d,
         };
         Ok(d.to_dtype(out_dtype)?)
+    }
+}
+
+impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        if sigma.is_nan() || sigma < 0.0 || sigma.is_infinite() {
+            return Err(Error::config(format!("VP denoiser: invalid σ = {sigma}")));
+        }
+        // Without a graph to keep, a CPU batch runs as one piece per thread (see `par_batches`).
+        let b = x.dim(0)?;
+        if !x.track_op() && x.device().is_cpu() && super::batch_splits(b).len() > 1 {
+            let parts = super::par_batches(b, |s, n| self.denoise_one(&x.narrow(0, s, n)?, sigma))?;
+            return Ok(Tensor::cat(&parts, 0)?);
+        }
+        self.denoise_one(x, sigma)
     }
 
     fn device(&self) -> &Device {

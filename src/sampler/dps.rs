@@ -7,6 +7,7 @@
 use super::{check_finite, mean_misfit, Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
+use crate::operator::Measurement;
 use crate::schedule::VpSchedule;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -50,29 +51,30 @@ pub fn dps(
         let ab = vp.alpha_bar[k];
         let ab_prev = if k + 1 < n { vp.alpha_bar[k + 1] } else { 1.0 };
         let sigma = vp.sigma(k);
-        let xv = Var::from_tensor(&x)?;
-        let x0hat = p
-            .prior
-            .denoise(&xv.as_tensor().affine(1.0 / ab.sqrt(), 0.0)?, sigma)?;
-        // ∇_x Σ_b ‖A(x̂0_b) − y‖ = J_Dᵀ · J_Aᵀ r/‖r‖, with J_Aᵀ from the operator's own VJP.
-        let x0d = x0hat.detach();
-        let r = p.measurement.residual(p.operator, &x0d)?;
-        let b = r.dim(0)?;
-        let norms = crate::operator::per_chain_sq_norm(&r)?
-            .sqrt()?
-            .clamp(1e-12f32, f32::MAX)?;
-        let mut nshape = vec![b];
-        nshape.extend(std::iter::repeat_n(1, r.rank() - 1));
-        let unit = r.broadcast_div(&norms.reshape(nshape)?)?;
-        let v = p.operator.vjp(&x0d, &unit)?;
-        let grads = (x0hat.clone() * v)?.sum_all()?.backward()?;
-        let g = grads.get(xv.as_tensor()).cloned().ok_or_else(|| {
-            Error::msg(format!(
-                "DPS: no gradient flows through the prior {}",
-                p.prior.name()
-            ))
-        })?;
-        let mut x0c = x0d;
+        let (x0d, g) = if p.prior.splits_batches() {
+            // Chains are independent: each piece of the batch takes its own gradient.
+            let shared_y = p.measurement.y.dim(0)? == 1;
+            let parts = crate::prior::par_batches(x.dim(0)?, |s, len| {
+                let m = Measurement {
+                    y: if shared_y {
+                        p.measurement.y.clone()
+                    } else {
+                        p.measurement.y.narrow(0, s, len)?
+                    },
+                    sigma_y: p.measurement.sigma_y,
+                };
+                let part = Problem {
+                    measurement: &m,
+                    ..*p
+                };
+                guidance(&part, &x.narrow(0, s, len)?, ab, sigma)
+            })?;
+            let (x0s, gs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+            (Tensor::cat(&x0s, 0)?, Tensor::cat(&gs, 0)?)
+        } else {
+            guidance(p, &x, ab, sigma)?
+        };
+        let mut x0c = x0d.clone();
         if let Some(c) = cfg.clip {
             x0c = x0c.clamp(-c as f32, c as f32)?;
         }
@@ -88,15 +90,42 @@ pub fn dps(
         }
         x = (next - g.affine(cfg.zeta, 0.0)?)?.detach();
         check_finite(&x, k, "DPS step")?;
-        let misfit = mean_misfit(p.operator, p.measurement, &x0hat.detach())?;
+        let misfit = mean_misfit(p.operator, p.measurement, &x0d)?;
         obs.on_step(&StepInfo {
             step: k,
             steps: n,
             sigma,
-            x0hat: Some(&x0hat.detach()),
+            x0hat: Some(&x0d),
             x0: &x,
             misfit,
         })?;
     }
     Ok(x)
+}
+
+/// x̂0 = D(x/√ᾱ, σ) and ∇_x Σ_b ‖A(x̂0_b) − y_b‖ = J_Dᵀ · J_Aᵀ r/‖r‖ (J_Aᵀ from the operator's
+/// own VJP), for the chains of `x`.
+fn guidance(p: &Problem, x: &Tensor, ab: f64, sigma: f64) -> Result<(Tensor, Tensor)> {
+    let xv = Var::from_tensor(x)?;
+    let x0hat = p
+        .prior
+        .denoise(&xv.as_tensor().affine(1.0 / ab.sqrt(), 0.0)?, sigma)?;
+    let x0d = x0hat.detach();
+    let r = p.measurement.residual(p.operator, &x0d)?;
+    let b = r.dim(0)?;
+    let norms = crate::operator::per_chain_sq_norm(&r)?
+        .sqrt()?
+        .clamp(1e-12f32, f32::MAX)?;
+    let mut nshape = vec![b];
+    nshape.extend(std::iter::repeat_n(1, r.rank() - 1));
+    let unit = r.broadcast_div(&norms.reshape(nshape)?)?;
+    let v = p.operator.vjp(&x0d, &unit)?;
+    let grads = (x0hat * v)?.sum_all()?.backward()?;
+    let g = grads.get(xv.as_tensor()).cloned().ok_or_else(|| {
+        Error::msg(format!(
+            "DPS: no gradient flows through the prior {}",
+            p.prior.name()
+        ))
+    })?;
+    Ok((x0d, g))
 }
