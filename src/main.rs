@@ -24,6 +24,9 @@ enum Cmd {
     /// Held-out digits through every 32×32 task, DAPS against DPS, with the built-in prior:
     /// writes a grid PNG and prints a metrics table (no arguments or downloads needed).
     Demo(daps::app::demo::DemoArgs),
+    /// Merges `daps demo --json` files (e.g. one per range of digits) and prints each method's
+    /// PSNR / SSIM with 95% intervals and paired differences.
+    Report(daps::app::report::ReportArgs),
     /// Benchmarks with known answers, and speed measurements.
     #[command(subcommand)]
     Bench(Bench),
@@ -149,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(Bench::Speed(a)) => bench_speed(a),
         Cmd::Bench(Bench::Prior(a)) => bench_prior(a),
         Cmd::Demo(a) => daps::app::demo::demo(a),
+        Cmd::Report(a) => daps::app::report::report(a),
         Cmd::Measure(a) => daps::app::solve::measure(a),
         Cmd::Solve(a) => daps::app::solve::solve(a),
         Cmd::Tasks(a) => daps::app::solve::tasks(a),

@@ -17,7 +17,7 @@ use crate::task::{preset, set_config, Task, TaskFiles, TaskSpec};
 use anyhow::{bail, Context, Result};
 use candle_core::{IndexOp, Tensor};
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -123,7 +123,7 @@ impl Method {
 }
 
 /// One task × method over all digits.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DemoRecord {
     pub task: String,
     pub method: String,

@@ -3,5 +3,6 @@
 
 pub mod demo;
 pub mod grid;
+pub mod report;
 pub mod solve;
 pub mod train;
