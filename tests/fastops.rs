@@ -55,6 +55,8 @@ const CONVS: &[(usize, usize, usize, usize, usize)] = &[
     (1, 0, 1, 6, 5),
     (3, 0, 1, 6, 7),
     (3, 1, 1, 5, 3),
+    (3, 3, 1, 2, 3),
+    (5, 2, 2, 7, 5),
 ];
 
 /// Loss Σ r·conv(x, w) + bias-free; returns (y, dx, dw) for the fast or the candle conv.
