@@ -9,8 +9,9 @@
 #    PSNR/SSIM) and grid.png.
 # 2. DPS with its own 1000 steps on the first DPS1K_DIGITS held-out digits (default 2: one
 #    DPS-1000 digit costs about 30 s per task on 2 cores), beside DAPS on the same digits.
-#    The README's 100-digit DPS-1000 rows ran on an H100: DEVICE=cuda DPS1K_DIGITS=100
-#    DAPS_BIN=target-cuda/release/daps (scripts/cuda-build-from-pypi.sh), with --batch 100.
+#    The README's 100-digit DPS-1000 rows for five tasks ran on an H100: DEVICE=cuda
+#    DPS1K_DIGITS=100 DAPS_BIN=target-cuda/release/daps (scripts/cuda-build-from-pypi.sh),
+#    with --batch 100; HDR and phase retrieval ran on the CPU with scripts/dps1000-cpu.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/digits}
