@@ -1,7 +1,8 @@
 //! `daps report`: merging demo JSON files, intervals and paired differences.
 
 use daps::app::demo::DemoRecord;
-use daps::app::report::{mean_ci, merge, paired_psnr, read_records, table};
+use daps::app::report::{merge, paired_psnr, read_records, table};
+use daps::bench::mean_ci95;
 use std::path::PathBuf;
 
 fn rec(method: &str, digits: &[usize], psnr: &[f64]) -> DemoRecord {
@@ -20,10 +21,13 @@ fn rec(method: &str, digits: &[usize], psnr: &[f64]) -> DemoRecord {
 #[test]
 fn mean_and_interval_are_the_textbook_ones() {
     // mean 3, sample variance 2.5, n 5: 1.96·√(2.5/5)
-    let (m, c) = mean_ci(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+    let (m, c) = mean_ci95(&[1.0, 2.0, 3.0, 4.0, 5.0]);
     assert!((m - 3.0).abs() < 1e-12);
     assert!((c - 1.96 * 0.5f64.sqrt()).abs() < 1e-12);
-    assert_eq!(mean_ci(&[7.0]), (7.0, 0.0));
+    // one value: its mean, and no interval
+    let (m, c) = mean_ci95(&[7.0]);
+    assert_eq!(m, 7.0);
+    assert!(c.is_nan());
 }
 
 #[test]

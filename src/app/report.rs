@@ -3,6 +3,7 @@
 //! and the paired difference of every method from the first on the digits both scored.
 
 use super::demo::DemoRecord;
+use crate::bench::mean_ci95;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::fmt::Write as _;
@@ -98,20 +99,6 @@ pub fn merge(lists: Vec<(PathBuf, Vec<DemoRecord>)>) -> Result<Vec<DemoRecord>> 
     Ok(out)
 }
 
-/// Mean and half-width of its 95% interval (1.96 standard errors; 0 for fewer than 2 values).
-pub fn mean_ci(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let m = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (m, 0.0);
-    }
-    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
-    (m, 1.96 * (var / n).sqrt())
-}
-
 /// PSNR differences `a − b` on the digits both records scored, in `a`'s order.
 pub fn paired_psnr(a: &DemoRecord, b: &DemoRecord) -> Vec<f64> {
     a.digits
@@ -147,8 +134,8 @@ pub fn table(records: &[DemoRecord]) -> String {
     for t in &tasks {
         for m in &methods {
             let Some(r) = find(t, m) else { continue };
-            let (p, pc) = mean_ci(&r.psnr);
-            let (q, qc) = mean_ci(&r.ssim);
+            let (p, pc) = mean_ci95(&r.psnr);
+            let (q, qc) = mean_ci95(&r.ssim);
             let _ = writeln!(
                 s,
                 "{:<16} {:<10} {:>7} {:>5} {:>9.2} ± {:<4.2} {:>8.3} ± {:.3} {:>9.1}",
@@ -172,7 +159,7 @@ pub fn table(records: &[DemoRecord]) -> String {
             if d.is_empty() {
                 continue;
             }
-            let (dm, dc) = mean_ci(&d);
+            let (dm, dc) = mean_ci95(&d);
             let wins = d.iter().filter(|x| **x > 0.0).count();
             let _ = writeln!(
                 s,
@@ -191,8 +178,8 @@ pub fn table(records: &[DemoRecord]) -> String {
     let _ = writeln!(s, "mean over tasks (each method over the tasks it ran):");
     for m in &methods {
         let rs: Vec<&DemoRecord> = records.iter().filter(|r| r.method == *m).collect();
-        let p = rs.iter().map(|r| mean_ci(&r.psnr).0).sum::<f64>() / rs.len() as f64;
-        let q = rs.iter().map(|r| mean_ci(&r.ssim).0).sum::<f64>() / rs.len() as f64;
+        let p = rs.iter().map(|r| mean_ci95(&r.psnr).0).sum::<f64>() / rs.len() as f64;
+        let q = rs.iter().map(|r| mean_ci95(&r.ssim).0).sum::<f64>() / rs.len() as f64;
         let _ = writeln!(
             s,
             "  {:<10} PSNR {:>6.2}  SSIM {:.3}  ({} tasks)",
