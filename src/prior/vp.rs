@@ -226,7 +226,7 @@ impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
         }
         // Without a graph to keep, a CPU batch runs as one piece per thread (see `par_batches`).
         let b = x.dim(0)?;
-        if !x.track_op() && x.device().is_cpu() && super::batch_splits(b).len() > 1 {
+        if !x.track_op() && self.splits_batches() && super::batch_splits(b).len() > 1 {
             let parts = super::par_batches(b, |s, n| self.denoise_one(&x.narrow(0, s, n)?, sigma))?;
             return Ok(Tensor::cat(&parts, 0)?);
         }
