@@ -11,7 +11,7 @@
 # WORKERS (2), DPS_STEPS (1000), DAPS_BIN (default target/release/daps). Then
 #   daps report OUT_DIR/json-*.json --json merged.json
 # prints the table. One digit-step (network forward + backward) takes 45–50 ms per worker on the
-# 2-core VM: HDR over 100 digits ≈1.3 worker-hours, phase retrieval (best of 4) ≈5.3.
+# 2-core VM: HDR over 100 digits ≈1.3 worker-hours, phase retrieval (best of 4) ≈5.7.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/dps1000-cpu}
