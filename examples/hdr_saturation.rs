@@ -17,30 +17,30 @@ use daps::operator::Measurement;
 use daps::sampler::{daps as run_daps, dps, DpsConfig, Observer, Problem, StepInfo};
 use daps::task::{preset, Task, TaskFiles, TaskSpec};
 
+/// 1 where x is saturated on the other side of y (|y| ≥ 0.9 marks y's saturated pixels), else 0.
+fn wrong_side(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let f = |t: Tensor| t.to_dtype(DType::F32);
+    let two_x = x.affine(2.0, 0.0)?;
+    let ink_y_bg_x = (f(y.ge(0.9)?)? * f(two_x.le(-1.0)?)?)?;
+    let bg_y_ink_x = (f(y.le(-0.9)?)? * f(two_x.ge(1.0)?)?)?;
+    Ok((ink_y_bg_x + bg_y_ink_x)?)
+}
+
+fn sum(t: &Tensor) -> Result<f64> {
+    Ok(t.sum_all()?.to_scalar::<f32>()? as f64)
+}
+
 /// Fractions of pixels: inside the linear region, and saturated against y.
 fn stats(x: &Tensor, y: &Tensor) -> Result<(f64, f64)> {
     let n = x.elem_count() as f64;
-    let two_x = x.affine(2.0, 0.0)?;
-    let inside = two_x.abs()?.lt(1.0)?.to_dtype(DType::F32)?.sum_all()?;
-    let ink_y = y.ge(0.9)?.to_dtype(DType::F32)?;
-    let bg_y = y.le(-0.9)?.to_dtype(DType::F32)?;
-    let bg_x = two_x.le(-1.0)?.to_dtype(DType::F32)?;
-    let ink_x = two_x.ge(1.0)?.to_dtype(DType::F32)?;
-    let wrong = ((ink_y * bg_x)? + (bg_y * ink_x)?)?.sum_all()?;
-    Ok((
-        inside.to_scalar::<f32>()? as f64 / n,
-        wrong.to_scalar::<f32>()? as f64 / n,
-    ))
+    let inside = x.affine(2.0, 0.0)?.abs()?.lt(1.0)?.to_dtype(DType::F32)?;
+    Ok((sum(&inside)? / n, sum(&wrong_side(x, y)?)? / n))
 }
 
 /// The part of ‖x − truth‖² that falls on pixels saturated against y.
 fn wrong_error_share(x: &Tensor, y: &Tensor, truth: &Tensor) -> Result<f64> {
-    let two_x = x.affine(2.0, 0.0)?;
-    let wrong = ((y.ge(0.9)?.to_dtype(DType::F32)? * two_x.le(-1.0)?.to_dtype(DType::F32)?)?
-        + (y.le(-0.9)?.to_dtype(DType::F32)? * two_x.ge(1.0)?.to_dtype(DType::F32)?)?)?;
     let err = (x - truth)?.sqr()?;
-    let part = (&err * wrong)?.sum_all()?.to_scalar::<f32>()? as f64;
-    Ok(part / err.sum_all()?.to_scalar::<f32>()? as f64)
+    Ok(sum(&(&err * wrong_side(x, y)?)?)? / sum(&err)?)
 }
 
 struct Trace<'a> {
