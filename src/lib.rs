@@ -10,6 +10,7 @@ pub mod data;
 pub mod error;
 pub mod exact;
 pub mod metric;
+pub mod nn;
 pub mod noise;
 pub mod operator;
 pub mod prior;

@@ -4,7 +4,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use daps::prior::adm::{AdmConfig, AdmUnet};
-use daps::prior::vp::{checkpoint, VpDenoiser};
+use daps::nn::checkpoint;
+use daps::prior::vp::VpDenoiser;
 use daps::prior::Denoiser;
 use std::collections::HashMap;
 use std::path::PathBuf;

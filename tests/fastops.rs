@@ -1,9 +1,9 @@
-//! `prior::fastops`: conv2d and GroupNorm with fast CPU backward passes, checked against
+//! `nn::fastops`: conv2d and GroupNorm with fast CPU backward passes, checked against
 //! candle's own autograd (f32, ~1e-5 relative) and finite differences (f64).
 //! Timings: `cargo test --release --test fastops measure_ops -- --ignored --nocapture`.
 
 use candle_core::{DType, Device, Module, Tensor, Var};
-use daps::prior::fastops;
+use daps::nn::fastops;
 
 fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     // Deterministic pseudo-random values in [-1, 1).

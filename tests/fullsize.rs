@@ -12,7 +12,7 @@
 use candle_core::{DType, Device, Tensor};
 use daps::operator::Operator;
 use daps::prior::adm::AdmConfig;
-use daps::prior::vp::checkpoint;
+use daps::nn::checkpoint;
 use daps::task::{read_safetensors, MeasurementFile};
 use rand::{Rng, SeedableRng};
 use std::io::Write;

@@ -15,7 +15,7 @@ use daps::operator::nonlinear_blur::{
     NonlinearBlur, NumpyRandomState,
 };
 use daps::operator::Operator;
-use daps::prior::vp::checkpoint::{num_params, parse_param_list};
+use daps::nn::checkpoint::{num_params, parse_param_list};
 use daps::task::{MeasurementFile, Task, TaskFiles, TaskSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use daps::prior::unet2d::{rename_legacy_attention, Unet2dConfig, Unet2dModel};
-use daps::prior::vp::{checkpoint, VpDenoiser};
+use daps::nn::checkpoint;
+use daps::prior::vp::VpDenoiser;
 use daps::prior::Denoiser;
 use std::collections::HashMap;
 use std::path::PathBuf;

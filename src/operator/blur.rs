@@ -6,7 +6,8 @@
 //! FFT). The adjoint is the correlation with the flipped kernel followed by the adjoint of
 //! reflect padding.
 
-use super::fft::{cast, cpu_slice, fast_len, plan, transpose, Pooled, Real};
+use crate::nn::cpu_slice;
+use super::fft::{cast, fast_len, plan, transpose, Pooled, Real};
 use super::Operator;
 use crate::error::{Error, Result};
 use candle_core::backend::BackendStorage;

@@ -5,6 +5,7 @@
 //! compose with autograd (to any order). Kernels run on the CPU in f32 or f64; tensors on other
 //! devices are moved there and back.
 
+use crate::nn::cpu_slice;
 use super::Operator;
 use crate::error::{Error, Result};
 use candle_core::backend::BackendStorage;
@@ -196,18 +197,6 @@ impl<W: Any + Send> Drop for Pooled<W> {
             let excess = pool.len().saturating_sub(16);
             pool.drain(..excess);
         }
-    }
-}
-
-/// Contiguous CPU data of a custom-op argument.
-pub(crate) fn cpu_slice<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-) -> candle_core::Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("custom op expects a contiguous input"),
     }
 }
 

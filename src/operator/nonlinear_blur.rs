@@ -39,7 +39,7 @@
 //! W/128)` drawn the same way (numpy's legacy generator, reproduced bit for bit by
 //! [`NumpyRandomState`]).
 //!
-//! Convolutions use [`crate::prior::fastops::conv2d`] (im2col + matmul with a fast backward);
+//! Convolutions use [`crate::nn::fastops::conv2d`] (im2col + matmul with a fast backward);
 //! each transposed convolution runs as one 2×2 convolution holding its four output phases,
 //! followed by a pixel shuffle ([`ConvTranspose4x4`]), which keeps both passes on that fast
 //! path (candle's own `conv_transpose2d` has no fast CPU path). The VJP is
@@ -48,8 +48,8 @@
 
 use super::Operator;
 use crate::error::{Error, Result};
-use crate::prior::fastops::{self, add_channel_bias};
-use crate::prior::vp::checkpoint::{self, ParamList};
+use crate::nn::fastops::{self, add_channel_bias};
+use crate::nn::checkpoint::{self, ParamList};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;

@@ -2,12 +2,13 @@
 //! parameter names, so `ffhq_10m.pt` / `256x256_diffusion_uncond.pt` load directly.
 //!
 //! Everything is built from differentiable candle ops (`ops::softmax`, avg_pool2d, nearest
-//! upsampling) and the conv2d / GroupNorm of [`crate::prior::fastops`] (candle's forward values,
+//! upsampling) and the conv2d / GroupNorm of [`crate::nn::fastops`] (candle's forward values,
 //! fast CPU backward passes), so gradients flow through the network.
 
 use crate::error::{Error, Result};
-use crate::prior::fastops::{self, Conv2d, GroupNorm};
-use crate::prior::vp::{checkpoint, timesteps_for_batch, TimestepNet};
+use crate::nn::fastops::{self, Conv2d, GroupNorm};
+use crate::nn::checkpoint;
+use crate::prior::vp::{timesteps_for_batch, TimestepNet};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 use serde_json::Value;

@@ -4,7 +4,8 @@
 //! works with no download. `scripts/train-default-prior.sh` reproduces them from scratch.
 
 use super::adm::{AdmConfig, AdmUnet};
-use super::vp::{checkpoint, VpDenoiser};
+use super::vp::VpDenoiser;
+use crate::nn::checkpoint;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device};
 

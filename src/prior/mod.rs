@@ -2,7 +2,6 @@
 
 pub mod adm;
 pub mod default;
-pub mod fastops;
 pub mod gmm;
 pub mod offload;
 pub mod spec;

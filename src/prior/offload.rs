@@ -41,11 +41,12 @@ impl CustomOp1 for DenoiseOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("offload: non-contiguous input".into()))?;
         let x = match s {
-            CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), self.inner.device())?,
+            CpuStorage::F32(_) => Tensor::from_slice(
+                crate::nn::cpu_slice::<f32>(s, l)?,
+                l.shape(),
+                self.inner.device(),
+            )?,
             _ => candle_core::bail!("offload: only f32 inputs"),
         };
         let d = self.inner.denoise(&x, self.sigma).map_err(to_candle)?;

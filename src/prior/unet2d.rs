@@ -7,7 +7,8 @@
 
 use crate::error::{Error, Result};
 use crate::prior::adm::upsample2x;
-use crate::prior::vp::{checkpoint, timesteps_for_batch, TimestepNet};
+use crate::nn::checkpoint;
+use crate::prior::vp::{timesteps_for_batch, TimestepNet};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 use serde::Deserialize;

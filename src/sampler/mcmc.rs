@@ -188,12 +188,7 @@ impl CustomOp3 for FusedLangevin {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-            let (a, b) = l.contiguous_offsets().ok_or_else(|| {
-                candle_core::Error::Msg("fused-langevin: non-contiguous input".into())
-            })?;
-            Ok(&s.as_slice::<f32>()?[a..b])
-        }
+        let slice = crate::nn::cpu_slice::<f32>;
         let (x, h, g) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         if x.len() != h.len() || x.len() != g.len() {
             candle_core::bail!("fused-langevin: mismatched sizes");

@@ -19,6 +19,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+use super::cpu_slice as slice;
 
 fn cpu_fast(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
@@ -444,12 +445,6 @@ struct GroupNormOp {
     eps: f64,
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("group-norm: non-contiguous input".into()))?;
-    Ok(&T::cpu_storage_as_slice(s)?[a..b])
-}
 
 /// Mean and 1/σ of one block (two passes, f64).
 fn stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
