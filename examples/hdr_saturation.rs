@@ -8,12 +8,12 @@
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use daps::app::demo::dps_zeta;
-use daps::app::solve::load_host_prior;
 use daps::data::mnist_range;
 use daps::metric::image::{psnr, to_unit};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
+use daps::prior::load_host as load_host_prior;
+use daps::sampler::dps::task_zeta as dps_zeta;
 use daps::sampler::{daps as run_daps, dps, DpsConfig, Observer, Problem, StepInfo};
 use daps::task::{preset, Task, TaskFiles, TaskSpec};
 

@@ -9,6 +9,7 @@
 //! ([`mnist_heldout`]) are never used by training. Licence and attribution: `data/README.md`.
 
 use crate::error::{Error, Result};
+use crate::io::io_err;
 use candle_core::{DType, Device, Tensor};
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, RgbImage};
@@ -249,13 +250,6 @@ fn is_image_file(p: &Path) -> bool {
     )
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// PNG/JPEG files under `dir`, recursively, sorted; hidden entries are skipped.
 pub fn find_images(dir: &Path) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -408,22 +402,12 @@ pub fn grid_image(x: &Tensor, ncols: Option<usize>) -> Result<DynamicImage> {
     })
 }
 
-/// Saves [`grid_image`] as a PNG (written to a temporary file, then renamed).
+/// Saves [`grid_image`] as a PNG (atomically, creating missing folders).
 pub fn save_grid(x: &Tensor, ncols: Option<usize>, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     let img = grid_image(x, ncols)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     }
-    let tmp = tmp_path(path);
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| Error::msg(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
-}
-
-/// `path` with `.tmp` appended to its file name.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
+    crate::io::save_image(&img, path)
 }

@@ -4,16 +4,17 @@
 //! noise), [`sampler`] (DAPS, DPS and their sub-steps), [`schedule`] (noise-level grids),
 //! [`exact`] (closed-form Gaussian-mixture posteriors), [`metric`] and [`bench`].
 
-pub mod app;
 pub mod bench;
 pub mod data;
 pub mod error;
 pub mod exact;
+pub mod io;
 pub mod metric;
 pub mod nn;
 pub mod noise;
 pub mod operator;
 pub mod prior;
+pub mod report;
 pub mod sampler;
 pub mod schedule;
 pub mod task;

@@ -1,12 +1,9 @@
 //! The `daps` command-line tool.
 
-use anyhow::{bail, Context, Result};
-use candle_core::Device;
-use clap::{Args, Parser, Subcommand};
-use daps::bench::gmm::{GmmBenchConfig, Method, Record};
-use daps::bench::toy2d::Toy2dConfig;
-use std::io::Write;
-use std::path::PathBuf;
+mod cli;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -23,119 +20,35 @@ struct Cli {
 enum Cmd {
     /// Held-out digits through every 32×32 task, DAPS against DPS, with the built-in prior:
     /// writes a grid PNG and prints a metrics table (no arguments or downloads needed).
-    Demo(daps::app::demo::DemoArgs),
+    Demo(cli::demo::DemoArgs),
     /// Merges `daps demo --json` files (e.g. one per range of digits) and prints each method's
     /// PSNR / SSIM with 95% intervals and paired differences.
-    Report(daps::app::report::ReportArgs),
+    Report(cli::report::ReportArgs),
     /// Benchmarks with known answers, and speed measurements.
     #[command(subcommand)]
     Bench(Bench),
     /// Simulate a measurement y = A(x) + σ_y·n of an image and save it.
-    Measure(daps::app::solve::MeasureArgs),
+    Measure(cli::solve::MeasureArgs),
     /// Sample x from p(x | y) for a saved measurement.
-    Solve(daps::app::solve::SolveArgs),
+    Solve(cli::solve::SolveArgs),
     /// List the tasks (operators) and their parameters.
-    Tasks(daps::app::solve::TasksArgs),
+    Tasks(cli::solve::TasksArgs),
     /// Train a diffusion prior on images.
-    Train(daps::app::train::TrainArgs),
+    Train(cli::train::TrainArgs),
     /// Draw unconditional samples from a prior.
-    Sample(daps::app::train::SampleArgs),
+    Sample(cli::train::SampleArgs),
 }
 
 #[derive(Subcommand)]
 enum Bench {
     /// Gaussian-mixture posteriors (MCGdiff benchmark) against the exact posterior.
-    Gmm(GmmArgs),
+    Gmm(cli::bench::GmmArgs),
     /// The DAPS paper's 2-D nonlinear "trap" example, W1 to the reference posterior.
-    Toy2d(Toy2dArgs),
+    Toy2d(cli::bench::Toy2dArgs),
     /// GEMM GFLOP/s of this machine and the mixture denoiser's throughput.
-    Speed(SpeedArgs),
+    Speed(cli::bench::SpeedArgs),
     /// A neural prior's denoising error per σ on held-out digits, and its time per evaluation.
-    Prior(PriorArgs),
-}
-
-#[derive(Args)]
-struct GmmArgs {
-    /// A small size for CI (d = 8, d_y ∈ {1, 2}, 3 problems, 300 samples, 40 × 5 NFE, 20 Langevin steps).
-    #[arg(long)]
-    quick: bool,
-    /// Dimensions (comma-separated, even).
-    #[arg(long, value_delimiter = ',')]
-    d: Option<Vec<usize>>,
-    /// Measurement dimensions (comma-separated).
-    #[arg(long = "dy", alias = "d-y", value_delimiter = ',')]
-    dy: Option<Vec<usize>>,
-    #[arg(long)]
-    problems: Option<usize>,
-    #[arg(long)]
-    samples: Option<usize>,
-    /// Annealing steps N (DPS runs N × ode-steps steps).
-    #[arg(long)]
-    steps: Option<usize>,
-    #[arg(long)]
-    ode_steps: Option<usize>,
-    /// Langevin steps per annealing step.
-    #[arg(long)]
-    mcmc_steps: Option<usize>,
-    /// Langevin step size in units of τ² (τ = σ_y of each problem).
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long)]
-    lr_min_ratio: Option<f64>,
-    /// Top of the annealing (DAPS starts from N(0, σ_max² I)).
-    #[arg(long)]
-    sigma_max: Option<f64>,
-    /// DPS step size ζ.
-    #[arg(long)]
-    zeta: Option<f64>,
-    /// Methods to run: oracle, prior, daps-exact, daps, dps.
-    #[arg(long, value_delimiter = ',')]
-    methods: Option<Vec<String>>,
-    /// Write the records as a JSON array (rewritten after each completed row).
-    #[arg(long)]
-    json: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct Toy2dArgs {
-    #[arg(long, default_value_t = 1000)]
-    samples: usize,
-    #[arg(long, default_value_t = 5)]
-    repeats: usize,
-    /// DPS step size ζ.
-    #[arg(long)]
-    zeta: Option<f64>,
-}
-
-#[derive(Args)]
-struct SpeedArgs {
-    #[arg(long, default_value_t = 80)]
-    d: usize,
-    #[arg(long, default_value_t = 2000)]
-    chains: usize,
-}
-
-#[derive(Args)]
-struct PriorArgs {
-    /// The prior [default: the built-in digits prior].
-    #[arg(long)]
-    prior: Option<String>,
-    /// Held-out digits (9000..) for the denoising error; the same number of training digits
-    /// (0..) are reported beside them.
-    #[arg(long, default_value_t = 500)]
-    digits: usize,
-    /// Images per network call for the denoising error.
-    #[arg(long, default_value_t = 100)]
-    batch: usize,
-    /// Timed repetitions per figure (the best is reported).
-    #[arg(long, default_value_t = 5)]
-    reps: usize,
-    /// Also time the FFHQ-256 ADM architecture (random weights, batch 1).
-    #[arg(long)]
-    ffhq: bool,
-    /// Where the network runs: cpu, or cuda[:N] (a `--features cuda` build).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    Prior(cli::bench::PriorArgs),
 }
 
 fn main() {
@@ -160,252 +73,16 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Bench(Bench::Gmm(a)) => bench_gmm(a),
-        Cmd::Bench(Bench::Toy2d(a)) => bench_toy2d(a),
-        Cmd::Bench(Bench::Speed(a)) => bench_speed(a),
-        Cmd::Bench(Bench::Prior(a)) => bench_prior(a),
-        Cmd::Demo(a) => daps::app::demo::demo(a),
-        Cmd::Report(a) => daps::app::report::report(a),
-        Cmd::Measure(a) => daps::app::solve::measure(a),
-        Cmd::Solve(a) => daps::app::solve::solve(a),
-        Cmd::Tasks(a) => daps::app::solve::tasks(a),
-        Cmd::Train(a) => daps::app::train::train(a),
-        Cmd::Sample(a) => daps::app::train::sample(a),
+        Cmd::Bench(Bench::Gmm(a)) => cli::bench::gmm(a),
+        Cmd::Bench(Bench::Toy2d(a)) => cli::bench::toy2d(a),
+        Cmd::Bench(Bench::Speed(a)) => cli::bench::speed(a),
+        Cmd::Bench(Bench::Prior(a)) => cli::bench::prior(a),
+        Cmd::Demo(a) => cli::demo::demo(a),
+        Cmd::Report(a) => cli::report::report(a),
+        Cmd::Measure(a) => cli::solve::measure(a),
+        Cmd::Solve(a) => cli::solve::solve(a),
+        Cmd::Tasks(a) => cli::solve::tasks(a),
+        Cmd::Train(a) => cli::train::train(a),
+        Cmd::Sample(a) => cli::train::sample(a),
     }
-}
-
-fn parse_method(s: &str) -> Result<Method> {
-    Method::ALL
-        .into_iter()
-        .find(|m| m.name() == s)
-        .with_context(|| {
-            format!("unknown method '{s}' (expected one of oracle, prior, daps-exact, daps, dps)")
-        })
-}
-
-fn bench_gmm(a: GmmArgs) -> Result<()> {
-    let mut cfg = if a.quick {
-        GmmBenchConfig::quick()
-    } else {
-        GmmBenchConfig::default()
-    };
-    if let Some(v) = a.d {
-        cfg.dims = v;
-    }
-    if let Some(v) = a.dy {
-        cfg.dys = v;
-    }
-    macro_rules! set {
-        ($($f:ident <- $v:expr),*) => { $(if let Some(v) = $v { cfg.$f = v; })* };
-    }
-    set!(problems <- a.problems, samples <- a.samples, annealing_steps <- a.steps, ode_steps <- a.ode_steps,
-         mcmc_steps <- a.mcmc_steps, lr <- a.lr, lr_min_ratio <- a.lr_min_ratio,
-        sigma_max <- a.sigma_max, dps_zeta <- a.zeta);
-    if let Some(ms) = a.methods {
-        cfg.methods = ms.iter().map(|s| parse_method(s)).collect::<Result<_>>()?;
-    }
-    if cfg.problems == 0 || cfg.samples < 2 {
-        bail!("need at least 1 problem and 2 samples");
-    }
-    println!(
-        "Gaussian-mixture benchmark: {} problems × {} samples; DAPS {} × {} NFE, {} Langevin steps, lr {}·τ² (min ratio {}); DPS {} steps, ζ = {}",
-        cfg.problems, cfg.samples, cfg.annealing_steps, cfg.ode_steps, cfg.mcmc_steps, cfg.lr, cfg.lr_min_ratio,
-        cfg.annealing_steps * cfg.ode_steps, cfg.dps_zeta
-    );
-    println!(
-        "{:>5} {:>4}  {:<11} {:>20} {:>20} {:>12}",
-        "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "s/problem"
-    );
-    let started = std::time::Instant::now();
-    let mut done: Vec<Record> = Vec::new();
-    let json = a.json.clone();
-    let bar = indicatif::ProgressBar::new((cfg.dims.len() * cfg.dys.len() * cfg.problems) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} problems, {msg} [{elapsed} < {eta}]",
-        )
-        .expect("valid template"),
-    );
-    let result = daps::bench::gmm::run(
-        &cfg,
-        &Device::Cpu,
-        |d, dy, i| {
-            if i > 0 || d != cfg.dims[0] || dy != cfg.dys[0] {
-                bar.inc(1);
-            }
-            bar.set_message(format!("d = {d}, d_y = {dy}"));
-        },
-        |r| {
-            bar.suspend(|| {
-                println!(
-                    "{:>5} {:>4}  {:<11} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>12.3}",
-                    r.d,
-                    r.d_y,
-                    r.method,
-                    r.sw_mean,
-                    r.sw_ci95,
-                    r.tv_mean,
-                    r.tv_ci95,
-                    r.seconds_per_problem
-                );
-                std::io::stdout().flush().ok();
-            });
-            done.push(r.clone());
-            if let Some(p) = &json {
-                write_json(p, &done).map_err(|e| daps::Error::msg(format!("{e:#}")))?;
-            }
-            Ok(())
-        },
-    );
-    bar.finish_and_clear();
-    println!("total wall time {:.1} s", started.elapsed().as_secs_f64());
-    if let Err(e) = result {
-        if let Some(p) = &json {
-            eprintln!("{} completed rows are in {}", done.len(), p.display());
-        }
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-fn write_json(path: &PathBuf, records: &[Record]) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(records)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-fn bench_toy2d(a: Toy2dArgs) -> Result<()> {
-    let mut cfg = Toy2dConfig {
-        samples: a.samples,
-        repeats: a.repeats,
-        ..Toy2dConfig::default()
-    };
-    if let Some(z) = a.zeta {
-        cfg.dps.zeta = z;
-    }
-    if cfg.repeats == 0 || cfg.samples < 2 {
-        bail!("need at least 1 repeat and 2 samples");
-    }
-    println!(
-        "2-D trap toy: {} samples, {} repeats; DAPS {} × {} NFE, {} Langevin steps, τ = {}; DPS {} steps, ζ = {}",
-        cfg.samples, cfg.repeats, cfg.daps.annealing_steps, cfg.daps.ode_steps, cfg.daps.mcmc_steps, cfg.daps.tau,
-        cfg.dps.steps, cfg.dps.zeta
-    );
-    println!("{:<8} {:>18} {:>10}", "method", "W1 (±95%)", "seconds");
-    for r in daps::bench::toy2d::run(&cfg, &Device::Cpu)? {
-        println!(
-            "{:<8} {:>9.4} ± {:<6.4} {:>10.3}",
-            r.method, r.w1_mean, r.w1_ci95, r.seconds
-        );
-    }
-    Ok(())
-}
-
-fn bench_speed(a: SpeedArgs) -> Result<()> {
-    use candle_core::Tensor;
-    use daps::prior::Denoiser;
-    use std::time::Instant;
-    let dev = Device::Cpu;
-    let best = |f: &mut dyn FnMut() -> Result<()>, reps: usize| -> Result<f64> {
-        f()?;
-        let mut b = f64::INFINITY;
-        for _ in 0..reps {
-            let t = Instant::now();
-            f()?;
-            b = b.min(t.elapsed().as_secs_f64());
-        }
-        Ok(b)
-    };
-    let n = 1024;
-    let x = Tensor::randn(0f32, 1f32, (n, n), &dev)?;
-    let t = best(
-        &mut || {
-            x.matmul(&x)?;
-            Ok(())
-        },
-        10,
-    )?;
-    let gemm = 2.0 * (n as f64).powi(3) / t / 1e9;
-    println!("GEMM 1024² f32: {:.2} ms, {gemm:.1} GFLOP/s", t * 1e3);
-    let prior = daps::bench::gmm::mixture_prior(a.d, &dev)?;
-    let xs = Tensor::randn(0f32, 10f32, (a.chains, a.d), &dev)?;
-    let t = best(
-        &mut || {
-            prior.denoise(&xs, 3.0)?;
-            Ok(())
-        },
-        10,
-    )?;
-    let k = prior.n_components() as f64;
-    let flops = 2.0 * 2.0 * a.chains as f64 * k * a.d as f64; // the two [B,K]×[K,d] products
-    println!(
-        "mixture denoiser (K = 25, d = {}, {} chains): {:.2} ms per call, {:.1} GFLOP/s on its matrix products = {:.0}% of GEMM",
-        a.d, a.chains, t * 1e3, flops / t / 1e9, 100.0 * flops / t / 1e9 / gemm
-    );
-    Ok(())
-}
-
-fn bench_prior(a: PriorArgs) -> Result<()> {
-    use daps::bench::prior::{denoising_error, nfe_seconds, random_adm, SIGMAS};
-    use daps::data::mnist_range;
-    let dev = daps::prior::offload::parse_device(&a.device)?;
-    let prior = daps::app::solve::load_prior(a.prior.as_deref(), &dev)?;
-    let shape = prior
-        .sample_shape()
-        .context("this prior does not fix an image shape")?;
-    println!("prior: {}", prior.name());
-    let held = daps::prior::default::HELD_OUT;
-    if a.digits == 0 || a.digits > held.len() {
-        bail!("--digits must be in 1..={}", held.len());
-    }
-    if shape == [1, 32, 32] {
-        let test = mnist_range(held.start..held.start + a.digits)?;
-        let train = mnist_range(0..a.digits)?;
-        let t = denoising_error(&*prior, test.images(), &SIGMAS, a.batch, 1)?;
-        let r = denoising_error(&*prior, train.images(), &SIGMAS, a.batch, 1)?;
-        println!(
-            "denoising error, {} held-out digits ({}..{}) and {} training digits (0..{}):",
-            a.digits,
-            held.start,
-            held.start + a.digits,
-            a.digits,
-            a.digits
-        );
-        println!(
-            "{:>7} {:>12} {:>12} {:>12} {:>12}",
-            "σ", "RMSE held", "PSNR held", "RMSE train", "mean-image"
-        );
-        for (t, r) in t.iter().zip(&r) {
-            println!(
-                "{:>7} {:>12.4} {:>12.2} {:>12.4} {:>12.4}",
-                t.sigma, t.rmse, t.psnr, r.rmse, t.rmse_mean_image
-            );
-        }
-    } else {
-        println!("(denoising error: only for 1×32×32 digit priors)");
-    }
-    println!("time per network evaluation (best of {}):", a.reps);
-    for b in [1usize, 16] {
-        let f = nfe_seconds(&*prior, &shape, b, a.reps, false)?;
-        let fb = nfe_seconds(&*prior, &shape, b, a.reps, true)?;
-        println!(
-            "  batch {b:>2}: forward {:8.2} ms ({:.2} ms/image), forward+backward {:8.2} ms",
-            f * 1e3,
-            f * 1e3 / b as f64,
-            fb * 1e3
-        );
-    }
-    if a.ffhq {
-        let cfg = daps::prior::adm::AdmConfig::ffhq256();
-        let net = random_adm(&cfg, 0.02, &dev)?;
-        let f = nfe_seconds(&net, &[3, 256, 256], 1, a.reps.min(3), false)?;
-        println!(
-            "  FFHQ-256 ADM ({} parameters, random weights), batch 1: forward {:.2} s",
-            cfg.num_params()?,
-            f
-        );
-    }
-    Ok(())
 }

@@ -34,6 +34,7 @@
 //! records the weights' path (not the weights); `daps solve --blur-weights` overrides it.
 
 use crate::error::{Error, Result};
+pub use crate::io::{read_safetensors, write_safetensors};
 use crate::noise::SeededNoise;
 use crate::operator::blur::Blur;
 use crate::operator::fft::PhaseRetrieval;
@@ -48,7 +49,7 @@ use crate::sampler::DapsConfig;
 use candle_core::{DType, Device, Tensor};
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One registered task.
@@ -134,6 +135,17 @@ pub const TASKS: [TaskInfo; 12] = [
         summary: "multi-coil CS-MRI ×8 (complex image; column mask, 4% centre; birdcage maps)",
         linear: true,
     },
+];
+
+/// The tasks that fit 32×32 images, in table order.
+pub const DEMO_TASKS: [&str; 7] = [
+    "sr4",
+    "inpaint-box",
+    "inpaint-random",
+    "gaussian-blur",
+    "motion-blur",
+    "phase-retrieval",
+    "hdr",
 ];
 
 fn task_names() -> String {
@@ -971,74 +983,6 @@ impl MeasurementFile {
             seed,
         })
     }
-}
-
-/// Writes f32 tensors and string metadata as a safetensors file.
-pub fn write_safetensors(
-    path: impl AsRef<Path>,
-    tensors: &[(&str, Tensor)],
-    metadata: &BTreeMap<String, String>,
-) -> Result<()> {
-    let path = path.as_ref();
-    let mut header = serde_json::Map::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::to_value(metadata).expect("strings"),
-    );
-    let mut data: Vec<u8> = Vec::new();
-    for (name, t) in tensors {
-        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let start = data.len();
-        data.extend(v.iter().flat_map(|x| x.to_le_bytes()));
-        header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut json = serde_json::to_string(&header).expect("json");
-    while !json.len().is_multiple_of(8) {
-        json.push(' ');
-    }
-    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(json.as_bytes());
-    bytes.extend_from_slice(&data);
-    std::fs::write(path, bytes).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// Reads a safetensors file: its tensors (on the CPU) and its string metadata.
-pub fn read_safetensors(
-    path: impl AsRef<Path>,
-) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let bad = |m: String| {
-        Error::msg(format!(
-            "{}: not a readable safetensors file: {m}",
-            path.display()
-        ))
-    };
-    let n = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
-        .ok_or_else(|| bad("too short".into()))?;
-    let header = bytes
-        .get(8..8usize.saturating_add(n))
-        .ok_or_else(|| bad("truncated header".into()))?;
-    let header: serde_json::Value =
-        serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
-    let meta = match header.get("__metadata__") {
-        Some(m) => serde_json::from_value(m.clone()).map_err(|e| bad(e.to_string()))?,
-        None => BTreeMap::new(),
-    };
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-        .map_err(|e| bad(e.to_string()))?;
-    Ok((tensors, meta))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,11 +20,12 @@
 //! Every random draw is a function of (seed, step), so a resumed run is bit-identical to an
 //! uninterrupted one.
 
-use crate::data::{tmp_path, DataSpec, ImageSet};
+use crate::data::{DataSpec, ImageSet};
 use crate::error::{Error, Result};
+use crate::io::{atomic_write, io_err};
+use crate::nn::checkpoint;
 use crate::noise::{fill_normal, mix, stream, NoiseSource};
 use crate::prior::adm::{AdmConfig, AdmUnet};
-use crate::nn::checkpoint;
 use crate::prior::vp::{TimestepNet, VpDenoiser, VpSchedule};
 use crate::prior::Denoiser;
 use crate::schedule::poly_grid;
@@ -888,30 +889,10 @@ impl Trainer {
     }
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Writes `bytes` to `path` through `path.tmp` (synced, then renamed).
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-    f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
-}
-
 fn atomic_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = tmp_path(path);
-    candle_core::safetensors::save(tensors, &tmp)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    crate::io::atomic_with(path, |tmp| {
+        Ok(candle_core::safetensors::save(tensors, tmp)?)
+    })
 }
 
 fn read_state(dir: &Path) -> Result<(Meta, HashMap<String, Tensor>)> {

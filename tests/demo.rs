@@ -188,8 +188,8 @@ fn measure_and_solve_a_held_out_digit_with_the_default_prior() {
     let held = daps::prior::default::HELD_OUT;
     let x = daps::data::mnist_range(held.start..held.start + 1).unwrap();
     let png = dir.join("digit.png");
-    daps::app::solve::write_image(x.images(), &png).unwrap();
-    for task in daps::app::demo::DEMO_TASKS {
+    daps::io::write_image(x.images(), &png).unwrap();
+    for task in daps::task::DEMO_TASKS {
         let (y, out) = (
             dir.join(format!("{task}.safetensors")),
             dir.join(format!("{task}-x.png")),

@@ -1,8 +1,8 @@
 //! `daps report`: merging demo JSON files, intervals and paired differences.
 
-use daps::app::demo::DemoRecord;
-use daps::app::report::{merge, paired_psnr, read_records, table};
 use daps::bench::mean_ci95;
+use daps::report::DemoRecord;
+use daps::report::{merge, paired_psnr, read_records, table};
 use std::path::PathBuf;
 
 fn rec(method: &str, digits: &[usize], psnr: &[f64]) -> DemoRecord {

@@ -122,9 +122,9 @@ fn measure_roundtrip_every_task() {
         .unwrap();
     candle_core::safetensors::save(&[("maps", maps.clone())].into_iter().collect(), &maps_file)
         .unwrap();
-    let x = daps::app::solve::read_image(&img).unwrap();
+    let x = daps::io::read_image(&img).unwrap();
     assert_eq!(x.dims(), &[1, 3, 32, 32]);
-    let xc = daps::app::solve::read_complex_image(&img).unwrap();
+    let xc = daps::io::read_complex_image(&img).unwrap();
     assert_eq!(xc.dims(), &[1, 2, 32, 32]);
     // (luminance in [0, 1], 0)
     let unit = ((&x + 1.0).unwrap() * 0.5).unwrap();

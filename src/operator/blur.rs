@@ -6,10 +6,10 @@
 //! FFT). The adjoint is the correlation with the flipped kernel followed by the adjoint of
 //! reflect padding.
 
-use crate::nn::cpu_slice;
 use super::fft::{cast, fast_len, plan, transpose, Pooled, Real};
 use super::Operator;
 use crate::error::{Error, Result};
+use crate::nn::cpu_slice;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rand::{Rng, SeedableRng};

@@ -8,7 +8,7 @@ pub mod spec;
 pub mod unet2d;
 pub mod vp;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -81,4 +81,24 @@ where
         return splits.into_iter().map(|(s, n)| f(s, n)).collect();
     }
     splits.into_par_iter().map(|(s, n)| f(s, n)).collect()
+}
+
+/// Loads a prior from a `--prior KIND:PATH[:CONFIG]` spec ([`spec::PriorSpec`]) onto `device`;
+/// `None` is the built-in digits prior ([`default::digits`]).
+pub fn load(spec: Option<&str>, device: &Device) -> Result<Box<dyn Denoiser>> {
+    match spec {
+        None => Ok(Box::new(default::digits(device)?)),
+        Some(s) => {
+            let p: spec::PriorSpec = s.parse()?;
+            p.load(device)
+                .map_err(|e| Error::msg(format!("loading prior {s}: {e}")))
+        }
+    }
+}
+
+/// [`load`] for the CPU samplers, with the network on `device` (`cpu` or `cuda[:N]`, see
+/// [`offload`]).
+pub fn load_host(spec: Option<&str>, device: &str) -> Result<Box<dyn Denoiser>> {
+    let net_device = offload::parse_device(device)?;
+    Ok(offload::host_view(load(spec, &net_device)?))
 }

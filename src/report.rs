@@ -1,48 +1,60 @@
-//! `daps report`: merges the per-digit JSON of one or more `daps demo --json` runs (say, one
-//! run per range of digits) and prints each method's mean PSNR and SSIM with a 95% interval,
-//! and the paired difference of every method from the first on the digits both scored.
+//! Per-digit records of a digits evaluation (`daps demo --json`) and their report: merging files
+//! (say, one per range of digits), means with 95% intervals, and paired differences between
+//! methods on the digits both scored.
 
-use super::demo::DemoRecord;
 use crate::bench::mean_ci95;
-use anyhow::{bail, Context, Result};
-use clap::Args;
+use crate::error::{Error, Result};
+use crate::io::io_err;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-#[derive(Args, Debug, Clone)]
-pub struct ReportArgs {
-    /// JSON files written by `daps demo --json` (records of the same task and method are merged;
-    /// a digit may appear once per task and method).
-    #[arg(required = true)]
-    pub files: Vec<PathBuf>,
-    /// Writes the merged records as one JSON file (the format `daps demo --json` writes).
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+/// One task × method over all digits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoRecord {
+    pub task: String,
+    pub method: String,
+    pub nfe: usize,
+    pub runs: usize,
+    /// Held-out digit indices into the built-in set.
+    pub digits: Vec<usize>,
+    /// Per digit, best over runs.
+    pub psnr: Vec<f64>,
+    pub ssim: Vec<f64>,
+    pub seconds: f64,
 }
 
-pub fn report(a: ReportArgs) -> Result<()> {
-    let mut lists = Vec::new();
-    for f in &a.files {
-        lists.push((f.clone(), read_records(f)?));
+impl DemoRecord {
+    pub fn mean_psnr(&self) -> f64 {
+        mean(&self.psnr)
     }
-    let merged = merge(lists)?;
-    if let Some(p) = &a.json {
-        let text = serde_json::to_string_pretty(&merged)?;
-        std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    pub fn mean_ssim(&self) -> f64 {
+        mean(&self.ssim)
     }
-    print!("{}", table(&merged));
-    Ok(())
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Writes records as a JSON array, atomically (the format `daps demo --json` writes).
+pub fn write_records(path: &Path, records: &[DemoRecord]) -> Result<()> {
+    let text = serde_json::to_string_pretty(records).map_err(|e| Error::msg(e.to_string()))?;
+    crate::io::atomic_write(path, text.as_bytes())
 }
 
 /// The records of one `daps demo --json` file.
 pub fn read_records(path: &Path) -> Result<Vec<DemoRecord>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let recs: Vec<DemoRecord> = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a `daps demo --json` file", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let recs: Vec<DemoRecord> = serde_json::from_str(&text).map_err(|e| {
+        Error::msg(format!(
+            "{} is not a `daps demo --json` file: {e}",
+            path.display()
+        ))
+    })?;
     for r in &recs {
         if r.psnr.len() != r.digits.len() || r.ssim.len() != r.digits.len() {
-            bail!(
+            return Err(Error::msg(format!(
                 "{}: {} {} has {} digits but {} PSNR and {} SSIM values",
                 path.display(),
                 r.task,
@@ -50,7 +62,7 @@ pub fn read_records(path: &Path) -> Result<Vec<DemoRecord>> {
                 r.digits.len(),
                 r.psnr.len(),
                 r.ssim.len()
-            );
+            )));
         }
     }
     Ok(recs)
@@ -69,7 +81,7 @@ pub fn merge(lists: Vec<(PathBuf, Vec<DemoRecord>)>) -> Result<Vec<DemoRecord>> 
                 None => out.push(r),
                 Some(m) => {
                     if m.runs != r.runs || m.nfe != r.nfe {
-                        bail!(
+                        return Err(Error::msg(format!(
                             "{}: {} {} has runs {} / NFE {}, earlier files {} / {}",
                             file.display(),
                             r.task,
@@ -78,15 +90,15 @@ pub fn merge(lists: Vec<(PathBuf, Vec<DemoRecord>)>) -> Result<Vec<DemoRecord>> 
                             r.nfe,
                             m.runs,
                             m.nfe
-                        );
+                        )));
                     }
                     if let Some(d) = r.digits.iter().find(|d| m.digits.contains(d)) {
-                        bail!(
+                        return Err(Error::msg(format!(
                             "{}: digit {d} of {} {} is already in an earlier file",
                             file.display(),
                             r.task,
                             r.method
-                        );
+                        )));
                     }
                     m.digits.extend(r.digits);
                     m.psnr.extend(r.psnr);

@@ -1,13 +1,13 @@
-//! `daps train` (an ADM prior on images, see [`crate::train`]) and `daps sample` (unconditional
+//! `daps train` (an ADM prior on images, see [`daps::train`]) and `daps sample` (unconditional
 //! samples of any prior with EDM's Heun sampler).
 
-use crate::data::{save_grid, DataSpec};
-use crate::noise::SeededNoise;
-use crate::prior::adm::AdmConfig;
-use crate::train::{adm_config_json, preset, with_shape, EdmGrid, Objective, TrainConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
+use daps::data::{save_grid, DataSpec};
+use daps::noise::SeededNoise;
+use daps::prior::adm::AdmConfig;
+use daps::train::{adm_config_json, preset, with_shape, EdmGrid, Objective, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -160,7 +160,7 @@ fn architecture(a: &TrainArgs, data_channels: Option<usize>) -> Result<AdmConfig
     Ok(with_shape(&base, size, ch)?)
 }
 
-fn new_config(a: &TrainArgs) -> Result<(TrainConfig, crate::data::ImageSet)> {
+fn new_config(a: &TrainArgs) -> Result<(TrainConfig, daps::data::ImageSet)> {
     let data_arg = a
         .data
         .as_deref()
@@ -245,7 +245,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 .clone()
                 .context("--out DIR is required (where checkpoints go)")?;
             let (cfg, data) = new_config(&a)?;
-            if out.join(crate::train::STATE_FILE).exists() && !a.force && !a.dry_run {
+            if out.join(daps::train::STATE_FILE).exists() && !a.force && !a.dry_run {
                 bail!(
                     "{} already holds a training run: continue it with --resume {0}, \
                      or start afresh with --force",
@@ -361,7 +361,7 @@ fn run(trainer: &mut Trainer, out: &Path) -> Result<()> {
     );
     println!(
         "prior: --prior adm:{}",
-        out.join(crate::train::MODEL_FILE).display()
+        out.join(daps::train::MODEL_FILE).display()
     );
     Ok(())
 }
@@ -384,7 +384,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     }
     let dev = device()?;
     // No --prior: the built-in digits prior.
-    let prior = crate::app::solve::load_prior(a.prior.as_deref(), &dev)?;
+    let prior = daps::prior::load(a.prior.as_deref(), &dev)?;
     let shape = prior
         .sample_shape()
         .context("this prior does not fix an image shape")?;
@@ -415,7 +415,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         let b = left.min(a.batch);
         let mut sh = vec![b];
         sh.extend(&shape);
-        parts.push(crate::train::heun_sample(
+        parts.push(daps::train::heun_sample(
             prior.as_ref(),
             &sh,
             &grid,

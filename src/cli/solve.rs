@@ -2,7 +2,7 @@
 //! measurement file to restored PNGs with metrics.
 //!
 //! Images are read as RGB or grayscale (alpha dropped) and mapped [0, 255] → [−1, 1], f32
-//! `[1, C, H, W]`. The measurement file format is described in [`crate::task::MeasurementFile`].
+//! `[1, C, H, W]`. The measurement file format is described in [`daps::task::MeasurementFile`].
 //!
 //! The MRI tasks take complex images `[1, 2, H, W]` (real, imaginary). A PNG becomes the complex
 //! image (v, 0) with v its luminance (0.299 R + 0.587 G + 0.114 B for RGB) mapped [0, 255] →
@@ -10,20 +10,22 @@
 //! real/imaginary parts then lie in [−1, 1]). Restored images, trajectory frames and the metrics
 //! use the magnitude |x| on [0, 1]; `--save-samples` keeps the raw two channels.
 
-use crate::metric::image::{psnr, ssim, to_unit};
-use crate::metric::lpips::Lpips;
-use crate::noise::SeededNoise;
-use crate::operator::{per_chain_sq_norm, Operator};
-use crate::prior::spec::PriorSpec;
-use crate::prior::Denoiser;
-use crate::sampler::{daps, DapsConfig, Observer, Problem, StepInfo, X0Method};
-use crate::task::{
-    self, preset, set_config, MeasurementFile, Task, TaskFiles, TaskSpec, BUDGETS, DEFAULT_BUDGET,
-    TASKS,
-};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
+use daps::io::{
+    display, log_magnitude_view, read_complex_image, read_image, read_task_image, write_unit_image,
+};
+use daps::metric::image::{psnr, ssim, to_unit};
+use daps::metric::lpips::Lpips;
+use daps::noise::SeededNoise;
+use daps::operator::{per_chain_sq_norm, Operator};
+use daps::prior::load_host as load_host_prior;
+use daps::sampler::{self, DapsConfig, Observer, Problem, StepInfo, X0Method};
+use daps::task::{
+    self, preset, set_config, MeasurementFile, Task, TaskFiles, TaskSpec, BUDGETS, DEFAULT_BUDGET,
+    TASKS,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -142,107 +144,6 @@ pub fn key_value(s: &str) -> Result<(&str, &str)> {
 // ---------------------------------------------------------------------------------------------
 // Images
 
-/// Reads a PNG/JPEG as `[1, C, H, W]` f32 in [−1, 1]: C = 1 for grayscale, else 3 (RGB).
-pub fn read_image(path: &Path) -> Result<Tensor> {
-    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let (c, raw) = if img.color().has_color() {
-        (3, img.to_rgb8().into_raw())
-    } else {
-        (1, img.to_luma8().into_raw())
-    };
-    let hwc: Vec<f32> = raw.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
-    let t = Tensor::from_vec(hwc, (h, w, c), &Device::Cpu)?;
-    Ok(t.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()?)
-}
-
-/// Reads a PNG/JPEG as the complex image `[1, 2, H, W]` (luminance in [0, 1], 0): see the module
-/// docs.
-pub fn read_complex_image(path: &Path) -> Result<Tensor> {
-    let x = read_image(path)?;
-    let (_, c, h, w) = x.dims4()?;
-    let unit = to_unit(&x)?;
-    let v = if c == 3 {
-        let [r, g, b] = [0, 1, 2].map(|i| unit.narrow(1, i, 1));
-        ((r? * 0.299)? + (g? * 0.587)? + (b? * 0.114)?)?
-    } else {
-        unit
-    };
-    let im = Tensor::zeros((1, 1, h, w), DType::F32, &Device::Cpu)?;
-    Ok(Tensor::cat(&[&v, &im], 1)?)
-}
-
-/// Reads the image a task takes: [`read_complex_image`] for complex tasks, else [`read_image`].
-pub fn read_task_image(path: &Path, complex: bool) -> Result<Tensor> {
-    if complex {
-        read_complex_image(path)
-    } else {
-        read_image(path)
-    }
-}
-
-/// `[N, 2, H, W]` complex images → their magnitude `[N, 1, H, W]`.
-pub fn magnitude(x: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    if c != 2 {
-        bail!("a complex image has 2 channels (real, imaginary), got {c}");
-    }
-    Ok(x.sqr()?.sum_keepdim(1)?.sqrt()?.reshape((n, 1, h, w))?)
-}
-
-/// Viewable [0, 1] images of DAPS samples `[N, C, H, W]`: the clipped magnitude for complex
-/// tasks, else [−1, 1] → [0, 1].
-pub fn display(x: &Tensor, complex: bool) -> Result<Tensor> {
-    if complex {
-        Ok(magnitude(x)?.clamp(0.0, 1.0)?)
-    } else {
-        Ok(to_unit(x)?)
-    }
-}
-
-/// Writes `[C, H, W]` or `[1, C, H, W]` values in [0, 1] (clipped) as an 8-bit PNG/JPEG.
-pub fn write_unit_image(x: &Tensor, path: &Path) -> Result<()> {
-    let x = if x.rank() == 4 {
-        x.squeeze(0)?
-    } else {
-        x.clone()
-    };
-    let (c, h, w) = x.dims3()?;
-    let v: Vec<u8> = x
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .permute((1, 2, 0))?
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .iter()
-        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
-        .collect();
-    let (w, h) = (w as u32, h as u32);
-    let res = match c {
-        1 => image::GrayImage::from_raw(w, h, v).map(|i| i.save(path)),
-        3 => image::RgbImage::from_raw(w, h, v).map(|i| i.save(path)),
-        _ => bail!("cannot write a {c}-channel image to {}", path.display()),
-    };
-    res.expect("buffer size matches")
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Writes a DAPS image (values in [−1, 1], clipped).
-pub fn write_image(x: &Tensor, path: &Path) -> Result<()> {
-    write_unit_image(&to_unit(x)?, path)
-}
-
-/// ln(|y| + 10⁻³) of Fourier magnitudes `[N, C, H, W]`, scaled to [0, 1] per image and channel.
-pub fn log_magnitude_view(y: &Tensor) -> Result<Tensor> {
-    let (n, c, hh, ww) = y.dims4()?;
-    let l = (y.abs()? + 1e-3)?.log()?.reshape((n * c, hh * ww))?;
-    let (lo, hi) = (l.min_keepdim(1)?, l.max_keepdim(1)?);
-    let span = (&hi - &lo)?.clamp(1e-12, f64::MAX)?;
-    Ok(l.broadcast_sub(&lo)?
-        .broadcast_div(&span)?
-        .reshape((n, c, hh, ww))?)
-}
-
 /// A viewable [0, 1] image of the measurement: SR tasks upsampled (nearest) to the image size,
 /// phase retrieval as ln(|y| + 10⁻³) scaled to [0, 1] per channel, others y itself.
 pub fn preview(mf: &MeasurementFile) -> Result<Tensor> {
@@ -270,7 +171,7 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
             a.out.display()
         );
     }
-    crate::task::info(&a.task)?;
+    daps::task::info(&a.task)?;
     let files = TaskFiles {
         mask: a.mask.clone(),
         kernel: a.kernel.clone(),
@@ -311,31 +212,6 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // daps solve
-
-/// The prior used when `--prior` is not given: the built-in digits prior.
-pub fn default_prior(device: &Device) -> Result<Box<dyn Denoiser>> {
-    Ok(Box::new(crate::prior::default::digits(device)?))
-}
-
-pub fn load_prior(spec: Option<&str>, device: &Device) -> Result<Box<dyn Denoiser>> {
-    match spec {
-        None => default_prior(device),
-        Some(s) => {
-            let p: PriorSpec = s.parse()?;
-            Ok(p.load(device)
-                .with_context(|| format!("loading prior {s}"))?)
-        }
-    }
-}
-
-/// A prior for the CPU samplers, its network on `device` (`--device`: cpu or cuda[:N]).
-pub fn load_host_prior(spec: Option<&str>, device: &str) -> Result<Box<dyn Denoiser>> {
-    let net_device = crate::prior::offload::parse_device(device)?;
-    Ok(crate::prior::offload::host_view(load_prior(
-        spec,
-        &net_device,
-    )?))
-}
 
 /// The sampler configuration: the task's preset, then the explicit flags, then `--set`.
 pub fn solve_config(task: &str, a: &SolveArgs) -> Result<DapsConfig> {
@@ -394,7 +270,7 @@ impl Progress {
             return Ok(());
         }
         let frame = |x: &Tensor, p: PathBuf| -> Result<()> {
-            write_unit_image(&strip(&display(x, self.complex)?)?, &p)
+            Ok(write_unit_image(&strip(&display(x, self.complex)?)?, &p)?)
         };
         if let Some(h) = s.x0hat {
             frame(h, dir.join(format!("x0hat_{:04}.png", s.step)))?;
@@ -404,7 +280,7 @@ impl Progress {
 }
 
 impl Observer for Progress {
-    fn on_step(&mut self, s: &StepInfo) -> crate::Result<()> {
+    fn on_step(&mut self, s: &StepInfo) -> daps::Result<()> {
         self.bar.set_length(s.steps as u64);
         self.bar.set_position(s.step as u64 + 1);
         self.bar
@@ -412,7 +288,7 @@ impl Observer for Progress {
         self.last = Some((s.step, s.x0.clone()));
         self.misfit = s.misfit;
         self.save_frames(s)
-            .map_err(|e| crate::Error::msg(format!("saving trajectory frames: {e:#}")))
+            .map_err(|e| daps::Error::msg(format!("saving trajectory frames: {e:#}")))
     }
 }
 
@@ -550,7 +426,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     };
     let started = Instant::now();
     let shape = [a.samples, c, h, w];
-    let result = daps(
+    let result = sampler::daps(
         &problem,
         &cfg,
         &shape,

@@ -6,41 +6,24 @@
 //! retrieval is scored as the paper does: best of `--pr-runs` runs per digit and per metric.
 
 use super::grid::{text_width, Canvas, TEXT_HEIGHT};
-use super::solve::{key_value, load_host_prior, log_magnitude_view};
-use crate::data::mnist_range;
-use crate::metric::image::{psnr, ssim, to_unit};
-use crate::noise::SeededNoise;
-use crate::operator::Measurement;
-use crate::prior::Denoiser;
-use crate::sampler::{daps, dps, DapsConfig, DpsConfig, Problem, Silent};
-use crate::task::{preset, set_config, Task, TaskFiles, TaskSpec};
+use super::solve::key_value;
 use anyhow::{bail, Context, Result};
 use candle_core::{IndexOp, Tensor};
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use daps::data::mnist_range;
+use daps::io::log_magnitude_view;
+use daps::metric::image::{psnr, ssim, to_unit};
+use daps::noise::SeededNoise;
+use daps::operator::Measurement;
+use daps::prior::load_host as load_host_prior;
+use daps::prior::Denoiser;
+use daps::report::DemoRecord;
+use daps::sampler::dps::task_zeta as dps_zeta;
+use daps::sampler::{self, DapsConfig, DpsConfig, Problem, Silent};
+use daps::task::DEMO_TASKS;
+use daps::task::{preset, set_config, Task, TaskFiles, TaskSpec};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// The tasks that fit 32×32 images, in table order.
-pub const DEMO_TASKS: [&str; 7] = [
-    "sr4",
-    "inpaint-box",
-    "inpaint-random",
-    "gaussian-blur",
-    "motion-blur",
-    "phase-retrieval",
-    "hdr",
-];
-
-/// DPS step size ζ per task for the official 1000 steps (DPS's configs; HDR, which DPS has no
-/// config for, uses 1). Shorter runs scale it by 1000/steps, so that the total guidance stays
-/// the same (see `--dps-zeta`).
-pub fn dps_zeta(task: &str) -> f64 {
-    match task {
-        "phase-retrieval" => 0.4,
-        _ => 1.0,
-    }
-}
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -122,30 +105,6 @@ impl Method {
     }
 }
 
-/// One task × method over all digits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DemoRecord {
-    pub task: String,
-    pub method: String,
-    pub nfe: usize,
-    pub runs: usize,
-    /// Held-out digit indices into the built-in set.
-    pub digits: Vec<usize>,
-    /// Per digit, best over runs.
-    pub psnr: Vec<f64>,
-    pub ssim: Vec<f64>,
-    pub seconds: f64,
-}
-
-impl DemoRecord {
-    pub fn mean_psnr(&self) -> f64 {
-        mean(&self.psnr)
-    }
-    pub fn mean_ssim(&self) -> f64 {
-        mean(&self.ssim)
-    }
-}
-
 /// FNV-1a of a name: seeds depend on the task and method, not on their order in the run.
 fn name_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -195,8 +154,8 @@ fn restore(
         let mut noise = SeededNoise::new(seed.wrapping_mul(1_000_003).wrapping_add(k as u64));
         let shape = [len, c, h, w];
         let x = match method {
-            Method::Daps(cfg) => daps(&problem, cfg, &shape, &mut noise, &mut Silent),
-            Method::Dps(cfg) => dps(&problem, cfg, &shape, &mut noise, &mut Silent),
+            Method::Daps(cfg) => sampler::daps(&problem, cfg, &shape, &mut noise, &mut Silent),
+            Method::Dps(cfg) => sampler::dps(&problem, cfg, &shape, &mut noise, &mut Silent),
         }
         .with_context(|| format!("{} on {}", method.label(), task.name()))?;
         out.push(x);
@@ -266,7 +225,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     if a.digits == 0 || a.batch == 0 || a.pr_runs == 0 {
         bail!("--digits, --batch and --pr-runs must be ≥ 1");
     }
-    let held_out = crate::prior::default::HELD_OUT;
+    let held_out = daps::prior::default::HELD_OUT;
     let split = match a.split.as_str() {
         "held-out" => held_out.clone(),
         "train" => 0..held_out.start,

@@ -79,10 +79,6 @@ impl Canvas {
         }
     }
 
-    pub fn size(&self) -> (usize, usize) {
-        (self.w, self.h)
-    }
-
     fn set(&mut self, x: usize, y: usize, v: f32) {
         if x < self.w && y < self.h {
             self.px[y * self.w + x] = v;

@@ -1,0 +1,329 @@
+//! `daps bench …`: benchmarks with known answers (Gaussian mixtures, the 2-D toy) and speed.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use daps::bench::gmm::{GmmBenchConfig, Method, Record};
+use daps::bench::toy2d::Toy2dConfig;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct GmmArgs {
+    /// A small size for CI (d = 8, d_y ∈ {1, 2}, 3 problems, 300 samples, 40 × 5 NFE, 20 Langevin steps).
+    #[arg(long)]
+    pub quick: bool,
+    /// Dimensions (comma-separated, even).
+    #[arg(long, value_delimiter = ',')]
+    pub d: Option<Vec<usize>>,
+    /// Measurement dimensions (comma-separated).
+    #[arg(long = "dy", alias = "d-y", value_delimiter = ',')]
+    pub dy: Option<Vec<usize>>,
+    #[arg(long)]
+    pub problems: Option<usize>,
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Annealing steps N (DPS runs N × ode-steps steps).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub ode_steps: Option<usize>,
+    /// Langevin steps per annealing step.
+    #[arg(long)]
+    pub mcmc_steps: Option<usize>,
+    /// Langevin step size in units of τ² (τ = σ_y of each problem).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub lr_min_ratio: Option<f64>,
+    /// Top of the annealing (DAPS starts from N(0, σ_max² I)).
+    #[arg(long)]
+    pub sigma_max: Option<f64>,
+    /// DPS step size ζ.
+    #[arg(long)]
+    pub zeta: Option<f64>,
+    /// Methods to run: oracle, prior, daps-exact, daps, dps.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<String>>,
+    /// Write the records as a JSON array (rewritten after each completed row).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct Toy2dArgs {
+    #[arg(long, default_value_t = 1000)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// DPS step size ζ.
+    #[arg(long)]
+    pub zeta: Option<f64>,
+}
+
+#[derive(Args)]
+pub struct SpeedArgs {
+    #[arg(long, default_value_t = 80)]
+    pub d: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub chains: usize,
+}
+
+#[derive(Args)]
+pub struct PriorArgs {
+    /// The prior [default: the built-in digits prior].
+    #[arg(long)]
+    pub prior: Option<String>,
+    /// Held-out digits (9000..) for the denoising error; the same number of training digits
+    /// (0..) are reported beside them.
+    #[arg(long, default_value_t = 500)]
+    pub digits: usize,
+    /// Images per network call for the denoising error.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Timed repetitions per figure (the best is reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Also time the FFHQ-256 ADM architecture (random weights, batch 1).
+    #[arg(long)]
+    pub ffhq: bool,
+    /// Where the network runs: cpu, or cuda[:N] (a `--features cuda` build).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn parse_method(s: &str) -> Result<Method> {
+    Method::ALL
+        .into_iter()
+        .find(|m| m.name() == s)
+        .with_context(|| {
+            format!("unknown method '{s}' (expected one of oracle, prior, daps-exact, daps, dps)")
+        })
+}
+
+pub fn gmm(a: GmmArgs) -> Result<()> {
+    let mut cfg = if a.quick {
+        GmmBenchConfig::quick()
+    } else {
+        GmmBenchConfig::default()
+    };
+    if let Some(v) = a.d {
+        cfg.dims = v;
+    }
+    if let Some(v) = a.dy {
+        cfg.dys = v;
+    }
+    macro_rules! set {
+        ($($f:ident <- $v:expr),*) => { $(if let Some(v) = $v { cfg.$f = v; })* };
+    }
+    set!(problems <- a.problems, samples <- a.samples, annealing_steps <- a.steps, ode_steps <- a.ode_steps,
+         mcmc_steps <- a.mcmc_steps, lr <- a.lr, lr_min_ratio <- a.lr_min_ratio,
+        sigma_max <- a.sigma_max, dps_zeta <- a.zeta);
+    if let Some(ms) = a.methods {
+        cfg.methods = ms.iter().map(|s| parse_method(s)).collect::<Result<_>>()?;
+    }
+    if cfg.problems == 0 || cfg.samples < 2 {
+        bail!("need at least 1 problem and 2 samples");
+    }
+    println!(
+        "Gaussian-mixture benchmark: {} problems × {} samples; DAPS {} × {} NFE, {} Langevin steps, lr {}·τ² (min ratio {}); DPS {} steps, ζ = {}",
+        cfg.problems, cfg.samples, cfg.annealing_steps, cfg.ode_steps, cfg.mcmc_steps, cfg.lr, cfg.lr_min_ratio,
+        cfg.annealing_steps * cfg.ode_steps, cfg.dps_zeta
+    );
+    println!(
+        "{:>5} {:>4}  {:<11} {:>20} {:>20} {:>12}",
+        "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "s/problem"
+    );
+    let started = std::time::Instant::now();
+    let mut done: Vec<Record> = Vec::new();
+    let json = a.json.clone();
+    let bar = indicatif::ProgressBar::new((cfg.dims.len() * cfg.dys.len() * cfg.problems) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} problems, {msg} [{elapsed} < {eta}]",
+        )
+        .expect("valid template"),
+    );
+    let result = daps::bench::gmm::run(
+        &cfg,
+        &Device::Cpu,
+        |d, dy, i| {
+            if i > 0 || d != cfg.dims[0] || dy != cfg.dys[0] {
+                bar.inc(1);
+            }
+            bar.set_message(format!("d = {d}, d_y = {dy}"));
+        },
+        |r| {
+            bar.suspend(|| {
+                println!(
+                    "{:>5} {:>4}  {:<11} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>12.3}",
+                    r.d,
+                    r.d_y,
+                    r.method,
+                    r.sw_mean,
+                    r.sw_ci95,
+                    r.tv_mean,
+                    r.tv_ci95,
+                    r.seconds_per_problem
+                );
+                std::io::stdout().flush().ok();
+            });
+            done.push(r.clone());
+            if let Some(p) = &json {
+                write_json(p, &done).map_err(|e| daps::Error::msg(format!("{e:#}")))?;
+            }
+            Ok(())
+        },
+    );
+    bar.finish_and_clear();
+    println!("total wall time {:.1} s", started.elapsed().as_secs_f64());
+    if let Err(e) = result {
+        if let Some(p) = &json {
+            eprintln!("{} completed rows are in {}", done.len(), p.display());
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+fn write_json(path: &PathBuf, records: &[Record]) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(records)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+pub fn toy2d(a: Toy2dArgs) -> Result<()> {
+    let mut cfg = Toy2dConfig {
+        samples: a.samples,
+        repeats: a.repeats,
+        ..Toy2dConfig::default()
+    };
+    if let Some(z) = a.zeta {
+        cfg.dps.zeta = z;
+    }
+    if cfg.repeats == 0 || cfg.samples < 2 {
+        bail!("need at least 1 repeat and 2 samples");
+    }
+    println!(
+        "2-D trap toy: {} samples, {} repeats; DAPS {} × {} NFE, {} Langevin steps, τ = {}; DPS {} steps, ζ = {}",
+        cfg.samples, cfg.repeats, cfg.daps.annealing_steps, cfg.daps.ode_steps, cfg.daps.mcmc_steps, cfg.daps.tau,
+        cfg.dps.steps, cfg.dps.zeta
+    );
+    println!("{:<8} {:>18} {:>10}", "method", "W1 (±95%)", "seconds");
+    for r in daps::bench::toy2d::run(&cfg, &Device::Cpu)? {
+        println!(
+            "{:<8} {:>9.4} ± {:<6.4} {:>10.3}",
+            r.method, r.w1_mean, r.w1_ci95, r.seconds
+        );
+    }
+    Ok(())
+}
+
+pub fn speed(a: SpeedArgs) -> Result<()> {
+    use candle_core::Tensor;
+    use daps::prior::Denoiser;
+    use std::time::Instant;
+    let dev = Device::Cpu;
+    let best = |f: &mut dyn FnMut() -> Result<()>, reps: usize| -> Result<f64> {
+        f()?;
+        let mut b = f64::INFINITY;
+        for _ in 0..reps {
+            let t = Instant::now();
+            f()?;
+            b = b.min(t.elapsed().as_secs_f64());
+        }
+        Ok(b)
+    };
+    let n = 1024;
+    let x = Tensor::randn(0f32, 1f32, (n, n), &dev)?;
+    let t = best(
+        &mut || {
+            x.matmul(&x)?;
+            Ok(())
+        },
+        10,
+    )?;
+    let gemm = 2.0 * (n as f64).powi(3) / t / 1e9;
+    println!("GEMM 1024² f32: {:.2} ms, {gemm:.1} GFLOP/s", t * 1e3);
+    let prior = daps::bench::gmm::mixture_prior(a.d, &dev)?;
+    let xs = Tensor::randn(0f32, 10f32, (a.chains, a.d), &dev)?;
+    let t = best(
+        &mut || {
+            prior.denoise(&xs, 3.0)?;
+            Ok(())
+        },
+        10,
+    )?;
+    let k = prior.n_components() as f64;
+    let flops = 2.0 * 2.0 * a.chains as f64 * k * a.d as f64; // the two [B,K]×[K,d] products
+    println!(
+        "mixture denoiser (K = 25, d = {}, {} chains): {:.2} ms per call, {:.1} GFLOP/s on its matrix products = {:.0}% of GEMM",
+        a.d, a.chains, t * 1e3, flops / t / 1e9, 100.0 * flops / t / 1e9 / gemm
+    );
+    Ok(())
+}
+
+pub fn prior(a: PriorArgs) -> Result<()> {
+    use daps::bench::prior::{denoising_error, nfe_seconds, random_adm, SIGMAS};
+    use daps::data::mnist_range;
+    let dev = daps::prior::offload::parse_device(&a.device)?;
+    let prior = daps::prior::load(a.prior.as_deref(), &dev)?;
+    let shape = prior
+        .sample_shape()
+        .context("this prior does not fix an image shape")?;
+    println!("prior: {}", prior.name());
+    let held = daps::prior::default::HELD_OUT;
+    if a.digits == 0 || a.digits > held.len() {
+        bail!("--digits must be in 1..={}", held.len());
+    }
+    if shape == [1, 32, 32] {
+        let test = mnist_range(held.start..held.start + a.digits)?;
+        let train = mnist_range(0..a.digits)?;
+        let t = denoising_error(&*prior, test.images(), &SIGMAS, a.batch, 1)?;
+        let r = denoising_error(&*prior, train.images(), &SIGMAS, a.batch, 1)?;
+        println!(
+            "denoising error, {} held-out digits ({}..{}) and {} training digits (0..{}):",
+            a.digits,
+            held.start,
+            held.start + a.digits,
+            a.digits,
+            a.digits
+        );
+        println!(
+            "{:>7} {:>12} {:>12} {:>12} {:>12}",
+            "σ", "RMSE held", "PSNR held", "RMSE train", "mean-image"
+        );
+        for (t, r) in t.iter().zip(&r) {
+            println!(
+                "{:>7} {:>12.4} {:>12.2} {:>12.4} {:>12.4}",
+                t.sigma, t.rmse, t.psnr, r.rmse, t.rmse_mean_image
+            );
+        }
+    } else {
+        println!("(denoising error: only for 1×32×32 digit priors)");
+    }
+    println!("time per network evaluation (best of {}):", a.reps);
+    for b in [1usize, 16] {
+        let f = nfe_seconds(&*prior, &shape, b, a.reps, false)?;
+        let fb = nfe_seconds(&*prior, &shape, b, a.reps, true)?;
+        println!(
+            "  batch {b:>2}: forward {:8.2} ms ({:.2} ms/image), forward+backward {:8.2} ms",
+            f * 1e3,
+            f * 1e3 / b as f64,
+            fb * 1e3
+        );
+    }
+    if a.ffhq {
+        let cfg = daps::prior::adm::AdmConfig::ffhq256();
+        let net = random_adm(&cfg, 0.02, &dev)?;
+        let f = nfe_seconds(&net, &[3, 256, 256], 1, a.reps.min(3), false)?;
+        println!(
+            "  FFHQ-256 ADM ({} parameters, random weights), batch 1: forward {:.2} s",
+            cfg.num_params()?,
+            f
+        );
+    }
+    Ok(())
+}

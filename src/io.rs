@@ -1,0 +1,234 @@
+//! Files in and out: PNG/JPEG ↔ tensors, safetensors with string metadata, and atomic writes.
+//!
+//! Images are read as RGB or grayscale (alpha dropped) and mapped [0, 255] → [−1, 1], f32
+//! `[1, C, H, W]`. Complex (MRI) images are `[1, 2, H, W]` (real, imaginary); a PNG becomes
+//! (v, 0) with v its luminance (0.299 R + 0.587 G + 0.114 B for RGB) mapped to [0, 1].
+//!
+//! Every file the library writes goes through [`atomic_write`]: a temporary file in the same
+//! folder, synced, then renamed over the target, so a failed write leaves the old file intact.
+
+use crate::error::{Error, Result};
+use crate::metric::image::to_unit;
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// An [`Error::Io`] naming the path.
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// `path` with `.tmp` appended to its file name.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` through `path.tmp` (synced, then renamed).
+pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let path = path.as_ref();
+    let tmp = tmp_path(path);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+    f.sync_all().map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+/// Runs `write(tmp)` to fill `path.tmp`, syncs it, then renames it over `path`.
+pub fn atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = tmp_path(path);
+    write(&tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+/// Saves an image atomically, in the format its extension names (PNG or JPEG).
+pub fn save_image(img: &image::DynamicImage, path: &Path) -> Result<()> {
+    let format = image::ImageFormat::from_path(path)
+        .map_err(|e| Error::msg(format!("cannot write {}: {e}", path.display())))?;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, format)
+        .map_err(|e| Error::msg(format!("cannot write {}: {e}", path.display())))?;
+    atomic_write(path, buf.get_ref())
+}
+
+/// Reads a PNG/JPEG as `[1, C, H, W]` f32 in [−1, 1]: C = 1 for grayscale, else 3 (RGB).
+pub fn read_image(path: &Path) -> Result<Tensor> {
+    let img = image::open(path)
+        .map_err(|e| Error::msg(format!("cannot read image {}: {e}", path.display())))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (c, raw) = if img.color().has_color() {
+        (3, img.to_rgb8().into_raw())
+    } else {
+        (1, img.to_luma8().into_raw())
+    };
+    let hwc: Vec<f32> = raw.iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+    let t = Tensor::from_vec(hwc, (h, w, c), &Device::Cpu)?;
+    Ok(t.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()?)
+}
+
+/// Reads a PNG/JPEG as the complex image `[1, 2, H, W]` (luminance in [0, 1], 0): see the module
+/// docs.
+pub fn read_complex_image(path: &Path) -> Result<Tensor> {
+    let x = read_image(path)?;
+    let (_, c, h, w) = x.dims4()?;
+    let unit = to_unit(&x)?;
+    let v = if c == 3 {
+        let [r, g, b] = [0, 1, 2].map(|i| unit.narrow(1, i, 1));
+        ((r? * 0.299)? + (g? * 0.587)? + (b? * 0.114)?)?
+    } else {
+        unit
+    };
+    let im = Tensor::zeros((1, 1, h, w), DType::F32, &Device::Cpu)?;
+    Ok(Tensor::cat(&[&v, &im], 1)?)
+}
+
+/// Reads the image a task takes: [`read_complex_image`] for complex tasks, else [`read_image`].
+pub fn read_task_image(path: &Path, complex: bool) -> Result<Tensor> {
+    if complex {
+        read_complex_image(path)
+    } else {
+        read_image(path)
+    }
+}
+
+/// `[N, 2, H, W]` complex images → their magnitude `[N, 1, H, W]`.
+pub fn magnitude(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if c != 2 {
+        return Err(Error::config(format!(
+            "a complex image has 2 channels (real, imaginary), got {c}"
+        )));
+    }
+    Ok(x.sqr()?.sum_keepdim(1)?.sqrt()?.reshape((n, 1, h, w))?)
+}
+
+/// Viewable [0, 1] images of DAPS samples `[N, C, H, W]`: the clipped magnitude for complex
+/// tasks, else [−1, 1] → [0, 1].
+pub fn display(x: &Tensor, complex: bool) -> Result<Tensor> {
+    if complex {
+        Ok(magnitude(x)?.clamp(0.0, 1.0)?)
+    } else {
+        Ok(to_unit(x)?)
+    }
+}
+
+/// Writes `[C, H, W]` or `[1, C, H, W]` values in [0, 1] (clipped) as an 8-bit PNG/JPEG.
+pub fn write_unit_image(x: &Tensor, path: &Path) -> Result<()> {
+    let x = if x.rank() == 4 {
+        x.squeeze(0)?
+    } else {
+        x.clone()
+    };
+    let (c, h, w) = x.dims3()?;
+    let v: Vec<u8> = x
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    let (w, h) = (w as u32, h as u32);
+    let img = match c {
+        1 => image::GrayImage::from_raw(w, h, v).map(image::DynamicImage::ImageLuma8),
+        3 => image::RgbImage::from_raw(w, h, v).map(image::DynamicImage::ImageRgb8),
+        _ => {
+            return Err(Error::config(format!(
+                "cannot write a {c}-channel image to {}",
+                path.display()
+            )))
+        }
+    };
+    // Invariant: the buffer holds exactly h·w·c bytes.
+    save_image(&img.expect("buffer size matches"), path)
+}
+
+/// Writes a DAPS image (values in [−1, 1], clipped).
+pub fn write_image(x: &Tensor, path: &Path) -> Result<()> {
+    write_unit_image(&to_unit(x)?, path)
+}
+
+/// ln(|y| + 10⁻³) of Fourier magnitudes `[N, C, H, W]`, scaled to [0, 1] per image and channel.
+pub fn log_magnitude_view(y: &Tensor) -> Result<Tensor> {
+    let (n, c, hh, ww) = y.dims4()?;
+    let l = (y.abs()? + 1e-3)?.log()?.reshape((n * c, hh * ww))?;
+    let (lo, hi) = (l.min_keepdim(1)?, l.max_keepdim(1)?);
+    let span = (&hi - &lo)?.clamp(1e-12, f64::MAX)?;
+    Ok(l.broadcast_sub(&lo)?
+        .broadcast_div(&span)?
+        .reshape((n, c, hh, ww))?)
+}
+
+/// Writes f32 tensors and string metadata as a safetensors file.
+pub fn write_safetensors(
+    path: impl AsRef<Path>,
+    tensors: &[(&str, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).expect("strings"),
+    );
+    let mut data: Vec<u8> = Vec::new();
+    for (name, t) in tensors {
+        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let start = data.len();
+        data.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut json = serde_json::to_string(&header).expect("json");
+    while !json.len().is_multiple_of(8) {
+        json.push(' ');
+    }
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.extend_from_slice(&data);
+    atomic_write(path, &bytes)
+}
+
+/// Reads a safetensors file: its tensors (on the CPU) and its string metadata.
+pub fn read_safetensors(
+    path: impl AsRef<Path>,
+) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let bad = |m: String| {
+        Error::msg(format!(
+            "{}: not a readable safetensors file: {m}",
+            path.display()
+        ))
+    };
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(|| bad("too short".into()))?;
+    let header = bytes
+        .get(8..8usize.saturating_add(n))
+        .ok_or_else(|| bad("truncated header".into()))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
+    let meta = match header.get("__metadata__") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| bad(e.to_string()))?,
+        None => BTreeMap::new(),
+    };
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((tensors, meta))
+}
