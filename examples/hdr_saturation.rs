@@ -13,9 +13,8 @@ use daps::metric::image::{psnr, to_unit};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
 use daps::prior::load_host as load_host_prior;
-use daps::sampler::dps::task_zeta as dps_zeta;
-use daps::sampler::{daps as run_daps, dps, DpsConfig, Observer, Problem, StepInfo};
-use daps::task::{preset, Task, TaskFiles, TaskSpec};
+use daps::sampler::{Method, Observer, Problem, StepInfo};
+use daps::task::{preset_method, Task, TaskFiles, TaskSpec};
 
 /// 1 where x is saturated on the other side of y (|y| ≥ 0.9 marks y's saturated pixels), else 0.
 fn wrong_side(x: &Tensor, y: &Tensor) -> Result<Tensor> {
@@ -108,26 +107,14 @@ fn main() -> Result<()> {
     };
     let shape = [n, c, h, w];
     let mut noise = SeededNoise::new(11);
-    let out = match dps_steps {
-        Some(steps) => dps(
-            &problem,
-            &DpsConfig {
-                steps,
-                zeta: dps_zeta("hdr") * 1000.0 / steps as f64,
-                clip: Some(1.0),
-            },
-            &shape,
-            &mut noise,
-            &mut trace,
-        )?,
-        None => run_daps(
-            &problem,
-            &preset("hdr", budget)?,
-            &shape,
-            &mut noise,
-            &mut trace,
-        )?,
+    let method = match dps_steps {
+        Some(steps) => match preset_method("hdr", "dps-1000")? {
+            Method::Dps(c) => Method::Dps(c.with_steps(steps)),
+            m => anyhow::bail!("preset dps-1000 of hdr is {}", m.name()),
+        },
+        None => preset_method("hdr", budget)?,
     };
+    let out = method.run(&problem, &shape, &mut noise, &mut trace)?;
     let (_, wrong) = stats(&out, &m.y)?;
     let p = psnr(&to_unit(&out)?, &to_unit(&truth)?)?;
     println!(

@@ -33,6 +33,8 @@ enum Cmd {
     Solve(cli::solve::SolveArgs),
     /// List the tasks (operators) and their parameters.
     Tasks(cli::solve::TasksArgs),
+    /// List the samplers (`solve --method`), their network evaluations and references.
+    Methods,
     /// Train a diffusion prior on images.
     Train(cli::train::TrainArgs),
     /// Draw unconditional samples from a prior.
@@ -82,6 +84,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Measure(a) => cli::solve::measure(a),
         Cmd::Solve(a) => cli::solve::solve(a),
         Cmd::Tasks(a) => cli::solve::tasks(a),
+        Cmd::Methods => cli::solve::methods(),
         Cmd::Train(a) => cli::train::train(a),
         Cmd::Sample(a) => cli::train::sample(a),
     }

@@ -45,7 +45,7 @@ use crate::operator::mri::{
 use crate::operator::nonlinear_blur::NonlinearBlur;
 use crate::operator::resize::{AvgPool, SuperResolution};
 use crate::operator::{Hdr, Measurement, Operator};
-use crate::sampler::DapsConfig;
+use crate::sampler::{DapsConfig, Method};
 use candle_core::{DType, Device, Tensor};
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
@@ -989,9 +989,17 @@ impl MeasurementFile {
 // Presets
 
 /// Sampler budgets in every preset file.
-pub const BUDGETS: [&str; 4] = ["daps-1k", "daps-4k", "daps-100", "daps-50"];
+pub const BUDGETS: [&str; 5] = ["daps-1k", "daps-4k", "daps-100", "daps-50", "dps-1000"];
 /// The budget `daps solve` uses unless told otherwise.
 pub const DEFAULT_BUDGET: &str = "daps-1k";
+
+/// The budget `daps solve --method NAME` uses without `--preset`.
+pub fn default_budget(method: &str) -> &'static str {
+    match method {
+        "dps" => "dps-1000",
+        _ => DEFAULT_BUDGET,
+    }
+}
 
 /// The embedded TOML preset file of a task.
 pub fn preset_source(task: &str) -> Result<&'static str> {
@@ -1012,43 +1020,44 @@ pub fn preset_source(task: &str) -> Result<&'static str> {
     })
 }
 
-/// The sampler configuration of `budget` (`daps-1k`, `daps-4k`, `daps-100`, `daps-50`) for a task.
-pub fn preset(task: &str, budget: &str) -> Result<DapsConfig> {
+/// The sampler and settings of `budget` (see [`BUDGETS`]) for a task: a section of its preset
+/// file, naming its method (`method = "dps"`; default `daps`).
+pub fn preset_method(task: &str, budget: &str) -> Result<Method> {
     let src = preset_source(task)?;
     let table: toml::Table =
         toml::from_str(src).map_err(|e| Error::config(format!("preset file of {task}: {e}")))?;
-    let section = table.get(budget).ok_or_else(|| {
-        Error::config(format!(
-            "unknown preset '{budget}' for task {task} (valid: {})",
-            BUDGETS.join(", ")
-        ))
-    })?;
-    let cfg: DapsConfig = section
-        .clone()
-        .try_into()
+    let section = table
+        .get(budget)
+        .and_then(|s| s.as_table())
+        .ok_or_else(|| {
+            Error::config(format!(
+                "unknown preset '{budget}' for task {task} (valid: {})",
+                BUDGETS.join(", ")
+            ))
+        })?;
+    let m = Method::from_table(section)
         .map_err(|e| Error::config(format!("preset {budget} of {task}: {e}")))?;
-    cfg.validate()?;
-    Ok(cfg)
+    m.validate()?;
+    Ok(m)
 }
 
-/// Sets one field of a sampler configuration; `value` is read as TOML (or else as a string).
-pub fn set_config(cfg: &DapsConfig, key: &str, value: &str) -> Result<DapsConfig> {
-    let mut v = toml::Value::try_from(cfg).expect("serialisable");
-    let table = v.as_table_mut().expect("a table");
-    if !table.contains_key(key) {
-        let keys: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
-        return Err(Error::config(format!(
-            "unknown sampler setting '{key}' (settings: {})",
-            keys.join(", ")
-        )));
+/// The DAPS configuration of `budget` (`daps-1k`, `daps-4k`, `daps-100`, `daps-50`) for a task.
+pub fn preset(task: &str, budget: &str) -> Result<DapsConfig> {
+    match preset_method(task, budget)? {
+        Method::Daps(c) => Ok(c),
+        m => Err(Error::config(format!(
+            "preset {budget} of {task} is a {} preset, not daps",
+            m.name()
+        ))),
     }
-    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    table.insert(key.to_string(), parsed);
-    v.try_into()
-        .map_err(|e| Error::config(format!("bad value '{value}' for {key}: {e}")))
+}
+
+/// Sets one field of a DAPS configuration; `value` is read as TOML (or else as a string).
+pub fn set_config(cfg: &DapsConfig, key: &str, value: &str) -> Result<DapsConfig> {
+    match Method::Daps(cfg.clone()).set(key, value)? {
+        Method::Daps(c) => Ok(c),
+        _ => unreachable!("set keeps the method"),
+    }
 }
 
 #[cfg(test)]

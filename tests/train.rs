@@ -9,9 +9,10 @@ use daps::data::{
 };
 use daps::prior::spec::PriorSpec;
 use daps::prior::Denoiser;
+use daps::sampler::heun::{heun_sample, EdmGrid};
 use daps::train::{
-    adamw_update, adm_config_json, ema_beta, ema_update, heun_sample, preset, AdamHyper, EdmGrid,
-    TrainConfig, Trainer, CONFIG_FILE, MODEL_FILE,
+    adamw_update, adm_config_json, ema_beta, ema_update, preset, AdamHyper, TrainConfig, Trainer,
+    CONFIG_FILE, MODEL_FILE,
 };
 use std::path::PathBuf;
 

@@ -10,7 +10,7 @@ use crate::noise::{stream, SeededNoise};
 use crate::operator::{MatrixOperator, Measurement};
 use crate::prior::gmm::{rows_to_tensor, tensor_to_rows};
 use crate::prior::GaussianMixture;
-use crate::sampler::{self, DapsConfig, DpsConfig, Problem, Silent, X0Method};
+use crate::sampler::{self, DapsConfig, DpsConfig, Problem, Silent};
 use candle_core::Device;
 use nalgebra::{DMatrix, DVector};
 use rand::Rng;
@@ -18,19 +18,16 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// A row of the benchmark: one of the two references, or a sampler of the registry
+/// ([`sampler::METHODS`]) with the benchmark's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// Exact posterior samples against another exact draw: the noise floor of the metrics.
     Oracle,
     /// Prior samples that ignore y.
     Prior,
-    /// DAPS with the closed-form x0 step.
-    DapsExact,
-    /// DAPS with Langevin x0 steps.
-    Daps,
-    /// DPS with as many network evaluations as DAPS.
-    Dps,
+    /// A registered sampler, by name (`daps-exact`, `daps`, `dps`, …).
+    Sampler(&'static str),
 }
 
 impl Method {
@@ -38,18 +35,50 @@ impl Method {
         match self {
             Method::Oracle => "oracle",
             Method::Prior => "prior",
-            Method::DapsExact => "daps-exact",
-            Method::Daps => "daps",
-            Method::Dps => "dps",
+            Method::Sampler(n) => n,
         }
     }
+
+    /// `oracle`, `prior` or a registered sampler's name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "oracle" => Ok(Method::Oracle),
+            "prior" => Ok(Method::Prior),
+            _ => sampler::method_info(s)
+                .map(|m| Method::Sampler(m.name))
+                .map_err(|e| Error::config(format!("{e}, or oracle, prior"))),
+        }
+    }
+
     pub const ALL: [Method; 5] = [
         Method::Oracle,
         Method::Prior,
-        Method::DapsExact,
-        Method::Daps,
-        Method::Dps,
+        Method::Sampler("daps-exact"),
+        Method::Sampler("daps"),
+        Method::Sampler("dps"),
     ];
+}
+
+/// The registered sampler `name` at the benchmark's budget for a problem with noise `tau`:
+/// DAPS with N × M NFE, its Langevin step in units of τ²; DPS with N·M steps and ζ.
+pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampler::Method> {
+    Ok(match sampler::Method::from_name(name)? {
+        sampler::Method::Daps(c) => sampler::Method::Daps(DapsConfig {
+            annealing_steps: cfg.annealing_steps,
+            ode_steps: cfg.ode_steps,
+            mcmc_steps: cfg.mcmc_steps,
+            lr: cfg.lr * tau * tau,
+            lr_min_ratio: cfg.lr_min_ratio,
+            sigma_max: cfg.sigma_max,
+            tau,
+            ..c
+        }),
+        sampler::Method::Dps(_) => sampler::Method::Dps(DpsConfig {
+            steps: cfg.annealing_steps * cfg.ode_steps,
+            zeta: cfg.dps_zeta,
+            clip: None,
+        }),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -201,39 +230,17 @@ pub fn run_method(
         operator: &op,
         measurement: &meas,
     };
-    let mut noise = SeededNoise::new(seed);
-    let tau = p.sigma_y;
-    let daps_cfg = DapsConfig {
-        annealing_steps: cfg.annealing_steps,
-        ode_steps: cfg.ode_steps,
-        mcmc_steps: cfg.mcmc_steps,
-        lr: cfg.lr * tau * tau,
-        lr_min_ratio: cfg.lr_min_ratio,
-        sigma_max: cfg.sigma_max,
-        tau,
-        ..DapsConfig::default()
-    };
     let out = match m {
         Method::Oracle => {
             return Ok(Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone()).sample(n, seed))
         }
         Method::Prior => return Ok(p.prior.sample(n, seed).0),
-        Method::DapsExact => {
-            let c = DapsConfig {
-                x0_method: X0Method::Exact,
-                ..daps_cfg
-            };
-            sampler::daps(&prob, &c, &[n, d], &mut noise, &mut Silent)?
-        }
-        Method::Daps => sampler::daps(&prob, &daps_cfg, &[n, d], &mut noise, &mut Silent)?,
-        Method::Dps => {
-            let c = DpsConfig {
-                steps: cfg.annealing_steps * cfg.ode_steps,
-                zeta: cfg.dps_zeta,
-                clip: None,
-            };
-            sampler::dps(&prob, &c, &[n, d], &mut noise, &mut Silent)?
-        }
+        Method::Sampler(name) => bench_sampler(name, cfg, p.sigma_y)?.run(
+            &prob,
+            &[n, d],
+            &mut SeededNoise::new(seed),
+            &mut Silent,
+        )?,
     };
     Ok(tensor_to_rows(&out)?.0)
 }

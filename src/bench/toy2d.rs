@@ -119,26 +119,16 @@ pub fn run(cfg: &Toy2dConfig, device: &Device) -> Result<Vec<Toy2dRow>> {
         rows[1]
             .1
             .push(w1_exact(&gmm.sample(cfg.samples, 3000 + r).0, &refs, 2));
-        let t = Instant::now();
-        let x = sampler::daps(
-            &p,
-            &cfg.daps,
-            &[cfg.samples, 2],
-            &mut SeededNoise::new(r),
-            &mut Silent,
-        )?;
-        rows[2].2 += t.elapsed().as_secs_f64();
-        rows[2].1.push(w1_exact(&tensor_to_rows(&x)?.0, &refs, 2));
-        let t = Instant::now();
-        let x = sampler::dps(
-            &p,
-            &cfg.dps,
-            &[cfg.samples, 2],
-            &mut SeededNoise::new(r),
-            &mut Silent,
-        )?;
-        rows[3].2 += t.elapsed().as_secs_f64();
-        rows[3].1.push(w1_exact(&tensor_to_rows(&x)?.0, &refs, 2));
+        let samplers = [
+            sampler::Method::Daps(cfg.daps.clone()),
+            sampler::Method::Dps(cfg.dps.clone()),
+        ];
+        for (row, m) in rows[2..].iter_mut().zip(&samplers) {
+            let t = Instant::now();
+            let x = m.run(&p, &[cfg.samples, 2], &mut SeededNoise::new(r), &mut Silent)?;
+            row.2 += t.elapsed().as_secs_f64();
+            row.1.push(w1_exact(&tensor_to_rows(&x)?.0, &refs, 2));
+        }
     }
     Ok(rows
         .into_iter()

@@ -42,7 +42,8 @@ pub struct GmmArgs {
     /// DPS step size ζ.
     #[arg(long)]
     pub zeta: Option<f64>,
-    /// Methods to run: oracle, prior, daps-exact, daps, dps.
+    /// Rows to run: oracle, prior, and samplers of `daps methods` [default: oracle, prior,
+    /// daps-exact, daps, dps].
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
     /// Write the records as a JSON array (rewritten after each completed row).
@@ -92,15 +93,6 @@ pub struct PriorArgs {
     pub device: String,
 }
 
-fn parse_method(s: &str) -> Result<Method> {
-    Method::ALL
-        .into_iter()
-        .find(|m| m.name() == s)
-        .with_context(|| {
-            format!("unknown method '{s}' (expected one of oracle, prior, daps-exact, daps, dps)")
-        })
-}
-
 pub fn gmm(a: GmmArgs) -> Result<()> {
     let mut cfg = if a.quick {
         GmmBenchConfig::quick()
@@ -120,7 +112,10 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
          mcmc_steps <- a.mcmc_steps, lr <- a.lr, lr_min_ratio <- a.lr_min_ratio,
         sigma_max <- a.sigma_max, dps_zeta <- a.zeta);
     if let Some(ms) = a.methods {
-        cfg.methods = ms.iter().map(|s| parse_method(s)).collect::<Result<_>>()?;
+        cfg.methods = ms
+            .iter()
+            .map(|s| Method::parse(s))
+            .collect::<daps::Result<_>>()?;
     }
     if cfg.problems == 0 || cfg.samples < 2 {
         bail!("need at least 1 problem and 2 samples");

@@ -18,10 +18,9 @@ use daps::operator::Measurement;
 use daps::prior::load_host as load_host_prior;
 use daps::prior::Denoiser;
 use daps::report::DemoRecord;
-use daps::sampler::dps::task_zeta as dps_zeta;
-use daps::sampler::{self, DapsConfig, DpsConfig, Problem, Silent};
+use daps::sampler::{Method, Problem, Silent};
 use daps::task::DEMO_TASKS;
-use daps::task::{preset, set_config, Task, TaskFiles, TaskSpec};
+use daps::task::{preset_method, Task, TaskFiles, TaskSpec};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -82,29 +81,6 @@ pub struct DemoArgs {
     pub device: String,
 }
 
-/// A restoration method of the comparison.
-#[derive(Debug, Clone)]
-enum Method {
-    Daps(DapsConfig),
-    Dps(DpsConfig),
-}
-
-impl Method {
-    fn label(&self) -> String {
-        match self {
-            Method::Daps(c) => format!("DAPS-{}", c.annealing_steps * c.ode_steps),
-            Method::Dps(c) => format!("DPS-{}", c.steps),
-        }
-    }
-
-    fn nfe(&self) -> usize {
-        match self {
-            Method::Daps(c) => c.annealing_steps * c.ode_steps,
-            Method::Dps(c) => c.steps,
-        }
-    }
-}
-
 /// FNV-1a of a name: seeds depend on the task and method, not on their order in the run.
 fn name_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -116,15 +92,15 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-/// The DAPS configuration of `task` for the demo.
-fn daps_config(task: &str, a: &DemoArgs) -> Result<DapsConfig> {
-    let mut cfg = preset(task, &a.preset)?;
+/// The first sampler of the demo for `task`: its `--preset`, then `--set`.
+fn first_method(task: &str, a: &DemoArgs) -> Result<Method> {
+    let mut m = preset_method(task, &a.preset)?;
     for s in &a.set {
         let (k, v) = key_value(s)?;
-        cfg = set_config(&cfg, k, v)?;
+        m = m.set(k, v)?;
     }
-    cfg.validate()?;
-    Ok(cfg)
+    m.validate()?;
+    Ok(m)
 }
 
 /// Restores `x`'s digits (measurement `y`, one row per digit) with `method`, in batches.
@@ -153,11 +129,9 @@ fn restore(
         };
         let mut noise = SeededNoise::new(seed.wrapping_mul(1_000_003).wrapping_add(k as u64));
         let shape = [len, c, h, w];
-        let x = match method {
-            Method::Daps(cfg) => sampler::daps(&problem, cfg, &shape, &mut noise, &mut Silent),
-            Method::Dps(cfg) => sampler::dps(&problem, cfg, &shape, &mut noise, &mut Silent),
-        }
-        .with_context(|| format!("{} on {}", method.label(), task.name()))?;
+        let x = method
+            .run(&problem, &shape, &mut noise, &mut Silent)
+            .with_context(|| format!("{} on {}", method.label(), task.name()))?;
         out.push(x);
     }
     Ok(Tensor::cat(&out, 0)?)
@@ -278,7 +252,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             bail!("task {name} takes complex images; the demo runs real 32×32 digits");
         }
         built.push(Task::build(spec, [c, h, w]).with_context(|| format!("task {name}"))?);
-        daps_config(name, &a)?;
+        first_method(name, &a)?;
     }
     for (name, task) in tasks.iter().zip(&built) {
         let y = Measurement::simulate(
@@ -288,18 +262,18 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             &mut SeededNoise::new(a.seed ^ name_hash(name)),
         )?
         .y;
-        let cfg = daps_config(name, &a)?;
-        let nfe = cfg.annealing_steps * cfg.ode_steps;
-        let mut methods = vec![Method::Daps(cfg)];
+        let first = first_method(name, &a)?;
+        let nfe = first.nfe();
+        let Method::Dps(dps) = preset_method(name, "dps-1000")? else {
+            bail!("preset dps-1000 of {name} is not a DPS preset");
+        };
+        let mut methods = vec![first];
         for &steps in a.dps_steps.as_deref().unwrap_or(&[nfe]) {
-            let zeta = a
-                .dps_zeta
-                .unwrap_or(dps_zeta(name) * 1000.0 / steps.max(1) as f64);
-            methods.push(Method::Dps(DpsConfig {
-                steps,
-                zeta,
-                clip: Some(1.0),
-            }));
+            let mut c = dps.with_steps(steps);
+            if let Some(z) = a.dps_zeta {
+                c.zeta = z;
+            }
+            methods.push(Method::Dps(c));
         }
         let runs = if name == "phase-retrieval" {
             a.pr_runs

@@ -21,10 +21,10 @@ use daps::metric::lpips::Lpips;
 use daps::noise::SeededNoise;
 use daps::operator::{per_chain_sq_norm, Operator};
 use daps::prior::load_host as load_host_prior;
-use daps::sampler::{self, DapsConfig, Observer, Problem, StepInfo, X0Method};
+use daps::sampler::{Method, Observer, Problem, StepInfo, X0Method};
 use daps::task::{
-    self, preset, set_config, MeasurementFile, Task, TaskFiles, TaskSpec, BUDGETS, DEFAULT_BUDGET,
-    TASKS,
+    self, default_budget, preset_method, MeasurementFile, Task, TaskFiles, TaskSpec, BUDGETS,
+    DEFAULT_BUDGET, TASKS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -85,9 +85,13 @@ pub struct SolveArgs {
     /// Restored image; with --samples N > 1, OUT_0 … OUT_{N−1} and OUT_mean.
     #[arg(long)]
     pub out: PathBuf,
-    /// Sampler budget: daps-1k, daps-4k, daps-100 or daps-50 (values per task in presets/).
-    #[arg(long, default_value = DEFAULT_BUDGET)]
-    pub preset: String,
+    /// Sampler (see `daps methods`) [default: the preset's, else daps].
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Sampler budget: daps-1k, daps-4k, daps-100, daps-50 or dps-1000 (values per task in
+    /// presets/) [default: daps-1k, or dps-1000 with --method dps].
+    #[arg(long)]
+    pub preset: Option<String>,
     /// Independent samples (chains, run as one batch).
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
@@ -109,8 +113,8 @@ pub struct SolveArgs {
     #[arg(long)]
     pub save_samples: Option<PathBuf>,
     /// x0 step: langevin, hmc, mh, or exact (linear tasks with a gmm: prior).
-    #[arg(long)]
-    pub x0_method: Option<String>,
+    #[arg(long, value_parser = parse_x0_method)]
+    pub x0_method: Option<X0Method>,
     #[arg(long)]
     pub annealing_steps: Option<usize>,
     #[arg(long)]
@@ -213,34 +217,71 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // daps solve
 
-/// The sampler configuration: the task's preset, then the explicit flags, then `--set`.
-pub fn solve_config(task: &str, a: &SolveArgs) -> Result<DapsConfig> {
-    let mut cfg = preset(task, &a.preset)?;
-    let flags: [(&str, Option<String>); 7] = [
-        ("x0_method", a.x0_method.clone()),
-        ("annealing_steps", a.annealing_steps.map(|v| v.to_string())),
-        ("ode_steps", a.ode_steps.map(|v| v.to_string())),
-        ("mcmc_steps", a.mcmc_steps.map(|v| v.to_string())),
-        ("lr", a.lr.map(|v| format!("{v:e}"))),
-        ("lr_min_ratio", a.lr_min_ratio.map(|v| format!("{v:e}"))),
-        ("tau", a.tau.map(|v| format!("{v:e}"))),
+fn parse_x0_method(s: &str) -> Result<X0Method> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| anyhow!("unknown x0 step '{s}' (valid: langevin, hmc, mh, exact)"))
+}
+
+/// The sampler: the task's preset (or `--method`'s default preset), then the explicit flags
+/// (field by field), then `--set`.
+pub fn solve_method(task: &str, a: &SolveArgs) -> Result<Method> {
+    if let Some(name) = &a.method {
+        daps::sampler::method_info(name)?;
+    }
+    let budget = match (&a.preset, &a.method) {
+        (Some(p), _) => p.as_str(),
+        (None, Some(m)) => default_budget(m),
+        (None, None) => DEFAULT_BUDGET,
+    };
+    let mut m = preset_method(task, budget)?;
+    match (&mut m, a.method.as_deref()) {
+        (_, None) => {}
+        (m, Some(name)) if m.name() == name => {}
+        (Method::Daps(c), Some("daps-exact")) => c.x0_method = X0Method::Exact,
+        (m, Some(name)) => bail!(
+            "--method {name} does not match preset {budget}, which is a {} preset",
+            m.name()
+        ),
+    }
+    let daps_flags = [
+        ("--x0-method", a.x0_method.is_some()),
+        ("--annealing-steps", a.annealing_steps.is_some()),
+        ("--ode-steps", a.ode_steps.is_some()),
+        ("--mcmc-steps", a.mcmc_steps.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--lr-min-ratio", a.lr_min_ratio.is_some()),
+        ("--tau", a.tau.is_some()),
     ];
-    for (k, v) in flags {
-        if let Some(v) = v {
-            let v = if k == "x0_method" {
-                format!("\"{v}\"")
-            } else {
-                v
-            };
-            cfg = set_config(&cfg, k, &v)?;
+    match &mut m {
+        Method::Daps(c) => {
+            macro_rules! set {
+                ($($f:ident),*) => { $(if let Some(v) = a.$f { c.$f = v; })* };
+            }
+            set!(
+                x0_method,
+                annealing_steps,
+                ode_steps,
+                mcmc_steps,
+                lr,
+                lr_min_ratio,
+                tau
+            );
+        }
+        other => {
+            if let Some((flag, _)) = daps_flags.iter().find(|(_, given)| *given) {
+                bail!(
+                    "{flag} is a DAPS setting; {} takes --set KEY=VALUE",
+                    other.name()
+                );
+            }
         }
     }
     for s in &a.set {
         let (k, v) = key_value(s)?;
-        cfg = set_config(&cfg, k, v)?;
+        m = m.set(k, v)?;
     }
-    cfg.validate()?;
-    Ok(cfg)
+    m.validate()?;
+    Ok(m)
 }
 
 /// Progress bar, trajectory frames, and the last x0 (kept for a run that fails).
@@ -335,7 +376,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     };
     let mf = MeasurementFile::load_with(&a.measurement, &files)?;
     let task = &mf.task;
-    let cfg = solve_config(task.name(), &a)?;
+    let method = solve_method(task.name(), &a)?;
     let [c, h, w] = task.shape();
     let complex = task.is_complex();
     let reference = match &a.reference {
@@ -369,7 +410,8 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         }
     }
     let explicit;
-    let op: &dyn Operator = if cfg.x0_method == X0Method::Exact {
+    let exact_step = matches!(&method, Method::Daps(c) if c.x0_method == X0Method::Exact);
+    let op: &dyn Operator = if exact_step {
         if prior.as_gmm().is_none() {
             bail!(
                 "--x0-method exact needs a Gaussian-mixture prior (--prior gmm:FILE.safetensors)"
@@ -392,31 +434,31 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         operator: op,
         measurement: &measurement,
     };
+    let settings = match &method {
+        Method::Daps(cfg) => format!(
+            "{} × {} NFE, x0 step {:?} ({} steps, lr {:e}, τ {})",
+            cfg.annealing_steps, cfg.ode_steps, cfg.x0_method, cfg.mcmc_steps, cfg.lr, cfg.tau
+        ),
+        Method::Dps(cfg) => format!("{} steps, ζ {}", cfg.steps, cfg.zeta),
+    };
     eprintln!(
-        "{}; σ_y {}; prior {}; {} × {} NFE, x0 step {:?} ({} steps, lr {:e}, τ {}); {} sample(s), seed {}",
+        "{}; σ_y {}; prior {}; {} {settings}; {} sample(s), seed {}",
         task.describe(),
         mf.sigma_y,
         prior.name(),
-        cfg.annealing_steps,
-        cfg.ode_steps,
-        cfg.x0_method,
-        cfg.mcmc_steps,
-        cfg.lr,
-        cfg.tau,
+        method.name(),
         a.samples,
         a.seed
     );
-    let bar = ProgressBar::new(cfg.annealing_steps as u64).with_style(
+    let steps = method.steps();
+    let bar = ProgressBar::new(steps as u64).with_style(
         ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} annealing steps, ETA {eta_precise}  {msg}",
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta_precise}  {msg}",
         )
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let every = a
-        .trajectory_every
-        .unwrap_or((cfg.annealing_steps / 20).max(1))
-        .max(1);
+    let every = a.trajectory_every.unwrap_or((steps / 20).max(1)).max(1);
     let mut progress = Progress {
         bar,
         complex,
@@ -426,9 +468,8 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     };
     let started = Instant::now();
     let shape = [a.samples, c, h, w];
-    let result = sampler::daps(
+    let result = method.run(
         &problem,
-        &cfg,
         &shape,
         &mut SeededNoise::new(a.seed),
         &mut progress,
@@ -438,12 +479,16 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         Ok(x) => x,
         Err(e) => {
             let Some((step, x0)) = progress.last.take() else {
-                return Err(anyhow!(e).context("DAPS failed before the first annealing step ended"));
+                return Err(anyhow!(e).context(format!(
+                    "{} failed before its first step ended",
+                    method.name()
+                )));
             };
             let partial = output_path(&a.out, Some(&format!("partial_step{step:04}")));
             let kept = write_samples(&x0, &partial, complex)?;
             return Err(anyhow!(e).context(format!(
-                "DAPS stopped; the last x0 (annealing step {step}) is in {}",
+                "{} stopped; the last x0 (annealing step {step}) is in {}",
+                method.name(),
                 kept.iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
@@ -452,10 +497,9 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         }
     };
     eprintln!(
-        "{} annealing steps in {:.1} s ({:.3} s/step); mean ‖A(x0)−y‖ {:.4}",
-        cfg.annealing_steps,
+        "{steps} steps in {:.1} s ({:.3} s/step); mean ‖A(x0)−y‖ {:.4}",
         started.elapsed().as_secs_f64(),
-        started.elapsed().as_secs_f64() / cfg.annealing_steps as f64,
+        started.elapsed().as_secs_f64() / steps as f64,
         progress.misfit
     );
     if let Some(p) = &a.save_samples {
@@ -580,20 +624,8 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
         println!("{:<16} parameters: {}", "", params.join(", "));
         println!("{:<16} y for a {ch}×{s}×{s} image: {shape}", "");
         for b in BUDGETS {
-            let c = preset(t.name, b)?;
-            println!(
-                "{:<16} {b:<9} {} × {} NFE, {:?} {} steps, lr {:e}, lr_min_ratio {}, τ {}, σ {} → {}",
-                "",
-                c.annealing_steps,
-                c.ode_steps,
-                c.x0_method,
-                c.mcmc_steps,
-                c.lr,
-                c.lr_min_ratio,
-                c.tau,
-                c.sigma_max,
-                c.sigma_min
-            );
+            let m = preset_method(t.name, b)?;
+            println!("{:<16} {b:<9} {}", "", describe_method(&m));
         }
         println!();
     }
@@ -606,6 +638,62 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
          presets are not official (no DAPS config exists): lr 1e-4, τ 0.01, mid-range of InverseBench's sweep.\n\
          nonlinear-blur runs the bkse KernelWizard network: pass its weights GOPRO_wVAE.pth (bkse\n\
          project, VinAIResearch/blur-kernel-space-exploring; not shipped) with --blur-weights FILE."
+    );
+    Ok(())
+}
+
+/// One line of a sampler's main settings.
+pub fn describe_method(m: &Method) -> String {
+    match m {
+        Method::Daps(c) => format!(
+            "{} × {} NFE, {:?} {} steps, lr {:e}, lr_min_ratio {}, τ {}, σ {} → {}",
+            c.annealing_steps,
+            c.ode_steps,
+            c.x0_method,
+            c.mcmc_steps,
+            c.lr,
+            c.lr_min_ratio,
+            c.tau,
+            c.sigma_max,
+            c.sigma_min
+        ),
+        Method::Dps(c) => format!(
+            "DPS, {} steps, ζ {}, x̂0 clip {}",
+            c.steps,
+            c.zeta,
+            c.clip.map_or("none".to_string(), |v| format!("±{v}"))
+        ),
+    }
+}
+
+/// `daps methods`: every registered sampler with its NFE per chain (default settings, and the
+/// budgets of the task presets that use it).
+pub fn methods() -> Result<()> {
+    println!("{:<12} {:>6}  {}", "method", "NFE", "description");
+    for info in daps::sampler::METHODS {
+        let m = (info.default)();
+        let budgets: Vec<String> = BUDGETS
+            .iter()
+            .filter_map(|b| {
+                let p = preset_method("sr4", b).ok()?;
+                (p.name() == info.name).then(|| format!("{b} {}", p.nfe()))
+            })
+            .collect();
+        println!("{:<12} {:>6}  {}", info.name, m.nfe(), info.summary);
+        println!("{:<12} {:>6}  {}", "", "", info.reference);
+        if !budgets.is_empty() {
+            println!(
+                "{:<12} {:>6}  presets (NFE): {}",
+                "",
+                "",
+                budgets.join(", ")
+            );
+        }
+    }
+    println!(
+        "\nNFE: network evaluations per chain with the default settings (`daps-exact` calls no\n\
+         network: it needs a Gaussian-mixture prior). Select with `daps solve --method NAME` and\n\
+         `--preset BUDGET`; `daps tasks` shows every preset's settings per task."
     );
     Ok(())
 }

@@ -7,7 +7,8 @@ use clap::Args;
 use daps::data::{save_grid, DataSpec};
 use daps::noise::SeededNoise;
 use daps::prior::adm::AdmConfig;
-use daps::train::{adm_config_json, preset, with_shape, EdmGrid, Objective, TrainConfig, Trainer};
+use daps::sampler::heun::EdmGrid;
+use daps::train::{adm_config_json, preset, with_shape, Objective, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -415,7 +416,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         let b = left.min(a.batch);
         let mut sh = vec![b];
         sh.extend(&shape);
-        parts.push(daps::train::heun_sample(
+        parts.push(daps::sampler::heun::heun_sample(
             prior.as_ref(),
             &sh,
             &grid,

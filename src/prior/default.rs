@@ -12,9 +12,6 @@ use candle_core::{DType, Device};
 static WEIGHTS: &[u8] = include_bytes!("../../assets/digits32/model.safetensors");
 static CONFIG: &str = include_str!("../../assets/digits32/model.json");
 
-/// What `--prior` defaults to, for messages.
-pub const NAME: &str = "built-in digits prior (ADM, 1×32×32, MNIST)";
-
 /// Digits 9000..10000 of the built-in set: never seen in training.
 pub const HELD_OUT: std::ops::Range<usize> = 9000..10000;
 

@@ -277,12 +277,6 @@ impl GaussianMixture {
         (out, labels)
     }
 
-    /// `n` exact samples as an f32 tensor `[n, d]` on the prior's device.
-    pub fn sample_tensor(&self, n: usize, seed: u64) -> Result<Tensor> {
-        let (v, _) = self.sample(n, seed);
-        rows_to_tensor(&v, n, self.d, &self.device)
-    }
-
     /// The smoothed mixture p_σ = Σ w_k N(μ_k, Σ_k + σ²I), exact, evaluated in f64:
     /// returns (responsibilities, D(x,σ)) for one point. Used as a reference in tests.
     pub fn denoise_point(&self, x: &DVector<f64>, sigma: f64) -> (Vec<f64>, DVector<f64>) {

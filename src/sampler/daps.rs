@@ -4,6 +4,7 @@
 //! x0 step started at x̂0; x ← x0 + σ_{i+1}·ε. The result is the last x0.
 
 use super::mcmc::{self, Target};
+pub use super::mcmc::{DataGradient, PriorTerm};
 use super::{check_finite, mean_misfit, ode, Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::exact::Conditioner;
@@ -25,27 +26,7 @@ pub enum X0Method {
     Exact,
 }
 
-/// Weight of the data term in the x0 step's gradient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataGradient {
-    /// Paper Eq. 9: ∇‖A(x0) − y‖²/(2τ²) = Jᵀr/τ².
-    Paper,
-    /// Official `main` branch: ∇Σ(A(x0) − y)²/τ² = 2Jᵀr/τ².
-    Doubled,
-}
-
-/// The prior factor of the x0 target.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
-pub enum PriorTerm {
-    /// N(x0; x̂0, σ_t² I) (DAPS default, r_t = σ_t).
-    Gaussian,
-    /// ∇log p_s(x0) + (x_t − x0)/σ_t²: the prior's own score at noise level `sigma`.
-    Score { sigma: f64 },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DapsConfig {
     /// N, the number of annealing levels.

@@ -12,7 +12,7 @@ use crate::schedule::VpSchedule;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DpsConfig {
     /// Number of DDPM steps (= network evaluations), respaced from the 1000-step schedule.
@@ -33,13 +33,21 @@ impl Default for DpsConfig {
     }
 }
 
-/// DPS step size ζ per task for the official 1000 steps (DPS's configs; HDR, which DPS has no
-/// config for, uses 1). Shorter runs scale it by 1000/steps, so that the total guidance stays
-/// the same (see `--dps-zeta`).
-pub fn task_zeta(task: &str) -> f64 {
-    match task {
-        "phase-retrieval" => 0.4,
-        _ => 1.0,
+impl DpsConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || !(self.zeta >= 0.0) {
+            return Err(Error::config("DPS needs steps ≥ 1 and ζ ≥ 0"));
+        }
+        Ok(())
+    }
+
+    /// The same total guidance over `steps` steps: ζ scaled by old steps / new steps.
+    pub fn with_steps(&self, steps: usize) -> Self {
+        Self {
+            steps,
+            zeta: self.zeta * self.steps as f64 / steps.max(1) as f64,
+            clip: self.clip,
+        }
     }
 }
 
@@ -50,9 +58,7 @@ pub fn dps(
     noise: &mut dyn NoiseSource,
     obs: &mut dyn Observer,
 ) -> Result<Tensor> {
-    if cfg.steps == 0 || !(cfg.zeta >= 0.0) {
-        return Err(Error::config("DPS needs steps ≥ 1 and ζ ≥ 0"));
-    }
+    cfg.validate()?;
     let device = p.prior.device().clone();
     let vp = VpSchedule::ddpm_linear(cfg.steps);
     let n = vp.alpha_bar.len();

@@ -3,7 +3,6 @@
 //! Started at x̂0. The prior term is DAPS's Gaussian approximation N(x̂0, σ² I), or the prior's own
 //! score at a small noise level times N(x_t; x0, σ² I) (the official "exact" prior solver).
 
-use super::daps::{DataGradient, PriorTerm};
 use super::Problem;
 use crate::error::Result;
 use crate::noise::CHUNK;
@@ -13,6 +12,27 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Weight of the data term in the x0 step's gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataGradient {
+    /// Paper Eq. 9: ∇‖A(x0) − y‖²/(2τ²) = Jᵀr/τ².
+    Paper,
+    /// Official `main` branch: ∇Σ(A(x0) − y)²/τ² = 2Jᵀr/τ².
+    Doubled,
+}
+
+/// The prior factor of the x0 target.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum PriorTerm {
+    /// N(x0; x̂0, σ_t² I) (DAPS default, r_t = σ_t).
+    Gaussian,
+    /// ∇log p_s(x0) + (x_t − x0)/σ_t²: the prior's own score at noise level `sigma`.
+    Score { sigma: f64 },
+}
 
 /// Everything the kernels need at one outer step.
 pub struct Target<'a> {

@@ -1,9 +1,12 @@
 //! Samplers: DAPS (with its x0 steps) and the DPS baseline, over a prior, an operator and a
-//! measurement. A sampler reports each outer step to an [`Observer`].
+//! measurement, registered in [`method`]; and the unconditional EDM sampler ([`heun`]). A sampler reports each
+//! outer step to an [`Observer`].
 
 pub mod daps;
 pub mod dps;
+pub mod heun;
 pub mod mcmc;
+pub mod method;
 pub mod ode;
 
 use crate::error::{Error, Result};
@@ -13,6 +16,7 @@ use candle_core::{DType, Tensor};
 
 pub use daps::{daps, DapsConfig, DataGradient, PriorTerm, X0Method};
 pub use dps::{dps, DpsConfig};
+pub use method::{method_info, Method, MethodInfo, METHODS};
 
 /// What a sampler works on.
 #[derive(Clone, Copy)]

@@ -1,0 +1,185 @@
+//! The sampler registry: every posterior sampler as a [`Method`] (its settings) with one way to
+//! run it, and [`METHODS`] (name, summary, reference, default settings) for `daps methods`,
+//! `--method`, presets and the benchmarks.
+//!
+//! To add a sampler: write it as a short function `fn(problem, config, shape, noise, observer)
+//! -> Result<Tensor>` in its own file under `sampler/`, add a variant here (name, NFE, run), and
+//! a [`METHODS`] entry.
+
+use super::{daps, dps, DapsConfig, DpsConfig, Observer, Problem, X0Method};
+use crate::error::{Error, Result};
+use crate::noise::NoiseSource;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// A sampler with its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Method {
+    Daps(DapsConfig),
+    Dps(DpsConfig),
+}
+
+/// One registered sampler.
+#[derive(Clone, Copy)]
+pub struct MethodInfo {
+    /// The registry name (`--method`, presets' `method = …`).
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub reference: &'static str,
+    /// The default settings.
+    pub default: fn() -> Method,
+}
+
+/// Every sampler, in the order `daps methods` lists them.
+pub const METHODS: [MethodInfo; 3] = [
+    MethodInfo {
+        name: "daps",
+        summary:
+            "Decoupled Annealing Posterior Sampling: PF-ODE estimate x̂0, MCMC x0 step, re-noise",
+        reference: "Zhang et al., CVPR 2025 (arXiv 2407.01521), Eq. 9",
+        default: || Method::Daps(DapsConfig::default()),
+    },
+    MethodInfo {
+        name: "daps-exact",
+        summary: "DAPS with the closed-form x0 step (Gaussian-mixture prior, linear operator)",
+        reference: "Zhang et al., CVPR 2025, Proposition 1",
+        default: || {
+            Method::Daps(DapsConfig {
+                x0_method: X0Method::Exact,
+                ..DapsConfig::default()
+            })
+        },
+    },
+    MethodInfo {
+        name: "dps",
+        summary: "Diffusion Posterior Sampling: DDPM steps with the gradient of ‖y − A(x̂0(x))‖",
+        reference: "Chung et al., ICLR 2023 (arXiv 2209.14687)",
+        default: || Method::Dps(DpsConfig::default()),
+    },
+];
+
+fn method_names() -> String {
+    METHODS.map(|m| m.name).join(", ")
+}
+
+/// The registry entry of `name`, or an error listing the valid names.
+pub fn method_info(name: &str) -> Result<&'static MethodInfo> {
+    METHODS.iter().find(|m| m.name == name).ok_or_else(|| {
+        Error::config(format!(
+            "unknown method '{name}' (valid: {})",
+            method_names()
+        ))
+    })
+}
+
+impl Method {
+    /// The default settings of the sampler registered as `name`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok((method_info(name)?.default)())
+    }
+
+    /// Settings from a TOML table (a preset section): `method = NAME` (default `daps`) and that
+    /// sampler's fields, the rest taking the registered defaults.
+    pub fn from_table(table: &toml::Table) -> Result<Self> {
+        let mut t = table.clone();
+        let name = match t.remove("method") {
+            None => "daps".to_string(),
+            Some(toml::Value::String(s)) => s,
+            Some(v) => return Err(Error::config(format!("method must be a name, got {v}"))),
+        };
+        let mut m = Self::from_name(&name)?;
+        for (k, v) in t {
+            let shown = v.to_string();
+            m = m.assign(&k, v, &shown)?;
+        }
+        Ok(m)
+    }
+
+    /// The registry name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Daps(c) if c.x0_method == X0Method::Exact => "daps-exact",
+            Method::Daps(_) => "daps",
+            Method::Dps(_) => "dps",
+        }
+    }
+
+    /// Name and budget, as tables print it: `DAPS-50`, `DPS-1000`.
+    pub fn label(&self) -> String {
+        format!("{}-{}", self.name().to_uppercase(), self.nfe())
+    }
+
+    /// Network evaluations per chain.
+    pub fn nfe(&self) -> usize {
+        match self {
+            Method::Daps(c) => c.nfe(),
+            Method::Dps(c) => c.steps,
+        }
+    }
+
+    /// Outer steps (what an [`Observer`] is told per chain batch).
+    pub fn steps(&self) -> usize {
+        match self {
+            Method::Daps(c) => c.annealing_steps,
+            Method::Dps(c) => c.steps,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Method::Daps(c) => c.validate(),
+            Method::Dps(c) => c.validate(),
+        }
+    }
+
+    /// Draws `x_shape[0]` chains from the posterior of `p`.
+    pub fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        match self {
+            Method::Daps(c) => daps(p, c, x_shape, noise, obs),
+            Method::Dps(c) => dps(p, c, x_shape, noise, obs),
+        }
+    }
+
+    /// The settings as a TOML table (without `method`).
+    pub fn settings(&self) -> toml::Table {
+        let v = match self {
+            Method::Daps(c) => toml::Table::try_from(c),
+            Method::Dps(c) => toml::Table::try_from(c),
+        };
+        // Invariant: the configs are plain structs of numbers, strings and enums.
+        v.expect("configs serialise to TOML")
+    }
+
+    /// Sets one field; `value` is read as TOML (or else as a string).
+    pub fn set(&self, key: &str, value: &str) -> Result<Self> {
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        self.assign(key, parsed, value)
+    }
+
+    fn assign(&self, key: &str, value: toml::Value, shown: &str) -> Result<Self> {
+        let mut table = self.settings();
+        if !table.contains_key(key) {
+            let keys: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
+            return Err(Error::config(format!(
+                "unknown sampler setting '{key}' for {} (settings: {})",
+                self.name(),
+                keys.join(", ")
+            )));
+        }
+        table.insert(key.to_string(), value);
+        let bad = |e: toml::de::Error| Error::config(format!("bad value '{shown}' for {key}: {e}"));
+        Ok(match self {
+            Method::Daps(_) => Method::Daps(table.try_into().map_err(bad)?),
+            Method::Dps(_) => Method::Dps(table.try_into().map_err(bad)?),
+        })
+    }
+}
