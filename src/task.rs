@@ -1225,6 +1225,39 @@ mod tests {
     }
 
     #[test]
+    fn every_task_has_every_budget_and_a_dps_preset() {
+        for t in TASKS {
+            for b in BUDGETS {
+                let m = preset_method(t.name, b).unwrap();
+                assert_eq!(
+                    m.name(),
+                    if b == "dps-1000" { "dps" } else { "daps" },
+                    "{b}"
+                );
+            }
+            let zeta = if t.name == "phase-retrieval" {
+                0.4
+            } else {
+                1.0
+            };
+            assert_eq!(
+                preset_method(t.name, "dps-1000").unwrap(),
+                Method::Dps(crate::sampler::DpsConfig {
+                    steps: 1000,
+                    zeta,
+                    clip: Some(1.0)
+                }),
+                "{}",
+                t.name
+            );
+            let e = preset(t.name, "dps-1000").unwrap_err().to_string();
+            assert!(e.contains("is a dps preset"), "{e}");
+        }
+        assert_eq!(default_budget("dps"), "dps-1000");
+        assert_eq!(default_budget("daps"), DEFAULT_BUDGET);
+    }
+
+    #[test]
     fn mri_tasks_store_and_check_mask_and_maps() {
         let t = build("mri-4x", [2, 32, 32]).unwrap();
         assert!(t.is_complex() && t.is_linear());

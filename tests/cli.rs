@@ -81,3 +81,87 @@ fn bad_arguments_fail_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("even dimension"));
 }
+
+#[test]
+fn methods_lists_every_sampler_with_its_nfe() {
+    let out = daps().arg("methods").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for m in daps::sampler::METHODS {
+        let nfe = (m.default)().nfe();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(m.name) && l.contains(&format!(" {nfe} "))),
+            "{} with NFE {nfe} in:\n{text}",
+            m.name
+        );
+    }
+    assert!(
+        text.contains("daps-50 50") && text.contains("dps-1000 1000"),
+        "{text}"
+    );
+}
+
+#[test]
+fn solve_runs_dps_by_name() {
+    let dir = std::env::temp_dir().join(format!("daps-cli-dps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let digit = daps::data::mnist_range(9000..9001).unwrap();
+    let png = dir.join("digit.png");
+    daps::io::write_image(digit.images(), &png).unwrap();
+    let y = dir.join("y.safetensors");
+    let out = daps()
+        .args(["measure", "--task", "sr4", "--input"])
+        .arg(&png)
+        .arg("--out")
+        .arg(&y)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let x = dir.join("x.png");
+    let out = daps()
+        .args([
+            "solve",
+            "--method",
+            "dps",
+            "--set",
+            "steps=4",
+            "--measurement",
+        ])
+        .arg(&y)
+        .arg("--out")
+        .arg(&x)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("dps 4 steps, ζ 1") && x.is_file(), "{err}");
+    // A DAPS flag with a DPS preset, and a method that contradicts the preset, are refused.
+    for (args, msg) in [
+        (
+            vec!["--method", "dps", "--lr", "1e-4"],
+            "--lr is a DAPS setting",
+        ),
+        (
+            vec!["--method", "dps", "--preset", "daps-50"],
+            "does not match preset daps-50",
+        ),
+    ] {
+        let out = daps()
+            .arg("solve")
+            .args(&args)
+            .arg("--measurement")
+            .arg(&y)
+            .arg("--out")
+            .arg(&x)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(msg), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -183,3 +183,74 @@ impl Method {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_method_round_trips_its_name() {
+        for info in METHODS {
+            let m = Method::from_name(info.name).unwrap();
+            assert_eq!(m.name(), info.name);
+            m.validate().unwrap();
+            assert_eq!(m.nfe() == 0, info.name == "daps-exact", "{}", info.name);
+        }
+        let e = Method::from_name("ddrm").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown method 'ddrm'") && e.contains("dps"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tables_name_their_method_and_fields() {
+        let t: toml::Table = toml::from_str("method = \"dps\"\nsteps = 50\nzeta = 2.0").unwrap();
+        let m = Method::from_table(&t).unwrap();
+        assert_eq!(
+            m,
+            Method::Dps(DpsConfig {
+                steps: 50,
+                zeta: 2.0,
+                clip: None
+            })
+        );
+        assert_eq!((m.label(), m.nfe()), ("DPS-50".to_string(), 50));
+        let t: toml::Table = toml::from_str("annealing_steps = 7\node_steps = 2").unwrap();
+        let m = Method::from_table(&t).unwrap();
+        assert_eq!(
+            (m.name(), m.nfe(), m.label()),
+            ("daps", 14, "DAPS-14".into())
+        );
+        let t: toml::Table = toml::from_str("method = \"dps\"\nlr = 1.0").unwrap();
+        let e = Method::from_table(&t).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown sampler setting 'lr' for dps") && e.contains("zeta"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn set_reads_toml_values_field_by_field() {
+        let m = Method::from_name("daps").unwrap();
+        let m = m
+            .set("x0_method", "hmc")
+            .unwrap()
+            .set("lr", "3e-5")
+            .unwrap();
+        let Method::Daps(c) = &m else { panic!() };
+        assert_eq!((c.x0_method, c.lr), (X0Method::Hmc, 3e-5));
+        let e = m.set("mcmc_steps", "many").unwrap_err().to_string();
+        assert!(e.contains("bad value 'many' for mcmc_steps"), "{e}");
+        let d = DpsConfig {
+            steps: 1000,
+            zeta: 0.4,
+            clip: Some(1.0),
+        }
+        .with_steps(50);
+        assert_eq!(
+            (d.steps, d.zeta, d.clip),
+            (50, 0.4 * 1000.0 / 50.0, Some(1.0))
+        );
+    }
+}
