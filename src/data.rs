@@ -97,7 +97,7 @@ impl ImageSet {
 
     /// A 64-bit hash of the shape and pixel values (FNV-1a over the f32 bits), to detect a
     /// changed data set when training is resumed.
-    pub fn fingerprint(&self) -> Result<u64> {
+    pub(crate) fn fingerprint(&self) -> Result<u64> {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |x: u64| {
             h ^= x;
@@ -292,7 +292,7 @@ fn open_image(path: &Path) -> Result<DynamicImage> {
 }
 
 /// Resizes so that the shorter side is `size` (Lanczos3) and crops the centre `size`×`size`.
-pub fn resize_center_crop(img: &DynamicImage, size: usize) -> DynamicImage {
+pub(crate) fn resize_center_crop(img: &DynamicImage, size: usize) -> DynamicImage {
     let s = size as u32;
     if img.width() == s && img.height() == s {
         img.clone()
@@ -302,7 +302,7 @@ pub fn resize_center_crop(img: &DynamicImage, size: usize) -> DynamicImage {
 }
 
 /// `[C, H, W]` in [-1, 1] from an image, with 1 (luma) or 3 (RGB) channels.
-pub fn image_to_tensor(img: &DynamicImage, channels: usize) -> Result<Tensor> {
+pub(crate) fn image_to_tensor(img: &DynamicImage, channels: usize) -> Result<Tensor> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let raw: Vec<u8> = match channels {
         1 => img.to_luma8().into_raw(),

@@ -14,7 +14,7 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 /// Elements per independent random stream within one draw.
-pub const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
 
 /// A source of standard normal tensors (and of seeds for code that draws on its own).
 pub trait NoiseSource {
@@ -30,7 +30,7 @@ pub trait NoiseSource {
 }
 
 /// SplitMix64 finaliser: decorrelates structured seeds.
-pub fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -45,7 +45,7 @@ pub fn stream(seed: u64, a: u64, b: u64) -> ChaCha8Rng {
 }
 
 /// Fills `out` with N(0,1) values, in parallel, deterministically for `(seed, draw)`.
-pub fn fill_normal(out: &mut [f32], seed: u64, draw: u64) {
+pub(crate) fn fill_normal(out: &mut [f32], seed: u64, draw: u64) {
     out.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(c, chunk)| {

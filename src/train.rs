@@ -300,7 +300,7 @@ impl TrainConfig {
 }
 
 /// Learning rate at (0-based) step `step`: linear warm-up from lr/warmup to lr.
-pub fn lr_at(cfg: &TrainConfig, step: u64) -> f64 {
+pub(crate) fn lr_at(cfg: &TrainConfig, step: u64) -> f64 {
     if cfg.warmup_steps == 0 {
         cfg.lr
     } else {
@@ -341,7 +341,7 @@ pub fn vp_sigma(schedule: VpSchedule, t: f64) -> f64 {
 /// Initial weights, like PyTorch's defaults for `create_model`: conv/linear weights and biases
 /// U(±1/√fan_in), GroupNorm weight 1 and bias 0, and guided-diffusion's `zero_module` layers
 /// (ResBlock `out_layers.3`, attention `proj_out`, final `out.2`) zero. Seeded per parameter.
-pub fn init_weights(
+pub(crate) fn init_weights(
     params: &checkpoint::ParamList,
     seed: u64,
     device: &Device,
@@ -634,7 +634,7 @@ impl Trainer {
     }
 
     /// The data indices of step `step`: consecutive slices of one seeded permutation per epoch.
-    pub fn batch_indices(&mut self, step: u64) -> Vec<usize> {
+    pub(crate) fn batch_indices(&mut self, step: u64) -> Vec<usize> {
         let n = self.data.len() as u64;
         let b = self.cfg.batch_size as u64;
         (0..b)
@@ -859,7 +859,7 @@ impl Trainer {
     }
 
     /// Mean loss and gradient norm per window of `window` steps, as CSV.
-    pub fn log_csv(&self, window: usize) -> String {
+    pub(crate) fn log_csv(&self, window: usize) -> String {
         let mut s = String::from("step,loss,grad_norm\n");
         for (i, w) in self.history.chunks(window.max(1)).enumerate() {
             let n = w.len() as f64;

@@ -68,7 +68,7 @@ pub fn load_state_dict(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>
 
 /// Checks `tensors` against `expected` (first missing or mis-shaped tensor in parameter
 /// order, then unexpected extras) and returns a `VarBuilder` over them in `dtype` on `device`.
-pub fn var_builder(
+pub(crate) fn var_builder(
     tensors: HashMap<String, Tensor>,
     expected: &ParamList,
     dtype: DType,
@@ -140,7 +140,7 @@ impl SimpleBackend for Recorder {
 
 /// Runs a model constructor on a `VarBuilder` that only records the requested names and
 /// shapes (no weights are allocated: every tensor is a broadcast scalar).
-pub fn record_params<T>(
+pub(crate) fn record_params<T>(
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<ParamList> {
     let list = Arc::new(Mutex::new(Vec::new()));

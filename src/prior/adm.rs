@@ -274,7 +274,7 @@ pub fn upsample2x(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// guided-diffusion `timestep_embedding`: [cos(t·f), sin(t·f)], f_i = 10000^(−i/half), in f32.
-pub fn timestep_embedding(t: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn timestep_embedding(t: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
     let half = dim / 2;
     let c = -(10000f64.ln()) as f32;
     let freqs: Vec<f32> = (0..half)

@@ -467,7 +467,7 @@ impl Denoiser for GaussianMixture {
 }
 
 /// Index of the category that the uniform `u` falls in.
-pub fn categorical(p: &[f64], u: f64) -> usize {
+pub(crate) fn categorical(p: &[f64], u: f64) -> usize {
     let total: f64 = p.iter().sum();
     let mut acc = 0.0;
     for (i, pi) in p.iter().enumerate() {
@@ -487,7 +487,7 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
     e.iter().map(|v| v / s).collect()
 }
 
-pub fn mat_to_tensor(m: &DMatrix<f64>, device: &Device) -> Result<Tensor> {
+pub(crate) fn mat_to_tensor(m: &DMatrix<f64>, device: &Device) -> Result<Tensor> {
     let (r, c) = m.shape();
     let v: Vec<f32> = (0..r)
         .flat_map(|i| (0..c).map(move |j| (i, j)))

@@ -140,7 +140,7 @@ impl PriorSpec {
 }
 
 /// Reads a mixture file (see the module docs).
-pub fn load_gmm(path: &Path, device: &Device) -> Result<GaussianMixture> {
+pub(crate) fn load_gmm(path: &Path, device: &Device) -> Result<GaussianMixture> {
     if !path.is_file() {
         return Err(Error::Io {
             path: path.display().to_string(),

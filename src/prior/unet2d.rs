@@ -218,7 +218,7 @@ impl Unet2dConfig {
 
 /// diffusers `get_timestep_embedding`, in f32: [sin, cos] (or [cos, sin] with `flip_sin_to_cos`),
 /// frequencies exp(−ln(10000)·i/(half − shift)).
-pub fn timestep_embedding(
+pub(crate) fn timestep_embedding(
     t: &Tensor,
     dim: usize,
     flip_sin_to_cos: bool,

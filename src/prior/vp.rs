@@ -261,7 +261,7 @@ impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
 }
 
 /// Timesteps as a `[B]` f32 tensor: a 0-dim or one-element tensor is broadcast over the batch.
-pub fn timesteps_for_batch(t: &Tensor, batch: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn timesteps_for_batch(t: &Tensor, batch: usize) -> candle_core::Result<Tensor> {
     let t = t.to_dtype(DType::F32)?;
     match t.dims() {
         [] => t.reshape(1)?.broadcast_as(batch)?.contiguous(),

@@ -47,7 +47,7 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    pub fn data_factor(&self) -> f64 {
+    pub(crate) fn data_factor(&self) -> f64 {
         match self.data_gradient {
             DataGradient::Paper => 1.0,
             DataGradient::Doubled => 2.0,
@@ -71,7 +71,7 @@ impl Target<'_> {
     }
 
     /// Per-chain energy −log target (up to a constant) for the Gaussian prior term, `[B]` f64.
-    pub fn energy(&self, x: &Tensor) -> Result<Vec<f64>> {
+    pub(crate) fn energy(&self, x: &Tensor) -> Result<Vec<f64>> {
         let p = &self.problem;
         let r = p.measurement.residual(p.operator, x)?;
         let e_data = per_chain_sq_norm(&r)?.affine(0.5 / (self.tau * self.tau), 0.0)?;
