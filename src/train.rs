@@ -22,9 +22,9 @@
 
 use crate::data::{tmp_path, DataSpec, ImageSet};
 use crate::error::{Error, Result};
+use crate::nn::checkpoint;
 use crate::noise::{fill_normal, mix, stream, NoiseSource};
 use crate::prior::adm::{AdmConfig, AdmUnet};
-use crate::nn::checkpoint;
 use crate::prior::vp::{TimestepNet, VpDenoiser, VpSchedule};
 use crate::prior::Denoiser;
 use crate::schedule::poly_grid;

@@ -3,8 +3,8 @@
 //! 1e-3 absolute for D at σ = 10.
 
 use candle_core::{DType, Device, Tensor, Var};
-use daps::prior::adm::{AdmConfig, AdmUnet};
 use daps::nn::checkpoint;
+use daps::prior::adm::{AdmConfig, AdmUnet};
 use daps::prior::vp::VpDenoiser;
 use daps::prior::Denoiser;
 use std::collections::HashMap;

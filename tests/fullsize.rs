@@ -10,9 +10,9 @@
 //! one Langevin step (A + VJP of the blur at 3×256²), and the estimate for a DAPS-1K run.
 
 use candle_core::{DType, Device, Tensor};
+use daps::nn::checkpoint;
 use daps::operator::Operator;
 use daps::prior::adm::AdmConfig;
-use daps::nn::checkpoint;
 use daps::task::{read_safetensors, MeasurementFile};
 use rand::{Rng, SeedableRng};
 use std::io::Write;

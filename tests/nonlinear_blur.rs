@@ -9,13 +9,13 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use daps::nn::checkpoint::{num_params, parse_param_list};
 use daps::noise::{NoiseSource, SeededNoise};
 use daps::operator::nonlinear_blur::{
     kernel_latent_values, pixel_shuffle2, read_weights, BkseConfig, ConvTranspose4x4, KernelWizard,
     NonlinearBlur, NumpyRandomState,
 };
 use daps::operator::Operator;
-use daps::nn::checkpoint::{num_params, parse_param_list};
 use daps::task::{MeasurementFile, Task, TaskFiles, TaskSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,8 @@
 //! Tolerance: |ours − ref| ≤ 1e-4 + 1e-4·|ref| element-wise (fixture README).
 
 use candle_core::{DType, Device, Tensor, Var};
-use daps::prior::unet2d::{rename_legacy_attention, Unet2dConfig, Unet2dModel};
 use daps::nn::checkpoint;
+use daps::prior::unet2d::{rename_legacy_attention, Unet2dConfig, Unet2dModel};
 use daps::prior::vp::VpDenoiser;
 use daps::prior::Denoiser;
 use std::collections::HashMap;

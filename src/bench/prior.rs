@@ -4,9 +4,9 @@
 
 use crate::error::Result;
 use crate::metric::image::{psnr, to_unit};
+use crate::nn::checkpoint;
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::prior::adm::{AdmConfig, AdmUnet};
-use crate::nn::checkpoint;
 use crate::prior::vp::VpDenoiser;
 use crate::prior::Denoiser;
 use candle_core::{DType, Device, Tensor, Var};

@@ -144,8 +144,7 @@ pub fn record_params<T>(
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<ParamList> {
     let list = Arc::new(Mutex::new(Vec::new()));
-    let vb =
-        VarBuilder::from_backend(Box::new(Recorder(list.clone())), DType::F32, Device::Cpu);
+    let vb = VarBuilder::from_backend(Box::new(Recorder(list.clone())), DType::F32, Device::Cpu);
     build(vb)?;
     let out = list.lock().unwrap().clone();
     Ok(out)

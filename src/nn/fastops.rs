@@ -16,10 +16,10 @@
 //! All fall back to candle's ops off the CPU or for dtypes other than f32/f64, and give candle's
 //! values up to float rounding (tests/fastops.rs).
 
+use super::cpu_slice as slice;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
-use super::cpu_slice as slice;
 
 fn cpu_fast(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
@@ -444,7 +444,6 @@ struct GroupNormOp {
     groups: usize,
     eps: f64,
 }
-
 
 /// Mean and 1/σ of one block (two passes, f64).
 fn stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {

@@ -5,9 +5,9 @@
 //! compose with autograd (to any order). Kernels run on the CPU in f32 or f64; tensors on other
 //! devices are moved there and back.
 
-use crate::nn::cpu_slice;
 use super::Operator;
 use crate::error::{Error, Result};
+use crate::nn::cpu_slice;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, WithDType, D,

@@ -48,8 +48,8 @@
 
 use super::Operator;
 use crate::error::{Error, Result};
-use crate::nn::fastops::{self, add_channel_bias};
 use crate::nn::checkpoint::{self, ParamList};
+use crate::nn::fastops::{self, add_channel_bias};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;

@@ -6,8 +6,8 @@
 //! fast CPU backward passes), so gradients flow through the network.
 
 use crate::error::{Error, Result};
-use crate::nn::fastops::{self, Conv2d, GroupNorm};
 use crate::nn::checkpoint;
+use crate::nn::fastops::{self, Conv2d, GroupNorm};
 use crate::prior::vp::{timesteps_for_batch, TimestepNet};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};

@@ -5,8 +5,8 @@
 
 use super::adm::{AdmConfig, AdmUnet};
 use super::vp::VpDenoiser;
-use crate::nn::checkpoint;
 use crate::error::{Error, Result};
+use crate::nn::checkpoint;
 use candle_core::{DType, Device};
 
 static WEIGHTS: &[u8] = include_bytes!("../../assets/digits32/model.safetensors");

@@ -6,8 +6,8 @@
 //! `value`, `proj_attn`) weight names. All ops are differentiable.
 
 use crate::error::{Error, Result};
-use crate::prior::adm::upsample2x;
 use crate::nn::checkpoint;
+use crate::prior::adm::upsample2x;
 use crate::prior::vp::{timesteps_for_batch, TimestepNet};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
