@@ -12,6 +12,12 @@
 //!
 //! The CG defaults use [`cg`] with [`CgOptions::default`]: relative residual 1e-6 (per chain,
 //! ‖b − M x‖ ≤ 1e-6·‖b‖), at most 500 iterations. Everything runs in the dtype of its input.
+//!
+//! The CG pseudo-inverse solves AᵀA x = Aᵀy, whose condition number is κ(A)². For an
+//! ill-conditioned A it stops at the cap short of the tolerance and returns an early-stopped
+//! (implicitly regularised) solution rather than A⁺y: at 16×16, the seeded 5×5 motion blur has
+//! κ(A) ≈ 9e4 and the MRI operators κ ≈ 5e2 (×4) and ≈ 7e5 (×8, numerically rank-deficient).
+//! The prox is well conditioned for moderate γ: κ(AᵀA + I/γ) ≤ 1 + γ·‖A‖².
 
 use super::Operator;
 use crate::error::{Error, Result};
