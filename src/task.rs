@@ -44,7 +44,7 @@ use crate::operator::mri::{
 };
 use crate::operator::nonlinear_blur::NonlinearBlur;
 use crate::operator::resize::{AvgPool, SuperResolution};
-use crate::operator::{Hdr, Measurement, Operator};
+use crate::operator::{Hdr, Linear, Measurement, Operator};
 use crate::sampler::{DapsConfig, Method};
 use candle_core::{DType, Device, Tensor};
 use nalgebra::DMatrix;
@@ -725,6 +725,9 @@ impl Operator for Task {
     fn name(&self) -> String {
         self.describe()
     }
+    fn as_linear(&self) -> Option<&dyn Linear> {
+        self.op.as_linear()
+    }
 }
 
 /// The largest sample (C·H·W) [`explicit_matrix`] accepts: 3×32×32.
@@ -783,6 +786,9 @@ impl Operator for Explicit<'_> {
     }
     fn matrix(&self) -> Option<&DMatrix<f64>> {
         Some(&self.a)
+    }
+    fn as_linear(&self) -> Option<&dyn Linear> {
+        self.op.as_linear()
     }
 }
 

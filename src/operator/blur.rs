@@ -7,7 +7,7 @@
 //! reflect padding.
 
 use super::fft::{cast, fast_len, plan, transpose, Pooled, Real};
-use super::Operator;
+use super::{Linear, Operator};
 use crate::error::{Error, Result};
 use crate::nn::cpu_slice;
 use candle_core::backend::BackendStorage;
@@ -191,6 +191,18 @@ impl Operator for Blur {
 
     fn name(&self) -> String {
         self.label.clone()
+    }
+
+    fn as_linear(&self) -> Option<&dyn Linear> {
+        Some(self)
+    }
+}
+
+/// Aᵀ in closed form (the VJP: flipped-kernel correlation, then the adjoint of reflect padding);
+/// prox and pseudo-inverse by the CG defaults (reflect padding is not diagonalised by the FFT).
+impl Linear for Blur {
+    fn adjoint(&self, v: &Tensor) -> Result<Tensor> {
+        self.apply(v, true)
     }
 }
 

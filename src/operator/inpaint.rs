@@ -1,6 +1,7 @@
 //! Inpainting: A(x) = x ⊙ mask with a {0, 1} mask shared by every channel and image.
 
-use super::Operator;
+use super::structure::check_gamma;
+use super::{Linear, Operator};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -127,6 +128,33 @@ impl Operator for Inpaint {
 
     fn name(&self) -> String {
         self.label.clone()
+    }
+
+    fn as_linear(&self) -> Option<&dyn Linear> {
+        Some(self)
+    }
+}
+
+/// Closed forms: A = Aᵀ = diag(m), so AᵀA = diag(m) and A⁺ = diag(m) (m ∈ {0, 1}).
+impl Linear for Inpaint {
+    /// m ⊙ v.
+    fn adjoint(&self, v: &Tensor) -> Result<Tensor> {
+        let m = self.mask_for(v, "cotangent")?;
+        Ok(v.broadcast_mul(&m)?)
+    }
+
+    /// (m ⊙ y + z/γ) / (m + 1/γ).
+    fn prox(&self, z: &Tensor, y: &Tensor, gamma: f64) -> Result<Tensor> {
+        check_gamma(gamma)?;
+        let m = self.mask_for(z, "prox point")?;
+        let y = y.to_dtype(z.dtype())?;
+        let num = y.broadcast_mul(&m)?.broadcast_add(&(z / gamma)?)?;
+        Ok(num.broadcast_div(&(m + 1.0 / gamma)?)?)
+    }
+
+    /// m ⊙ y.
+    fn pinv(&self, y: &Tensor) -> Result<Tensor> {
+        self.adjoint(y)
     }
 }
 

@@ -3,6 +3,10 @@
 //! An operator maps a batch `[B, ...]` to a batch of measurements `[B, ...]`. The data-fidelity
 //! gradient needs Jᵀv; the default computes it with candle autograd through [`Operator::forward`],
 //! and operators with a cheaper closed form (matrices, FFTs) override [`Operator::vjp`].
+//!
+//! Linear operators also expose their structure through [`Operator::as_linear`]: the adjoint,
+//! the proximal map of ½‖A x − y‖² and the pseudo-inverse ([`Linear`]; see [`structure`] for
+//! which operators have closed forms and which use conjugate gradients, [`cg`]).
 
 pub mod blur;
 pub mod fft;
@@ -12,6 +16,7 @@ pub mod mri;
 pub mod nonlinear_blur;
 pub mod pointwise;
 pub mod resize;
+pub mod structure;
 pub mod toy;
 
 use crate::error::{Error, Result};
@@ -20,6 +25,7 @@ use candle_core::{Tensor, Var};
 
 pub use linear::MatrixOperator;
 pub use pointwise::Hdr;
+pub use structure::{cg, CgOptions, CgSolution, Linear};
 pub use toy::TrapOperator;
 
 pub trait Operator: Send + Sync {
@@ -43,6 +49,11 @@ pub trait Operator: Send + Sync {
 
     /// The operator as an explicit matrix `[d_y, d]` acting on flattened samples, when linear.
     fn matrix(&self) -> Option<&nalgebra::DMatrix<f64>> {
+        None
+    }
+
+    /// The operator's linear structure (adjoint, prox, pseudo-inverse), when it is linear.
+    fn as_linear(&self) -> Option<&dyn Linear> {
         None
     }
 }

@@ -14,7 +14,7 @@
 //! wrapped as custom ops that are each other's backward, so both also work under autograd.
 
 use super::fft::{apply_on_cpu, CenteredFft2, Pooled, Real, Workspace};
-use super::Operator;
+use super::{Linear, Operator};
 use crate::error::{expect_shape, Error, Result};
 use crate::nn::cpu_slice;
 use candle_core::backend::BackendStorage;
@@ -435,6 +435,18 @@ impl Operator for Mri {
             k.w,
             self.acceleration()
         )
+    }
+
+    fn as_linear(&self) -> Option<&dyn Linear> {
+        Some(self)
+    }
+}
+
+/// Aᵀ is [`Mri::adjoint`] (Aᴴ, the adjoint for the real inner product of the (re, im) storage);
+/// prox and pseudo-inverse by the CG defaults.
+impl Linear for Mri {
+    fn adjoint(&self, v: &Tensor) -> Result<Tensor> {
+        Mri::adjoint(self, v)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Downsampling operators: DAPS super-resolution (antialiased bicubic) and average pooling.
 
-use super::Operator;
+use super::structure::check_gamma;
+use super::{Linear, Operator};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 
@@ -152,6 +153,20 @@ impl Operator for SuperResolution {
             self.factor, self.in_hw.0, self.in_hw.1
         )
     }
+
+    fn as_linear(&self) -> Option<&dyn Linear> {
+        Some(self)
+    }
+}
+
+/// Aᵀv = M_hᵀ·v·M_w; prox and pseudo-inverse by the CG defaults.
+impl Linear for SuperResolution {
+    fn adjoint(&self, v: &Tensor) -> Result<Tensor> {
+        let (b, c, _, _) = dims4(v, "super-resolution adjoint")?;
+        let expected = [b, c, self.m_h.dim(0)?, self.m_w.dim(0)?];
+        crate::error::expect_shape("super-resolution adjoint input", v.dims(), &expected)?;
+        Self::sandwich(v, &self.m_h.t()?, &self.m_w.t()?)
+    }
 }
 
 /// ×k average pooling (H and W must be multiples of k).
@@ -192,5 +207,47 @@ impl Operator for AvgPool {
 
     fn name(&self) -> String {
         format!("average pooling ×{}", self.factor)
+    }
+
+    fn as_linear(&self) -> Option<&dyn Linear> {
+        Some(self)
+    }
+}
+
+/// Closed forms: Aᵀ spreads each value over its k×k block divided by k², so AAᵀ = I/k² (A has
+/// full row rank), A⁺ = k²·Aᵀ, and the prox follows from the Woodbury identity.
+impl Linear for AvgPool {
+    /// Nearest-neighbour upsampling by k, divided by k².
+    fn adjoint(&self, v: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = dims4(v, "average pooling adjoint")?;
+        let k = self.factor;
+        if k == 0 {
+            return Err(Error::config("average pooling ×0"));
+        }
+        Ok(v.upsample_nearest2d(h * k, w * k)?
+            .affine(1.0 / (k * k) as f64, 0.0)?)
+    }
+
+    /// With b = Aᵀy + z/γ and c = 1/k²: (AᵀA + I/γ)⁻¹ = γI − γ²Aᵀ(I + γAAᵀ)⁻¹A, so
+    /// x = γ·b − γ²/(1 + γc)·Aᵀ(A b).
+    fn prox(&self, z: &Tensor, y: &Tensor, gamma: f64) -> Result<Tensor> {
+        check_gamma(gamma)?;
+        self.check(z)?;
+        let k2 = (self.factor * self.factor) as f64;
+        let b = self
+            .adjoint(&y.to_dtype(z.dtype())?)?
+            .broadcast_add(&(z / gamma)?)?;
+        let ab = b.avg_pool2d(self.factor)?;
+        let corr = self
+            .adjoint(&ab)?
+            .affine(gamma * gamma / (1.0 + gamma / k2), 0.0)?;
+        Ok(((b * gamma)? - corr)?)
+    }
+
+    /// k²·Aᵀy: nearest-neighbour upsampling.
+    fn pinv(&self, y: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = dims4(y, "average pooling pseudo-inverse")?;
+        let k = self.factor;
+        Ok(y.upsample_nearest2d(h * k, w * k)?)
     }
 }
