@@ -49,6 +49,9 @@ pub struct DapsConfig {
     pub prior_term: PriorTerm,
 }
 
+/// The largest number of annealing, ODE or MCMC steps a configuration may ask for.
+pub const MAX_STEPS: usize = 1_000_000;
+
 impl Default for DapsConfig {
     /// Pixel-space DAPS-1K of the official code (200 × 5 NFE, 100 Langevin steps).
     fn default() -> Self {
@@ -73,30 +76,68 @@ impl Default for DapsConfig {
 }
 
 impl DapsConfig {
+    /// Checks every field against its valid range; the error names the field and the range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::config(m.to_string()));
-        if self.annealing_steps == 0 {
-            return bad("annealing_steps must be at least 1");
+        let bad = |field: &str, range: &str, v: &dyn std::fmt::Display| {
+            Err(Error::config(format!("{field} must be {range}, got {v}")))
+        };
+        let finite_pos = |x: f64| x.is_finite() && x > 0.0;
+        if !(1..=MAX_STEPS).contains(&self.annealing_steps) {
+            return bad(
+                "annealing_steps",
+                &format!("in 1..={MAX_STEPS}"),
+                &self.annealing_steps,
+            );
         }
-        if !(self.sigma_max > self.sigma_min && self.sigma_min > 0.0) {
-            return bad("need sigma_max > sigma_min > 0");
+        if !finite_pos(self.sigma_min) {
+            return bad("sigma_min", "finite and > 0", &self.sigma_min);
+        }
+        if !(self.sigma_max.is_finite() && self.sigma_max > self.sigma_min) {
+            return bad("sigma_max", "finite and > sigma_min", &self.sigma_max);
+        }
+        if !finite_pos(self.rho) {
+            return bad("rho", "finite and > 0", &self.rho);
         }
         if self.x0_method != X0Method::Exact {
-            if self.ode_steps == 0 {
-                return bad("ode_steps must be at least 1");
+            if !(1..=MAX_STEPS).contains(&self.ode_steps) {
+                return bad("ode_steps", &format!("in 1..={MAX_STEPS}"), &self.ode_steps);
             }
-            if !(self.sigma_min_ode > 0.0) {
-                return bad("sigma_min_ode must be positive");
+            if !(finite_pos(self.sigma_min_ode) && self.sigma_min_ode < self.sigma_max) {
+                return bad(
+                    "sigma_min_ode",
+                    "finite, > 0 and < sigma_max",
+                    &self.sigma_min_ode,
+                );
             }
-            if !(self.lr > 0.0 && self.tau > 0.0) {
-                return bad("lr and tau must be positive");
+            if !(1..=MAX_STEPS).contains(&self.mcmc_steps) {
+                return bad(
+                    "mcmc_steps",
+                    &format!("in 1..={MAX_STEPS}"),
+                    &self.mcmc_steps,
+                );
+            }
+            if !finite_pos(self.lr) {
+                return bad("lr", "finite and > 0", &self.lr);
+            }
+            if !(0.0..=1.0).contains(&self.lr_min_ratio) {
+                return bad("lr_min_ratio", "in [0, 1]", &self.lr_min_ratio);
+            }
+            if !finite_pos(self.tau) {
+                return bad("tau", "finite and > 0", &self.tau);
             }
             if !(0.0..=1.0).contains(&self.momentum) {
-                return bad("momentum must lie in [0, 1]");
+                return bad("momentum", "in [0, 1]", &self.momentum);
+            }
+            if let PriorTerm::Score { sigma } = self.prior_term {
+                if !(sigma.is_finite() && sigma >= 0.0) {
+                    return bad("prior_term.sigma", "finite and ≥ 0", &sigma);
+                }
             }
         }
         if self.x0_method == X0Method::Mh && self.prior_term != PriorTerm::Gaussian {
-            return bad("Metropolis–Hastings needs the Gaussian prior term");
+            return Err(Error::config(
+                "Metropolis–Hastings needs the Gaussian prior term",
+            ));
         }
         Ok(())
     }

@@ -34,9 +34,27 @@ impl Default for DpsConfig {
 }
 
 impl DpsConfig {
+    /// Checks every field against its valid range; the error names the field and the range.
     pub fn validate(&self) -> Result<()> {
-        if self.steps == 0 || !(self.zeta >= 0.0) {
-            return Err(Error::config("DPS needs steps ≥ 1 and ζ ≥ 0"));
+        let max = super::daps::MAX_STEPS;
+        if !(1..=max).contains(&self.steps) {
+            return Err(Error::config(format!(
+                "steps must be in 1..={max}, got {}",
+                self.steps
+            )));
+        }
+        if !(self.zeta.is_finite() && self.zeta >= 0.0) {
+            return Err(Error::config(format!(
+                "zeta must be finite and ≥ 0, got {}",
+                self.zeta
+            )));
+        }
+        if let Some(c) = self.clip {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::config(format!(
+                    "clip must be finite and > 0, got {c}"
+                )));
+            }
         }
         Ok(())
     }
