@@ -189,7 +189,7 @@ fn measure_and_solve_a_held_out_digit_with_the_default_prior() {
     let x = daps::data::mnist_range(held.start..held.start + 1).unwrap();
     let png = dir.join("digit.png");
     daps::io::write_image(x.images(), &png).unwrap();
-    for task in daps::task::DEMO_TASKS {
+    for task in daps::task::demo_tasks() {
         let (y, out) = (
             dir.join(format!("{task}.safetensors")),
             dir.join(format!("{task}-x.png")),

@@ -11,7 +11,6 @@ use anyhow::{bail, Context, Result};
 use candle_core::{IndexOp, Tensor};
 use clap::Args;
 use daps::data::mnist_range;
-use daps::io::log_magnitude_view;
 use daps::metric::image::{psnr, ssim, to_unit};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
@@ -19,8 +18,7 @@ use daps::prior::load_host as load_host_prior;
 use daps::prior::Denoiser;
 use daps::report::DemoRecord;
 use daps::sampler::{Method, Problem, Silent};
-use daps::task::DEMO_TASKS;
-use daps::task::{preset_method, Task, TaskFiles, TaskSpec};
+use daps::task::{demo_tasks, preset_method, Task, TaskFiles, TaskSpec};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -137,20 +135,14 @@ fn restore(
     Ok(Tensor::cat(&out, 0)?)
 }
 
-/// A viewable [0, 1] image of each digit's measurement, `[N, 1, 32, 32]`.
+/// A viewable [0, 1] image of each digit's measurement, `[N, 1, 32, 32]`: the task's preview,
+/// centre-cropped to the image size (phase retrieval's padded Fourier magnitudes).
 fn preview(task: &Task, y: &Tensor) -> Result<Tensor> {
     let [_, h, w] = task.shape();
-    Ok(match task.spec() {
-        TaskSpec::Sr4 { .. } | TaskSpec::Sr4Pool { .. } => to_unit(&y.upsample_nearest2d(h, w)?)?,
-        TaskSpec::PhaseRetrieval { .. } => {
-            // ln |y| per digit, scaled to [0, 1], centre crop to the image size.
-            let (_, _, hh, ww) = y.dims4()?;
-            let u = log_magnitude_view(y)?;
-            let (t, l) = ((hh.saturating_sub(h)) / 2, (ww.saturating_sub(w)) / 2);
-            u.narrow(2, t, h.min(hh))?.narrow(3, l, w.min(ww))?
-        }
-        _ => to_unit(y)?,
-    })
+    let u = task.preview(y)?;
+    let (_, _, hh, ww) = u.dims4()?;
+    let (t, l) = ((hh.saturating_sub(h)) / 2, (ww.saturating_sub(w)) / 2);
+    Ok(u.narrow(2, t, h.min(hh))?.narrow(3, l, w.min(ww))?)
 }
 
 /// Per-digit (PSNR, SSIM) of `x` against `truth`, both in [−1, 1].
@@ -217,7 +209,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     }
     let tasks: Vec<String> = match &a.tasks {
         Some(t) => t.clone(),
-        None => DEMO_TASKS.iter().map(|s| s.to_string()).collect(),
+        None => demo_tasks().map(String::from).collect(),
     };
     let prior = load_host_prior(a.prior.as_deref(), &a.device)?;
     let digits = mnist_range(lo..hi)?;

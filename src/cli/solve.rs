@@ -11,12 +11,10 @@
 //! use the magnitude |x| on [0, 1]; `--save-samples` keeps the raw two channels.
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clap::Args;
-use daps::io::{
-    display, log_magnitude_view, read_complex_image, read_image, read_task_image, write_unit_image,
-};
-use daps::metric::image::{psnr, ssim, to_unit};
+use daps::io::{display, read_complex_image, read_image, read_task_image, write_unit_image};
+use daps::metric::image::{psnr, ssim};
 use daps::metric::lpips::Lpips;
 use daps::noise::SeededNoise;
 use daps::operator::{per_chain_sq_norm, Operator};
@@ -148,21 +146,9 @@ pub fn key_value(s: &str) -> Result<(&str, &str)> {
 // ---------------------------------------------------------------------------------------------
 // Images
 
-/// A viewable [0, 1] image of the measurement: SR tasks upsampled (nearest) to the image size,
-/// phase retrieval as ln(|y| + 10⁻³) scaled to [0, 1] per channel, others y itself.
+/// A viewable [0, 1] image of the measurement ([`Task::preview`]).
 pub fn preview(mf: &MeasurementFile) -> Result<Tensor> {
-    let [_, h, w] = mf.task.shape();
-    let y = &mf.y;
-    Ok(match mf.task.spec() {
-        TaskSpec::Sr4 { .. } | TaskSpec::Sr4Pool { .. } => to_unit(&y.upsample_nearest2d(h, w)?)?,
-        TaskSpec::PhaseRetrieval { .. } => log_magnitude_view(y)?,
-        TaskSpec::Mri4x(_) | TaskSpec::Mri8x(_) => {
-            // The zero-filled coil-combined image |Aᴴy|.
-            let probe = Tensor::zeros((1, 2, h, w), DType::F32, &Device::Cpu)?;
-            display(&mf.task.vjp(&probe, y)?, true)?
-        }
-        _ => to_unit(y)?,
-    })
+    Ok(mf.task.preview(&mf.y)?)
 }
 
 // ---------------------------------------------------------------------------------------------

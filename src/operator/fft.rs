@@ -392,6 +392,16 @@ impl Default for PhaseRetrieval {
 }
 
 impl PhaseRetrieval {
+    /// Checks that `oversample` is finite and ≥ 0.
+    pub fn new(oversample: f64) -> Result<Self> {
+        if !(oversample.is_finite() && oversample >= 0.0) {
+            return Err(Error::config(format!(
+                "oversample must be finite and ≥ 0, got {oversample}"
+            )));
+        }
+        Ok(Self { oversample })
+    }
+
     /// Padding (rows, columns) per side for an H×W image.
     pub fn padding(&self, h: usize, w: usize) -> (usize, usize) {
         let p = |n: usize| (self.oversample / 8.0 * n as f64).floor() as usize;

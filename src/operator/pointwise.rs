@@ -1,12 +1,24 @@
 //! Pointwise operators.
 
 use super::Operator;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use candle_core::Tensor;
 
 /// High dynamic range: A(x) = clip(scale·x, −1, 1) (DAPS uses scale 2).
 pub struct Hdr {
     pub scale: f64,
+}
+
+impl Hdr {
+    /// Checks that `scale` is finite and positive.
+    pub fn new(scale: f64) -> Result<Self> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::config(format!(
+                "scale must be finite and > 0, got {scale}"
+            )));
+        }
+        Ok(Self { scale })
+    }
 }
 
 impl Default for Hdr {

@@ -176,6 +176,14 @@ pub struct AvgPool {
 }
 
 impl AvgPool {
+    /// Checks that `factor` is at least 1.
+    pub fn new(factor: usize) -> Result<Self> {
+        if factor == 0 {
+            return Err(Error::config("average pooling: factor must be ≥ 1, got 0"));
+        }
+        Ok(Self { factor })
+    }
+
     fn check(&self, x: &Tensor) -> Result<(usize, usize)> {
         let (_, _, h, w) = dims4(x, "average pooling")?;
         let k = self.factor;

@@ -1,0 +1,60 @@
+//! The per-task sampler presets: `presets/<task>.toml` (embedded; [`super::TaskDef::preset`]),
+//! one section per budget, each naming its sampler (`method = "dps"`; default `daps`).
+
+use super::info;
+use crate::error::{Error, Result};
+use crate::sampler::{DapsConfig, Method};
+
+/// Sampler budgets in every preset file.
+pub const BUDGETS: [&str; 5] = ["daps-1k", "daps-4k", "daps-100", "daps-50", "dps-1000"];
+/// The budget `daps solve` uses unless told otherwise.
+pub const DEFAULT_BUDGET: &str = "daps-1k";
+
+/// The budget `daps solve --method NAME` uses without `--preset`.
+pub fn default_budget(method: &str) -> &'static str {
+    match method {
+        "dps" => "dps-1000",
+        _ => DEFAULT_BUDGET,
+    }
+}
+
+/// The embedded TOML preset file of a task.
+pub fn preset_source(task: &str) -> Result<&'static str> {
+    Ok(info(task)?.preset)
+}
+
+/// The sampler and settings of `budget` (see [`BUDGETS`]) for a task.
+pub fn preset_method(task: &str, budget: &str) -> Result<Method> {
+    let src = preset_source(task)?;
+    let table: toml::Table =
+        toml::from_str(src).map_err(|e| Error::config(format!("preset file of {task}: {e}")))?;
+    let section = table.get(budget).and_then(|s| s.as_table()).ok_or_else(|| {
+        Error::config(format!(
+            "unknown preset '{budget}' for task {task} (valid: {})",
+            BUDGETS.join(", ")
+        ))
+    })?;
+    let m = Method::from_table(section)
+        .map_err(|e| Error::config(format!("preset {budget} of {task}: {e}")))?;
+    m.validate()?;
+    Ok(m)
+}
+
+/// The DAPS configuration of `budget` (`daps-1k`, `daps-4k`, `daps-100`, `daps-50`) for a task.
+pub fn preset(task: &str, budget: &str) -> Result<DapsConfig> {
+    match preset_method(task, budget)? {
+        Method::Daps(c) => Ok(c),
+        m => Err(Error::config(format!(
+            "preset {budget} of {task} is a {} preset, not daps",
+            m.name()
+        ))),
+    }
+}
+
+/// Sets one field of a DAPS configuration; `value` is read as TOML (or else as a string).
+pub fn set_config(cfg: &DapsConfig, key: &str, value: &str) -> Result<DapsConfig> {
+    match Method::Daps(cfg.clone()).set(key, value)? {
+        Method::Daps(c) => Ok(c),
+        _ => unreachable!("set keeps the method"),
+    }
+}
