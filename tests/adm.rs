@@ -10,14 +10,15 @@ use daps::prior::Denoiser;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+mod common;
+use common::{check_close, fixture, vec64};
+
 fn fx(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/adm_unet")
-        .join(name)
+    fixture("adm_unet").join(name)
 }
 
 fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fx(name), &Device::Cpu).unwrap()
+    common::load(&format!("adm_unet/{name}"))
 }
 
 fn tiny_cfg() -> AdmConfig {
@@ -31,35 +32,6 @@ fn tiny(ext: &str) -> AdmUnet {
         &Device::Cpu,
     )
     .unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// Max of |a − b| − rtol·|b| (≤ atol means "close"); also returns max |a − b|.
-fn check(what: &str, a: &Tensor, b: &Tensor, atol: f64, rtol: f64) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-    let (a, b) = (vals(a), vals(b));
-    let mut worst = 0.0f64;
-    let mut maxdiff = 0.0f64;
-    for (x, y) in a.iter().zip(&b) {
-        let d = (x - y).abs();
-        maxdiff = maxdiff.max(d);
-        worst = worst.max(d - rtol * y.abs());
-    }
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    eprintln!("{what}: max |diff| = {maxdiff:.3e} (max |ref| = {scale:.3})");
-    assert!(
-        worst <= atol,
-        "{what}: max |diff| {maxdiff:e} exceeds atol {atol} + rtol {rtol}"
-    );
-    maxdiff
 }
 
 #[test]
@@ -79,7 +51,7 @@ fn tiny_config_from_json() {
 fn tiny_io(model: &AdmUnet, what: &str) {
     let io = load("tiny_io.safetensors");
     let out = model.forward(&io["x"], &io["timesteps"]).unwrap();
-    check(what, &out, &io["eps"], 1e-4, 1e-4);
+    check_close(what, &out, &io["eps"], 1e-4, 1e-4);
 }
 
 #[test]
@@ -99,7 +71,7 @@ fn pt_and_safetensors_weights_identical() {
     assert_eq!(a.len(), 216);
     assert_eq!(a.len(), b.len());
     for (k, t) in &a {
-        assert_eq!(vals(t), vals(&b[k]), "{k}");
+        assert_eq!(vec64(t), vec64(&b[k]), "{k}");
     }
 }
 
@@ -115,7 +87,7 @@ fn tiny_intermediates() {
         .unwrap();
     assert_eq!(got.len(), 16);
     for (name, t) in &got {
-        check(name, t, &fix[name.as_str()], 1e-4, 1e-4);
+        check_close(name, t, &fix[name.as_str()], 1e-4, 1e-4);
     }
 }
 
@@ -123,9 +95,9 @@ fn tiny_intermediates() {
 fn tiny_denoiser_per_sample_sigma() {
     let den = VpDenoiser::new(tiny("safetensors"));
     let io = load("tiny_denoiser_io.safetensors");
-    let sig = vals(&io["sigma"]);
-    let c_noise = vals(&io["c_noise"]);
-    let c_in = vals(&io["c_in"]);
+    let sig = vec64(&io["sigma"]);
+    let c_noise = vec64(&io["c_noise"]);
+    let c_in = vec64(&io["c_in"]);
     for i in 0..2 {
         let s = sig[i] as f32;
         assert!(
@@ -140,7 +112,7 @@ fn tiny_denoiser_per_sample_sigma() {
             .net()
             .forward(&x.affine(den.c_in(s) as f64, 0.0).unwrap(), &t)
             .unwrap();
-        check(
+        check_close(
             &format!("eps_full[{i}]"),
             &eps,
             &io["eps_full"].narrow(0, i, 1).unwrap(),
@@ -149,7 +121,7 @@ fn tiny_denoiser_per_sample_sigma() {
         );
         let d = den.denoise(&x, sig[i]).unwrap();
         let atol = if sig[i] > 5.0 { 1e-3 } else { 1e-4 };
-        check(
+        check_close(
             &format!("D[{i}] (σ = {})", sig[i]),
             &d,
             &io["D"].narrow(0, i, 1).unwrap(),
@@ -163,9 +135,9 @@ fn tiny_denoiser_per_sample_sigma() {
 fn tiny_denoiser_scalar_sigma() {
     let den = VpDenoiser::new(tiny("pt"));
     let io = load("tiny_denoiser_io.safetensors");
-    let s = vals(&io["sigma_scalar"])[0];
+    let s = vec64(&io["sigma_scalar"])[0];
     let d = den.denoise(&io["x"], s).unwrap();
-    check("D_scalar_sigma", &d, &io["D_scalar_sigma"], 1e-4, 1e-4);
+    check_close("D_scalar_sigma", &d, &io["D_scalar_sigma"], 1e-4, 1e-4);
     assert_eq!(den.sample_shape(), Some(vec![3, 32, 32]));
 }
 
@@ -309,9 +281,9 @@ fn denoiser_gradient_matches_finite_difference() {
         .sum_all()
         .unwrap();
     let grads = loss.backward().unwrap();
-    let g = vals(grads.get(x.as_tensor()).expect("gradient reaches x"));
+    let g = vec64(grads.get(x.as_tensor()).expect("gradient reaches x"));
     let f = |delta: f64, idx: usize| -> f64 {
-        let mut v = vals(&x0);
+        let mut v = vec64(&x0);
         v[idx] += delta;
         let xt = Tensor::from_vec(v, x0.dims(), &Device::Cpu).unwrap();
         den.denoise(&xt, sigma)
@@ -340,7 +312,7 @@ fn denoiser_gradient_matches_finite_difference() {
         .unwrap()
         .sum_all()
         .unwrap();
-    let g32 = vals(loss.backward().unwrap().get(x.as_tensor()).unwrap());
+    let g32 = vec64(loss.backward().unwrap().get(x.as_tensor()).unwrap());
     let scale = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let err = g32
         .iter()
@@ -348,49 +320,4 @@ fn denoiser_gradient_matches_finite_difference() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
     assert!(err <= 1e-4 * scale.max(1.0), "f32 vs f64 gradient: {err}");
-}
-
-fn time_forward(model: &AdmUnet, x: &Tensor, t: &Tensor, reps: usize) -> f64 {
-    model.forward(x, t).unwrap(); // warm-up
-    let mut best = f64::INFINITY;
-    for _ in 0..reps {
-        let s = std::time::Instant::now();
-        let y = model.forward(x, t).unwrap();
-        y.sum_all().unwrap().to_scalar::<f32>().unwrap();
-        best = best.min(s.elapsed().as_secs_f64());
-    }
-    best
-}
-
-/// `cargo test --release --test adm -- --ignored --nocapture timing`
-#[test]
-#[ignore]
-fn timing_forward_tiny_and_ffhq256() {
-    let dev = Device::Cpu;
-    let model = tiny("safetensors");
-    let io = load("tiny_io.safetensors");
-    let x1 = io["x"].narrow(0, 0, 1).unwrap();
-    let t1 = io["timesteps"].narrow(0, 0, 1).unwrap();
-    let tt = time_forward(&model, &x1, &t1, 10);
-    eprintln!("tiny ADM (32x32, batch 1) forward: {:.2} ms", tt * 1e3);
-    let den = VpDenoiser::new(model);
-    let x = Var::from_tensor(&x1).unwrap();
-    let s = std::time::Instant::now();
-    let l = den.denoise(x.as_tensor(), 1.0).unwrap().sum_all().unwrap();
-    l.backward().unwrap();
-    eprintln!(
-        "tiny ADM denoiser forward+backward: {:.2} ms",
-        s.elapsed().as_secs_f64() * 1e3
-    );
-
-    let cfg = AdmConfig::ffhq256();
-    let varmap = candle_nn::VarMap::new();
-    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let s = std::time::Instant::now();
-    let model = AdmUnet::new(&cfg, vb).unwrap();
-    eprintln!("FFHQ-256 random init: {:.2} s", s.elapsed().as_secs_f64());
-    let x = Tensor::randn(0f32, 1.0, (1, 3, 256, 256), &dev).unwrap();
-    let t = Tensor::new(&[258.7f32], &dev).unwrap();
-    let tf = time_forward(&model, &x, &t, 2);
-    eprintln!("FFHQ-256 ADM (256x256, batch 1) forward: {:.3} s", tf);
 }

@@ -1,29 +1,12 @@
 //! `daps demo`, `daps sample` and `daps bench prior` with the built-in digits prior, at tiny
 //! budgets (the real figures are in the README and the issue notes).
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn daps(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_daps"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("daps-demo-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{daps, s, tmp_dir};
 
 #[test]
 fn demo_writes_grid_table_and_records() {
-    let dir = tmp("run");
+    let dir = tmp_dir("demo", "run");
     let (png, json) = (dir.join("grid.png"), dir.join("r.json"));
     let out = daps(&[
         "demo",
@@ -116,7 +99,7 @@ fn demo_rejects_bad_arguments_by_name() {
 
 #[test]
 fn sample_uses_the_default_prior() {
-    let dir = tmp("sample");
+    let dir = tmp_dir("demo", "sample");
     let png = dir.join("s.png");
     let out = daps(&["sample", "--n", "4", "--steps", "3", "--out", s(&png)]);
     assert!(
@@ -184,7 +167,7 @@ fn default_prior_denoises_held_out_digits() {
 #[test]
 fn measure_and_solve_a_held_out_digit_with_the_default_prior() {
     // Every 32×32 task through the CLI, from a PNG to a restored PNG, with no --prior.
-    let dir = tmp("cli");
+    let dir = tmp_dir("demo", "cli");
     let held = daps::prior::default::HELD_OUT;
     let x = daps::data::mnist_range(held.start..held.start + 1).unwrap();
     let png = dir.join("digit.png");

@@ -1,9 +1,12 @@
 //! `nn::fastops`: conv2d and GroupNorm with fast CPU backward passes, checked against
 //! candle's own autograd (f32, ~1e-5 relative) and finite differences (f64).
-//! Timings: `cargo test --release --test fastops measure_ops -- --ignored --nocapture`.
+//! Timings: `cargo bench --bench network -- fastops` (benches/network.rs).
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use daps::nn::fastops;
+
+mod common;
+use common::{rel_diff, vec64};
 
 fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     // Deterministic pseudo-random values in [-1, 1).
@@ -23,28 +26,6 @@ fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
         .unwrap()
         .to_dtype(dtype)
         .unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// max |a − b| / max |b|.
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let (a, b) = (vals(a), vals(b));
-    let d = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let m = b.iter().map(|x| x.abs()).fold(1e-30, f64::max);
-    d / m
 }
 
 /// (k, padding, stride, input H, W)
@@ -92,7 +73,11 @@ fn conv_matches_candle_autograd_f32() {
         let r = rand(y0.dims(), 30 + i as u64, DType::F32);
         let (yf, dxf, dwf) = conv_grads(&x, &w, &r, p, s, true);
         let (yc, dxc, dwc) = conv_grads(&x, &w, &r, p, s, false);
-        let (ey, ex, ew) = (rel(&yf, &yc), rel(&dxf, &dxc), rel(&dwf, &dwc));
+        let (ey, ex, ew) = (
+            rel_diff(&yf, &yc),
+            rel_diff(&dxf, &dxc),
+            rel_diff(&dwf, &dwc),
+        );
         assert!(
             ey < 1e-6 && ex < 1e-5 && ew < 1e-5,
             "conv k{k} p{p} s{s} {h}x{wd}: y {ey:e} dx {ex:e} dw {ew:e}"
@@ -117,8 +102,8 @@ fn conv_matches_finite_differences_f64() {
         };
         let (_, dx, dw) = conv_grads(&x, &w, &r, p, s, true);
         for (t, grad, is_x) in [(&x, &dx, true), (&w, &dw, false)] {
-            let base = vals(t);
-            let an = vals(grad);
+            let base = vec64(t);
+            let an = vec64(grad);
             for j in 0..base.len() {
                 let bump = |d: f64| {
                     let mut v = base.clone();
@@ -159,7 +144,7 @@ fn conv_layer_with_bias_and_no_grad_path() {
     )
     .forward(&x)
     .unwrap();
-    assert!(rel(&y, &reference) < 1e-6);
+    assert!(rel_diff(&y, &reference) < 1e-6);
 }
 
 /// Loss Σ r·GN(x); returns (y, dx, dγ, dβ).
@@ -218,10 +203,10 @@ fn group_norm_matches_candle_autograd_f32() {
         let f = gn_grads(&x, &gamma, &beta, &r, groups, true);
         let cd = gn_grads(&x, &gamma, &beta, &r, groups, false);
         let e = [
-            rel(&f.0, &cd.0),
-            rel(&f.1, &cd.1),
-            rel(&f.2, &cd.2),
-            rel(&f.3, &cd.3),
+            rel_diff(&f.0, &cd.0),
+            rel_diff(&f.1, &cd.1),
+            rel_diff(&f.2, &cd.2),
+            rel_diff(&f.3, &cd.3),
         ];
         assert!(
             e[0] < 1e-6 && e[1] < 1e-5 && e[2] < 1e-5 && e[3] < 1e-5,
@@ -249,8 +234,8 @@ fn group_norm_matches_finite_differences_f64() {
         };
         let (_, dx, dg, db) = gn_grads(&x, &gamma, &beta, &r, groups, true);
         for (which, t, grad) in [(0, &x, &dx), (1, &gamma, &dg), (2, &beta, &db)] {
-            let base = vals(t);
-            let an = vals(grad);
+            let base = vec64(t);
+            let an = vec64(grad);
             for j in 0..base.len() {
                 let bump = |d: f64| {
                     let mut v = base.clone();
@@ -273,147 +258,6 @@ fn group_norm_matches_finite_differences_f64() {
     }
 }
 
-fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
-/// Best-of-n (wall ms, process CPU ms) of `f`.
-fn time<F: FnMut()>(n: usize, mut f: F) -> (f64, f64) {
-    let mut best = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..n {
-        let c = cpu_seconds();
-        let t = std::time::Instant::now();
-        f();
-        let w = t.elapsed().as_secs_f64() * 1e3;
-        let c = (cpu_seconds() - c) * 1e3;
-        if w < best.0 {
-            best = (w, c);
-        }
-    }
-    best
-}
-
-/// Per-op forward and forward+backward times, candle vs fastops, at the digits32 sizes (batch 32).
-#[test]
-#[ignore]
-fn measure_ops() {
-    let n = 5;
-    // Forward only at batch 1 (the sampling path of a 256-px model).
-    for &(c, h) in &[(128usize, 64usize), (128, 128)] {
-        let x = rand(&[1, c, h, h], 1, DType::F32);
-        let w = rand(&[c, c, 3, 3], 2, DType::F32);
-        let candle = time(3, || {
-            x.conv2d(&w, 1, 1, 1, 1).unwrap();
-        });
-        let fast = time(3, || {
-            fastops::conv2d(&x, &w, 1, 1).unwrap();
-        });
-        eprintln!(
-            "conv fwd 1x{c}x{h}x{h} 3x3: candle {:.1} ms (cpu {:.1}), fast {:.1} ms (cpu {:.1})",
-            candle.0, candle.1, fast.0, fast.1
-        );
-    }
-    let b = 32;
-    let report = |name: &str, fwd: (f64, f64), both: (f64, f64)| {
-        eprintln!(
-            "{name:<40} fwd {:7.1} ms (cpu {:7.1})  bwd {:7.1} ms (cpu {:7.1})",
-            fwd.0,
-            fwd.1,
-            both.0 - fwd.0,
-            both.1 - fwd.1
-        );
-    };
-    for &(ci, co, k, p, s, h) in &[
-        (32usize, 32usize, 3usize, 1usize, 1usize, 32usize),
-        (64, 64, 3, 1, 1, 16),
-        (64, 64, 3, 1, 2, 16),
-        (32, 32, 3, 1, 2, 32),
-        (128, 64, 1, 0, 1, 16),
-    ] {
-        let x = Var::from_tensor(&rand(&[b, ci, h, h], 1, DType::F32)).unwrap();
-        let w = Var::from_tensor(&rand(&[co, ci, k, k], 2, DType::F32)).unwrap();
-        for fast in [false, true] {
-            let run = |bwd: bool| {
-                let y = if fast {
-                    fastops::conv2d(x.as_tensor(), w.as_tensor(), p, s).unwrap()
-                } else {
-                    x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1).unwrap()
-                };
-                if bwd {
-                    y.sum_all().unwrap().backward().unwrap();
-                }
-            };
-            let fwd = time(n, || run(false));
-            let both = time(n, || run(true));
-            let name = format!(
-                "conv {ci}->{co} k{k} s{s} {h}x{h} {}",
-                if fast { "fast" } else { "candle" }
-            );
-            report(&name, fwd, both);
-        }
-    }
-    {
-        let x = Var::from_tensor(&rand(&[b, 32, 32, 32], 3, DType::F32)).unwrap();
-        let r = rand(&[b, 32, 32, 32], 6, DType::F32);
-        for fast in [false, true] {
-            let run = |bwd: bool| {
-                let y = if fast {
-                    fastops::silu(x.as_tensor()).unwrap()
-                } else {
-                    x.as_tensor().silu().unwrap()
-                };
-                if bwd {
-                    (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                }
-            };
-            let fwd = time(n, || run(false));
-            let both = time(n, || run(true));
-            report(
-                &format!("silu 32ch 32x32 {}", if fast { "fast" } else { "candle" }),
-                fwd,
-                both,
-            );
-        }
-    }
-    for &(c, h) in &[(32usize, 32usize), (64, 16), (128, 8)] {
-        let x = Var::from_tensor(&rand(&[b, c, h, h], 3, DType::F32)).unwrap();
-        let gm = Var::from_tensor(&(rand(&[c], 4, DType::F32) + 1.0).unwrap()).unwrap();
-        let bt = Var::from_tensor(&rand(&[c], 5, DType::F32)).unwrap();
-        let r = rand(&[b, c, h, h], 6, DType::F32);
-        for fast in [false, true] {
-            let run = |bwd: bool| {
-                let y = if fast {
-                    fastops::group_norm(x.as_tensor(), gm.as_tensor(), bt.as_tensor(), 32, 1e-5)
-                        .unwrap()
-                } else {
-                    candle_nn::GroupNorm::new(
-                        gm.as_tensor().clone(),
-                        bt.as_tensor().clone(),
-                        c,
-                        32,
-                        1e-5,
-                    )
-                    .unwrap()
-                    .forward(x.as_tensor())
-                    .unwrap()
-                };
-                if bwd {
-                    (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                }
-            };
-            let fwd = time(n, || run(false));
-            let both = time(n, || run(true));
-            let name = format!(
-                "group norm {c}ch {h}x{h} {}",
-                if fast { "fast" } else { "candle" }
-            );
-            report(&name, fwd, both);
-        }
-    }
-}
-
 #[test]
 fn silu_matches_candle_and_finite_differences() {
     let x = (rand(&[3, 4, 5, 6], 7, DType::F32) * 6.0).unwrap();
@@ -430,7 +274,7 @@ fn silu_matches_candle_and_finite_differences() {
     };
     let (yf, df) = grads(true);
     let (yc, dc) = grads(false);
-    assert!(rel(&yf, &yc) < 1e-7 && rel(&df, &dc) < 1e-5);
+    assert!(rel_diff(&yf, &yc) < 1e-7 && rel_diff(&df, &dc) < 1e-5);
     // f64: the gradient of Σ r·silu(x) element by element.
     let x = x.to_dtype(DType::F64).unwrap();
     let r = r.to_dtype(DType::F64).unwrap();
@@ -441,10 +285,10 @@ fn silu_matches_candle_and_finite_differences() {
         .unwrap()
         .backward()
         .unwrap();
-    let an = vals(g.get(xv.as_tensor()).unwrap());
+    let an = vec64(g.get(xv.as_tensor()).unwrap());
     let eps = 1e-6;
     let f = |v: f64| v / (1.0 + (-v).exp());
-    for ((&xi, &ri), &a) in vals(&x).iter().zip(&vals(&r)).zip(&an) {
+    for ((&xi, &ri), &a) in vec64(&x).iter().zip(&vec64(&r)).zip(&an) {
         let fd = ri * (f(xi + eps) - f(xi - eps)) / (2.0 * eps);
         assert!(
             (fd - a).abs() < 1e-8 * (1.0 + fd.abs()),
@@ -489,7 +333,11 @@ fn channel_bias_and_upsample_match_candle_autograd() {
         };
         let f = grads(true);
         let c = grads(false);
-        let e = [rel(&f.0, &c.0), rel(&f.1, &c.1), rel(&f.2, &c.2)];
+        let e = [
+            rel_diff(&f.0, &c.0),
+            rel_diff(&f.1, &c.1),
+            rel_diff(&f.2, &c.2),
+        ];
         assert!(
             e[0] == 0.0 && e[1] < 1e-6 && e[2] < 1e-6,
             "{dtype:?}: up, dx, db rel errors {e:?}"
@@ -530,7 +378,11 @@ fn scale_shift_matches_candle_autograd() {
         };
         let f = grads(true);
         let c = grads(false);
-        let e = [rel(&f.0, &c.0), rel(&f.1, &c.1), rel(&f.2, &c.2)];
+        let e = [
+            rel_diff(&f.0, &c.0),
+            rel_diff(&f.1, &c.1),
+            rel_diff(&f.2, &c.2),
+        ];
         assert!(
             e[0] == 0.0 && e[1] < 1e-6 && e[2] < 1e-6,
             "{dtype:?}: y, dh, d(scale, shift) rel errors {e:?}"
@@ -553,7 +405,7 @@ fn conv_gradient_only_for_tracked_arguments() {
         .backward()
         .unwrap();
     assert!(g.get(&w).is_none());
-    assert!(rel(g.get(xv.as_tensor()).unwrap(), &dx_ref) < 1e-5);
+    assert!(rel_diff(g.get(xv.as_tensor()).unwrap(), &dx_ref) < 1e-5);
     // Constant input: only dw.
     let wv = Var::from_tensor(&w).unwrap();
     let g = (fastops::conv2d(&x, wv.as_tensor(), 1, 1).unwrap() * &r)
@@ -563,83 +415,7 @@ fn conv_gradient_only_for_tracked_arguments() {
         .backward()
         .unwrap();
     assert!(g.get(&x).is_none());
-    assert!(rel(g.get(wv.as_tensor()).unwrap(), &dw_ref) < 1e-5);
-}
-
-/// Per-block forward times of the digits32 ADM (batch 32, random weights):
-/// `cargo test --release --test fastops measure_blocks -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn measure_blocks() {
-    use daps::prior::adm::AdmUnet;
-    let cfg = daps::train::preset("digits32").unwrap();
-    let vm = candle_nn::VarMap::new();
-    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    let net = AdmUnet::new(&cfg, vb).unwrap();
-    let x = rand(&[32, 1, 32, 32], 1, DType::F32);
-    let t = Tensor::full(500f32, 32, &Device::Cpu).unwrap();
-    for _ in 0..3 {
-        let mut last = std::time::Instant::now();
-        let mut line = String::new();
-        let y = net
-            .forward_traced(&x, &t, &mut |name, _| {
-                let now = std::time::Instant::now();
-                line += &format!("{name} {:.0}ms, ", (now - last).as_secs_f64() * 1e3);
-                last = now;
-            })
-            .unwrap();
-        let t0 = std::time::Instant::now();
-        let _ = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        eprintln!(
-            "{line}\n  (no-grad net; backward n/a {:.0} ms)",
-            t0.elapsed().as_secs_f64() * 1e3
-        );
-    }
-    // With gradients: weights as variables.
-    let xv = Var::from_tensor(&x).unwrap();
-    for _ in 0..2 {
-        let c0 = cpu_seconds();
-        let y = net.forward(xv.as_tensor(), &t).unwrap();
-        let c1 = cpu_seconds();
-        let _ = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        eprintln!(
-            "tracked: fwd {:.2} CPU-s, bwd {:.2} CPU-s",
-            c1 - c0,
-            cpu_seconds() - c1
-        );
-    }
-}
-
-#[test]
-#[ignore]
-fn measure_matmul_layouts() {
-    let w = rand(&[32, 288], 1, DType::F32);
-    let colb = rand(&[32, 288, 1024], 2, DType::F32);
-    let col1 = rand(&[288, 32 * 1024], 3, DType::F32);
-    let a = time(5, || {
-        w.broadcast_left(32).unwrap().matmul(&colb).unwrap();
-    });
-    let b = time(5, || {
-        w.matmul(&col1).unwrap();
-    });
-    let c = time(5, || {
-        let _ = w
-            .matmul(&col1)
-            .unwrap()
-            .reshape((32, 32, 1024))
-            .unwrap()
-            .transpose(0, 1)
-            .unwrap()
-            .contiguous()
-            .unwrap();
-    });
-    let d = time(5, || {
-        let _ = Tensor::zeros((32, 288, 1024), DType::F32, &Device::Cpu)
-            .unwrap()
-            .affine(1.0, 1.0)
-            .unwrap();
-    });
-    eprintln!("batched {a:?}, single {b:?}, single+transpose {c:?}, alloc+touch 37MB {d:?}");
+    assert!(rel_diff(g.get(wv.as_tensor()).unwrap(), &dw_ref) < 1e-5);
 }
 
 /// Big enough that the column buffers are built one batch item at a time.
@@ -651,7 +427,11 @@ fn conv_chunked_batch_matches_candle_autograd() {
         let r = rand(x.conv2d(&w, 1, s, 1, 1).unwrap().dims(), 43, DType::F32);
         let (yf, dxf, dwf) = conv_grads(&x, &w, &r, 1, s, true);
         let (yc, dxc, dwc) = conv_grads(&x, &w, &r, 1, s, false);
-        let e = [rel(&yf, &yc), rel(&dxf, &dxc), rel(&dwf, &dwc)];
+        let e = [
+            rel_diff(&yf, &yc),
+            rel_diff(&dxf, &dxc),
+            rel_diff(&dwf, &dwc),
+        ];
         assert!(
             e.iter().all(|&v| v < 1e-5),
             "stride {s}, {h}x{h}: y, dx, dw rel errors {e:?}"

@@ -20,12 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-fn photo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photo/astronaut-256.png")
-}
+mod common;
+use common::{fixture, s, vec32};
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+fn photo() -> PathBuf {
+    fixture("photo/astronaut-256.png")
 }
 
 /// Runs the binary; panics with its stderr on failure; returns (stdout, stderr, seconds).
@@ -84,15 +83,6 @@ fn write_random_weights(path: &Path, params: &checkpoint::ParamList, std: f32, s
     f.flush().unwrap();
 }
 
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 /// Checks a restored PNG and the raw samples file of a 256×256×3 run.
 fn check_outputs(png: &Path, samples: &Path) {
     let img = image::open(png).unwrap();
@@ -100,7 +90,7 @@ fn check_outputs(png: &Path, samples: &Path) {
     assert_eq!(img.color(), image::ColorType::Rgb8);
     let (t, _) = read_safetensors(samples).unwrap();
     assert_eq!(t["samples"].dims(), &[1, 3, 256, 256]);
-    let v = values(&t["samples"]);
+    let v = vec32(&t["samples"]);
     assert!(v.iter().all(|x| x.is_finite()), "non-finite samples");
 }
 
@@ -179,7 +169,7 @@ fn ffhq256_adm_on_a_256_photo() {
             &[1, 3, 256, 256]
         };
         assert_eq!(mf.y.dims(), expect);
-        assert!(values(&mf.y).iter().all(|v| v.is_finite()));
+        assert!(vec32(&mf.y).iter().all(|v| v.is_finite()));
         let preview = image::open(y.with_extension("png")).unwrap();
         assert_eq!((preview.width(), preview.height()), (256, 256));
     }

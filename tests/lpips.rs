@@ -4,12 +4,14 @@
 //! `lpips` tensor names) is written once per run under CARGO_TARGET_TMPDIR. The reference does
 //! everything in f64 with explicit loops; candle runs in f32, so values agree to 1e-4 relative.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use daps::metric::lpips::{Lpips, WEIGHTS_FLAG};
-use daps::noise::{NoiseSource, SeededNoise};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
+
+mod common;
+use common::{randn, vec64};
 
 const CONVS: [(usize, usize, usize); 13] = [
     // (torchvision index, in, out)
@@ -31,25 +33,10 @@ const CONVS: [(usize, usize, usize); 13] = [
 const TAPS: [usize; 5] = [2, 7, 14, 21, 28];
 const HEADS: [usize; 5] = [64, 128, 256, 512, 512];
 
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    SeededNoise::new(seed)
-        .randn(&shape.into(), &Device::Cpu)
-        .unwrap()
-}
-
 fn uniform(shape: &[usize], seed: u64) -> Tensor {
     // Gaussian noise squashed into (0, 1).
     let z = randn(shape, seed);
     (z.tanh().unwrap() * 0.5).unwrap().affine(1.0, 0.5).unwrap()
-}
-
-fn vec64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Random weights with the lpips package's head names.

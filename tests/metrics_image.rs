@@ -7,20 +7,16 @@ use candle_core::{DType, Device, Tensor};
 use daps::metric::image::{psnr, ssim, to_unit};
 use daps::Error;
 
-fn dir() -> String {
-    format!("{}/tests/fixtures/metrics", env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{json, load};
 
 fn pairs() -> (Tensor, Tensor) {
-    let t = candle_core::safetensors::load(format!("{}/pairs.safetensors", dir()), &Device::Cpu)
-        .unwrap();
+    let t = load("metrics/pairs.safetensors");
     (t["clean"].clone(), t["distorted"].clone())
 }
 
 fn expected(key: &str) -> Vec<f64> {
-    let text = std::fs::read_to_string(format!("{}/expected.json", dir())).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    json[key]
+    json("metrics/expected.json")[key]
         .as_array()
         .unwrap()
         .iter()

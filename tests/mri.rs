@@ -5,7 +5,6 @@
 //! (relative); f32 agrees with f64 to 1e-5.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use daps::noise::{NoiseSource, SeededNoise};
 use daps::operator::fft::{complex, complex_parts, fft2c};
 use daps::operator::mri::{
     birdcage_maps, cartesian_mask, column_mask, default_center_fraction, read_maps, Mri,
@@ -13,40 +12,9 @@ use daps::operator::mri::{
 };
 use daps::operator::Operator;
 use std::collections::HashMap;
-use std::time::Instant;
 
-fn randn64(shape: &[usize], seed: u64) -> Tensor {
-    SeededNoise::new(seed)
-        .randn(&shape.into(), &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-}
-
-fn vec64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn dot(a: &Tensor, b: &Tensor) -> f64 {
-    vec64(a).iter().zip(vec64(b)).map(|(x, y)| x * y).sum()
-}
-
-/// max |a − b| / max(1e-300, max |b|)
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let (a, b) = (vec64(a), vec64(b));
-    let scale = b.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
+mod common;
+use common::{dot, randn64, rel_diff, vec64};
 
 /// 8 coils on a non-square 24×20 grid, ×4.
 fn small_op() -> Mri {
@@ -184,7 +152,7 @@ fn forward_matches_composed_fft() {
     let x = randn64(&[3, 2, 24, 20], 1);
     let y = op.forward(&x).unwrap();
     assert_eq!(y.dims(), &[3, 8, 24, 20, 2]);
-    let e = rel_err(&y, &composed(&op, &x));
+    let e = rel_diff(&y, &composed(&op, &x));
     assert!(e < 1e-12, "forward vs composed: {e}");
     // Unsampled k-space is exactly zero.
     let m = vec64(&op.mask().unwrap());
@@ -197,10 +165,10 @@ fn forward_matches_composed_fft() {
     // f32 agrees with f64; a single image equals its row of the batch.
     let y32 = op.forward(&x.to_dtype(DType::F32).unwrap()).unwrap();
     assert_eq!(y32.dtype(), DType::F32);
-    let e = rel_err(&y32, &y);
+    let e = rel_diff(&y32, &y);
     assert!(e < 1e-5, "f32 vs f64: {e}");
     let y1 = op.forward(&x.narrow(0, 1, 1).unwrap()).unwrap();
-    assert_eq!(rel_err(&y1, &y.narrow(0, 1, 1).unwrap()), 0.0);
+    assert_eq!(rel_diff(&y1, &y.narrow(0, 1, 1).unwrap()), 0.0);
 }
 
 #[test]
@@ -245,7 +213,7 @@ fn vjp_finite_differences_and_autograd() {
         .sum_all()
         .unwrap();
     let auto = s.backward().unwrap().get(xv.as_tensor()).unwrap().clone();
-    assert!(rel_err(&auto, &g) < 1e-14);
+    assert!(rel_diff(&auto, &g) < 1e-14);
     // ...and through the adjoint, the forward.
     let vv = Var::from_tensor(&v).unwrap();
     let s = (op.adjoint(vv.as_tensor()).unwrap() * &d)
@@ -253,7 +221,7 @@ fn vjp_finite_differences_and_autograd() {
         .sum_all()
         .unwrap();
     let auto = s.backward().unwrap().get(vv.as_tensor()).unwrap().clone();
-    assert!(rel_err(&auto, &op.forward(&d).unwrap()) < 1e-14);
+    assert!(rel_diff(&auto, &op.forward(&d).unwrap()) < 1e-14);
 }
 
 #[test]
@@ -266,7 +234,7 @@ fn full_mask_with_unit_maps_is_an_isometry() {
     let x = randn64(&[2, 2, h, w], 7);
     let y = op.forward(&x).unwrap();
     let back = op.adjoint(&y).unwrap();
-    let e = rel_err(&back, &x);
+    let e = rel_diff(&back, &x);
     assert!(e < 1e-12, "AᴴA x vs x: {e}");
     let (nx, ny) = (dot(&x, &x), dot(&y, &y));
     assert!((nx - ny).abs() < 1e-12 * nx, "‖x‖² {nx} vs ‖Ax‖² {ny}");
@@ -284,7 +252,7 @@ fn maps_from_file() {
     let t = HashMap::from([("maps".to_string(), maps.clone())]);
     candle_core::safetensors::save(&t, &path).unwrap();
     let read = read_maps(&path).unwrap();
-    assert_eq!(rel_err(&read, &maps), 0.0);
+    assert_eq!(rel_diff(&read, &maps), 0.0);
     let op = Mri::new(&read, &cartesian_mask(8, 8, 2.0, 0.25, 0).unwrap()).unwrap();
     assert_eq!(op.num_coils(), 4);
     assert_eq!(op.size(), (8, 8));
@@ -337,31 +305,4 @@ fn shape_and_value_errors() {
     let nan = (maps * f64::NAN).unwrap();
     let e = Mri::new(&nan, &mask).err().unwrap().to_string();
     assert!(e.contains("NaN"), "{e}");
-}
-
-/// Forward + VJP time at 2×2×256×256 with 8 coils, ×4.
-/// Run with `cargo test --release --test mri -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn bench_mri_256() {
-    let op = Mri::simulated(8, 256, 256, 4.0, 0).unwrap();
-    for dt in [DType::F32, DType::F64] {
-        let x = randn64(&[2, 2, 256, 256], 1).to_dtype(dt).unwrap();
-        let v = randn64(&[2, 8, 256, 256, 2], 2).to_dtype(dt).unwrap();
-        op.vjp(&x, &v).unwrap();
-        let (mut fwd, mut bwd) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..20 {
-            let t = Instant::now();
-            op.forward(&x).unwrap();
-            fwd = fwd.min(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            op.vjp(&x, &v).unwrap();
-            bwd = bwd.min(t.elapsed().as_secs_f64() * 1e3);
-        }
-        println!(
-            "{} {dt:?}: forward {fwd:.2} ms, vjp {bwd:.2} ms, total {:.2} ms",
-            op.name(),
-            fwd + bwd
-        );
-    }
 }

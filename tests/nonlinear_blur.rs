@@ -10,7 +10,6 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use daps::nn::checkpoint::{num_params, parse_param_list};
-use daps::noise::{NoiseSource, SeededNoise};
 use daps::operator::nonlinear_blur::{
     kernel_latent_values, pixel_shuffle2, read_weights, BkseConfig, ConvTranspose4x4, KernelWizard,
     NonlinearBlur, NumpyRandomState,
@@ -19,6 +18,9 @@ use daps::operator::Operator;
 use daps::task::{MeasurementFile, Task, TaskFiles, TaskSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+mod common;
+use common::{dot, max_abs_diff, randn_as, tmp_dir};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -45,23 +47,6 @@ fn tiny_io() -> HashMap<String, Tensor> {
         .collect()
 }
 
-fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("daps-nlblur-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
-
 fn max_abs(a: &Tensor) -> f64 {
     a.to_dtype(DType::F64)
         .unwrap()
@@ -70,23 +55,6 @@ fn max_abs(a: &Tensor) -> f64 {
         .max_all()
         .unwrap()
         .to_scalar::<f64>()
-        .unwrap()
-}
-
-fn dot(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_dtype(DType::F64).unwrap() * b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
-
-fn randn(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
-    SeededNoise::new(seed)
-        .randn(&shape.into(), &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
         .unwrap()
 }
 
@@ -101,8 +69,9 @@ fn random_weights(cfg: &BkseConfig, seed: u64) -> HashMap<String, Tensor> {
                 Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap()
             } else {
                 let fan_in: usize = shape[1..].iter().product();
-                (randn(seed * 1000 + i as u64, &shape, DType::F32) * (0.5 / (fan_in as f64).sqrt()))
-                    .unwrap()
+                (randn_as(&shape, seed * 1000 + i as u64, DType::F32)
+                    * (0.5 / (fan_in as f64).sqrt()))
+                .unwrap()
             };
             (name, t)
         })
@@ -206,9 +175,9 @@ fn pixel_shuffle_matches_its_definition() {
 #[test]
 fn transposed_convolution_matches_candle() {
     for (i, o, h, w, bias) in [(6, 5, 5, 7, true), (3, 4, 2, 2, false), (2, 1, 1, 3, true)] {
-        let x = randn(1, &[2, i, h, w], DType::F64);
-        let wt = randn(2, &[i, o, 4, 4], DType::F64);
-        let b = randn(3, &[o], DType::F64);
+        let x = randn_as(&[2, i, h, w], 1, DType::F64);
+        let wt = randn_as(&[i, o, 4, 4], 2, DType::F64);
+        let b = randn_as(&[o], 3, DType::F64);
         let ours = ConvTranspose4x4::new(&wt, bias.then_some(&b))
             .unwrap()
             .forward(&x)
@@ -256,7 +225,7 @@ fn matches_pytorch_reference_in_f64() {
 #[test]
 fn matches_pytorch_reference_in_f32_from_safetensors() {
     // Convert the nested .pth to a .safetensors with another prefix ("model."), as a user might.
-    let dir = tmp_dir("f32");
+    let dir = tmp_dir("nlblur", "f32");
     let st = dir.join("tiny.safetensors");
     let tensors: HashMap<String, Tensor> = read_weights(tiny_weights())
         .unwrap()
@@ -285,7 +254,7 @@ fn output_shape_and_range() {
     let op =
         NonlinearBlur::load_with(tiny_weights(), &tiny_config(), DType::F32, &Device::Cpu).unwrap();
     // Large inputs drive the output into the clamp; batch of 2, 128×128.
-    let x = (randn(5, &[2, 3, 128, 128], DType::F32) * 3.0).unwrap();
+    let x = (randn_as(&[2, 3, 128, 128], 5, DType::F32) * 3.0).unwrap();
     let y = op.forward(&x).unwrap();
     assert_eq!(y.dims(), &[2, 3, 128, 128]);
     let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -308,12 +277,12 @@ fn output_shape_and_range() {
 #[test]
 fn vjp_matches_finite_differences() {
     let op = random_operator(&tiny_config(), 11, DType::F64);
-    let x = (randn(20, &[1, 3, 128, 128], DType::F64) * 0.5).unwrap();
-    let v = randn(21, &[1, 3, 128, 128], DType::F64);
+    let x = (randn_as(&[1, 3, 128, 128], 20, DType::F64) * 0.5).unwrap();
+    let v = randn_as(&[1, 3, 128, 128], 21, DType::F64);
     let g = op.vjp(&x, &v).unwrap();
     let eps = 1e-6;
     for k in 0..3 {
-        let d = randn(30 + k, &[1, 3, 128, 128], DType::F64);
+        let d = randn_as(&[1, 3, 128, 128], 30 + k, DType::F64);
         let f = |s: f64| dot(&op.forward(&(&x + (&d * s).unwrap()).unwrap()).unwrap(), &v);
         let fd = (f(eps) - f(-eps)) / (2.0 * eps);
         let an = dot(&g, &d);
@@ -326,7 +295,7 @@ fn vjp_matches_finite_differences() {
 
 #[test]
 fn loading_errors_name_the_problem() {
-    let dir = tmp_dir("errors");
+    let dir = tmp_dir("nlblur", "errors");
     // Missing file: where to get it and which flag to pass.
     let e = NonlinearBlur::load(dir.join("GOPRO_wVAE.pth"), &Device::Cpu)
         .err()
@@ -419,7 +388,7 @@ fn task_needs_weights_and_records_their_path() {
     assert!(!info.linear);
     assert_eq!(info.official, "nonlinear_blur");
     // A measure → load round trip with random GOPRO-shaped weights at 3×128×128.
-    let dir = tmp_dir("task");
+    let dir = tmp_dir("nlblur", "task");
     let wpath = dir.join("random_gopro.safetensors");
     candle_core::safetensors::save(&random_weights(&BkseConfig::gopro(), 3), &wpath).unwrap();
     let files = TaskFiles {
@@ -445,7 +414,7 @@ fn task_needs_weights_and_records_their_path() {
     let task = Task::build(spec, [3, 128, 128]).unwrap();
     assert!(!task.is_linear() && task.explicit().is_err());
     assert_eq!(task.output_shape(), &[3, 128, 128]);
-    let x = (randn(40, &[1, 3, 128, 128], DType::F32) * 0.5).unwrap();
+    let x = (randn_as(&[1, 3, 128, 128], 40, DType::F32) * 0.5).unwrap();
     let mf = MeasurementFile::simulate(task, &x, 0.05, 1).unwrap();
     let mpath = dir.join("m.safetensors");
     mf.save(&mpath).unwrap();
@@ -475,30 +444,4 @@ fn task_needs_weights_and_records_their_path() {
         ) == 0.0
     );
     std::fs::remove_dir_all(dir).ok();
-}
-
-/// Forward and forward+VJP at DAPS's size (3×256×256, batch 1) with random GOPRO-shaped
-/// weights: `cargo test --release --test nonlinear_blur -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn bench_forward_and_vjp_256() {
-    let op = random_operator(&BkseConfig::gopro(), 1, DType::F32);
-    let x = (randn(50, &[1, 3, 256, 256], DType::F32) * 0.5).unwrap();
-    let v = randn(51, &[1, 3, 256, 256], DType::F32);
-    let _ = op.forward(&x).unwrap();
-    let mut fwd = f64::INFINITY;
-    let mut both = f64::INFINITY;
-    for _ in 0..3 {
-        let t = std::time::Instant::now();
-        let _ = op.forward(&x).unwrap();
-        fwd = fwd.min(t.elapsed().as_secs_f64());
-        let t = std::time::Instant::now();
-        let g = op.vjp(&x, &v).unwrap();
-        both = both.min(t.elapsed().as_secs_f64());
-        assert_eq!(g.dims(), x.dims());
-    }
-    println!(
-        "nonlinear blur 1×3×256×256 ({} threads): forward {fwd:.3} s, forward+VJP {both:.3} s",
-        rayon::current_num_threads()
-    );
 }

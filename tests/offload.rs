@@ -5,9 +5,8 @@ use candle_core::{Device, Tensor, Var};
 use daps::prior::offload::{host_view, parse_device, Offloaded};
 use daps::prior::{default, Denoiser};
 
-fn vals(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
-}
+mod common;
+use common::vec32;
 
 #[test]
 fn offloaded_prior_gives_the_same_values_and_gradients() {
@@ -18,15 +17,15 @@ fn offloaded_prior_gives_the_same_values_and_gradients() {
     let g = Tensor::randn(0f32, 1.0, (2, 1, 32, 32), &dev).unwrap();
     for sigma in [0.3, 2.0] {
         assert_eq!(
-            vals(&off.denoise(&x, sigma).unwrap()),
-            vals(&inner.denoise(&x, sigma).unwrap())
+            vec32(&off.denoise(&x, sigma).unwrap()),
+            vec32(&inner.denoise(&x, sigma).unwrap())
         );
         // gᵀ ∂D/∂x through candle autograd, directly and through the custom op's backward
         let grad = |p: &dyn Denoiser| {
             let xv = Var::from_tensor(&x).unwrap();
             let d = p.denoise(xv.as_tensor(), sigma).unwrap();
             let gr = (d * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            vals(gr.get(xv.as_tensor()).unwrap())
+            vec32(gr.get(xv.as_tensor()).unwrap())
         };
         let (a, b) = (grad(&off), grad(&inner));
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));

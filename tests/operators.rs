@@ -6,7 +6,6 @@
 //! the fixture README suggests. The SR matrices are compared at 1e-7 (f64 weights cast to f32).
 
 use candle_core::{DType, Device, Tensor};
-use daps::noise::{NoiseSource, SeededNoise};
 use daps::operator::blur::{motion_kernel, Blur};
 use daps::operator::fft::{
     complex, complex_abs, complex_parts, fft2c, ifft2c, real_to_complex, PhaseRetrieval,
@@ -16,41 +15,17 @@ use daps::operator::resize::{AvgPool, SuperResolution};
 use daps::operator::Operator;
 use daps::Error;
 use std::collections::HashMap;
-use std::time::Instant;
+
+mod common;
+use common::{dot, max_abs_diff, randn, randn64};
 
 fn fixture(name: &str) -> HashMap<String, Tensor> {
-    let path = format!(
-        "{}/tests/fixtures/operators/{name}.safetensors",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
+    common::load(&format!("operators/{name}.safetensors"))
 }
 
 fn input() -> (Tensor, Tensor) {
     let f = fixture("input");
     (f["x"].clone(), f["v"].clone())
-}
-
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    SeededNoise::new(seed)
-        .randn(&shape.into(), &Device::Cpu)
-        .unwrap()
-}
-
-fn randn64(shape: &[usize], seed: u64) -> Tensor {
-    randn(shape, seed).to_dtype(DType::F64).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
 }
 
 /// |a − b| ≤ atol + rtol·|b| elementwise.
@@ -74,15 +49,6 @@ fn assert_close(a: &Tensor, b: &Tensor, atol: f64, rtol: f64, what: &str) {
         a[i],
         b[i]
     );
-}
-
-fn dot(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_dtype(DType::F64).unwrap() * b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
 }
 
 /// Uses the trait's default (autograd) VJP through the operator's forward.
@@ -658,37 +624,4 @@ fn shape_errors() {
         Inpaint::new(randn(&[2, 1, 4, 4], 1)),
         Err(Error::Shape { .. })
     ));
-}
-
-/// Forward + VJP timings at 1×3×256×256 (blurs 61×61, PR oversample 2).
-/// Run with `cargo test --release --test operators -- --ignored --nocapture bench`.
-#[test]
-#[ignore]
-fn bench_operators_256() {
-    let dev = Device::Cpu;
-    let x = randn(&[1, 3, 256, 256], 1).affine(0.3, 0.0).unwrap();
-    let ops: Vec<Box<dyn Operator>> = vec![
-        Box::new(Blur::gaussian(61, 3.0).unwrap()),
-        Box::new(Blur::motion(61, 0.5, 42).unwrap()),
-        Box::new(Blur::from_kernel(&fixture("motion_blur")["kernel"]).unwrap()),
-        Box::new(PhaseRetrieval { oversample: 2.0 }),
-        Box::new(SuperResolution::new(4, 256, 256, &dev).unwrap()),
-        Box::new(AvgPool { factor: 4 }),
-        Box::new(Inpaint::boxed(256, 256, 42, &dev).unwrap()),
-    ];
-    for op in &ops {
-        let y = op.forward(&x).unwrap();
-        let v = randn(y.dims(), 2);
-        op.vjp(&x, &v).unwrap();
-        let (mut fwd, mut bwd) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..50 {
-            let t = Instant::now();
-            op.forward(&x).unwrap();
-            fwd = fwd.min(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            op.vjp(&x, &v).unwrap();
-            bwd = bwd.min(t.elapsed().as_secs_f64() * 1e3);
-        }
-        println!("{:<50} forward {fwd:7.2} ms   vjp {bwd:7.2} ms", op.name());
-    }
 }

@@ -12,15 +12,14 @@ use daps::prior::{batch_splits, default, par_batches, Denoiser};
 use daps::sampler::{dps, DpsConfig, Problem, Silent};
 use daps::task::{Task, TaskFiles, TaskSpec};
 
+mod common;
+use common::vec32;
+
 fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
 }
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -64,7 +63,7 @@ fn a_split_batch_denoises_as_one_piece() {
     for sigma in [0.2, 3.0] {
         let one = pool(1).install(|| prior.denoise(&x, sigma).unwrap());
         let split = pool(3).install(|| prior.denoise(&x, sigma).unwrap());
-        let d = max_rel_diff(&vals(&split), &vals(&one));
+        let d = max_rel_diff(&vec32(&split), &vec32(&one));
         assert!(d <= 1e-5, "σ {sigma}: relative difference {d}");
     }
 }
@@ -102,7 +101,7 @@ fn dps_on_a_split_batch_follows_the_same_chains() {
             })
         };
         let (one, split) = (run(1), run(3));
-        let d = max_rel_diff(&vals(&split), &vals(&one));
+        let d = max_rel_diff(&vec32(&split), &vec32(&one));
         assert!(
             d <= 1e-3,
             "y rows {}: relative difference {d}",

@@ -15,21 +15,9 @@ use nalgebra::{DMatrix, DVector};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("daps-solve-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn daps(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_daps"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{daps, max_abs_diff, s, tmp_dir, vec64};
 
 fn ok(args: &[&str]) -> String {
     let out = daps(args);
@@ -46,10 +34,6 @@ fn fails(args: &[&str]) -> String {
     let out = daps(args);
     assert!(!out.status.success(), "daps {args:?} should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A smooth-ish random 8-bit image, `c` = 1 (gray) or 3 (RGB).
@@ -75,27 +59,9 @@ fn write_png(path: &Path, c: usize, h: usize, w: usize, seed: u64) {
     }
 }
 
-fn vec64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    vec64(a)
-        .iter()
-        .zip(vec64(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
 #[test]
 fn measure_roundtrip_every_task() {
-    let dir = tmp("roundtrip");
+    let dir = tmp_dir("solve", "roundtrip");
     let img = dir.join("x.png");
     write_png(&img, 3, 32, 32, 1);
     let mask = dir.join("mask.png");
@@ -132,7 +98,7 @@ fn measure_roundtrip_every_task() {
         .map(|c| (unit.narrow(1, c, 1).unwrap() * [0.299, 0.587, 0.114][c]).unwrap())
         .reduce(|a, b| (a + b).unwrap())
         .unwrap();
-    assert!(max_diff(&xc.narrow(1, 0, 1).unwrap(), &lum) < 1e-6);
+    assert!(max_abs_diff(&xc.narrow(1, 0, 1).unwrap(), &lum) < 1e-6);
     assert_eq!(vec64(&xc.narrow(1, 1, 1).unwrap()).iter().sum::<f64>(), 0.0);
 
     let cases: Vec<(&str, Vec<&str>)> = vec![
@@ -175,14 +141,17 @@ fn measure_roundtrip_every_task() {
         // sampled k-space).
         let fresh = Task::build(mf.task.spec().clone(), [c, 32, 32]).unwrap();
         let ax = mf.task.forward(x).unwrap();
-        assert!(max_diff(&ax, &fresh.forward(x).unwrap()) < 1e-6, "{task}");
+        assert!(
+            max_abs_diff(&ax, &fresh.forward(x).unwrap()) < 1e-6,
+            "{task}"
+        );
         let mut n = SeededNoise::new(7).randn(ax.shape(), &Device::Cpu).unwrap();
         if mri {
             let m = mf.task.mask().unwrap().reshape((1, 1, 32, 32, 1)).unwrap();
             n = n.broadcast_mul(&m).unwrap();
         }
         let y = (&ax + (n * 0.1).unwrap()).unwrap();
-        assert!(max_diff(&y, &mf.y) < 1e-6, "{task}");
+        assert!(max_abs_diff(&y, &mf.y) < 1e-6, "{task}");
         let (pw, ph) = (preview.width() as usize, preview.height() as usize);
         match *task {
             "phase-retrieval" => assert_eq!((ph, pw), (48, 48)),
@@ -197,7 +166,7 @@ fn measure_roundtrip_every_task() {
                 );
             }
             "motion-blur" if !extra.is_empty() => {
-                assert!(max_diff(mf.task.kernel().unwrap(), &k) == 0.0);
+                assert!(max_abs_diff(mf.task.kernel().unwrap(), &k) == 0.0);
                 assert_eq!(mf.task.spec().value("kernel_size"), Some(&Value::Uint(3)));
             }
             "hdr" => assert_eq!(mf.task.spec().value("scale"), Some(&Value::Float(1.5))),
@@ -217,7 +186,7 @@ fn measure_roundtrip_every_task() {
                 } else {
                     assert_eq!((coils, seed), (3, 3));
                     assert!(maps_file.unwrap().ends_with("maps.safetensors"));
-                    assert_eq!(max_diff(mf.task.maps().unwrap(), &maps), 0.0);
+                    assert_eq!(max_abs_diff(mf.task.maps().unwrap(), &maps), 0.0);
                     assert_eq!(cols, 4.0);
                 }
             }
@@ -246,7 +215,7 @@ fn good_measurement(dir: &Path) -> PathBuf {
 
 #[test]
 fn bad_input_is_named() {
-    let dir = tmp("errors");
+    let dir = tmp_dir("solve", "errors");
     let good = good_measurement(&dir);
     let img = dir.join("x.png");
     let y = dir.join("y.safetensors");
@@ -585,7 +554,7 @@ fn posterior_moments(
 
 #[test]
 fn exact_posterior_on_every_linear_task() {
-    let dir = tmp("exact");
+    let dir = tmp_dir("solve", "exact");
     let (h, w) = (8, 8);
     let d1 = h * w;
     // Real images 1×8×8; complex (MRI) images 2×8×8.
@@ -714,7 +683,7 @@ fn exact_posterior_on_every_linear_task() {
 
 #[test]
 fn solve_writes_samples_frames_and_metrics() {
-    let dir = tmp("outputs");
+    let dir = tmp_dir("solve", "outputs");
     let (h, w) = (16, 16);
     let prior_file = dir.join("prior.safetensors");
     write_prior(&prior_file, 1, h, w);

@@ -16,16 +16,8 @@ use daps::train::{
 };
 use std::path::PathBuf;
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("daps-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn vals(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
-}
+mod common;
+use common::{tmp_dir, vec32};
 
 /// 64 digits average-pooled to 8×8, for the `tiny` preset.
 fn tiny_data() -> ImageSet {
@@ -58,7 +50,7 @@ fn mnist_split_sizes_disjoint_range_padding() {
     assert_eq!(train.images().dims(), &[9000, 1, 32, 32]);
     assert_eq!(held.images().dims(), &[1000, 1, 32, 32]);
     for set in [&train, &held] {
-        let v = vals(set.images());
+        let v = vec32(set.images());
         let (lo, hi) = v
             .iter()
             .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
@@ -67,7 +59,7 @@ fn mnist_split_sizes_disjoint_range_padding() {
         // the 2-pixel border is background
         let x = set.images();
         for (dim, start) in [(2, 0), (2, 30), (3, 0), (3, 30)] {
-            let border = vals(&x.narrow(dim, start, 2).unwrap());
+            let border = vec32(&x.narrow(dim, start, 2).unwrap());
             assert!(border.iter().all(|&b| b == -1.0), "border {dim} {start}");
         }
         // every class is present
@@ -77,16 +69,16 @@ fn mnist_split_sizes_disjoint_range_padding() {
     // Disjoint: no held-out image equals a training image (compare exact pixel bytes).
     use std::collections::HashSet;
     let key = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-    let tv = vals(train.images());
+    let tv = vec32(train.images());
     let seen: HashSet<Vec<u32>> = tv.chunks(1024).map(key).collect();
-    let hv = vals(held.images());
+    let hv = vec32(held.images());
     let dup = hv.chunks(1024).filter(|c| seen.contains(&key(c))).count();
     assert_eq!(dup, 0, "{dup} held-out digits also in the training split");
     // The split is the fixed tail of the stored order.
     let tail = mnist_range(MNIST_COUNT - 3..MNIST_COUNT).unwrap();
     assert_eq!(
-        vals(tail.images()),
-        vals(&held.images().narrow(0, MNIST_HELDOUT - 3, 3).unwrap())
+        vec32(tail.images()),
+        vec32(&held.images().narrow(0, MNIST_HELDOUT - 3, 3).unwrap())
     );
     // --data digits serves the training split only.
     let d = DataSpec::Digits.load(32, None).unwrap();
@@ -95,7 +87,7 @@ fn mnist_split_sizes_disjoint_range_padding() {
 
 #[test]
 fn image_folder_loading() {
-    let dir = tmpdir("folder");
+    let dir = tmp_dir("train", "folder");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     // a 40×20 red/blue RGB image and a 16×16 gray ramp in a subfolder
     let rgb = image::RgbImage::from_fn(40, 20, |x, _| {
@@ -112,24 +104,24 @@ fn image_folder_loading() {
 
     let set = load_image_folder(&dir, 8, None).unwrap();
     assert_eq!(set.images().dims(), &[2, 3, 8, 8]);
-    let v = vals(set.images());
+    let v = vec32(set.images());
     assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)));
     // a.png: shorter side 20 → 8, width 16, centre crop keeps 4 red and 4 blue columns
     let a = set.images().get(0).unwrap();
-    let red = vals(&a.get(0).unwrap().narrow(1, 0, 2).unwrap());
-    let blue = vals(&a.get(2).unwrap().narrow(1, 6, 2).unwrap());
+    let red = vec32(&a.get(0).unwrap().narrow(1, 0, 2).unwrap());
+    let blue = vec32(&a.get(2).unwrap().narrow(1, 6, 2).unwrap());
     assert!(red.iter().all(|&x| x > 0.9), "{red:?}");
     assert!(blue.iter().all(|&x| x > 0.9), "{blue:?}");
     // b.PNG: gray, so all channels equal, ramp increasing left to right
     let b = set.images().get(1).unwrap();
-    assert_eq!(vals(&b.get(0).unwrap()), vals(&b.get(2).unwrap()));
-    let row = vals(&b.get(0).unwrap().get(4).unwrap());
+    assert_eq!(vec32(&b.get(0).unwrap()), vec32(&b.get(2).unwrap()));
+    let row = vec32(&b.get(0).unwrap().get(4).unwrap());
     assert!(row.windows(2).all(|w| w[1] >= w[0]), "{row:?}");
 
     let g = load_image_folder(&dir.join("sub"), 16, None).unwrap();
     assert_eq!(g.images().dims(), &[1, 1, 16, 16]);
     assert_eq!(
-        vals(&g.images().get(0).unwrap().get(0).unwrap().get(0).unwrap())[1],
+        vec32(&g.images().get(0).unwrap().get(0).unwrap().get(0).unwrap())[1],
         16.0 / 127.5 - 1.0
     );
     let forced = load_image_folder(&dir, 8, Some(1)).unwrap();
@@ -146,7 +138,7 @@ fn clear_errors() {
         missing.contains("/nonexistent/daps-images") && missing.contains("not found"),
         "{missing}"
     );
-    let empty = tmpdir("empty");
+    let empty = tmp_dir("train", "empty");
     std::fs::write(empty.join("readme.txt"), "x").unwrap();
     let e = load_image_folder(&empty, 8, None).unwrap_err().to_string();
     assert!(e.contains("no PNG or JPEG images"), "{e}");
@@ -158,7 +150,7 @@ fn clear_errors() {
         .to_string();
     assert!(e.contains("2 image channels"), "{e}");
 
-    let nostate = tmpdir("nostate");
+    let nostate = tmp_dir("train", "nostate");
     let e = Trainer::resume(&nostate, &Device::Cpu)
         .err()
         .unwrap()
@@ -204,7 +196,7 @@ fn ema_formula() {
     assert!((ema_beta(10, 5, 1.0, None) - 0.5f64.powf(0.01)).abs() < 1e-15);
     let ema = Tensor::new(&[1.0f32, -2.0, 4.0], &Device::Cpu).unwrap();
     let th = Tensor::new(&[3.0f32, 0.0, 4.0], &Device::Cpu).unwrap();
-    let out = vals(&ema_update(&ema, &th, 0.75).unwrap());
+    let out = vec32(&ema_update(&ema, &th, 0.75).unwrap());
     assert_eq!(out, vec![1.5, -1.5, 4.0]);
 
     // Trainer: after one step from init, EMA = init·β + θ₁·(1 − β) with β = 0 (ramp-up)
@@ -213,16 +205,16 @@ fn ema_formula() {
     t.step().unwrap();
     let (w1, e1) = (t.weights().unwrap(), t.ema_weights());
     for (k, v) in &w1 {
-        assert_eq!(vals(v), vals(&e1[k]), "{k}");
+        assert_eq!(vec32(v), vec32(&e1[k]), "{k}");
     }
     t.step().unwrap();
     let (w2, e2) = (t.weights().unwrap(), t.ema_weights());
     let beta = ema_beta(8, 8, 500.0, Some(0.05));
     for (k, v) in &w2 {
-        let want = vals(&ema_update(&w1[k], v, beta).unwrap());
-        assert_eq!(vals(&e2[k]), want, "{k}");
+        let want = vec32(&ema_update(&w1[k], v, beta).unwrap());
+        assert_eq!(vec32(&e2[k]), want, "{k}");
     }
-    assert!(w0.keys().any(|k| vals(&w0[k]) != vals(&w2[k])));
+    assert!(w0.keys().any(|k| vec32(&w0[k]) != vec32(&w2[k])));
 }
 
 #[test]
@@ -264,7 +256,7 @@ fn adamw_matches_candle_nn() {
             t,
         };
         (th, m, v) = adamw_update(&th, &m, &v, &g, &h).unwrap();
-        assert_eq!(vals(&th), vals(var.as_tensor()), "step {t}");
+        assert_eq!(vec32(&th), vec32(var.as_tensor()), "step {t}");
     }
     let _ = (m, v);
 }
@@ -294,7 +286,7 @@ fn resume_is_exact() {
     for _ in 0..n {
         straight.step().unwrap();
     }
-    let dir = tmpdir("resume");
+    let dir = tmp_dir("train", "resume");
     let mut first = Trainer::new(tiny_config(n), tiny_data(), &dev).unwrap();
     for _ in 0..n / 2 {
         first.step().unwrap();
@@ -309,8 +301,8 @@ fn resume_is_exact() {
     let (a, b) = (straight.weights().unwrap(), resumed.weights().unwrap());
     let (ea, eb) = (straight.ema_weights(), resumed.ema_weights());
     for k in a.keys() {
-        assert_eq!(vals(&a[k]), vals(&b[k]), "weights {k}");
-        assert_eq!(vals(&ea[k]), vals(&eb[k]), "EMA {k}");
+        assert_eq!(vec32(&a[k]), vec32(&b[k]), "weights {k}");
+        assert_eq!(vec32(&ea[k]), vec32(&eb[k]), "EMA {k}");
     }
     assert_eq!(straight.history(), resumed.history());
     // other data are refused
@@ -326,7 +318,7 @@ fn resume_is_exact() {
 #[test]
 fn checkpoint_loads_as_prior_and_denoises() {
     let dev = Device::Cpu;
-    let dir = tmpdir("ckpt");
+    let dir = tmp_dir("train", "ckpt");
     let mut t = Trainer::new(tiny_config(3), tiny_data(), &dev).unwrap();
     for _ in 0..3 {
         t.step().unwrap();
@@ -352,9 +344,9 @@ fn checkpoint_loads_as_prior_and_denoises() {
         .with_clip(1.0)
         .denoise(&noisy, 0.5)
         .unwrap();
-    assert_eq!(vals(&d), vals(&d2));
-    assert!(vals(&d).iter().all(|v| v.abs() <= 1.0));
-    assert!(vals(&d).iter().all(|v| v.is_finite()));
+    assert_eq!(vec32(&d), vec32(&d2));
+    assert!(vec32(&d).iter().all(|v| v.abs() <= 1.0));
+    assert!(vec32(&d).iter().all(|v| v.is_finite()));
     // Heun samples of it, and a grid
     let grid = EdmGrid::new(3);
     assert_eq!(grid.nfe(), 5);
@@ -366,7 +358,7 @@ fn checkpoint_loads_as_prior_and_denoises() {
         &dev,
     )
     .unwrap();
-    assert!(vals(&s).iter().all(|v| v.is_finite()));
+    assert!(vec32(&s).iter().all(|v| v.is_finite()));
     save_grid(&s, None, dir.join("g.png")).unwrap();
     let img = image::open(dir.join("g.png")).unwrap();
     assert_eq!((img.width(), img.height()), (2 * 10 + 2, 2 * 10 + 2));
@@ -405,7 +397,7 @@ fn heun_matches_the_exact_flow_on_a_gaussian() {
         .randn(&candle_core::Shape::from(64usize), &Device::Cpu)
         .unwrap();
     let k = 80.0 * 0.5 / (0.25f64 + 6400.0).sqrt();
-    for (a, b) in vals(&x).iter().zip(vals(&n)) {
+    for (a, b) in vec32(&x).iter().zip(vec32(&n)) {
         assert!(
             (*a as f64 - k * b as f64).abs() < 1e-3 * (k * b as f64).abs() + 1e-6,
             "{a} vs {}",
@@ -471,7 +463,7 @@ fn sigma_distributions_and_edm_loss_through_vp_denoiser() {
 
 #[test]
 fn cli_train_resume_sample() {
-    let dir = tmpdir("cli");
+    let dir = tmp_dir("train", "cli");
     let data = dir.join("imgs");
     std::fs::create_dir_all(&data).unwrap();
     for i in 0..6u32 {
@@ -548,109 +540,6 @@ fn cli_train_resume_sample() {
     let (ok, text) = daps(&["train", "--resume", dir.to_str().unwrap()]);
     assert!(!ok && text.contains("no training state"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// Measures a training step of a preset (PRESET, default digits32; or ARCH = create_model JSON)
-/// at batch B (default 32): `cargo test --release --test train measure_step -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn measure_step_time() {
-    use daps::prior::vp::TimestepNet;
-    use std::time::Instant;
-    let cpu = || -> f64 {
-        let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let f: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-    };
-    let b: usize = std::env::var("B")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
-    let name = std::env::var("PRESET").unwrap_or("digits32".into());
-    let arch = match std::env::var("ARCH") {
-        Ok(j) => serde_json::from_str(&j).unwrap(),
-        Err(_) => adm_config_json(&preset(&name).unwrap()),
-    };
-    let cfg = TrainConfig {
-        arch,
-        batch_size: b,
-        ..TrainConfig::default()
-    };
-    let data = mnist_train().unwrap().take(256).unwrap();
-    let mut t = Trainer::new(cfg.clone(), data.clone(), &Device::Cpu).unwrap();
-    t.step().unwrap();
-    let x = data.images().narrow(0, 0, b).unwrap();
-    let ts = Tensor::full(500f32, b, &Device::Cpu).unwrap();
-    let den = t.ema_denoiser().unwrap();
-    let n = Tensor::randn(0f32, 1.0, x.shape(), &Device::Cpu).unwrap();
-    for _ in 0..2 {
-        let c0 = cpu();
-        let _ = den.net().forward_t(&x, &ts).unwrap();
-        let c1 = cpu();
-        let loss = t.loss(&x, &n, &vec![1.0; b]).unwrap();
-        let c2 = cpu();
-        let _g = loss.backward().unwrap();
-        let c3 = cpu();
-        let w = Instant::now();
-        t.step().unwrap();
-        let (w4, c4) = (w.elapsed().as_secs_f64(), cpu());
-        eprintln!(
-            "{name} batch {b} (CPU seconds): forward {:.2}; loss forward {:.2} + backward {:.2}; \
-             full step {:.2} ({w4:.2} s wall)",
-            c1 - c0,
-            c2 - c1,
-            c3 - c2,
-            c4 - c3
-        );
-    }
-}
-
-/// Forward/backward times of single layers at digits32's largest resolution (batch 32).
-#[test]
-#[ignore]
-fn measure_op_times() {
-    use candle_core::Module;
-    use std::time::Instant;
-    let dev = Device::Cpu;
-    let vm = candle_nn::VarMap::new();
-    let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
-    let b = 32;
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 32, 32, 32), &dev).unwrap()).unwrap();
-    let conv = candle_nn::conv2d(
-        32,
-        32,
-        3,
-        candle_nn::Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        },
-        vb.pp("c"),
-    )
-    .unwrap();
-    let gn = candle_nn::group_norm(32, 32, 1e-5, vb.pp("g")).unwrap();
-    let time = |what: &str, f: &dyn Fn() -> Tensor| {
-        let _ = f();
-        let t0 = Instant::now();
-        let y = f();
-        let fw = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let _g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        eprintln!(
-            "{what}: fwd {:.1} ms, bwd {:.1} ms",
-            fw * 1e3,
-            t1.elapsed().as_secs_f64() * 1e3
-        );
-    };
-    time("conv 32->32 3x3 @32x32", &|| {
-        conv.forward(x.as_tensor()).unwrap()
-    });
-    time("groupnorm", &|| gn.forward(x.as_tensor()).unwrap());
-    time("silu", &|| x.as_tensor().silu().unwrap());
-    time("add", &|| (x.as_tensor() + x.as_tensor()).unwrap());
-    time("avgpool", &|| x.as_tensor().avg_pool2d(2).unwrap());
-    time("cat", &|| {
-        Tensor::cat(&[x.as_tensor(), x.as_tensor()], 1).unwrap()
-    });
 }
 
 #[test]

@@ -9,40 +9,24 @@ use daps::prior::Denoiser;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+mod common;
+use common::{check_close, fixture, load, vec64};
+
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers_unet2d")
+    fixture("diffusers_unet2d")
 }
 
 fn io() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(dir().join("tiny_io.safetensors"), &Device::Cpu).unwrap()
+    load("diffusers_unet2d/tiny_io.safetensors")
 }
 
 fn tiny() -> Unet2dModel {
     Unet2dModel::from_pretrained(dir(), &Device::Cpu).unwrap()
 }
 
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
+/// |ours − ref| ≤ 1e-4 + 1e-4·|ref| element-wise.
 fn check(what: &str, a: &Tensor, b: &Tensor) {
-    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-    let (a, b) = (vals(a), vals(b));
-    let mut worst = 0.0f64;
-    let mut maxdiff = 0.0f64;
-    for (x, y) in a.iter().zip(&b) {
-        let d = (x - y).abs();
-        maxdiff = maxdiff.max(d);
-        worst = worst.max(d - 1e-4 * y.abs());
-    }
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    eprintln!("{what}: max |diff| = {maxdiff:.3e} (max |ref| = {scale:.3})");
-    assert!(worst <= 1e-4, "{what}: max |diff| {maxdiff:e}");
+    check_close(what, a, b, 1e-4, 1e-4);
 }
 
 #[test]
@@ -184,10 +168,10 @@ fn denoiser_gradient() {
         .unwrap();
     let x = Var::from_tensor(&x0).unwrap();
     let l = den.denoise(x.as_tensor(), 3.0).unwrap().sum_all().unwrap();
-    let g = vals(l.backward().unwrap().get(x.as_tensor()).expect("gradient"));
+    let g = vec64(l.backward().unwrap().get(x.as_tensor()).expect("gradient"));
     let idx = 1234;
     let f = |d: f64| {
-        let mut v = vals(&x0);
+        let mut v = vec64(&x0);
         v[idx] += d;
         let xt = Tensor::from_vec(v, x0.dims(), &Device::Cpu).unwrap();
         den.denoise(&xt, 3.0)
@@ -202,26 +186,5 @@ fn denoiser_gradient() {
         (g[idx] - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
         "{} vs {fd}",
         g[idx]
-    );
-}
-
-/// `cargo test --release --test unet2d -- --ignored --nocapture timing`
-#[test]
-#[ignore]
-fn timing_forward_tiny() {
-    let m = tiny();
-    let io = io();
-    let x = io["x"].narrow(0, 0, 1).unwrap();
-    let t = io["timesteps_float"].narrow(0, 0, 1).unwrap();
-    m.forward(&x, &t).unwrap();
-    let mut best = f64::INFINITY;
-    for _ in 0..10 {
-        let s = std::time::Instant::now();
-        m.forward(&x, &t).unwrap();
-        best = best.min(s.elapsed().as_secs_f64());
-    }
-    eprintln!(
-        "tiny UNet2DModel (32x32, batch 1) forward: {:.2} ms",
-        best * 1e3
     );
 }

@@ -1,24 +1,71 @@
 #![allow(dead_code)]
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (and, through `#[path]`, by the benches).
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
+// ---------------------------------------------------------------------------------------------
+// Fixtures, temporary directories, the `daps` binary.
+
+/// Path of `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(rel)
 }
 
+/// All tensors of the safetensors fixture `tests/fixtures/<rel>`, on the CPU.
 pub fn load(rel: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(rel), &Device::Cpu).expect("fixture loads")
 }
 
+/// The JSON fixture `tests/fixtures/<rel>`.
 pub fn json(rel: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(rel)).unwrap()).unwrap()
 }
 
+/// A fresh (emptied, then created) directory `<temp>/daps-<prefix>-<pid>-<name>`.
+pub fn tmp_dir(prefix: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("daps-{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A path as `&str`, for command-line arguments.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs the `daps` binary with `args` and returns its output (whatever its exit status).
+pub fn daps(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_daps"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// For the benches: runs the `(name, timing)` pairs whose name contains one of the command-line
+/// arguments (all when there is none; flags such as cargo's `--bench` are ignored).
+pub fn run_timings(timings: &[(&str, fn())]) {
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    for (name, f) in timings {
+        if names.is_empty() || names.iter().any(|n| name.contains(n.as_str())) {
+            eprintln!("== {name}");
+            f();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensors: values, random inputs, comparisons.
+
+/// All values of `t`, flattened, as f64.
 pub fn vec64(t: &Tensor) -> Vec<f64> {
     t.flatten_all()
         .unwrap()
@@ -26,6 +73,90 @@ pub fn vec64(t: &Tensor) -> Vec<f64> {
         .unwrap()
         .to_vec1()
         .unwrap()
+}
+
+/// All values of `t`, flattened, as f32.
+pub fn vec32(t: &Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Standard normal f32 tensor on the CPU from `SeededNoise::new(seed)` (first draw).
+pub fn randn(shape: &[usize], seed: u64) -> Tensor {
+    use daps::noise::{NoiseSource, SeededNoise};
+    SeededNoise::new(seed)
+        .randn(&shape.into(), &Device::Cpu)
+        .unwrap()
+}
+
+/// [`randn`] converted to f64.
+pub fn randn64(shape: &[usize], seed: u64) -> Tensor {
+    randn(shape, seed).to_dtype(DType::F64).unwrap()
+}
+
+/// [`randn`] converted to `dtype`.
+pub fn randn_as(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    randn(shape, seed).to_dtype(dtype).unwrap()
+}
+
+/// ⟨a, b⟩ computed in f64 (shapes must match).
+pub fn dot(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_dtype(DType::F64).unwrap() * b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// max |a − b| in f64; asserts equal shapes.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// max |a − b| / max(1e-300, max |b|) over tensors (purely relative, unlike [`rel_err`]).
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (vec64(a), vec64(b));
+    let scale = b.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// Asserts |a − b| ≤ atol + rtol·|b| element-wise (as max(|a − b| − rtol·|b|) ≤ atol) and equal
+/// shapes; prints and returns max |a − b|.
+pub fn check_close(what: &str, a: &Tensor, b: &Tensor, atol: f64, rtol: f64) -> f64 {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let (a, b) = (vec64(a), vec64(b));
+    let mut worst = 0.0f64;
+    let mut maxdiff = 0.0f64;
+    for (x, y) in a.iter().zip(&b) {
+        let d = (x - y).abs();
+        maxdiff = maxdiff.max(d);
+        worst = worst.max(d - rtol * y.abs());
+    }
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    eprintln!("{what}: max |diff| = {maxdiff:.3e} (max |ref| = {scale:.3})");
+    assert!(
+        worst <= atol,
+        "{what}: max |diff| {maxdiff:e} exceeds atol {atol} + rtol {rtol}"
+    );
+    maxdiff
 }
 
 /// max |a − b| / max(1, max |b|)
@@ -38,6 +169,9 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
         / scale
 }
+
+// ---------------------------------------------------------------------------------------------
+// Gaussian mixtures (gmm, reference, samplers).
 
 /// Sample mean and covariance of rows of an `[n, d]` buffer.
 pub fn moments(x: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
@@ -94,10 +228,12 @@ pub fn random_mixture(kind: Kind, d: usize, k: usize, spread: f64, seed: u64) ->
     GaussianMixture::new(weights, means, covs, &candle_core::Device::Cpu).unwrap()
 }
 
+/// `[n, d]` rows as a tensor.
 pub fn row_tensor(rows: &[f64], d: usize) -> candle_core::Tensor {
     daps::prior::gmm::rows_to_tensor(rows, rows.len() / d, d, &candle_core::Device::Cpu).unwrap()
 }
 
+/// A tensor's rows, flattened.
 pub fn rows(t: &candle_core::Tensor) -> Vec<f64> {
     daps::prior::gmm::tensor_to_rows(t).unwrap().0
 }
