@@ -28,12 +28,15 @@ pub fn preset_method(task: &str, budget: &str) -> Result<Method> {
     let src = preset_source(task)?;
     let table: toml::Table =
         toml::from_str(src).map_err(|e| Error::config(format!("preset file of {task}: {e}")))?;
-    let section = table.get(budget).and_then(|s| s.as_table()).ok_or_else(|| {
-        Error::config(format!(
-            "unknown preset '{budget}' for task {task} (valid: {})",
-            BUDGETS.join(", ")
-        ))
-    })?;
+    let section = table
+        .get(budget)
+        .and_then(|s| s.as_table())
+        .ok_or_else(|| {
+            Error::config(format!(
+                "unknown preset '{budget}' for task {task} (valid: {})",
+                BUDGETS.join(", ")
+            ))
+        })?;
     let m = Method::from_table(section)
         .map_err(|e| Error::config(format!("preset {budget} of {task}: {e}")))?;
     m.validate()?;

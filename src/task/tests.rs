@@ -175,9 +175,17 @@ fn every_task_has_every_budget_and_a_dps_preset() {
     for t in TASKS {
         for b in BUDGETS {
             let m = preset_method(t.name, b).unwrap();
-            assert_eq!(m.name(), if b == "dps-1000" { "dps" } else { "daps" }, "{b}");
+            assert_eq!(
+                m.name(),
+                if b == "dps-1000" { "dps" } else { "daps" },
+                "{b}"
+            );
         }
-        let zeta = if t.name == "phase-retrieval" { 0.4 } else { 1.0 };
+        let zeta = if t.name == "phase-retrieval" {
+            0.4
+        } else {
+            1.0
+        };
         assert_eq!(
             preset_method(t.name, "dps-1000").unwrap(),
             Method::Dps(crate::sampler::DpsConfig {
