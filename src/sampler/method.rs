@@ -165,10 +165,22 @@ impl Method {
         self.assign(key, parsed, value)
     }
 
+    /// The names of the settings, including optional ones that are unset.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.settings().keys().cloned().collect();
+        if let Method::Dps(_) = self {
+            if !keys.iter().any(|k| k == "clip") {
+                keys.push("clip".into());
+            }
+        }
+        keys
+    }
+
     fn assign(&self, key: &str, value: toml::Value, shown: &str) -> Result<Self> {
         let mut table = self.settings();
-        if !table.contains_key(key) {
-            let keys: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
+        let known = self.keys();
+        if !known.iter().any(|k| k == key) {
+            let keys: Vec<&str> = known.iter().map(|k| k.as_str()).collect();
             return Err(Error::config(format!(
                 "unknown sampler setting '{key}' for {} (settings: {})",
                 self.name(),
@@ -215,6 +227,11 @@ mod tests {
                 clip: None
             })
         );
+        // An optional setting that is unset by default can still be given.
+        let Method::Dps(c) = m.set("clip", "1.0").unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.clip, Some(1.0));
         assert_eq!((m.label(), m.nfe()), ("DPS-50".to_string(), 50));
         let t: toml::Table = toml::from_str("annealing_steps = 7\node_steps = 2").unwrap();
         let m = Method::from_table(&t).unwrap();
