@@ -3,7 +3,7 @@
 mod cli;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -54,7 +54,7 @@ enum Bench {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse();
     // Pool threads get the main thread's stack size (candle's backward pass recurses over the
     // graph). With one thread (RAYON_NUM_THREADS=1) the command runs on it: otherwise every
     // parallel op is handed from the main thread to the pool thread and back, for nothing
@@ -68,9 +68,33 @@ fn main() {
         run(cli)
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, each said once (a library error already quotes its I/O cause).
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+/// The command line, every subcommand taking negative numbers as values (`--lr -1` is read as a
+/// value, then refused by validation with a message, rather than taken for a flag).
+fn parse() -> Cli {
+    fn allow_negative(c: clap::Command) -> clap::Command {
+        c.allow_negative_numbers(true)
+            .mut_subcommands(allow_negative)
+    }
+    let matches = allow_negative(Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn run(cli: Cli) -> Result<()> {

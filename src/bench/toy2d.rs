@@ -93,7 +93,12 @@ pub struct Toy2dRow {
     pub seconds: f64,
 }
 
-pub fn run(cfg: &Toy2dConfig, device: &Device) -> Result<Vec<Toy2dRow>> {
+/// Runs every method `cfg.repeats` times, calling `on_repeat(r)` as repeat `r` starts.
+pub fn run(
+    cfg: &Toy2dConfig,
+    device: &Device,
+    mut on_repeat: impl FnMut(usize),
+) -> Result<Vec<Toy2dRow>> {
     let gmm = prior(device)?;
     let op = TrapOperator::default();
     let y = rows_to_tensor(&[op.eval([0.5, 0.5])], 1, 1, device)?;
@@ -113,6 +118,7 @@ pub fn run(cfg: &Toy2dConfig, device: &Device) -> Result<Vec<Toy2dRow>> {
         ("dps", vec![], 0.0),
     ];
     for r in 0..cfg.repeats as u64 {
+        on_repeat(r as usize);
         let refs = reference(&gmm, cfg.samples, cfg.pool, 1000 + r);
         let other = reference(&gmm, cfg.samples, cfg.pool, 2000 + r);
         rows[0].1.push(w1_exact(&other, &refs, 2));

@@ -120,6 +120,9 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
     if cfg.problems == 0 || cfg.samples < 2 {
         bail!("need at least 1 problem and 2 samples");
     }
+    if let Some(p) = &a.json {
+        super::outputs::file("--json", p, &["json"], &Default::default())?;
+    }
     println!(
         "Gaussian-mixture benchmark: {} problems × {} samples; DAPS {} × {} NFE, {} Langevin steps, lr {}·τ² (min ratio {}); DPS {} steps, ζ = {}",
         cfg.problems, cfg.samples, cfg.annealing_steps, cfg.ode_steps, cfg.mcmc_steps, cfg.lr, cfg.lr_min_ratio,
@@ -182,10 +185,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
 }
 
 fn write_json(path: &PathBuf, records: &[Record]) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(records)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    daps::io::atomic_write(path, serde_json::to_string_pretty(records)?.as_bytes())?;
     Ok(())
 }
 
@@ -206,8 +206,15 @@ pub fn toy2d(a: Toy2dArgs) -> Result<()> {
         cfg.samples, cfg.repeats, cfg.daps.annealing_steps, cfg.daps.ode_steps, cfg.daps.mcmc_steps, cfg.daps.tau,
         cfg.dps.steps, cfg.dps.zeta
     );
+    let rows = daps::bench::toy2d::run(&cfg, &Device::Cpu, |r| {
+        eprintln!(
+            "repeat {}/{}: sampling, then the exact W1 of each method (an assignment problem)",
+            r + 1,
+            cfg.repeats
+        )
+    })?;
     println!("{:<8} {:>18} {:>10}", "method", "W1 (±95%)", "seconds");
-    for r in daps::bench::toy2d::run(&cfg, &Device::Cpu)? {
+    for r in rows {
         println!(
             "{:<8} {:>9.4} ± {:<6.4} {:>10.3}",
             r.method, r.w1_mean, r.w1_ci95, r.seconds
@@ -217,6 +224,9 @@ pub fn toy2d(a: Toy2dArgs) -> Result<()> {
 }
 
 pub fn speed(a: SpeedArgs) -> Result<()> {
+    if a.chains == 0 || a.d < 2 || a.d % 2 != 0 {
+        bail!("--chains must be ≥ 1 and --d even and ≥ 2");
+    }
     use candle_core::Tensor;
     use daps::prior::Denoiser;
     use std::time::Instant;

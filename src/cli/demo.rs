@@ -6,6 +6,7 @@
 //! retrieval is scored as the paper does: best of `--pr-runs` runs per digit and per metric.
 
 use super::grid::{text_width, Canvas, TEXT_HEIGHT};
+use super::outputs::{self, Inputs};
 use super::solve::key_value;
 use anyhow::{bail, Context, Result};
 use candle_core::{IndexOp, Tensor};
@@ -35,7 +36,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "held-out")]
     pub split: String,
     /// The grid PNG (truth | measurement | DAPS | DPS…, PSNR / SSIM under each).
-    #[arg(long, default_value = "demo.png")]
+    #[arg(long, default_value = "out/demo.png")]
     pub out: PathBuf,
     /// Digits shown per task in the grid (all are scored).
     #[arg(long, default_value_t = 4)]
@@ -99,6 +100,29 @@ fn first_method(task: &str, a: &DemoArgs) -> Result<Method> {
     }
     m.validate()?;
     Ok(m)
+}
+
+/// The demo's samplers for `task`: the `--preset` one, then DPS at each `--dps-steps` (default:
+/// the first one's NFE) with the task's dps-1000 ζ scaled to the same total guidance.
+fn demo_methods(name: &str, a: &DemoArgs) -> Result<Vec<Method>> {
+    let first = first_method(name, a)?;
+    let nfe = first.nfe();
+    let Method::Dps(dps) = preset_method(name, "dps-1000")? else {
+        bail!("preset dps-1000 of {name} is not a DPS preset");
+    };
+    let mut methods = vec![first];
+    for &steps in a.dps_steps.as_deref().unwrap_or(&[nfe]) {
+        let mut c = dps.with_steps(steps);
+        if let Some(z) = a.dps_zeta {
+            c.zeta = z;
+        }
+        methods.push(Method::Dps(c));
+    }
+    for m in &methods {
+        m.validate()
+            .with_context(|| format!("{} on {name}", m.label()))?;
+    }
+    Ok(methods)
 }
 
 /// Restores `x`'s digits (measurement `y`, one row per digit) with `method`, in batches.
@@ -191,6 +215,19 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     if a.digits == 0 || a.batch == 0 || a.pr_runs == 0 {
         bail!("--digits, --batch and --pr-runs must be ≥ 1");
     }
+    super::check_sigma_y(a.sigma_y)?;
+    let mut inputs = Inputs::default();
+    inputs.add(
+        "--prior",
+        a.prior
+            .as_deref()
+            .and_then(|s| s.split(':').nth(1))
+            .map(Path::new),
+    );
+    outputs::file("--out", &a.out, &["png"], &inputs)?;
+    if let Some(p) = &a.json {
+        outputs::file("--json", p, &["json"], &inputs)?;
+    }
     let held_out = daps::prior::default::HELD_OUT;
     let split = match a.split.as_str() {
         "held-out" => held_out.clone(),
@@ -244,7 +281,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             bail!("task {name} takes complex images; the demo runs real 32×32 digits");
         }
         built.push(Task::build(spec, [c, h, w]).with_context(|| format!("task {name}"))?);
-        first_method(name, &a)?;
+        demo_methods(name, &a)?;
     }
     for (name, task) in tasks.iter().zip(&built) {
         let y = Measurement::simulate(
@@ -254,19 +291,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             &mut SeededNoise::new(a.seed ^ name_hash(name)),
         )?
         .y;
-        let first = first_method(name, &a)?;
-        let nfe = first.nfe();
-        let Method::Dps(dps) = preset_method(name, "dps-1000")? else {
-            bail!("preset dps-1000 of {name} is not a DPS preset");
-        };
-        let mut methods = vec![first];
-        for &steps in a.dps_steps.as_deref().unwrap_or(&[nfe]) {
-            let mut c = dps.with_steps(steps);
-            if let Some(z) = a.dps_zeta {
-                c.zeta = z;
-            }
-            methods.push(Method::Dps(c));
-        }
+        let methods = demo_methods(name, &a)?;
         let runs = if name == "phase-retrieval" {
             a.pr_runs
         } else {
@@ -326,8 +351,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
 }
 
 fn write_json(path: &Path, records: &[DemoRecord]) -> Result<()> {
-    let text = serde_json::to_string_pretty(records)?;
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    Ok(daps::report::write_records(path, records)?)
 }
 
 /// Mean PSNR / SSIM per task and method, and the mean over tasks.

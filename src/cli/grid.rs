@@ -137,9 +137,12 @@ impl Canvas {
             .iter()
             .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
             .collect();
-        image::GrayImage::from_raw(self.w as u32, self.h as u32, v)
-            .expect("buffer size matches")
-            .save(path)
-            .with_context(|| format!("cannot write {}", path.display()))
+        // Invariant: px holds w·h values.
+        let img = image::GrayImage::from_raw(self.w as u32, self.h as u32, v)
+            .expect("buffer size matches");
+        Ok(daps::io::save_image(
+            &image::DynamicImage::ImageLuma8(img),
+            path,
+        )?)
     }
 }

@@ -19,6 +19,13 @@ pub struct ReportArgs {
 }
 
 pub fn report(a: ReportArgs) -> Result<()> {
+    if let Some(p) = &a.json {
+        let mut inputs = super::outputs::Inputs::default();
+        for f in &a.files {
+            inputs.add("an input", Some(f));
+        }
+        super::outputs::file("--json", p, &["json"], &inputs)?;
+    }
     let mut lists = Vec::new();
     for f in &a.files {
         lists.push((f.clone(), read_records(f)?));

@@ -10,6 +10,7 @@
 //! real/imaginary parts then lie in [−1, 1]). Restored images, trajectory frames and the metrics
 //! use the magnitude |x| on [0, 1]; `--save-samples` keeps the raw two channels.
 
+use super::outputs::{self, Inputs};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
@@ -155,12 +156,22 @@ pub fn preview(mf: &MeasurementFile) -> Result<Tensor> {
 // daps measure
 
 pub fn measure(a: MeasureArgs) -> Result<()> {
-    if a.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        bail!(
-            "--out must name a .safetensors file, got {}",
-            a.out.display()
-        );
-    }
+    let mut inputs = Inputs::default();
+    inputs
+        .add("--input", Some(&a.input))
+        .add("--mask", a.mask.as_deref())
+        .add("--kernel", a.kernel.as_deref())
+        .add("--maps", a.maps.as_deref())
+        .add("--blur-weights", a.blur_weights.as_deref());
+    outputs::file("--out", &a.out, &["safetensors"], &inputs)?;
+    let view = a.out.with_extension("png");
+    outputs::file(
+        "the preview (--out with .png)",
+        &view,
+        outputs::IMAGE,
+        &inputs,
+    )?;
+    super::check_sigma_y(a.sigma_y)?;
     daps::task::info(&a.task)?;
     let files = TaskFiles {
         mask: a.mask.clone(),
@@ -185,7 +196,6 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
         .with_context(|| format!("{} ({c}×{h}×{w})", a.input.display()))?;
     let mf = MeasurementFile::simulate(task, &x, a.sigma_y, a.seed)?;
     mf.save(&a.out)?;
-    let view = a.out.with_extension("png");
     write_unit_image(&preview(&mf)?, &view)?;
     println!(
         "{}: {}, σ_y {}, seed {}; y {:?} → {} (preview {})",
@@ -352,10 +362,47 @@ fn write_samples(x: &Tensor, out: &Path, complex: bool) -> Result<Vec<PathBuf>> 
     Ok(paths)
 }
 
+/// Checks every output of `daps solve` before any work: the image(s) `--out` names (one per
+/// sample, their mean, a partial result), `--save-samples`, `--save-trajectory`.
+fn check_solve_outputs(a: &SolveArgs) -> Result<()> {
+    let mut inputs = Inputs::default();
+    let prior_file = a
+        .prior
+        .as_deref()
+        .and_then(|s| s.split(':').nth(1))
+        .map(Path::new);
+    inputs
+        .add("--measurement", Some(&a.measurement))
+        .add("--reference", a.reference.as_deref())
+        .add("--lpips-weights", a.lpips_weights.as_deref())
+        .add("--blur-weights", a.blur_weights.as_deref())
+        .add("--prior", prior_file);
+    outputs::file("--out", &a.out, outputs::IMAGE, &inputs)?;
+    if a.samples > 1 {
+        for label in (0..a.samples).map(|i| i.to_string()).chain(["mean".into()]) {
+            outputs::file(
+                "--out",
+                &output_path(&a.out, Some(&label)),
+                outputs::IMAGE,
+                &inputs,
+            )?;
+        }
+    }
+    if let Some(p) = &a.save_samples {
+        outputs::file("--save-samples", p, &["safetensors"], &inputs)?;
+        inputs.add("--save-samples", Some(p));
+    }
+    if let Some(d) = &a.save_trajectory {
+        outputs::dir("--save-trajectory", d, &inputs)?;
+    }
+    Ok(())
+}
+
 pub fn solve(a: SolveArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
+    check_solve_outputs(&a)?;
     let files = TaskFiles {
         weights: a.blur_weights.clone(),
         ..TaskFiles::default()
@@ -383,9 +430,6 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         Some(p) => Some(Lpips::load(p, &Device::Cpu)?),
         None => None,
     };
-    if let Some(d) = &a.save_trajectory {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
     let prior = load_host_prior(a.prior.as_deref(), &a.device)?;
     if let Some(s) = prior.sample_shape() {
         if s != [c, h, w] {
@@ -436,6 +480,20 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         a.samples,
         a.seed
     );
+    if let Method::Daps(cfg) = &method {
+        let from = if a.tau.is_some() {
+            "--tau".to_string()
+        } else if a.set.iter().any(|s| s.trim_start().starts_with("tau")) {
+            "--set".to_string()
+        } else {
+            format!("preset {}", a.preset.as_deref().unwrap_or(DEFAULT_BUDGET))
+        };
+        eprintln!(
+            "likelihood: τ = {} from {from}; the measurement's σ_y = {} is not used by the x0 step \
+             (the official presets temper the likelihood with τ = 0.01; `--tau {}` uses σ_y)",
+            cfg.tau, mf.sigma_y, mf.sigma_y
+        );
+    }
     let steps = method.steps();
     let bar = ProgressBar::new(steps as u64).with_style(
         ProgressStyle::with_template(

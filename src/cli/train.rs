@@ -246,6 +246,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 .clone()
                 .context("--out DIR is required (where checkpoints go)")?;
             let (cfg, data) = new_config(&a)?;
+            if !a.dry_run {
+                let mut inputs = super::outputs::Inputs::default();
+                inputs.add("--arch", a.arch.as_deref());
+                super::outputs::dir("--out", &out, &inputs)?;
+            }
             if out.join(daps::train::STATE_FILE).exists() && !a.force && !a.dry_run {
                 bail!(
                     "{} already holds a training run: continue it with --resume {0}, \
@@ -383,6 +388,15 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     if a.n == 0 || a.batch == 0 {
         bail!("--n and --batch must be ≥ 1");
     }
+    let mut inputs = super::outputs::Inputs::default();
+    inputs.add(
+        "--prior",
+        a.prior
+            .as_deref()
+            .and_then(|s| s.split(':').nth(1))
+            .map(Path::new),
+    );
+    super::outputs::file("--out", &a.out, &["png"], &inputs)?;
     let dev = device()?;
     // No --prior: the built-in digits prior.
     let prior = daps::prior::load(a.prior.as_deref(), &dev)?;
