@@ -78,6 +78,9 @@ pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampl
             zeta: cfg.dps_zeta,
             clip: None,
         }),
+        // A sampler without a budget rule here runs with its registered defaults.
+        #[allow(unreachable_patterns)]
+        other => other,
     })
 }
 

@@ -464,13 +464,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         operator: op,
         measurement: &measurement,
     };
-    let settings = match &method {
-        Method::Daps(cfg) => format!(
-            "{} × {} NFE, x0 step {:?} ({} steps, lr {:e}, τ {})",
-            cfg.annealing_steps, cfg.ode_steps, cfg.x0_method, cfg.mcmc_steps, cfg.lr, cfg.tau
-        ),
-        Method::Dps(cfg) => format!("{} steps, ζ {}", cfg.steps, cfg.zeta),
-    };
+    let settings = method.describe();
     eprintln!(
         "{}; σ_y {}; prior {}; {} {settings}; {} sample(s), seed {}",
         task.describe(),
@@ -669,7 +663,7 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
         println!("{:<16} y for a {ch}×{s}×{s} image: {shape}", "");
         for b in BUDGETS {
             let m = preset_method(t.name, b)?;
-            println!("{:<16} {b:<9} {}", "", describe_method(&m));
+            println!("{:<16} {b:<9} {}", "", m.describe());
         }
         println!();
     }
@@ -684,30 +678,6 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
          project, VinAIResearch/blur-kernel-space-exploring; not shipped) with --blur-weights FILE."
     );
     Ok(())
-}
-
-/// One line of a sampler's main settings.
-pub fn describe_method(m: &Method) -> String {
-    match m {
-        Method::Daps(c) => format!(
-            "{} × {} NFE, {:?} {} steps, lr {:e}, lr_min_ratio {}, τ {}, σ {} → {}",
-            c.annealing_steps,
-            c.ode_steps,
-            c.x0_method,
-            c.mcmc_steps,
-            c.lr,
-            c.lr_min_ratio,
-            c.tau,
-            c.sigma_max,
-            c.sigma_min
-        ),
-        Method::Dps(c) => format!(
-            "DPS, {} steps, ζ {}, x̂0 clip {}",
-            c.steps,
-            c.zeta,
-            c.clip.map_or("none".to_string(), |v| format!("±{v}"))
-        ),
-    }
 }
 
 /// `daps methods`: every registered sampler with its NFE per chain (default settings, and the

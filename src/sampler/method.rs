@@ -2,21 +2,72 @@
 //! run it, and [`METHODS`] (name, summary, reference, default settings) for `daps methods`,
 //! `--method`, presets and the benchmarks.
 //!
-//! To add a sampler: write it as a short function `fn(problem, config, shape, noise, observer)
-//! -> Result<Tensor>` in its own file under `sampler/`, add a variant here (name, NFE, run), and
-//! a [`METHODS`] entry.
+//! To add a sampler: in its own file under `sampler/`, a config struct (serde, `default`,
+//! `deny_unknown_fields`), its function `fn(problem, config, shape, noise, observer) ->
+//! Result<Tensor>` and `impl Sampler` for the config; here, a `Method` variant, its line in
+//! [`dispatch!`] and a [`METHODS`] entry.
 
 use super::{daps, dps, DapsConfig, DpsConfig, Observer, Problem, X0Method};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use candle_core::Tensor;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// What every sampler's settings provide.
+pub trait Sampler: Serialize + DeserializeOwned {
+    /// The registry name of these settings.
+    fn name(&self) -> &'static str;
+    /// Network evaluations per chain.
+    fn nfe(&self) -> usize;
+    /// Outer steps (what an [`Observer`] is told).
+    fn steps(&self) -> usize;
+    /// Checks every field against its valid range.
+    fn validate(&self) -> Result<()>;
+    /// Draws `x_shape[0]` chains from the posterior of `p`.
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor>;
+    /// One line of the main settings.
+    fn describe(&self) -> String;
+    /// Settings that may be absent from the serialised form (unset options).
+    fn optional_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
 
 /// A sampler with its settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Method {
     Daps(DapsConfig),
     Dps(DpsConfig),
+}
+
+/// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
+/// of the same kind from a value of the config's type.
+macro_rules! dispatch {
+    ($m:expr, $c:ident => $e:expr) => {
+        match $m {
+            Method::Daps($c) => $e,
+            Method::Dps($c) => $e,
+        }
+    };
+    ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
+        match $m {
+            Method::Daps($c) => {
+                let $wrap = Method::Daps;
+                $e
+            }
+            Method::Dps($c) => {
+                let $wrap = Method::Dps;
+                $e
+            }
+        }
+    };
 }
 
 /// One registered sampler.
@@ -72,6 +123,83 @@ pub fn method_info(name: &str) -> Result<&'static MethodInfo> {
     })
 }
 
+impl Sampler for DapsConfig {
+    fn name(&self) -> &'static str {
+        if self.x0_method == X0Method::Exact {
+            "daps-exact"
+        } else {
+            "daps"
+        }
+    }
+    fn nfe(&self) -> usize {
+        DapsConfig::nfe(self)
+    }
+    fn steps(&self) -> usize {
+        self.annealing_steps
+    }
+    fn validate(&self) -> Result<()> {
+        DapsConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        daps(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} × {} NFE, {:?} {} steps, lr {:e}, lr_min_ratio {}, τ {}, σ {} → {}",
+            self.annealing_steps,
+            self.ode_steps,
+            self.x0_method,
+            self.mcmc_steps,
+            self.lr,
+            self.lr_min_ratio,
+            self.tau,
+            self.sigma_max,
+            self.sigma_min
+        )
+    }
+}
+
+impl Sampler for DpsConfig {
+    fn name(&self) -> &'static str {
+        "dps"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        DpsConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        dps(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps, ζ {}, x̂0 clip {}",
+            self.steps,
+            self.zeta,
+            self.clip.map_or("none".to_string(), |v| format!("±{v}"))
+        )
+    }
+    fn optional_keys(&self) -> &'static [&'static str] {
+        &["clip"]
+    }
+}
+
 impl Method {
     /// The default settings of the sampler registered as `name`.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -97,11 +225,7 @@ impl Method {
 
     /// The registry name.
     pub fn name(&self) -> &'static str {
-        match self {
-            Method::Daps(c) if c.x0_method == X0Method::Exact => "daps-exact",
-            Method::Daps(_) => "daps",
-            Method::Dps(_) => "dps",
-        }
+        dispatch!(self, c => c.name())
     }
 
     /// Name and budget, as tables print it: `DAPS-50`, `DPS-1000`.
@@ -111,25 +235,21 @@ impl Method {
 
     /// Network evaluations per chain.
     pub fn nfe(&self) -> usize {
-        match self {
-            Method::Daps(c) => c.nfe(),
-            Method::Dps(c) => c.steps,
-        }
+        dispatch!(self, c => c.nfe())
     }
 
-    /// Outer steps (what an [`Observer`] is told per chain batch).
+    /// Outer steps (what an [`Observer`] is told).
     pub fn steps(&self) -> usize {
-        match self {
-            Method::Daps(c) => c.annealing_steps,
-            Method::Dps(c) => c.steps,
-        }
+        dispatch!(self, c => c.steps())
     }
 
     pub fn validate(&self) -> Result<()> {
-        match self {
-            Method::Daps(c) => c.validate(),
-            Method::Dps(c) => c.validate(),
-        }
+        dispatch!(self, c => c.validate())
+    }
+
+    /// One line of the main settings.
+    pub fn describe(&self) -> String {
+        dispatch!(self, c => c.describe())
     }
 
     /// Draws `x_shape[0]` chains from the posterior of `p`.
@@ -140,20 +260,13 @@ impl Method {
         noise: &mut dyn NoiseSource,
         obs: &mut dyn Observer,
     ) -> Result<Tensor> {
-        match self {
-            Method::Daps(c) => daps(p, c, x_shape, noise, obs),
-            Method::Dps(c) => dps(p, c, x_shape, noise, obs),
-        }
+        dispatch!(self, c => c.run(p, x_shape, noise, obs))
     }
 
     /// The settings as a TOML table (without `method`).
     pub fn settings(&self) -> toml::Table {
-        let v = match self {
-            Method::Daps(c) => toml::Table::try_from(c),
-            Method::Dps(c) => toml::Table::try_from(c),
-        };
         // Invariant: the configs are plain structs of numbers, strings and enums.
-        v.expect("configs serialise to TOML")
+        dispatch!(self, c => toml::Table::try_from(c).expect("configs serialise to TOML"))
     }
 
     /// Sets one field; `value` is read as TOML (or else as a string).
@@ -168,9 +281,9 @@ impl Method {
     /// The names of the settings, including optional ones that are unset.
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.settings().keys().cloned().collect();
-        if let Method::Dps(_) = self {
-            if !keys.iter().any(|k| k == "clip") {
-                keys.push("clip".into());
+        for k in dispatch!(self, c => c.optional_keys()) {
+            if !keys.iter().any(|have| have == k) {
+                keys.push(k.to_string());
             }
         }
         keys
@@ -189,11 +302,16 @@ impl Method {
         }
         table.insert(key.to_string(), value);
         let bad = |e: toml::de::Error| Error::config(format!("bad value '{shown}' for {key}: {e}"));
-        Ok(match self {
-            Method::Daps(_) => Method::Daps(table.try_into().map_err(bad)?),
-            Method::Dps(_) => Method::Dps(table.try_into().map_err(bad)?),
-        })
+        dispatch!(self, c, wrap => Ok(wrap(retyped(c, table).map_err(bad)?)))
     }
+}
+
+/// `table` read as the same config type as `_like`.
+fn retyped<T: DeserializeOwned>(
+    _like: &T,
+    table: toml::Table,
+) -> std::result::Result<T, toml::de::Error> {
+    table.try_into()
 }
 
 #[cfg(test)]

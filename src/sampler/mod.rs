@@ -16,7 +16,7 @@ use candle_core::{DType, Tensor};
 
 pub use daps::{daps, DapsConfig, DataGradient, PriorTerm, X0Method};
 pub use dps::{dps, DpsConfig};
-pub use method::{method_info, Method, MethodInfo, METHODS};
+pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
 
 /// What a sampler works on.
 #[derive(Clone, Copy)]
