@@ -217,8 +217,8 @@ impl MeasurementFile {
         if !all_finite(&y)? {
             return Err(at("y contains NaN or Inf".into()));
         }
-        if let (Stored::Mask, Some(m)) = (Stored::Mask, task.mask()) {
-            if !task.is_complex() && m.flatten_all()?.max(0)?.to_scalar::<f32>()? == 0.0 {
+        if let Some(m) = task.mask().filter(|_| !task.is_complex()) {
+            if m.flatten_all()?.max(0)?.to_scalar::<f32>()? == 0.0 {
                 warnings.push(format!(
                     "the {} mask is all zeros: the measurement observes nothing",
                     task.name()
