@@ -214,7 +214,35 @@ fn mutate_safetensors(bytes: &[u8], rng: &mut ChaCha8Rng) -> (Vec<u8>, String) {
         }
     };
     let names = tensor_names(&st);
-    match rng.random_range(0..9) {
+    match rng.random_range(0..10) {
+        9 => {
+            // a consistent reshape: the same elements in another factorisation
+            let mut st = St {
+                header: st.header.clone(),
+                data: st.data.clone(),
+            };
+            let name = pick(rng, &names).clone();
+            let n: u64 = st.header[&name]["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .product();
+            let mut dims = Vec::new();
+            let mut rest = n;
+            for _ in 0..rng.random_range(0..4) {
+                let divisors: Vec<u64> = (1..=rest.min(64)).filter(|d| rest % d == 0).collect();
+                let d = *pick(rng, &divisors);
+                dims.push(d);
+                rest /= d;
+            }
+            dims.push(rest);
+            if rng.random_bool(0.3) {
+                dims.push(1);
+            }
+            st.header[&name]["shape"] = json!(dims);
+            (write_st(&st), format!("tensor {name} reshaped to {dims:?}"))
+        }
         0 => {
             let mut b = bytes.to_vec();
             let k = rng.random_range(1..=8);
