@@ -250,14 +250,11 @@ pub fn check_safetensors_header(
         let Some(size) = dtype.and_then(safetensors_dtype_size) else {
             return bad(&format!("unknown dtype {:?}", info.get("dtype")));
         };
-        let dims: Option<Vec<usize>> = info
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .and_then(|a| {
-                a.iter()
-                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                    .collect()
-            });
+        let dims: Option<Vec<usize>> = info.get("shape").and_then(|s| s.as_array()).and_then(|a| {
+            a.iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect()
+        });
         let Some(dims) = dims else {
             return bad("shape is not a list of non-negative integers");
         };

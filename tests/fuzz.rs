@@ -95,16 +95,7 @@ fn reencode(st: &St, name: &str, dtype: &str) -> Vec<u8> {
     write_st(&St { header, data })
 }
 
-const HUGE: [u64; 8] = [
-    0,
-    1,
-    17,
-    1_000_000,
-    1 << 31,
-    1 << 40,
-    1 << 62,
-    u64::MAX,
-];
+const HUGE: [u64; 8] = [0, 1, 17, 1_000_000, 1 << 31, 1 << 40, 1 << 62, u64::MAX];
 const DTYPES: [&str; 10] = [
     "I32", "F64", "U8", "F16", "BF16", "I64", "BOOL", "I8", "Q4", "F32",
 ];
@@ -608,10 +599,7 @@ fn run_cases(n: usize, seed: u64) -> Outcome {
         IN_CASE.with(|c| c.set(true));
         let r = catch_unwind(AssertUnwindSafe(|| load(kind, &path, &s.config)));
         IN_CASE.with(|c| c.set(false));
-        let caught = PANIC_MSG
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let caught = PANIC_MSG.lock().unwrap_or_else(|e| e.into_inner()).take();
         out.cases += 1;
         match r {
             Ok(loaded) => {
@@ -671,7 +659,10 @@ fn fuzz_files_long() {
             .unwrap_or(d)
     };
     let t = std::time::Instant::now();
-    let out = run_cases(env("DAPS_FUZZ_CASES", 20_000) as usize, env("DAPS_FUZZ_SEED", 7));
+    let out = run_cases(
+        env("DAPS_FUZZ_CASES", 20_000) as usize,
+        env("DAPS_FUZZ_SEED", 7),
+    );
     check(&out, t.elapsed().as_secs_f64());
 }
 
@@ -714,16 +705,26 @@ fn huge_shapes_are_errors_before_allocation() {
     let (p, b) = measurement("phase-retrieval", 1, 0.05);
     std::fs::write(
         &p,
-        set_meta(&b, "operator", r#"{"task":"phase-retrieval","oversample":1e12}"#),
+        set_meta(
+            &b,
+            "operator",
+            r#"{"task":"phase-retrieval","oversample":1e12}"#,
+        ),
     )
     .unwrap();
-    let e = MeasurementFile::load(&p).err().expect("an error").to_string();
+    let e = MeasurementFile::load(&p)
+        .err()
+        .expect("an error")
+        .to_string();
     assert!(e.contains("exceed"), "{e}");
     // a tensor header claiming more than the file holds
     let mut st = parse_st(&b);
     st.header["y"]["shape"] = json!([1, 1u64 << 20, 1u64 << 20]);
     std::fs::write(&p, write_st(&st)).unwrap();
-    let e = MeasurementFile::load(&p).err().expect("an error").to_string();
+    let e = MeasurementFile::load(&p)
+        .err()
+        .expect("an error")
+        .to_string();
     assert!(e.contains("data bytes"), "{e}");
 }
 
@@ -749,7 +750,10 @@ fn suspicious_measurements_load_with_warnings() {
     let st = parse_st(&b);
     std::fs::write(&p, reencode(&st, "y", "F64")).unwrap();
     let w = MeasurementFile::load(&p).unwrap().warnings;
-    assert!(w.len() == 1 && w[0].contains("'y'") && w[0].contains("F64"), "{w:?}");
+    assert!(
+        w.len() == 1 && w[0].contains("'y'") && w[0].contains("F64"),
+        "{w:?}"
+    );
     std::fs::write(&p, reencode(&st, "mask", "U8")).unwrap();
     let w = MeasurementFile::load(&p).unwrap().warnings;
     assert!(w.len() == 1 && w[0].contains("'mask'"), "{w:?}");
@@ -760,7 +764,10 @@ fn suspicious_measurements_load_with_warnings() {
     // an all-zero mask
     let mut st = parse_st(&b);
     let o = &st.header["mask"]["data_offsets"];
-    let (s, e) = (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize);
+    let (s, e) = (
+        o[0].as_u64().unwrap() as usize,
+        o[1].as_u64().unwrap() as usize,
+    );
     st.data[s..e].fill(0);
     std::fs::write(&p, write_st(&st)).unwrap();
     let w = MeasurementFile::load(&p).unwrap().warnings;
@@ -781,9 +788,13 @@ fn exact_posterior_without_noise_and_rank_deficient_a_is_an_error() {
     .unwrap();
     // two identical rows: A C Aᵀ is singular, and σ_y = 0 adds nothing
     let a = DMatrix::from_row_slice(2, 3, &[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
-    let e = Conditioner::new(&gmm, &a, 0.0, None).err().expect("an error");
+    let e = Conditioner::new(&gmm, &a, 0.0, None)
+        .err()
+        .expect("an error");
     assert!(e.to_string().contains("positive definite"), "{e}");
-    let e = Posterior::new(&gmm, &a, 0.0, DVector::zeros(2)).err().expect("an error");
+    let e = Posterior::new(&gmm, &a, 0.0, DVector::zeros(2))
+        .err()
+        .expect("an error");
     assert!(e.to_string().contains("rank-deficient"), "{e}");
     assert!(Conditioner::new(&gmm, &a, 0.1, None).is_ok());
     // y of the wrong length

@@ -85,7 +85,10 @@ fn guarded<T>(f: impl FnOnce() -> candle_core::Result<T>) -> std::result::Result
 /// before it is read: PyTorch stores tensor data uncompressed in the zip, so a tensor whose
 /// offset + shape × dtype size exceeds the file's length is corrupt (and reading it would
 /// allocate that size first).
-fn read_pickle(path: &Path, key: Option<&str>) -> std::result::Result<Vec<(String, Tensor)>, String> {
+fn read_pickle(
+    path: &Path,
+    key: Option<&str>,
+) -> std::result::Result<Vec<(String, Tensor)>, String> {
     use candle_core::pickle::PthTensors;
     let file_len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     let pth = guarded(|| PthTensors::new(path, key))?;

@@ -1,6 +1,8 @@
 //! Linear blur tasks: a `[k, k]` kernel, stored in the measurement file, reflect padding.
 
-use super::{same_shape, all_finite, on_size, unfit, DefaultValue, FileFlag, FileParam, Kind, Param};
+use super::{
+    all_finite, on_size, same_shape, unfit, DefaultValue, FileFlag, FileParam, Kind, Param,
+};
 use super::{Preview, Stored, TaskDef, TaskSpec, TaskTensors, Value};
 use crate::error::Result;
 use crate::operator::blur::Blur;
@@ -112,7 +114,10 @@ fn fits(spec: &TaskSpec, h: usize, w: usize) -> Result<usize> {
         return Err(unfit(
             spec.name(),
             [1, h, w],
-            format!("a {ks}×{ks} kernel needs H and W > {} (reflect padding)", ks / 2),
+            format!(
+                "a {ks}×{ks} kernel needs H and W > {} (reflect padding)",
+                ks / 2
+            ),
         ));
     }
     Ok(ks)

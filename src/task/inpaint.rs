@@ -1,6 +1,8 @@
 //! Inpainting tasks: a {0, 1} mask `[1, 1, H, W]`, stored in the measurement file.
 
-use super::{same_shape, on_size, unfit, DefaultValue, FileFlag, FileParam, Kind, Param, Preview, Stored};
+use super::{
+    on_size, same_shape, unfit, DefaultValue, FileFlag, FileParam, Kind, Param, Preview, Stored,
+};
 use super::{TaskDef, TaskSpec, TaskTensors};
 use crate::error::Result;
 use crate::operator::inpaint::{box_mask, random_mask, Inpaint};

@@ -1,7 +1,9 @@
 //! Multi-coil CS-MRI tasks: complex images `[2, H, W]`, a k-space column mask `[H, W]` and
 //! coil maps `[C, H, W, 2]`, both stored in the measurement file.
 
-use super::{all_finite, MAX_COILS, cpu_f32, on_size, unfit, DefaultValue, FileFlag, FileParam, Kind};
+use super::{
+    all_finite, cpu_f32, on_size, unfit, DefaultValue, FileFlag, FileParam, Kind, MAX_COILS,
+};
 use super::{Param, Preview, Stored, TaskDef, TaskSpec, TaskTensors, Value};
 use crate::error::Result;
 use crate::operator::mri::{

@@ -1,6 +1,8 @@
 //! Nonlinear tasks without stored tensors: phase retrieval, HDR, and the bkse nonlinear blur.
 
-use super::{no_tensors, same_shape, unfit, unfit_config, DefaultValue, FileFlag, FileParam, Kind, Param};
+use super::{
+    no_tensors, same_shape, unfit, unfit_config, DefaultValue, FileFlag, FileParam, Kind, Param,
+};
 use super::{Preview, TaskDef};
 use crate::operator::fft::PhaseRetrieval;
 use crate::operator::nonlinear_blur::NonlinearBlur;
