@@ -4,6 +4,10 @@
 //! `[1, C, H, W]`. Complex (MRI) images are `[1, 2, H, W]` (real, imaginary); a PNG becomes
 //! (v, 0) with v its luminance (0.299 R + 0.587 G + 0.114 B for RGB) mapped to [0, 1].
 //!
+//! Safetensors files are read with their header checked first ([`check_safetensors_header`]:
+//! header length within the file and 100 MB, each tensor's shape × dtype size equal to its
+//! `data_offsets` span inside the file), so a corrupt file fails before anything is allocated.
+//!
 //! Every file the library writes goes through [`atomic_write`]: a temporary file in the same
 //! folder, synced, then renamed over the target, so a failed write leaves the old file intact.
 

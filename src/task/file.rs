@@ -2,6 +2,13 @@
 //! stores ([`super::TaskDef::stores`]: `mask`, `kernel`, `maps`), and metadata `format`,
 //! `version`, `task`, `operator` (JSON of the [`TaskSpec`], e.g. `{"task":"sr4","factor":4}`),
 //! `shape` (JSON [C, H, W]), `sigma_y`, `seed`, `description`.
+//!
+//! Reading one trusts nothing in it: the safetensors header is checked against the file size
+//! ([`crate::io::read_safetensors`]), the image shape against the bounds of [`super`]
+//! ([`super::check_shape`]), and `y`'s shape against the shape the task gives
+//! ([`TaskSpec::output_shape`]) before any operator is built; every failure is an error.
+//! Legal but suspicious contents (tensors not stored as f32, an all-zero inpainting mask,
+//! σ_y > 1) load with [`MeasurementFile::warnings`] for the caller to show.
 
 use super::Value;
 use super::{all_finite, cpu_f32, info, FileFlag, Stored, Task, TaskFiles, TaskSpec, TaskTensors};
