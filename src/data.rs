@@ -395,6 +395,7 @@ pub fn grid_image(x: &Tensor, ncols: Option<usize>) -> Result<DynamicImage> {
         }
     }
     let (gw, gh) = (gw as u32, gh as u32);
+    // Invariant: `buf` was allocated as gw·gh·c bytes.
     Ok(if c == 1 {
         DynamicImage::ImageLuma8(GrayImage::from_raw(gw, gh, buf).expect("grid buffer"))
     } else {

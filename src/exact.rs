@@ -6,6 +6,7 @@
 //! Matheron's rule: draw x' from the component's prior, then x = x' + K (y − A x' − σ_y ε_y) with
 //! the Kalman gain K = C Aᵀ S⁻¹, S = A C Aᵀ + σ_y² I. Only d_y × d_y systems are solved.
 
+use crate::error::{Error, Result};
 use crate::noise::stream;
 use crate::prior::gmm::{categorical, softmax, Eigen, GaussianMixture};
 use nalgebra::{Cholesky, DMatrix, DVector, Dyn};
@@ -33,18 +34,29 @@ pub struct Conditioner<'a> {
 }
 
 fn quad_s(ch: &Cholesky<f64, Dyn>, r: &DVector<f64>) -> f64 {
+    // Invariant: a Cholesky factor has a positive diagonal, so the triangular solve succeeds
+    // (the callers check that r has d_y entries).
     let z = ch.l().solve_lower_triangular(r).expect("triangular solve");
     z.norm_squared()
 }
 
 impl<'a> Conditioner<'a> {
+    /// The per-component gains. Fails when A's columns do not match the mixture's dimension, or when S = A C Aᵀ + σ_y² I
+    /// is not positive definite (σ_y = 0 with a rank-deficient A, or a degenerate component).
     pub fn new(
         gmm: &'a GaussianMixture,
         a: &'a DMatrix<f64>,
         sigma_y: f64,
         sigma: Option<f64>,
-    ) -> Self {
+    ) -> Result<Self> {
         let dy = a.nrows();
+        if a.ncols() != gmm.dim() {
+            return Err(Error::Shape {
+                what: "operator matrix A of the exact posterior".into(),
+                expected: vec![dy, gmm.dim()],
+                got: vec![dy, a.ncols()],
+            });
+        }
         let gains = gmm
             .eigen()
             .par_iter()
@@ -61,26 +73,36 @@ impl<'a> Conditioner<'a> {
                     s[(i, i)] += sigma_y * sigma_y;
                 }
                 let s = (&s + s.transpose()) * 0.5;
-                let s_chol = Cholesky::new(s).expect("S = A C Aᵀ + σ_y² I is positive definite");
+                let s_chol = Cholesky::new(s).ok_or_else(|| {
+                    Error::msg(format!(
+                        "the exact posterior needs S = A C Aᵀ + σ_y² I positive definite, but it is \
+                         not (σ_y = {sigma_y}{}): use σ_y > 0 or a full-row-rank operator",
+                        if sigma_y == 0.0 {
+                            " with a rank-deficient A"
+                        } else {
+                            ""
+                        }
+                    ))
+                })?;
                 let logdet_s = 2.0 * s_chol.l().diagonal().iter().map(|v| v.ln()).sum::<f64>();
                 let k = &w * s_chol.inverse();
-                Gain {
+                Ok(Gain {
                     a_mu: a * mu,
                     aq: e.q.as_ref().map(|q| a * q),
                     k,
                     s_chol,
                     logdet_s,
                     sqrt_cov: lam_c.map(f64::sqrt),
-                }
+                })
             })
-            .collect();
-        Self {
+            .collect::<Result<_>>()?;
+        Ok(Self {
             gmm,
             a,
             sigma_y,
             sigma,
             gains,
-        }
+        })
     }
 
     /// For component k and (optional) x_σ with A x_σ: (log prior weight, A·mean of the component
@@ -204,6 +226,9 @@ impl<'a> Conditioner<'a> {
 
     /// Draws for a batch: `xt` row-major `[B, d]` (ignored when σ is None), `ys` one row or B rows.
     /// Chain b uses stream (seed, b), so results do not depend on the thread count.
+    ///
+    /// The sizes are the caller's to check (as `ExactStep` does): `xt` of `B·d` entries and y of
+    /// `d_y` = A's rows, else nalgebra panics on the dimension mismatch.
     pub fn draw_batch(
         &self,
         xt: Option<&[f64]>,
@@ -238,8 +263,15 @@ impl<'a> Posterior<'a> {
         a: &'a DMatrix<f64>,
         sigma_y: f64,
         y: DVector<f64>,
-    ) -> Self {
-        let cond = Conditioner::new(gmm, a, sigma_y, None);
+    ) -> Result<Self> {
+        if y.len() != a.nrows() {
+            return Err(Error::Shape {
+                what: "measurement y of the exact posterior".into(),
+                expected: vec![a.nrows()],
+                got: vec![y.len()],
+            });
+        }
+        let cond = Conditioner::new(gmm, a, sigma_y, None)?;
         let mut logits = Vec::new();
         let mut means = Vec::new();
         for k in 0..gmm.n_components() {
@@ -248,12 +280,12 @@ impl<'a> Posterior<'a> {
             logits.push(gmm.weights()[k].ln() - 0.5 * quad_s(&g.s_chol, &r) - 0.5 * g.logdet_s);
             means.push(&gmm.means()[k] + &g.k * r);
         }
-        Self {
+        Ok(Self {
             weights: softmax(&logits),
             means,
             cond,
             y,
-        }
+        })
     }
 
     /// `n` exact posterior samples, row-major `[n, d]`.

@@ -4,6 +4,10 @@
 //! `[1, C, H, W]`. Complex (MRI) images are `[1, 2, H, W]` (real, imaginary); a PNG becomes
 //! (v, 0) with v its luminance (0.299 R + 0.587 G + 0.114 B for RGB) mapped to [0, 1].
 //!
+//! Safetensors files are read with their header checked first ([`check_safetensors_header`]:
+//! header length within the file and 100 MB, each tensor's shape × dtype size equal to its
+//! `data_offsets` span inside the file), so a corrupt file fails before anything is allocated.
+//!
 //! Every file the library writes goes through [`atomic_write`]: a temporary file in the same
 //! folder, synced, then renamed over the target, so a failed write leaves the old file intact.
 
@@ -178,6 +182,7 @@ pub fn write_safetensors(
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
+        // Invariant: a map of strings always serialises.
         serde_json::to_value(metadata).expect("strings"),
     );
     let mut data: Vec<u8> = Vec::new();
@@ -190,6 +195,7 @@ pub fn write_safetensors(
             serde_json::json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
         );
     }
+    // Invariant: a JSON value always serialises.
     let mut json = serde_json::to_string(&header).expect("json");
     while !json.len().is_multiple_of(8) {
         json.push(' ');
@@ -200,7 +206,96 @@ pub fn write_safetensors(
     atomic_write(path, &bytes)
 }
 
-/// Reads a safetensors file: its tensors (on the CPU) and its string metadata.
+/// Bytes per element of a safetensors dtype (`None`: unknown).
+fn safetensors_dtype_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
+        "U16" | "I16" | "F16" | "BF16" => 2,
+        "U32" | "I32" | "F32" => 4,
+        "U64" | "I64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// The largest safetensors header read (as the safetensors crate): 100 MB.
+pub const MAX_SAFETENSORS_HEADER: usize = 100_000_000;
+
+/// Parses and checks a safetensors file's header before any tensor is read: its length fits the
+/// file (and [`MAX_SAFETENSORS_HEADER`]), it is a JSON object, and each tensor's shape × dtype
+/// size equals its `data_offsets` span, which lies inside the data. Returns the header.
+pub fn check_safetensors_header(
+    bytes: &[u8],
+) -> std::result::Result<serde_json::Map<String, serde_json::Value>, String> {
+    let n = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or("too short")?;
+    let data_len = (bytes.len() - 8) as u64;
+    if n > data_len || n > MAX_SAFETENSORS_HEADER as u64 {
+        return Err(format!(
+            "header length {n} exceeds the file ({} bytes)",
+            bytes.len()
+        ));
+    }
+    let n = n as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| e.to_string())?;
+    let serde_json::Value::Object(header) = header else {
+        return Err("the header is not a JSON object".into());
+    };
+    let data_len = bytes.len() - 8 - n;
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |m: &str| Err(format!("tensor '{name}': {m}"));
+        let dtype = info.get("dtype").and_then(|d| d.as_str());
+        let Some(size) = dtype.and_then(safetensors_dtype_size) else {
+            return bad(&format!("unknown dtype {:?}", info.get("dtype")));
+        };
+        let dims: Option<Vec<usize>> = info.get("shape").and_then(|s| s.as_array()).and_then(|a| {
+            a.iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect()
+        });
+        let Some(dims) = dims else {
+            return bad("shape is not a list of non-negative integers");
+        };
+        let offsets: Option<Vec<usize>> = info
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .filter(|a| a.len() == 2)
+            .and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                    .collect()
+            });
+        let Some([start, end]) = offsets.and_then(|o| <[usize; 2]>::try_from(o).ok()) else {
+            return bad("data_offsets is not a pair of non-negative integers");
+        };
+        let nbytes = dims
+            .iter()
+            .try_fold(size, |a, &d| a.checked_mul(d))
+            .filter(|&b| b <= data_len);
+        let Some(nbytes) = nbytes else {
+            return bad(&format!(
+                "shape {dims:?} of {} needs more than the file's {data_len} data bytes",
+                dtype.unwrap_or_default()
+            ));
+        };
+        if start > end || end > data_len || end - start != nbytes {
+            return bad(&format!(
+                "data_offsets [{start}, {end}] do not hold the {nbytes} bytes of shape {dims:?} \
+                 (data: {data_len} bytes)"
+            ));
+        }
+    }
+    Ok(header)
+}
+
+/// Reads a safetensors file: its tensors (on the CPU) and its string metadata. The header is
+/// checked first ([`check_safetensors_header`]), so corrupt sizes fail before allocating.
 pub fn read_safetensors(
     path: impl AsRef<Path>,
 ) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
@@ -215,15 +310,7 @@ pub fn read_safetensors(
             path.display()
         ))
     };
-    let n = bytes
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
-        .ok_or_else(|| bad("too short".into()))?;
-    let header = bytes
-        .get(8..8usize.saturating_add(n))
-        .ok_or_else(|| bad("truncated header".into()))?;
-    let header: serde_json::Value =
-        serde_json::from_slice(header).map_err(|e| bad(e.to_string()))?;
+    let header = check_safetensors_header(&bytes).map_err(bad)?;
     let meta = match header.get("__metadata__") {
         Some(m) => serde_json::from_value(m.clone()).map_err(|e| bad(e.to_string()))?,
         None => BTreeMap::new(),

@@ -235,6 +235,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             data: "digits".into(),
+            // Invariant: digits32 is a built-in preset.
             arch: adm_config_json(&preset("digits32").expect("preset")),
             objective: Objective::Ddpm,
             p_mean: -1.2,
@@ -474,6 +475,7 @@ impl Trainer {
         }
         let varmap = VarMap::new();
         let net = AdmUnet::new(&arch, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        // Invariant: the fresh VarMap's lock cannot be poisoned (no other user).
         let vars = varmap.data().lock().unwrap().clone();
         let mut params = Vec::new();
         for (name, _) in arch.param_shapes()? {
@@ -548,6 +550,7 @@ impl Trainer {
                 .collect();
             keys.into_iter()
                 .map(|k| {
+                    // Invariant: k was taken from t's keys just above.
                     let v = t.remove(&k).unwrap();
                     (k[prefix.len()..].to_string(), v)
                 })
@@ -644,6 +647,7 @@ impl Trainer {
                 if self.perm.as_ref().is_none_or(|(e, _)| *e != epoch) {
                     self.perm = Some((epoch, permutation(n as usize, self.cfg.seed, epoch)));
                 }
+                // Invariant: set just above; pos < n, the permutation's length.
                 self.perm.as_ref().unwrap().1[pos]
             })
             .collect()

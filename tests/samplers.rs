@@ -182,7 +182,7 @@ fn check_kernel(run: impl Fn(&Target, &mut dyn NoiseSource) -> Tensor, lr: f64, 
     };
     let out = rows(&run(&t, &mut SeededNoise::new(5)));
     let a = c.op.matrix().unwrap().clone();
-    let cond = Conditioner::new(&c.gmm, &a, c.meas.sigma_y, Some(c.sigma));
+    let cond = Conditioner::new(&c.gmm, &a, c.meas.sigma_y, Some(c.sigma)).unwrap();
     let (w, m, cv) = cond.mixture(Some(&c.xt), &c.y);
     let (mean, cov) = mixture_moments(&w, &m, &cv);
     // ULA's bias on a Gaussian of variance v with step η is ≈ η/2 relative (stationary
@@ -289,13 +289,13 @@ fn daps_with_exact_x0_step_samples_the_exact_posterior() {
         .unwrap(),
     );
     let a = op.matrix().unwrap().clone();
-    let cond = Conditioner::new(&gmm, &a, sy, None);
+    let cond = Conditioner::new(&gmm, &a, sy, None).unwrap();
     let (w, m, c) = cond.mixture(None, &y);
     let (mean, cov) = mixture_moments(&w, &m, &c);
     assert_moments(&out, d, &mean, &cov, 5.0, 0.0, "DAPS-exact");
     assert_weights(&out, d, &w, &m, &c, 5.0, "DAPS-exact");
     // the posterior sampler itself
-    let post = Posterior::new(&gmm, &a, sy, y.clone());
+    let post = Posterior::new(&gmm, &a, sy, y.clone()).unwrap();
     let exact = post.sample(CHAINS, 99);
     assert_moments(&exact, d, &mean, &cov, 5.0, 0.0, "exact posterior sampler");
     for (u, v) in post.weights.iter().zip(&w) {

@@ -196,6 +196,7 @@ pub fn make_problem(d: usize, dy: usize, seed: u64, device: &Device) -> Result<G
     let mut rng = stream(seed, d as u64, dy as u64);
     let a0 = DMatrix::from_fn(dy, d, |_, _| rng.sample::<f64, _>(StandardNormal));
     let svd = a0.svd(true, true);
+    // Invariant: the SVD was asked for U and Vᵀ (`svd(true, true)`).
     let (u, vt) = (svd.u.unwrap(), svd.v_t.unwrap()); // dy×dy, dy×d
     let mut s: Vec<f64> = (0..dy).map(|_| rng.random::<f64>()).collect();
     s.sort_by(|a, b| b.total_cmp(a));
@@ -235,7 +236,7 @@ pub fn run_method(
     };
     let out = match m {
         Method::Oracle => {
-            return Ok(Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone()).sample(n, seed))
+            return Ok(Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone())?.sample(n, seed))
         }
         Method::Prior => return Ok(p.prior.sample(n, seed).0),
         Method::Sampler(name) => bench_sampler(name, cfg, p.sigma_y)?.run(
@@ -287,7 +288,7 @@ pub fn run(
                 on_problem(d, dy, i);
                 let seed = 2u64.pow(id as u32) * 3u64.pow(iy as u32) + i as u64;
                 let p = make_problem(d, dy, seed, device)?;
-                let post = Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone());
+                let post = Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone())?;
                 let reference = post.sample(cfg.samples, seed ^ 0xAAAA);
                 for (k, &m) in cfg.methods.iter().enumerate() {
                     let (sw, tv, secs) = score(

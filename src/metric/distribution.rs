@@ -24,6 +24,7 @@ pub fn w1_1d(a: &[f64], b: &[f64]) -> f64 {
             (Some(x), Some(y)) => x.min(*y),
             (Some(x), None) => *x,
             (None, Some(y)) => *y,
+            // Invariant: the loop runs while one of the two has entries left.
             (None, None) => unreachable!(),
         };
         total += (i as f64 / na - j as f64 / nb).abs() * (next - prev);

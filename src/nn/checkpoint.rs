@@ -33,7 +33,7 @@ pub fn load_state_dict(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>
             .map_err(|e| Error::msg(format!("cannot read safetensors file {shown}: {e}")))?,
         "pt" | "pth" | "bin" | "ckpt" => {
             let read = |key: Option<&str>| {
-                candle_core::pickle::read_all_with_key(path, key)
+                read_pickle(path, key)
                     .map_err(|e| Error::msg(format!("cannot read PyTorch file {shown}: {e}")))
             };
             let mut all = read(None)?;
@@ -64,6 +64,58 @@ pub fn load_state_dict(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>
             .collect();
     }
     Ok(tensors)
+}
+
+/// Runs candle's pickle reader, turning its panics on malformed files (it indexes the pickled
+/// tuples without checking their lengths) into errors.
+fn guarded<T>(f: impl FnOnce() -> candle_core::Result<T>) -> std::result::Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(p) => Err(format!(
+            "malformed pickle ({})",
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the reader panicked".into())
+        )),
+    }
+}
+
+/// [`candle_core::pickle::read_all_with_key`], with each tensor's size checked against the file
+/// before it is read: PyTorch stores tensor data uncompressed in the zip, so a tensor whose
+/// offset + shape × dtype size exceeds the file's length is corrupt (and reading it would
+/// allocate that size first).
+fn read_pickle(
+    path: &Path,
+    key: Option<&str>,
+) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    use candle_core::pickle::PthTensors;
+    let file_len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let pth = guarded(|| PthTensors::new(path, key))?;
+    let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let info = &pth.tensor_infos()[name];
+        let nbytes = info
+            .layout
+            .dims()
+            .iter()
+            .try_fold(info.dtype.size_in_bytes(), |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_add(info.layout.start_offset()))
+            .and_then(|n| u64::try_from(n).ok());
+        if nbytes.is_none_or(|n| n > file_len) {
+            return Err(format!(
+                "tensor `{name}` ({:?} of {:?}) does not fit the file's {file_len} bytes",
+                info.layout.dims(),
+                info.dtype
+            ));
+        }
+        if let Some(t) = guarded(|| pth.get(name))? {
+            out.push((name.clone(), t));
+        }
+    }
+    Ok(out)
 }
 
 /// Checks `tensors` against `expected` (first missing or mis-shaped tensor in parameter
@@ -124,6 +176,8 @@ impl SimpleBackend for Recorder {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
+        // Invariant: the lock is only taken here and in `record_params`, neither of which
+        // panics while holding it, so it is never poisoned.
         self.0
             .lock()
             .unwrap()
@@ -146,6 +200,7 @@ pub(crate) fn record_params<T>(
     let list = Arc::new(Mutex::new(Vec::new()));
     let vb = VarBuilder::from_backend(Box::new(Recorder(list.clone())), DType::F32, Device::Cpu);
     build(vb)?;
+    // Invariant: not poisoned (see `Recorder::get`).
     let out = list.lock().unwrap().clone();
     Ok(out)
 }

@@ -267,6 +267,7 @@ fn batch_chunks(b: usize, g: Geom) -> Vec<(usize, usize)> {
 
 fn cat0(mut ts: Vec<Tensor>) -> Result<Tensor> {
     if ts.len() == 1 {
+        // Invariant: len() == 1 was just checked.
         Ok(ts.pop().expect("one tensor"))
     } else {
         Tensor::cat(&ts, 0)
@@ -356,7 +357,11 @@ impl CustomOp3 for ConvGrad {
                     Some(a) => (a + part)?,
                 });
             }
-            Some(acc.expect("one chunk at least").reshape(w.shape())?)
+            match acc {
+                Some(a) => Some(a.reshape(w.shape())?),
+                // An empty batch: no chunk, a zero weight gradient.
+                None => Some(w.zeros_like()?),
+            }
         } else {
             None
         };

@@ -262,6 +262,7 @@ pub fn motion_kernel(size: usize, intensity: f64, seed: u64) -> Result<Vec<f64>>
 
     // Steps of the path.
     let max_len = 0.75 * diag * (rng.random::<f64>() + rng.random::<f64>() * intensity.powi(2));
+    // Invariant: constant, valid Beta parameters (here and below).
     let beta_step = Beta::new(1.0, 30.0).expect("valid beta");
     let mut steps = Vec::new();
     let mut total = 0.0;

@@ -178,6 +178,7 @@ impl<W: Any + Send> Pooled<W> {
 impl<W: Any + Send> std::ops::Deref for Pooled<W> {
     type Target = W;
     fn deref(&self) -> &W {
+        // Invariant: `Some` from construction until `drop` takes it.
         self.0.as_ref().expect("present until drop")
     }
 }

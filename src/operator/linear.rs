@@ -85,6 +85,8 @@ impl MatrixOperator {
             let svd = self.a.clone().svd(true, true);
             let smax = svd.singular_values.max();
             let tol = self.a.nrows().max(self.a.ncols()) as f64 * f64::EPSILON * smax;
+            // Invariant: pseudo_inverse fails only without U and Vᵀ, or with tol < 0 (tol ≥ 0,
+            // or NaN for a NaN matrix, which it accepts).
             svd.pseudo_inverse(tol)
                 .expect("SVD was computed with U and Vᵀ")
         })

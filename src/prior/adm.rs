@@ -584,6 +584,8 @@ impl AdmUnet {
         let mut output_blocks = Vec::new();
         for (level, &mult) in cfg.channel_mult.iter().enumerate().rev() {
             for i in 0..=cfg.num_res_blocks {
+                // Invariant: the input blocks pushed levels·(num_res_blocks + 1) channels, one
+                // per output block, whatever the configuration.
                 let ich = chans.pop().expect("skip channel");
                 let vbb = vb.pp(format!("output_blocks.{}", output_blocks.len()));
                 let out = cfg.ch(mult);
@@ -716,6 +718,7 @@ impl AdmUnet {
         h = self.middle_block.forward(&h, &emb_act)?;
         trace("middle_block", &h);
         for (i, blk) in self.output_blocks.iter().enumerate() {
+            // Invariant: one skip per output block was pushed (see `new`).
             let skip = hs.pop().expect("skip");
             h = blk.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb_act)?;
             trace(&format!("output_blocks.{i}"), &h);

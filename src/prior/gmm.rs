@@ -114,6 +114,12 @@ impl GaussianMixture {
             )));
         }
         let d = means[0].len();
+        if d == 0 {
+            return Err(Error::config("mixture means must have at least one entry"));
+        }
+        if means.iter().any(|m| m.iter().any(|v| !v.is_finite())) {
+            return Err(Error::config("mixture means must be finite"));
+        }
         let total: f64 = weights.iter().sum();
         if weights.iter().any(|w| !(*w > 0.0) || !w.is_finite()) || !(total > 0.0) {
             return Err(Error::config("mixture weights must be positive and finite"));

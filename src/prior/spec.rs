@@ -147,18 +147,25 @@ pub(crate) fn load_gmm(path: &Path, device: &Device) -> Result<GaussianMixture> 
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         });
     }
-    let t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        Error::msg(format!(
-            "{}: not a readable safetensors file: {e}",
-            path.display()
-        ))
-    })?;
+    // Checks the header's sizes against the file before reading (see `read_safetensors`).
+    let (t, _) = crate::io::read_safetensors(path)?;
     let get = |n: &str| {
         t.get(n)
             .ok_or_else(|| Error::msg(format!("{}: missing tensor '{n}'", path.display())))
     };
     let (w, m, v) = (get("weights")?, get("means")?, get("variances")?);
+    let shape_err = |what: &str, expected: Vec<usize>, got: &[usize]| Error::Shape {
+        what: format!("{}: {what}", path.display()),
+        expected,
+        got: got.to_vec(),
+    };
+    if w.rank() != 1 {
+        return Err(shape_err("weights [K]", vec![2], w.dims()));
+    }
     let k = w.dim(0)?;
+    if m.rank() < 2 || m.dim(0)? != k {
+        return Err(shape_err("means [K, …]", vec![k, 1], m.dims()));
+    }
     let shape = m.dims()[1..].to_vec();
     let d: usize = shape.iter().product();
     let w: Vec<f64> = w.to_dtype(DType::F64)?.to_vec1()?;

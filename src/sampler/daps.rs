@@ -214,9 +214,11 @@ pub fn daps(
                     X0Method::Langevin => mcmc::langevin(&t, cfg.mcmc_steps, lr, noise)?,
                     X0Method::Hmc => mcmc::hmc(&t, cfg.mcmc_steps, lr, cfg.momentum, noise)?,
                     X0Method::Mh => mcmc::metropolis(&t, cfg.mcmc_steps, lr, noise)?.0,
+                    // Invariant: an exact x0 method has built `exact` (first arm).
                     X0Method::Exact => unreachable!(),
                 }
             }
+            // Invariant: x̂0 is None only for the exact method, which built `exact`.
             (None, None) => unreachable!(),
         };
         check_finite(&x0, i, "x0 step")?;
@@ -247,10 +249,18 @@ impl<'a> ExactStep<'a> {
         p.prior
             .as_gmm()
             .ok_or_else(|| Error::Unsupported(why.into()))?;
-        p.operator
+        let a = p
+            .operator
             .matrix()
             .ok_or_else(|| Error::Unsupported(why.into()))?;
         let (yv, b, dy) = tensor_to_rows(&p.measurement.y)?;
+        if dy != a.nrows() {
+            return Err(Error::Shape {
+                what: "measurement of the exact x0 step (one row per chain)".into(),
+                expected: vec![b, a.nrows()],
+                got: vec![b, dy],
+            });
+        }
         let ys = (0..b)
             .map(|i| DVector::from_column_slice(&yv[i * dy..(i + 1) * dy]))
             .collect();
@@ -258,16 +268,24 @@ impl<'a> ExactStep<'a> {
     }
 
     fn step(&self, xt: &Tensor, sigma: f64, seed: u64) -> Result<Tensor> {
+        // Invariant: `new` checked that both exist (and neither changes during a run).
         let gmm = self.p.prior.as_gmm().expect("checked");
         let a = self.p.operator.matrix().expect("checked");
         let (xv, b, d) = tensor_to_rows(xt)?;
+        if d != a.ncols() {
+            return Err(Error::Shape {
+                what: "x_t of the exact x0 step (one row per chain)".into(),
+                expected: vec![b, a.ncols()],
+                got: vec![b, d],
+            });
+        }
         if self.ys.len() != 1 && self.ys.len() != b {
             return Err(Error::config(format!(
                 "measurement has {} rows for {b} chains",
                 self.ys.len()
             )));
         }
-        let c = Conditioner::new(gmm, a, self.p.measurement.sigma_y, Some(sigma));
+        let c = Conditioner::new(gmm, a, self.p.measurement.sigma_y, Some(sigma))?;
         let out = c.draw_batch(Some(&xv), b, &self.ys, seed);
         Ok(rows_to_tensor(&out, b, d, xt.device())?.reshape(xt.shape())?)
     }

@@ -1,6 +1,8 @@
 //! Linear blur tasks: a `[k, k]` kernel, stored in the measurement file, reflect padding.
 
-use super::{all_finite, on_size, unfit, DefaultValue, FileFlag, FileParam, Kind, Param};
+use super::{
+    all_finite, on_size, same_shape, unfit, DefaultValue, FileFlag, FileParam, Kind, Param,
+};
 use super::{Preview, Stored, TaskDef, TaskSpec, TaskTensors, Value};
 use crate::error::Result;
 use crate::operator::blur::Blur;
@@ -41,11 +43,13 @@ pub static GAUSSIAN: TaskDef = TaskDef {
     file: None,
     stores: &[Stored::Kernel],
     generate: |spec, h, w| {
+        fits(spec, h, w)?;
         let b = Blur::gaussian(spec.uint("kernel_size") as usize, spec.float("sigma"))
             .map_err(on_size(spec.name(), h, w))?;
         kernel(&b)
     },
     operator: blur,
+    output: same_shape,
     preset: include_str!("../../presets/gaussian-blur.toml"),
     preview: Preview::Identity,
 };
@@ -87,7 +91,7 @@ pub static MOTION: TaskDef = TaskDef {
             Some(f) if f.ends_with(".safetensors") => Blur::from_safetensors(f)?,
             Some(f) => Blur::from_png(f)?,
             None => Blur::motion(
-                spec.uint("kernel_size") as usize,
+                fits(spec, h, w)?,
                 spec.float("intensity"),
                 spec.uint("seed"),
             )
@@ -97,9 +101,27 @@ pub static MOTION: TaskDef = TaskDef {
         kernel(&b)
     },
     operator: blur,
+    output: same_shape,
     preset: include_str!("../../presets/motion-blur.toml"),
     preview: Preview::Identity,
 };
+
+/// The kernel size, checked against the image before a kernel is generated (so a huge
+/// `kernel_size` fails before allocating it).
+fn fits(spec: &TaskSpec, h: usize, w: usize) -> Result<usize> {
+    let ks = usize::try_from(spec.uint("kernel_size")).unwrap_or(usize::MAX);
+    if ks / 2 >= h.min(w) {
+        return Err(unfit(
+            spec.name(),
+            [1, h, w],
+            format!(
+                "a {ks}×{ks} kernel needs H and W > {} (reflect padding)",
+                ks / 2
+            ),
+        ));
+    }
+    Ok(ks)
+}
 
 fn kernel(b: &Blur) -> Result<TaskTensors> {
     Ok(TaskTensors {
@@ -111,6 +133,7 @@ fn kernel(b: &Blur) -> Result<TaskTensors> {
 fn blur(spec: &TaskSpec, shape: [usize; 3], t: &TaskTensors) -> Result<Box<dyn Operator>> {
     let [_, h, w] = shape;
     let name = spec.name();
+    // Invariant: `Task::assemble` checked that the tensors of `stores` are present.
     let k = t.kernel.as_ref().expect("a stored kernel");
     let ks = spec.uint("kernel_size") as usize;
     crate::error::expect_shape(&format!("{name} kernel"), k.dims(), &[ks, ks])?;

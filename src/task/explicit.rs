@@ -39,6 +39,7 @@ pub fn explicit_matrix(op: &dyn Operator, sample_shape: &[usize]) -> Result<DMat
             }
         }
     }
+    // Invariant: d > 0 was checked above, so the loop ran at least once.
     Ok(a.expect("d > 0"))
 }
 

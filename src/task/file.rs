@@ -2,6 +2,13 @@
 //! stores ([`super::TaskDef::stores`]: `mask`, `kernel`, `maps`), and metadata `format`,
 //! `version`, `task`, `operator` (JSON of the [`TaskSpec`], e.g. `{"task":"sr4","factor":4}`),
 //! `shape` (JSON [C, H, W]), `sigma_y`, `seed`, `description`.
+//!
+//! Reading one trusts nothing in it: the safetensors header is checked against the file size
+//! ([`crate::io::read_safetensors`]), the image shape against the bounds of [`super`]
+//! ([`super::check_shape`]), and `y`'s shape against the shape the task gives
+//! ([`TaskSpec::output_shape`]) before any operator is built; every failure is an error.
+//! Legal but suspicious contents (tensors not stored as f32, an all-zero inpainting mask,
+//! σ_y > 1) load with [`MeasurementFile::warnings`] for the caller to show.
 
 use super::Value;
 use super::{all_finite, cpu_f32, info, FileFlag, Stored, Task, TaskFiles, TaskSpec, TaskTensors};
@@ -9,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::io::{read_safetensors, write_safetensors};
 use crate::noise::SeededNoise;
 use crate::operator::{Measurement, Operator};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -26,6 +33,10 @@ pub struct MeasurementFile {
     pub sigma_y: f64,
     /// Seed of the measurement noise.
     pub seed: u64,
+    /// Legal but suspicious things [`MeasurementFile::load`] found, one sentence each, for the
+    /// caller to show: tensors stored in another dtype than f32 (converted), an inpainting mask
+    /// that observes nothing, σ_y > 1. Empty for simulated measurements.
+    pub warnings: Vec<String>,
 }
 
 impl MeasurementFile {
@@ -58,6 +69,7 @@ impl MeasurementFile {
             y,
             sigma_y,
             seed,
+            warnings: Vec::new(),
         })
     }
 
@@ -76,6 +88,7 @@ impl MeasurementFile {
         meta.insert("task".into(), t.name().into());
         meta.insert(
             "operator".into(),
+            // Invariant: a spec serialises to a JSON map of strings and numbers.
             serde_json::to_string(t.spec()).expect("serialisable"),
         );
         meta.insert(
@@ -149,11 +162,34 @@ impl MeasurementFile {
         }
         let shape: [usize; 3] =
             serde_json::from_str(get("shape")?).map_err(|e| at(format!("bad image shape: {e}")))?;
+        // The sizes first (image bounds, and y against the shape the task gives), before any
+        // operator is built from them.
+        let out = spec.output_shape(shape).map_err(|e| at(e.to_string()))?;
+        let mut expected = vec![1];
+        expected.extend_from_slice(&out);
+        if let Some(y) = tensors.get("y") {
+            if y.dims() != expected.as_slice() {
+                return Err(at(format!(
+                    "y has shape {:?}, but {task} on {}×{}×{} gives {expected:?}",
+                    y.dims(),
+                    shape[0],
+                    shape[1],
+                    shape[2]
+                )));
+            }
+        }
         let sigma_y: f64 = get("sigma_y")?
             .parse()
             .map_err(|_| at("unreadable sigma_y".into()))?;
         if !(sigma_y.is_finite() && sigma_y >= 0.0) {
             return Err(at(format!("sigma_y must be finite and ≥ 0, got {sigma_y}")));
+        }
+        let mut warnings = Vec::new();
+        if sigma_y > 1.0 {
+            warnings.push(format!(
+                "sigma_y = {sigma_y} is larger than 1 (images span [-1, 1]): the noise may \
+                 swamp the measurement"
+            ));
         }
         let seed: u64 = get("seed")?
             .parse()
@@ -161,35 +197,47 @@ impl MeasurementFile {
         let y = tensors
             .remove("y")
             .ok_or_else(|| at("missing tensor 'y'".into()))?;
+        let converted = |name: &str, t: &Tensor, warnings: &mut Vec<String>| {
+            if t.dtype() != DType::F32 {
+                warnings.push(format!(
+                    "tensor '{name}' is stored as {:?}, converted to f32",
+                    t.dtype()
+                ));
+            }
+        };
+        converted("y", &y, &mut warnings);
         let mut stored = TaskTensors::default();
         for s in spec.def().stores {
-            *s.slot(&mut stored) = Some(tensors.remove(s.name()).ok_or_else(|| {
+            let t = tensors.remove(s.name()).ok_or_else(|| {
                 at(format!(
                     "missing tensor '{}' (task {task} needs it)",
                     s.name()
                 ))
-            })?);
+            })?;
+            converted(s.name(), &t, &mut warnings);
+            *s.slot(&mut stored) = Some(t);
         }
         let task = Task::assemble(spec, shape, stored).map_err(|e| at(e.to_string()))?;
-        let mut expected = vec![1];
-        expected.extend_from_slice(task.output_shape());
-        if y.dims() != expected.as_slice() {
-            return Err(at(format!(
-                "y has shape {:?}, but {} gives {:?}",
-                y.dims(),
-                task.describe(),
-                expected
-            )));
-        }
+        // Invariant: `output_shape` above and `assemble` agree (assemble checks its operator).
+        debug_assert_eq!(task.output_shape(), &expected[1..]);
         let y = cpu_f32(&y)?;
         if !all_finite(&y)? {
             return Err(at("y contains NaN or Inf".into()));
+        }
+        if let Some(m) = task.mask().filter(|_| !task.is_complex()) {
+            if m.flatten_all()?.max(0)?.to_scalar::<f32>()? == 0.0 {
+                warnings.push(format!(
+                    "the {} mask is all zeros: the measurement observes nothing",
+                    task.name()
+                ));
+            }
         }
         Ok(Self {
             task,
             y,
             sigma_y,
             seed,
+            warnings,
         })
     }
 }

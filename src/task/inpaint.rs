@@ -1,6 +1,8 @@
 //! Inpainting tasks: a {0, 1} mask `[1, 1, H, W]`, stored in the measurement file.
 
-use super::{on_size, unfit, DefaultValue, FileFlag, FileParam, Kind, Param, Preview, Stored};
+use super::{
+    on_size, same_shape, unfit, DefaultValue, FileFlag, FileParam, Kind, Param, Preview, Stored,
+};
 use super::{TaskDef, TaskSpec, TaskTensors};
 use crate::error::Result;
 use crate::operator::inpaint::{box_mask, random_mask, Inpaint};
@@ -25,6 +27,7 @@ pub static BOX: TaskDef = TaskDef {
     stores: &[Stored::Mask],
     generate: |spec, h, w| mask(box_mask(h, w, spec.uint("seed")), spec, h, w),
     operator: inpaint,
+    output: same_shape,
     preset: include_str!("../../presets/inpaint-box.toml"),
     preview: Preview::Identity,
 };
@@ -51,6 +54,7 @@ pub static RANDOM: TaskDef = TaskDef {
         mask(m, spec, h, w)
     },
     operator: inpaint,
+    output: same_shape,
     preset: include_str!("../../presets/inpaint-random.toml"),
     preview: Preview::Identity,
 };
@@ -81,6 +85,7 @@ pub static MASK: TaskDef = TaskDef {
         })
     },
     operator: inpaint,
+    output: same_shape,
     preset: include_str!("../../presets/inpaint-mask.toml"),
     preview: Preview::Identity,
 };
@@ -97,6 +102,7 @@ fn mask(m: Result<Vec<f32>>, spec: &TaskSpec, h: usize, w: usize) -> Result<Task
 fn inpaint(spec: &TaskSpec, shape: [usize; 3], t: &TaskTensors) -> Result<Box<dyn Operator>> {
     let [_, h, w] = shape;
     let name = spec.name();
+    // Invariant: `Task::assemble` checked that the tensors of `stores` are present.
     let m = t.mask.clone().expect("a stored mask");
     crate::error::expect_shape(&format!("{name} mask"), m.dims(), &[1, 1, h, w])?;
     let v = m.flatten_all()?.to_vec1::<f32>()?;

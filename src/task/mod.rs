@@ -33,6 +33,14 @@
 //! see [`crate::operator::nonlinear_blur`]) and H, W multiples of 128. The measurement file
 //! records the weights' path (not the weights); `daps solve --blur-weights` overrides it.
 //!
+//! Size bounds (untrusted input is checked before anything is allocated): an image has at most
+//! [`MAX_CHANNELS`] channels, sides of at most [`MAX_SIDE`] (or √`max_pixels` when that is
+//! larger) and at most [`max_pixels`] pixels per channel ([`MAX_PIXELS`] = 8192², or the
+//! `DAPS_MAX_PIXELS` environment variable); a batch of N samples at most [`MAX_BATCH_IMAGES`] ×
+//! `max_pixels` × … values ([`check_batch`]); a task's measurement at most
+//! [`MAX_OUTPUT_FACTOR`] times the image's values; MRI at most [`MAX_COILS`] coils. A measurement
+//! file's `y` is checked against the shape the task gives before the operator is built.
+//!
 //! Each task is one [`TaskDef`] (a `static` in the file of its operator family: [`resize`],
 //! [`inpaint`], [`blur`], [`nonlinear`], [`mri`]) listed in [`TASKS`]; everything else (the
 //! parameter parsing, the measurement file, presets, previews) reads the registry.
@@ -59,6 +67,93 @@ use crate::operator::{Linear, Operator};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+// ---------------------------------------------------------------------------------------------
+// Size bounds
+
+/// Default bound on the pixels (H·W) of one image: 8192 × 8192. `DAPS_MAX_PIXELS` overrides it.
+pub const MAX_PIXELS: usize = 8192 * 8192;
+/// Bound on an image side (H or W), unless √[`max_pixels`] is larger: it bounds the H² and W²
+/// interpolation matrices of super-resolution.
+pub const MAX_SIDE: usize = 8192;
+/// Bound on the image channels C.
+pub const MAX_CHANNELS: usize = 16;
+/// Bound on the MRI coils (the measurement is `[coils, H, W, 2]`).
+pub const MAX_COILS: usize = 64;
+/// Bound on a measurement's values, as a multiple of the image's C·H·W (MRI with
+/// [`MAX_COILS`] coils needs 64; phase retrieval with oversample 2, 2.25).
+pub const MAX_OUTPUT_FACTOR: usize = 64;
+/// [`check_batch`]: samples × C·H·W ≤ `MAX_BATCH_IMAGES` × [`max_pixels`].
+pub const MAX_BATCH_IMAGES: usize = 64;
+
+/// The bound on pixels per image: `DAPS_MAX_PIXELS` when set to a positive integer, else
+/// [`MAX_PIXELS`].
+pub fn max_pixels() -> usize {
+    std::env::var("DAPS_MAX_PIXELS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(MAX_PIXELS)
+}
+
+/// The bound on an image side: [`MAX_SIDE`], or √[`max_pixels`] when that is larger.
+pub fn max_side() -> usize {
+    MAX_SIDE.max(max_pixels().isqrt())
+}
+
+/// Checks an image shape (C, H, W) against the bounds (see the module docs): nonzero, C ≤
+/// [`MAX_CHANNELS`], H, W ≤ [`max_side`], H·W ≤ [`max_pixels`].
+pub fn check_shape([c, h, w]: [usize; 3]) -> Result<()> {
+    if c == 0 || h == 0 || w == 0 {
+        return Err(Error::config(format!("empty image shape {c}×{h}×{w}")));
+    }
+    if c > MAX_CHANNELS {
+        return Err(Error::config(format!(
+            "image shape {c}×{h}×{w}: at most {MAX_CHANNELS} channels"
+        )));
+    }
+    let (side, pixels) = (max_side(), max_pixels());
+    if h > side || w > side || h.checked_mul(w).is_none_or(|n| n > pixels) {
+        return Err(Error::config(format!(
+            "image shape {c}×{h}×{w} is too large: at most {side} per side and {pixels} pixels \
+             (set DAPS_MAX_PIXELS to raise the bound)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a batch of `samples` images of shape (C, H, W) ([`check_shape`], then samples ≥ 1 and
+/// samples·C·H·W ≤ [`MAX_BATCH_IMAGES`] · [`max_pixels`]), e.g. for `--samples N`.
+pub fn check_batch(samples: usize, shape: [usize; 3]) -> Result<()> {
+    check_shape(shape)?;
+    let [c, h, w] = shape;
+    let bound = MAX_BATCH_IMAGES.saturating_mul(max_pixels());
+    if samples == 0 {
+        return Err(Error::config("the number of samples must be ≥ 1"));
+    }
+    if samples.checked_mul(c * h * w).is_none_or(|n| n > bound) {
+        return Err(Error::config(format!(
+            "{samples} samples of {c}×{h}×{w} exceed the batch bound of {bound} values \
+             ({MAX_BATCH_IMAGES} × max_pixels; set DAPS_MAX_PIXELS to raise it)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a measurement shape against [`MAX_OUTPUT_FACTOR`] × the image's C·H·W.
+fn check_output(name: &str, shape: [usize; 3], out: &[usize]) -> Result<()> {
+    let [c, h, w] = shape;
+    let bound = MAX_OUTPUT_FACTOR * c * h * w;
+    let n = out.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if n.is_none_or(|n| n > bound) {
+        return Err(unfit(
+            name,
+            shape,
+            format!("the measurement {out:?} would exceed {MAX_OUTPUT_FACTOR}× the image's values"),
+        ));
+    }
+    Ok(())
+}
 
 // ---------------------------------------------------------------------------------------------
 // The registry
@@ -102,6 +197,10 @@ pub struct TaskDef {
     /// Builds the operator for images (C, H, W) from the parameters and the stored tensors
     /// (present, as CPU f32), checking that they fit.
     pub operator: fn(&TaskSpec, [usize; 3], &TaskTensors) -> Result<Box<dyn Operator>>,
+    /// The measurement shape (without the batch dimension) for images (C, H, W), computed
+    /// cheaply from the parameters, before any operator is built (checking the parameters it
+    /// depends on); [`Task::assemble`] checks that the operator agrees.
+    pub output: fn(&TaskSpec, [usize; 3]) -> Result<Vec<usize>>,
     /// Its preset file (`presets/<task>.toml`).
     pub preset: &'static str,
     /// How a measurement is shown as an image.
@@ -402,6 +501,32 @@ impl TaskSpec {
         self.def
     }
 
+    /// The measurement shape (without the batch dimension) for images (C, H, W), after checking
+    /// the image against the bounds ([`check_shape`]), the task's channels, and the measurement
+    /// against [`MAX_OUTPUT_FACTOR`]. Cheap: nothing is built.
+    pub fn output_shape(&self, shape: [usize; 3]) -> Result<Vec<usize>> {
+        let [c, _, _] = shape;
+        let name = self.name();
+        check_shape(shape).map_err(|e| match e {
+            Error::Config(m) => Error::config(format!("{name}: {m}")),
+            e => e,
+        })?;
+        if let Some(need_c) = self.channels() {
+            if c != need_c {
+                return Err(unfit(
+                    name,
+                    shape,
+                    format!(
+                        "takes complex images stored as {need_c} channels (real, imaginary), got {c}"
+                    ),
+                ));
+            }
+        }
+        let out = (self.def.output)(self, shape)?;
+        check_output(name, shape, &out)?;
+        Ok(out)
+    }
+
     pub fn name(&self) -> &'static str {
         self.def.name
     }
@@ -430,6 +555,11 @@ impl TaskSpec {
     }
 
     /// Parameter `key` of a task definition's own parameters (panics on a misspelt key).
+    ///
+    /// Invariant for it and [`Self::uint`], [`Self::float`], [`Self::path`], [`Self::put`]: they
+    /// are only called by the task definitions with their own keys, and every value was read
+    /// with its parameter's [`Kind`] (`from_json`, `set`, `defaults`), so a file cannot reach
+    /// the panics.
     fn expect(&self, key: &str) -> Option<&Value> {
         let i = self
             .index(key)
@@ -600,6 +730,11 @@ pub(crate) fn unfit_config(name: &str, shape: [usize; 3]) -> impl Fn(Error) -> E
     }
 }
 
+/// [`TaskDef::output`] of a task whose measurement has the image's shape.
+pub(crate) fn same_shape(_: &TaskSpec, [c, h, w]: [usize; 3]) -> Result<Vec<usize>> {
+    Ok(vec![c, h, w])
+}
+
 /// [`TaskDef::generate`] of a task without stored tensors.
 pub(crate) fn no_tensors(_: &mut TaskSpec, _: usize, _: usize) -> Result<TaskTensors> {
     Ok(TaskTensors::default())
@@ -609,6 +744,8 @@ impl Task {
     /// Builds the task, generating its mask or kernel (or reading it from the spec's file).
     pub fn build(spec: TaskSpec, shape: [usize; 3]) -> Result<Self> {
         let [_, h, w] = shape;
+        // Bounds first: nothing is generated for an image or a measurement out of bounds.
+        spec.output_shape(shape)?;
         let mut spec = spec;
         let tensors = (spec.def.generate)(&mut spec, h, w)?;
         Self::assemble(spec, shape, tensors)
@@ -619,22 +756,7 @@ impl Task {
     pub fn assemble(spec: TaskSpec, shape: [usize; 3], tensors: TaskTensors) -> Result<Self> {
         let [c, h, w] = shape;
         let name = spec.name();
-        if c == 0 || h == 0 || w == 0 {
-            return Err(Error::config(format!(
-                "{name}: empty image shape {c}×{h}×{w}"
-            )));
-        }
-        if let Some(need_c) = spec.channels() {
-            if c != need_c {
-                return Err(unfit(
-                    name,
-                    shape,
-                    format!(
-                        "takes complex images stored as {need_c} channels (real, imaginary), got {c}"
-                    ),
-                ));
-            }
-        }
+        let expected = spec.output_shape(shape)?;
         let mut kept = TaskTensors::default();
         for s in spec.def.stores {
             let t = s
@@ -645,6 +767,12 @@ impl Task {
         let op = (spec.def.operator)(&spec, shape, &kept)?;
         let probe = Tensor::zeros((1, c, h, w), DType::F32, &Device::Cpu)?;
         let out_shape = op.forward(&probe)?.dims()[1..].to_vec();
+        if out_shape != expected {
+            return Err(Error::msg(format!(
+                "{name} on {c}×{h}×{w}: the operator gives {out_shape:?}, the task's declared \
+                 output shape is {expected:?} (a bug in the task definition)"
+            )));
+        }
         Ok(Self {
             spec,
             shape,

@@ -1,7 +1,9 @@
 //! Multi-coil CS-MRI tasks: complex images `[2, H, W]`, a k-space column mask `[H, W]` and
 //! coil maps `[C, H, W, 2]`, both stored in the measurement file.
 
-use super::{all_finite, cpu_f32, on_size, unfit, DefaultValue, FileFlag, FileParam, Kind};
+use super::{
+    all_finite, cpu_f32, on_size, unfit, DefaultValue, FileFlag, FileParam, Kind, MAX_COILS,
+};
 use super::{Param, Preview, Stored, TaskDef, TaskSpec, TaskTensors, Value};
 use crate::error::Result;
 use crate::operator::mri::{
@@ -65,6 +67,7 @@ pub static MRI_4X: TaskDef = TaskDef {
     stores: &[Stored::Mask, Stored::Maps],
     generate,
     operator,
+    output,
     preset: include_str!("../../presets/mri-4x.toml"),
     preview: Preview::ZeroFilled,
 };
@@ -81,6 +84,7 @@ pub static MRI_8X: TaskDef = TaskDef {
     stores: &[Stored::Mask, Stored::Maps],
     generate,
     operator,
+    output,
     preset: include_str!("../../presets/mri-8x.toml"),
     preview: Preview::ZeroFilled,
 };
@@ -104,6 +108,20 @@ fn generate(spec: &mut TaskSpec, h: usize, w: usize) -> Result<TaskTensors> {
     })
 }
 
+/// [coils, H, W, 2].
+fn output(spec: &TaskSpec, shape: [usize; 3]) -> Result<Vec<usize>> {
+    let [_, h, w] = shape;
+    let coils = spec.uint("coils");
+    if coils == 0 || coils > MAX_COILS as u64 {
+        return Err(unfit(
+            spec.name(),
+            shape,
+            format!("coils must be in 1..={MAX_COILS}, got {coils}"),
+        ));
+    }
+    Ok(vec![coils as usize, h, w, 2])
+}
+
 fn operator(spec: &TaskSpec, shape: [usize; 3], t: &TaskTensors) -> Result<Box<dyn Operator>> {
     let [_, h, w] = shape;
     let name = spec.name();
@@ -120,6 +138,7 @@ fn operator(spec: &TaskSpec, shape: [usize; 3], t: &TaskTensors) -> Result<Box<d
             "center_fraction must be in [0, 1], got {center_fraction}"
         ));
     }
+    // Invariant: `Task::assemble` checked that the tensors of `stores` are present.
     let m = t.mask.as_ref().expect("a stored mask");
     crate::error::expect_shape(&format!("{name} k-space mask"), m.dims(), &[h, w])?;
     let v = m.flatten_all()?.to_vec1::<f32>()?;
@@ -129,6 +148,7 @@ fn operator(spec: &TaskSpec, shape: [usize; 3], t: &TaskTensors) -> Result<Box<d
     if !v.contains(&1.0) {
         return bad("k-space mask samples nothing".into());
     }
+    // Invariant: `Task::assemble` checked that the tensors of `stores` are present.
     let s = t.maps.as_ref().expect("stored maps");
     let coils = spec.uint("coils") as usize;
     crate::error::expect_shape(&format!("{name} coil maps"), s.dims(), &[coils, h, w, 2])?;

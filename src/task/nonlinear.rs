@@ -1,6 +1,8 @@
 //! Nonlinear tasks without stored tensors: phase retrieval, HDR, and the bkse nonlinear blur.
 
-use super::{no_tensors, unfit, unfit_config, DefaultValue, FileFlag, FileParam, Kind, Param};
+use super::{
+    no_tensors, same_shape, unfit, unfit_config, DefaultValue, FileFlag, FileParam, Kind, Param,
+};
 use super::{Preview, TaskDef};
 use crate::operator::fft::PhaseRetrieval;
 use crate::operator::nonlinear_blur::NonlinearBlur;
@@ -27,6 +29,21 @@ pub static PHASE_RETRIEVAL: TaskDef = TaskDef {
             .map_err(unfit_config(spec.name(), shape))?;
         Ok(Box::new(op) as Box<dyn Operator>)
     },
+    output: |spec, shape| {
+        let op = PhaseRetrieval::new(spec.float("oversample"))
+            .map_err(unfit_config(spec.name(), shape))?;
+        let [c, h, w] = shape;
+        let (ph, pw) = op.padding(h, w);
+        let side = |n: usize, p: usize| p.checked_mul(2).and_then(|p| p.checked_add(n));
+        match (side(h, ph), side(w, pw)) {
+            (Some(hp), Some(wp)) => Ok(vec![c, hp, wp]),
+            _ => Err(unfit(
+                spec.name(),
+                shape,
+                format!("oversample {} is too large", op.oversample),
+            )),
+        }
+    },
     preset: include_str!("../../presets/phase-retrieval.toml"),
     preview: Preview::LogMagnitude,
 };
@@ -50,6 +67,7 @@ pub static HDR: TaskDef = TaskDef {
         let op = Hdr::new(spec.float("scale")).map_err(unfit_config(spec.name(), shape))?;
         Ok(Box::new(op) as Box<dyn Operator>)
     },
+    output: same_shape,
     preset: include_str!("../../presets/hdr.toml"),
     preview: Preview::Identity,
 };
@@ -103,6 +121,7 @@ pub static NONLINEAR_BLUR: TaskDef = TaskDef {
         op.check_shape(c, h, w)?;
         Ok(Box::new(op) as Box<dyn Operator>)
     },
+    output: same_shape,
     preset: include_str!("../../presets/nonlinear-blur.toml"),
     preview: Preview::Identity,
 };

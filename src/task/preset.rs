@@ -58,6 +58,7 @@ pub fn preset(task: &str, budget: &str) -> Result<DapsConfig> {
 pub fn set_config(cfg: &DapsConfig, key: &str, value: &str) -> Result<DapsConfig> {
     match Method::Daps(cfg.clone()).set(key, value)? {
         Method::Daps(c) => Ok(c),
+        // Invariant: `Method::set` changes a setting, never the method.
         _ => unreachable!("set keeps the method"),
     }
 }

@@ -30,6 +30,7 @@ pub static SR4: TaskDef = TaskDef {
         let [_, h, w] = shape;
         Ok(Box::new(SuperResolution::new(f, h, w, &Device::Cpu)?))
     },
+    output: downsampled,
     preset: include_str!("../../presets/sr4.toml"),
     preview: Preview::Upsample,
 };
@@ -50,13 +51,21 @@ pub static SR4_POOL: TaskDef = TaskDef {
         let op = AvgPool::new(f).map_err(unfit_config(spec.name(), shape))?;
         Ok(Box::new(op) as Box<dyn Operator>)
     },
+    output: downsampled,
     preset: include_str!("../../presets/sr4-pool.toml"),
     preview: Preview::Upsample,
 };
 
+/// [C, H/factor, W/factor].
+fn downsampled(spec: &TaskSpec, shape: [usize; 3]) -> Result<Vec<usize>> {
+    let f = factor(spec, shape)?;
+    let [c, h, w] = shape;
+    Ok(vec![c, h / f, w / f])
+}
+
 /// The factor, which must divide H and W.
 fn factor(spec: &TaskSpec, shape: [usize; 3]) -> Result<usize> {
-    let f = spec.uint("factor") as usize;
+    let f = usize::try_from(spec.uint("factor")).unwrap_or(usize::MAX);
     let [_, h, w] = shape;
     if f == 0 || h % f != 0 || w % f != 0 {
         return Err(unfit(
