@@ -193,6 +193,19 @@ fn bad_values_are_named() {
         "steps must be in 1..=",
     );
     refused(&["bench", "speed", "--chains", "0"], "--chains must be ≥ 1");
+    // A batch too large to allocate is an error, not an abort.
+    refused(
+        &[
+            "solve",
+            "--measurement",
+            s(&y),
+            "--out",
+            s(&x),
+            "--samples",
+            "100000000",
+        ],
+        "--samples",
+    );
     // An I/O error says its cause once.
     let err = refused(
         &[

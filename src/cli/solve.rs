@@ -408,7 +408,11 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         ..TaskFiles::default()
     };
     let mf = MeasurementFile::load_with(&a.measurement, &files)?;
+    for w in &mf.warnings {
+        eprintln!("warning: {}: {w}", a.measurement.display());
+    }
     let task = &mf.task;
+    daps::task::check_batch(a.samples, task.shape()).context("--samples")?;
     let method = solve_method(task.name(), &a)?;
     let [c, h, w] = task.shape();
     let complex = task.is_complex();
