@@ -55,9 +55,12 @@ pub fn sliced_wasserstein(a: &[f64], b: &[f64], d: usize, n_dirs: usize, seed: u
             .map(|r| r.iter().zip(u).map(|(p, q)| p * q).sum())
             .collect()
     };
+    // Summed in order after the parallel map: a parallel sum's order would follow the thread count.
     let total: f64 = dirs
         .par_iter()
         .map(|u| w1_1d(&proj(a, u), &proj(b, u)))
+        .collect::<Vec<f64>>()
+        .iter()
         .sum();
     total / n_dirs as f64
 }

@@ -36,8 +36,8 @@ pub trait Denoiser: Send + Sync {
     /// The device the prior's parameters live on.
     fn device(&self) -> &Device;
 
-    /// Whether a sampler should evaluate a batch as one piece per CPU thread ([`par_batches`]):
-    /// true for priors computed on the CPU.
+    /// Whether a sampler should evaluate a batch in pieces of [`CHAINS_PER_PIECE`] chains run in
+    /// parallel ([`par_batches`]): true for priors computed on the CPU.
     fn splits_batches(&self) -> bool {
         self.device().is_cpu()
     }
@@ -56,28 +56,35 @@ pub trait Denoiser: Send + Sync {
     }
 }
 
-/// Batch ranges `(start, len)` for [`par_batches`]: one per thread of rayon's pool (at most one
-/// per item), near-equal in size.
+/// Chains per piece of a CPU batch ([`batch_splits`]). Fixed, so that each chain's arithmetic
+/// (which depends on the size of the piece it is in: the matmuls' blocking) is the same whatever
+/// the thread count: the same seed gives bit-identical output with any `RAYON_NUM_THREADS`.
+pub const CHAINS_PER_PIECE: usize = 8;
+
+/// Batch ranges `(start, len)` for [`par_batches`]: pieces of [`CHAINS_PER_PIECE`] chains in
+/// order, the last one shorter when `b` is not a multiple. They depend on `b` only, never on the
+/// thread count.
 pub fn batch_splits(b: usize) -> Vec<(usize, usize)> {
-    let k = rayon::current_num_threads().clamp(1, b.max(1));
-    (0..k)
-        .map(|i| (i * b / k, (i + 1) * b / k - i * b / k))
-        .filter(|&(_, n)| n > 0)
+    (0..b)
+        .step_by(CHAINS_PER_PIECE)
+        .map(|s| (s, CHAINS_PER_PIECE.min(b - s)))
         .collect()
 }
 
-/// Runs `f(start, len)` on the batch ranges of [`batch_splits`] in parallel, in order.
+/// Runs `f(start, len)` on the batch ranges of [`batch_splits`] in parallel over rayon's pool;
+/// the results come back in order.
 ///
 /// A small network on the CPU keeps the cores busier this way than through the threading inside
 /// each of its ops, whose pieces are small: on 2 cores, DAPS-50 with the built-in prior runs
-/// 1.2× and DPS-50 1.13× faster (issue 3 note). The ops inside each piece still use rayon's pool.
+/// 1.2× and DPS-50 1.13× faster (issue 3 note, one piece per thread then). The ops inside each
+/// piece still use rayon's pool; their arithmetic does not depend on the thread count.
 pub fn par_batches<T, F>(b: usize, f: F) -> Result<Vec<T>>
 where
     T: Send,
     F: Fn(usize, usize) -> Result<T> + Sync,
 {
     let splits = batch_splits(b);
-    if splits.len() <= 1 {
+    if splits.len() <= 1 || rayon::current_num_threads() == 1 {
         return splits.into_iter().map(|(s, n)| f(s, n)).collect();
     }
     splits.into_par_iter().map(|(s, n)| f(s, n)).collect()

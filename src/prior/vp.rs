@@ -223,7 +223,8 @@ impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
         if sigma.is_nan() || sigma < 0.0 || sigma.is_infinite() {
             return Err(Error::config(format!("VP denoiser: invalid σ = {sigma}")));
         }
-        // Without a graph to keep, a CPU batch runs as one piece per thread (see `par_batches`).
+        // Without a graph to keep, a CPU batch runs in fixed-size pieces in parallel (see
+        // `par_batches`).
         let b = x.dim(0)?;
         if !x.track_op() && self.splits_batches() && super::batch_splits(b).len() > 1 {
             let parts = super::par_batches(b, |s, n| self.denoise_one(&x.narrow(0, s, n)?, sigma))?;
