@@ -81,6 +81,20 @@ fn outputs_are_checked_before_any_work_and_never_overwrite_inputs() {
         &["--out", s(&png), "--reference", s(&png)],
         "is the same file as --reference",
     );
+    // With several samples, OUT_1.png would be the reference.
+    let one = dir.join("x_1.png");
+    std::fs::copy(&png, &one).unwrap();
+    solve(
+        &[
+            "--out",
+            s(&dir.join("x.png")),
+            "--samples",
+            "2",
+            "--reference",
+            s(&one),
+        ],
+        "over --reference",
+    );
     solve(
         &["--out", s(&dir.join("x.png")), "--save-samples", s(&y)],
         "--save-samples",

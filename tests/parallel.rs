@@ -37,7 +37,10 @@ fn splits_are_fixed_pieces_whatever_the_threads() {
     assert_eq!(CHAINS_PER_PIECE, 8);
     for threads in [1, 3] {
         let p = pool(threads);
-        assert_eq!(p.install(|| batch_splits(20)), vec![(0, 8), (8, 8), (16, 4)]);
+        assert_eq!(
+            p.install(|| batch_splits(20)),
+            vec![(0, 8), (8, 8), (16, 4)]
+        );
         assert_eq!(p.install(|| batch_splits(8)), vec![(0, 8)]);
         assert_eq!(p.install(|| batch_splits(3)), vec![(0, 3)]);
         assert_eq!(p.install(|| batch_splits(0)), vec![]);
@@ -169,7 +172,15 @@ fn solve_gives_the_same_bits_with_any_threads() {
     for task in ["sr4", "phase-retrieval"] {
         let y = dir.join(format!("{task}.safetensors"));
         ok(Command::new(bin)
-            .args(["measure", "--task", task, "--input", s(&png), "--out", s(&y)])
+            .args([
+                "measure",
+                "--task",
+                task,
+                "--input",
+                s(&png),
+                "--out",
+                s(&y),
+            ])
             .output()
             .unwrap());
         let methods: [&[&str]; 2] = [
@@ -183,9 +194,22 @@ fn solve_gives_the_same_bits_with_any_threads() {
                 let samples = dir.join(format!("samples-{threads}.safetensors"));
                 ok(Command::new(bin)
                     .env("RAYON_NUM_THREADS", threads.to_string())
-                    .args(["solve", "--measurement", s(&y), "--samples", "12", "--seed", "3"])
+                    .args([
+                        "solve",
+                        "--measurement",
+                        s(&y),
+                        "--samples",
+                        "12",
+                        "--seed",
+                        "3",
+                    ])
                     .args(method)
-                    .args(["--out", s(&dir.join("x.png")), "--save-samples", s(&samples)])
+                    .args([
+                        "--out",
+                        s(&dir.join("x.png")),
+                        "--save-samples",
+                        s(&samples),
+                    ])
                     .output()
                     .unwrap());
                 sample_bits(&samples)

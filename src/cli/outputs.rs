@@ -18,6 +18,11 @@ impl Inputs {
         self
     }
 
+    /// The inputs, by flag.
+    pub fn paths(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        self.0.iter().map(|(f, p)| (*f, p.as_path()))
+    }
+
     /// Fails if `out` (given as `flag`) names the same file as an input.
     fn check(&self, flag: &str, out: &Path) -> Result<()> {
         let Some(o) = canonical(out) else {

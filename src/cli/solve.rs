@@ -329,6 +329,27 @@ impl Observer for Progress {
     }
 }
 
+/// The `i` or `mean` of `OUT_i.EXT` / `OUT_mean.EXT` when `p` is such a name next to `out`.
+fn sample_label(out: &Path, p: &Path) -> Option<String> {
+    let same_dir = |a: &Path, b: &Path| {
+        let dir = |x: &Path| {
+            let d = x
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            d.canonicalize().ok()
+        };
+        dir(a).is_some() && dir(a) == dir(b)
+    };
+    let stem = out.file_stem()?.to_str()?;
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("png");
+    let name = p.file_name()?.to_str()?;
+    let label = name
+        .strip_prefix(&format!("{stem}_"))?
+        .strip_suffix(&format!(".{ext}"))?;
+    same_dir(out, p).then(|| label.to_string())
+}
+
 /// `out` for one sample; `OUT_i` / `OUT_mean` (same extension) for several.
 fn output_path(out: &Path, label: Option<&str>) -> PathBuf {
     match label {
@@ -379,13 +400,17 @@ fn check_solve_outputs(a: &SolveArgs) -> Result<()> {
         .add("--prior", prior_file);
     outputs::file("--out", &a.out, outputs::IMAGE, &inputs)?;
     if a.samples > 1 {
-        for label in (0..a.samples).map(|i| i.to_string()).chain(["mean".into()]) {
-            outputs::file(
-                "--out",
-                &output_path(&a.out, Some(&label)),
-                outputs::IMAGE,
-                &inputs,
-            )?;
+        // OUT_0 … OUT_{N−1}, OUT_mean: one folder, so only the names can meet an input.
+        for (flag, p) in inputs.paths() {
+            if let Some(label) = sample_label(&a.out, p) {
+                if label == "mean" || label.parse::<usize>().is_ok_and(|i| i < a.samples) {
+                    bail!(
+                        "--out {} would write {} over {flag}: refusing to overwrite an input",
+                        a.out.display(),
+                        p.display()
+                    );
+                }
+            }
         }
     }
     if let Some(p) = &a.save_samples {
@@ -402,7 +427,6 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    check_solve_outputs(&a)?;
     let files = TaskFiles {
         weights: a.blur_weights.clone(),
         ..TaskFiles::default()
@@ -413,6 +437,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     }
     let task = &mf.task;
     daps::task::check_batch(a.samples, task.shape()).context("--samples")?;
+    check_solve_outputs(&a)?;
     let method = solve_method(task.name(), &a)?;
     let [c, h, w] = task.shape();
     let complex = task.is_complex();
