@@ -9,7 +9,7 @@
 use candle_core::{Device, Tensor};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
-use daps::prior::{batch_splits, default, par_batches, Denoiser, CHAINS_PER_PIECE};
+use daps::prior::{batch_splits, default, par_batches, Denoiser, CHAINS_PER_PIECE, MAX_PIECES};
 use daps::sampler::{dps, DpsConfig, Problem, Silent};
 use daps::task::{Task, TaskFiles, TaskSpec};
 
@@ -44,6 +44,10 @@ fn splits_are_fixed_pieces_whatever_the_threads() {
         assert_eq!(p.install(|| batch_splits(8)), vec![(0, 8)]);
         assert_eq!(p.install(|| batch_splits(3)), vec![(0, 3)]);
         assert_eq!(p.install(|| batch_splits(0)), vec![]);
+        // A large batch is cut into MAX_PIECES pieces of ⌈b / 16⌉.
+        let big = p.install(|| batch_splits(4001));
+        assert_eq!(big.len(), MAX_PIECES);
+        assert_eq!((big[0], big[15]), ((0, 251), (3765, 236)));
         let got = p.install(|| par_batches(17, |s, n| Ok((s, n)))).unwrap();
         assert_eq!(got, vec![(0, 8), (8, 8), (16, 1)]);
         // An error in any piece is the result.

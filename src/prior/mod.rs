@@ -56,18 +56,24 @@ pub trait Denoiser: Send + Sync {
     }
 }
 
-/// Chains per piece of a CPU batch ([`batch_splits`]). Fixed, so that each chain's arithmetic
-/// (which depends on the size of the piece it is in: the matmuls' blocking) is the same whatever
-/// the thread count: the same seed gives bit-identical output with any `RAYON_NUM_THREADS`.
+/// Chains per piece of a CPU batch ([`batch_splits`]), at least. Fixed, so that each chain's
+/// arithmetic (which depends on the size of the piece it is in: the matmuls' blocking) is the
+/// same whatever the thread count: the same seed gives bit-identical output with any
+/// `RAYON_NUM_THREADS`.
 pub const CHAINS_PER_PIECE: usize = 8;
 
-/// Batch ranges `(start, len)` for [`par_batches`]: pieces of [`CHAINS_PER_PIECE`] chains in
-/// order, the last one shorter when `b` is not a multiple. They depend on `b` only, never on the
-/// thread count.
+/// At most this many pieces: a large batch (thousands of mixture chains) is cut into
+/// [`MAX_PIECES`] pieces rather than thousands of small ones (DPS takes one gradient per piece).
+pub const MAX_PIECES: usize = 16;
+
+/// Batch ranges `(start, len)` for [`par_batches`]: pieces of max([`CHAINS_PER_PIECE`],
+/// ⌈b / [`MAX_PIECES`]⌉) chains in order, the last one shorter when `b` is not a multiple. They
+/// depend on `b` only, never on the thread count.
 pub fn batch_splits(b: usize) -> Vec<(usize, usize)> {
+    let piece = CHAINS_PER_PIECE.max(b.div_ceil(MAX_PIECES));
     (0..b)
-        .step_by(CHAINS_PER_PIECE)
-        .map(|s| (s, CHAINS_PER_PIECE.min(b - s)))
+        .step_by(piece)
+        .map(|s| (s, piece.min(b - s)))
         .collect()
 }
 
