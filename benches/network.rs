@@ -18,7 +18,7 @@ use daps::train::{adm_config_json, preset, TrainConfig, Trainer};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{fixture, load};
+use common::{fixture, load, rand};
 
 fn main() {
     let timings: &[(&str, fn())] = &[
@@ -105,26 +105,6 @@ fn timing_forward_tiny() {
         "tiny UNet2DModel (32x32, batch 1) forward: {:.2} ms",
         best * 1e3
     );
-}
-
-fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    // Deterministic pseudo-random values in [-1, 1).
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
 }
 
 fn cpu_seconds() -> f64 {

@@ -6,21 +6,19 @@
 //! (each NAME selects the timings whose `group/function` name contains it, e.g. `mri`). Names:
 //! operators/bench_operators_256, mri/bench_mri_256, nonlinear_blur/bench_forward_and_vjp_256.
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device};
 use daps::operator::blur::Blur;
 use daps::operator::fft::PhaseRetrieval;
 use daps::operator::inpaint::Inpaint;
 use daps::operator::mri::Mri;
-use daps::operator::nonlinear_blur::{BkseConfig, KernelWizard, NonlinearBlur};
+use daps::operator::nonlinear_blur::BkseConfig;
 use daps::operator::resize::{AvgPool, SuperResolution};
 use daps::operator::Operator;
-use std::collections::HashMap;
 use std::time::Instant;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{load, randn, randn64, randn_as};
+use common::{load, randn, randn64, randn_as, random_operator};
 
 fn main() {
     let timings: &[(&str, fn())] = &[
@@ -86,36 +84,6 @@ fn bench_mri_256() {
             fwd + bwd
         );
     }
-}
-
-/// Random weights for `cfg` (std 0.5/√fan-in, zero biases), by name.
-fn random_weights(cfg: &BkseConfig, seed: u64) -> HashMap<String, Tensor> {
-    cfg.param_list()
-        .unwrap()
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, shape))| {
-            let t = if name.ends_with(".bias") {
-                Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap()
-            } else {
-                let fan_in: usize = shape[1..].iter().product();
-                (randn_as(&shape, seed * 1000 + i as u64, DType::F32)
-                    * (0.5 / (fan_in as f64).sqrt()))
-                .unwrap()
-            };
-            (name, t)
-        })
-        .collect()
-}
-
-fn random_operator(cfg: &BkseConfig, seed: u64, dtype: DType) -> NonlinearBlur {
-    let w: HashMap<String, Tensor> = random_weights(cfg, seed)
-        .into_iter()
-        .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
-        .collect();
-    let vb = VarBuilder::from_tensors(w, dtype, &Device::Cpu);
-    let net = KernelWizard::new(cfg, vb).unwrap();
-    NonlinearBlur::from_network(net, dtype, &Device::Cpu, "random weights".into())
 }
 
 /// Forward and forward+VJP at DAPS's size (3×256×256, batch 1) with random GOPRO-shaped

@@ -6,27 +6,7 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use daps::nn::fastops;
 
 mod common;
-use common::{rel_diff, vec64};
-
-fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    // Deterministic pseudo-random values in [-1, 1).
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
+use common::{rand, rel_diff, vec64};
 
 /// (k, padding, stride, input H, W)
 const CONVS: &[(usize, usize, usize, usize, usize)] = &[

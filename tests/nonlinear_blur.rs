@@ -8,10 +8,9 @@
 //! `1.2·randn(1, 32, 1, 2)`, and the float64 autograd VJP of the DAPS operator for a fixed `v`.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use daps::nn::checkpoint::{num_params, parse_param_list};
 use daps::operator::nonlinear_blur::{
-    kernel_latent_values, pixel_shuffle2, read_weights, BkseConfig, ConvTranspose4x4, KernelWizard,
+    kernel_latent_values, pixel_shuffle2, read_weights, BkseConfig, ConvTranspose4x4,
     NonlinearBlur, NumpyRandomState,
 };
 use daps::operator::Operator;
@@ -20,7 +19,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{dot, max_abs_diff, randn_as, tmp_dir};
+use common::{dot, max_abs_diff, randn_as, random_operator, random_weights, tmp_dir};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -56,36 +55,6 @@ fn max_abs(a: &Tensor) -> f64 {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap()
-}
-
-/// Random weights for `cfg` (std 0.5/√fan-in, zero biases), by name.
-fn random_weights(cfg: &BkseConfig, seed: u64) -> HashMap<String, Tensor> {
-    cfg.param_list()
-        .unwrap()
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, shape))| {
-            let t = if name.ends_with(".bias") {
-                Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap()
-            } else {
-                let fan_in: usize = shape[1..].iter().product();
-                (randn_as(&shape, seed * 1000 + i as u64, DType::F32)
-                    * (0.5 / (fan_in as f64).sqrt()))
-                .unwrap()
-            };
-            (name, t)
-        })
-        .collect()
-}
-
-fn random_operator(cfg: &BkseConfig, seed: u64, dtype: DType) -> NonlinearBlur {
-    let w: HashMap<String, Tensor> = random_weights(cfg, seed)
-        .into_iter()
-        .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
-        .collect();
-    let vb = VarBuilder::from_tensors(w, dtype, &Device::Cpu);
-    let net = KernelWizard::new(cfg, vb).unwrap();
-    NonlinearBlur::from_network(net, dtype, &Device::Cpu, "random weights".into())
 }
 
 #[test]

@@ -237,3 +237,65 @@ pub fn row_tensor(rows: &[f64], d: usize) -> candle_core::Tensor {
 pub fn rows(t: &candle_core::Tensor) -> Vec<f64> {
     daps::prior::gmm::tensor_to_rows(t).unwrap().0
 }
+
+/// Deterministic pseudo-random values in [-1, 1) of `shape` (an LCG; no noise stream needed).
+pub fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// Random weights for `cfg` (std 0.5/√fan-in, zero biases), by name.
+pub fn random_weights(
+    cfg: &daps::operator::nonlinear_blur::BkseConfig,
+    seed: u64,
+) -> HashMap<String, Tensor> {
+    cfg.param_list()
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let t = if name.ends_with(".bias") {
+                Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu).unwrap()
+            } else {
+                let fan_in: usize = shape[1..].iter().product();
+                (randn_as(&shape, seed * 1000 + i as u64, DType::F32)
+                    * (0.5 / (fan_in as f64).sqrt()))
+                .unwrap()
+            };
+            (name, t)
+        })
+        .collect()
+}
+
+pub fn random_operator(
+    cfg: &daps::operator::nonlinear_blur::BkseConfig,
+    seed: u64,
+    dtype: DType,
+) -> daps::operator::nonlinear_blur::NonlinearBlur {
+    let w: HashMap<String, Tensor> = random_weights(cfg, seed)
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
+        .collect();
+    let vb = candle_nn::VarBuilder::from_tensors(w, dtype, &Device::Cpu);
+    let net = daps::operator::nonlinear_blur::KernelWizard::new(cfg, vb).unwrap();
+    daps::operator::nonlinear_blur::NonlinearBlur::from_network(
+        net,
+        dtype,
+        &Device::Cpu,
+        "random weights".into(),
+    )
+}
