@@ -111,7 +111,8 @@ pub struct SolveArgs {
     /// Writes the raw samples (f32 `samples` [N, C, H, W] in [−1, 1], unclipped) as safetensors.
     #[arg(long)]
     pub save_samples: Option<PathBuf>,
-    /// x0 step: langevin, hmc, mh, or exact (linear tasks with a gmm: prior).
+    /// x0 step: langevin, hmc, mh, exact (linear tasks with a gmm: prior), or gaussian (the
+    /// Gaussian x0 target drawn exactly; linear tasks).
     #[arg(long, value_parser = parse_x0_method)]
     pub x0_method: Option<X0Method>,
     #[arg(long)]
@@ -215,7 +216,7 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
 
 fn parse_x0_method(s: &str) -> Result<X0Method> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| anyhow!("unknown x0 step '{s}' (valid: langevin, hmc, mh, exact)"))
+        .map_err(|_| anyhow!("unknown x0 step '{s}' (valid: langevin, hmc, mh, exact, gaussian)"))
 }
 
 /// The sampler: the task's preset (or `--method`'s default preset), then the explicit flags
@@ -234,6 +235,7 @@ pub fn solve_method(task: &str, a: &SolveArgs) -> Result<Method> {
         (_, None) => {}
         (m, Some(name)) if m.name() == name => {}
         (Method::Daps(c), Some("daps-exact")) => c.x0_method = X0Method::Exact,
+        (Method::Daps(c), Some("daps-gaussian")) => c.x0_method = X0Method::Gaussian,
         (m, Some(name)) => bail!(
             "--method {name} does not match preset {budget}, which is a {} preset",
             m.name()

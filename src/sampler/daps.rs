@@ -24,6 +24,9 @@ pub enum X0Method {
     Mh,
     /// Closed form: Gaussian-mixture prior, matrix operator, Gaussian noise (σ_y of the measurement).
     Exact,
+    /// The Gaussian target N(x̂0, σ_t² I)·N(y; A x0, τ² I) drawn exactly for a linear operator
+    /// (perturb-and-solve with the operator's proximal step): no MCMC steps.
+    Gaussian,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,9 +137,11 @@ impl DapsConfig {
                 }
             }
         }
-        if self.x0_method == X0Method::Mh && self.prior_term != PriorTerm::Gaussian {
+        if matches!(self.x0_method, X0Method::Mh | X0Method::Gaussian)
+            && self.prior_term != PriorTerm::Gaussian
+        {
             return Err(Error::config(
-                "Metropolis–Hastings needs the Gaussian prior term",
+                "the mh and gaussian x0 steps need the Gaussian prior term",
             ));
         }
         Ok(())
@@ -214,6 +219,7 @@ pub fn daps(
                     X0Method::Langevin => mcmc::langevin(&t, cfg.mcmc_steps, lr, noise)?,
                     X0Method::Hmc => mcmc::hmc(&t, cfg.mcmc_steps, lr, cfg.momentum, noise)?,
                     X0Method::Mh => mcmc::metropolis(&t, cfg.mcmc_steps, lr, noise)?.0,
+                    X0Method::Gaussian => mcmc::gaussian(&t, noise)?,
                     // Invariant: an exact x0 method has built `exact` (first arm).
                     X0Method::Exact => unreachable!(),
                 }

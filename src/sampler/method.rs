@@ -82,7 +82,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 3] = [
+pub const METHODS: [MethodInfo; 4] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -97,6 +97,18 @@ pub const METHODS: [MethodInfo; 3] = [
         default: || {
             Method::Daps(DapsConfig {
                 x0_method: X0Method::Exact,
+                ..DapsConfig::default()
+            })
+        },
+    },
+    MethodInfo {
+        name: "daps-gaussian",
+        summary: "DAPS with its Gaussian x0 target drawn exactly (linear operators; no MCMC steps)",
+        reference:
+            "Zhang et al., CVPR 2025, Eq. 9 target; perturb-and-solve (Papandreou & Yuille 2010)",
+        default: || {
+            Method::Daps(DapsConfig {
+                x0_method: X0Method::Gaussian,
                 ..DapsConfig::default()
             })
         },
@@ -125,10 +137,10 @@ pub fn method_info(name: &str) -> Result<&'static MethodInfo> {
 
 impl Sampler for DapsConfig {
     fn name(&self) -> &'static str {
-        if self.x0_method == X0Method::Exact {
-            "daps-exact"
-        } else {
-            "daps"
+        match self.x0_method {
+            X0Method::Exact => "daps-exact",
+            X0Method::Gaussian => "daps-gaussian",
+            _ => "daps",
         }
     }
     fn nfe(&self) -> usize {
