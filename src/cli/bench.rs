@@ -129,7 +129,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
         cfg.annealing_steps * cfg.ode_steps, cfg.dps_zeta
     );
     println!(
-        "{:>5} {:>4}  {:<11} {:>20} {:>20} {:>12}",
+        "{:>5} {:>4}  {:<13} {:>20} {:>20} {:>12}",
         "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "s/problem"
     );
     let started = std::time::Instant::now();
@@ -154,7 +154,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
         |r| {
             bar.suspend(|| {
                 println!(
-                    "{:>5} {:>4}  {:<11} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>12.3}",
+                    "{:>5} {:>4}  {:<13} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>12.3}",
                     r.d,
                     r.d_y,
                     r.method,
