@@ -81,6 +81,16 @@ fn outputs_are_checked_before_any_work_and_never_overwrite_inputs() {
         &["--out", s(&png), "--reference", s(&png)],
         "is the same file as --reference",
     );
+    // The prior's file, found by parsing the spec as the loader does (its config after a colon).
+    solve(
+        &[
+            "--out",
+            s(&png),
+            "--prior",
+            &format!("adm:{}:ffhq256", s(&png)),
+        ],
+        "is the same file as --prior",
+    );
     // With several samples, OUT_1.png would be the reference.
     let one = dir.join("x_1.png");
     std::fs::copy(&png, &one).unwrap();

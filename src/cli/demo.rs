@@ -217,13 +217,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     }
     super::check_sigma_y(a.sigma_y)?;
     let mut inputs = Inputs::default();
-    inputs.add(
-        "--prior",
-        a.prior
-            .as_deref()
-            .and_then(|s| s.split(':').nth(1))
-            .map(Path::new),
-    );
+    inputs.prior(a.prior.as_deref());
     outputs::file("--out", &a.out, &["png"], &inputs)?;
     if let Some(p) = &a.json {
         outputs::file("--json", p, &["json"], &inputs)?;

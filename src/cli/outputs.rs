@@ -18,6 +18,13 @@ impl Inputs {
         self
     }
 
+    /// The file a `--prior` spec reads (parsed as the loader parses it; an unparsable spec adds
+    /// nothing here and fails when the prior is loaded).
+    pub fn prior(&mut self, spec: Option<&str>) -> &mut Self {
+        let spec = spec.and_then(|s| s.parse::<daps::prior::spec::PriorSpec>().ok());
+        self.add("--prior", spec.as_ref().map(|p| p.path()))
+    }
+
     /// The inputs, by flag.
     pub fn paths(&self) -> impl Iterator<Item = (&'static str, &Path)> {
         self.0.iter().map(|(f, p)| (*f, p.as_path()))

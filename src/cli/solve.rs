@@ -389,17 +389,12 @@ fn write_samples(x: &Tensor, out: &Path, complex: bool) -> Result<Vec<PathBuf>> 
 /// sample, their mean, a partial result), `--save-samples`, `--save-trajectory`.
 fn check_solve_outputs(a: &SolveArgs) -> Result<()> {
     let mut inputs = Inputs::default();
-    let prior_file = a
-        .prior
-        .as_deref()
-        .and_then(|s| s.split(':').nth(1))
-        .map(Path::new);
     inputs
         .add("--measurement", Some(&a.measurement))
         .add("--reference", a.reference.as_deref())
         .add("--lpips-weights", a.lpips_weights.as_deref())
         .add("--blur-weights", a.blur_weights.as_deref())
-        .add("--prior", prior_file);
+        .prior(a.prior.as_deref());
     outputs::file("--out", &a.out, outputs::IMAGE, &inputs)?;
     if a.samples > 1 {
         // OUT_0 … OUT_{N−1}, OUT_mean: one folder, so only the names can meet an input.

@@ -389,13 +389,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         bail!("--n and --batch must be ≥ 1");
     }
     let mut inputs = super::outputs::Inputs::default();
-    inputs.add(
-        "--prior",
-        a.prior
-            .as_deref()
-            .and_then(|s| s.split(':').nth(1))
-            .map(Path::new),
-    );
+    inputs.prior(a.prior.as_deref());
     super::outputs::file("--out", &a.out, &["png"], &inputs)?;
     let dev = device()?;
     // No --prior: the built-in digits prior.

@@ -69,6 +69,16 @@ impl std::str::FromStr for PriorSpec {
     }
 }
 
+impl PriorSpec {
+    /// The weights file or pipeline folder the spec names.
+    pub fn path(&self) -> &Path {
+        match self {
+            PriorSpec::Adm { path, .. } | PriorSpec::Gmm { path } => path,
+            PriorSpec::Unet2d { dir, .. } => dir,
+        }
+    }
+}
+
 fn prediction(x0: bool) -> Prediction {
     if x0 {
         Prediction::Sample
