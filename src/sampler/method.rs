@@ -38,6 +38,12 @@ pub trait Sampler: Serialize + DeserializeOwned {
     fn optional_keys(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Whether this sampler can solve `p` (say, it needs a linear operator or a closed-form
+    /// prior): an error naming what is missing, raised before any work. `--methods all` keeps
+    /// the samplers for which this is `Ok`.
+    fn supports(&self, _p: &Problem) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A sampler with its settings.
@@ -257,6 +263,11 @@ impl Method {
 
     pub fn validate(&self) -> Result<()> {
         dispatch!(self, c => c.validate())
+    }
+
+    /// Whether this sampler can solve `p`; the error says what it lacks.
+    pub fn supports(&self, p: &Problem) -> Result<()> {
+        dispatch!(self, c => c.supports(p))
     }
 
     /// One line of the main settings.
