@@ -25,14 +25,23 @@ pub(crate) fn io_err(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
-/// `path` with `.tmp` appended to its file name.
+/// A temporary name beside `path` for an atomic write: `path` + `.PID.N.tmp`, unique to this
+/// process and call, so that processes writing the same file at once (shards of one `daps eval`)
+/// never share a temporary file.
 pub fn tmp_path(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     path.with_file_name(name)
 }
 
-/// Writes `bytes` to `path` through `path.tmp` (synced, then renamed).
+/// Writes `bytes` to `path` through a temporary file beside it ([`tmp_path`]; synced, then
+/// renamed).
 pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let path = path.as_ref();
@@ -43,7 +52,8 @@ pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
-/// Runs `write(tmp)` to fill `path.tmp`, syncs it, then renames it over `path`.
+/// Runs `write(tmp)` to fill a temporary file beside `path` ([`tmp_path`]), syncs it, then
+/// renames it over `path`.
 pub fn atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = tmp_path(path);
     write(&tmp)?;

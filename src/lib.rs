@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod exact;
 pub mod io;
 pub mod metric;

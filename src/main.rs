@@ -21,8 +21,12 @@ enum Cmd {
     /// Held-out digits through every 32×32 task, DAPS against DPS, with the built-in prior:
     /// writes a grid PNG and prints a metrics table (no arguments or downloads needed).
     Demo(cli::demo::DemoArgs),
-    /// Merges `daps demo --json` files (e.g. one per range of digits) and prints each method's
-    /// PSNR / SSIM with 95% intervals and paired differences.
+    /// Evaluates methods on a dataset × tasks (× runs) into a run folder: resumable, and
+    /// shardable over a scheduler's array jobs (`--shard k/n`).
+    Eval(cli::eval::EvalArgs),
+    /// Summarises a `daps eval` run folder (table, JSON, self-contained HTML page), or merges
+    /// `daps demo --json` files: each method's PSNR / SSIM with 95% intervals and paired
+    /// differences.
     Report(cli::report::ReportArgs),
     /// Benchmarks with known answers, and speed measurements.
     #[command(subcommand)]
@@ -104,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(Bench::Speed(a)) => cli::bench::speed(a),
         Cmd::Bench(Bench::Prior(a)) => cli::bench::prior(a),
         Cmd::Demo(a) => cli::demo::demo(a),
+        Cmd::Eval(a) => cli::eval::eval(a),
         Cmd::Report(a) => cli::report::report(a),
         Cmd::Measure(a) => cli::solve::measure(a),
         Cmd::Solve(a) => cli::solve::solve(a),

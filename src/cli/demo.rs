@@ -161,7 +161,7 @@ fn restore(
 
 /// A viewable [0, 1] image of each digit's measurement, `[N, 1, 32, 32]`: the task's preview,
 /// centre-cropped to the image size (phase retrieval's padded Fourier magnitudes).
-fn preview(task: &Task, y: &Tensor) -> Result<Tensor> {
+pub(super) fn preview(task: &Task, y: &Tensor) -> Result<Tensor> {
     let [_, h, w] = task.shape();
     let u = task.preview(y)?;
     let (_, _, hh, ww) = u.dims4()?;

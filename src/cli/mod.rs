@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod eval;
 pub mod grid;
 pub mod outputs;
 pub mod report;

@@ -43,6 +43,36 @@ pub fn preset_method(task: &str, budget: &str) -> Result<Method> {
     Ok(m)
 }
 
+/// The sampler a method spec names for a task: a preset section of the task (`daps-50`,
+/// `dps-1000`, or a section named after a method), `dps-N` (the task's `dps-1000` with N steps and
+/// ζ scaled to the same total guidance), or a registered method's defaults.
+pub fn resolve_method(task: &str, spec: &str) -> Result<Method> {
+    let src = preset_source(task)?;
+    let table: toml::Table =
+        toml::from_str(src).map_err(|e| Error::config(format!("preset file of {task}: {e}")))?;
+    if table.get(spec).is_some_and(|s| s.is_table()) {
+        return preset_method(task, spec);
+    }
+    if let Some(n) = spec.strip_prefix("dps-").and_then(|n| n.parse::<usize>().ok()) {
+        let Method::Dps(c) = preset_method(task, "dps-1000")? else {
+            return Err(Error::config(format!("preset dps-1000 of {task} is not a DPS preset")));
+        };
+        let m = Method::Dps(c.with_steps(n));
+        m.validate()?;
+        return Ok(m);
+    }
+    Method::from_name(spec).map_err(|_| {
+        let sections: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
+        let names: Vec<&str> = crate::sampler::METHODS.iter().map(|m| m.name).collect();
+        Error::config(format!(
+            "unknown method '{spec}' for task {task} (valid: the presets {}, dps-N for DPS with N \
+             steps, or a method of `daps methods`: {})",
+            sections.join(", "),
+            names.join(", ")
+        ))
+    })
+}
+
 /// The DAPS configuration of `budget` (`daps-1k`, `daps-4k`, `daps-100`, `daps-50`) for a task.
 pub fn preset(task: &str, budget: &str) -> Result<DapsConfig> {
     match preset_method(task, budget)? {

@@ -1,6 +1,9 @@
 //! Per-digit records of a digits evaluation (`daps demo --json`) and their report: merging files
 //! (say, one per range of digits), means with 95% intervals, and paired differences between
-//! methods on the digits both scored.
+//! methods on the digits both scored; and the report of a `daps eval` run ([`eval`], [`html`]).
+
+pub mod eval;
+pub mod html;
 
 use crate::bench::mean_ci95;
 use crate::error::{Error, Result};

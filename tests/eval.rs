@@ -1,0 +1,200 @@
+//! `daps eval` + `daps report`: a run gives the same merged results whole, as two shards in
+//! separate processes writing one folder, and killed after its first records then resumed
+//! (with one finished record corrupted in between).
+
+mod common;
+
+use common::{s, tmp_dir};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn daps() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_daps"))
+}
+
+/// The issue's evaluation: 3 digits × 2 tasks × 2 methods, one batch (= job) per task and method.
+fn eval_args(out: &Path) -> Vec<String> {
+    [
+        "eval",
+        "--data",
+        "digits",
+        "--limit",
+        "3",
+        "--tasks",
+        "sr4,inpaint-box",
+        "--methods",
+        "daps-50,dps-50",
+        "--batch",
+        "3",
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `daps report RUN --json` without the fields that time things.
+fn merged(run: &Path) -> Value {
+    let json = run.with_extension("json");
+    run_ok(daps().arg("report").arg(run).arg("--json").arg(&json));
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    strip_times(&mut v);
+    v
+}
+
+fn strip_times(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !(k.contains("time") || k.contains("seconds")));
+            m.values_mut().for_each(strip_times);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_times),
+        _ => {}
+    }
+}
+
+fn records(run: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(run.join("records")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        for m in std::fs::read_dir(t.path()).unwrap().flatten() {
+            for r in std::fs::read_dir(m.path()).unwrap().flatten() {
+                if r.path().extension().is_some_and(|e| e == "json") {
+                    out.push(r.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn whole_sharded_and_resumed_runs_agree() {
+    let dir = tmp_dir("eval", "agree");
+    // (a) whole.
+    let whole = dir.join("whole");
+    let text = run_ok(daps().args(eval_args(&whole)));
+    assert!(text.contains("done: 4 job(s)"), "{text}");
+    assert_eq!(records(&whole).len(), 12, "3 digits × 2 tasks × 2 methods");
+    let a = merged(&whole);
+    assert_eq!(a["missing_records"], 0);
+    assert_eq!(a["rows"].as_array().unwrap().len(), 4);
+
+    // (b) two shards at once, separate processes, one folder.
+    let sharded = dir.join("sharded");
+    let mut kids: Vec<_> = ["1/2", "2/2"]
+        .iter()
+        .map(|k| {
+            daps()
+                .args(eval_args(&sharded))
+                .args(["--shard", k])
+                .output()
+        })
+        .collect();
+    for k in kids.drain(..) {
+        let o = k.unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(merged(&sharded), a, "two shards give the whole run's results");
+
+    // (c) killed after its first records, one finished record corrupted, then resumed.
+    let resumed = dir.join("resumed");
+    let mut child = daps()
+        .args(eval_args(&resumed))
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while records(&resumed).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(600), "no record appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = records(&resumed);
+    assert!(!first.is_empty() && first.len() < 12, "{} records before the kill", first.len());
+    std::fs::write(&first[0], b"{\"image\": \"digit-90").unwrap();
+    let partial = merged(&resumed);
+    assert!(partial["missing_records"].as_u64().unwrap() >= 1);
+    let text = run_ok(daps().args(eval_args(&resumed)));
+    assert!(text.contains("job(s)"), "{text}");
+    assert_eq!(merged(&resumed), a, "a resumed run gives the whole run's results");
+
+    // A rerun of a finished run does nothing; other settings are refused.
+    let text = run_ok(daps().args(eval_args(&whole)));
+    assert!(text.contains("done: 0 job(s)"), "{text}");
+    let mut other = eval_args(&whole);
+    other[4] = "2".into();
+    let out = daps().args(&other).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("holds another evaluation") && err.contains("images"),
+        "{err}"
+    );
+
+    // The HTML page is self-contained: every picture inlined, nothing fetched.
+    let html = dir.join("report.html");
+    run_ok(
+        daps()
+            .arg("report")
+            .arg(&whole)
+            .arg("--html")
+            .arg(&html)
+            .args(["--baseline", "dps-50"]),
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("src=\"/"));
+    // Per task: 3 truths + 3 measurements + 3 × 2 methods.
+    assert_eq!(page.matches("data:image/png;base64,").count(), 2 * 12);
+    assert!(page.contains("<svg") && page.contains("vs dps-50"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_eval_input_is_refused_before_work() {
+    let dir = tmp_dir("eval", "bad");
+    let out = dir.join("run");
+    for (change, want) in [
+        (("--tasks", "sr4,nonsense"), "nonsense"),
+        (("--methods", "daps-50,ddrm-7x"), "unknown method 'ddrm-7x' for task sr4"),
+        (("--limit", "2000"), "exceeds the 1000 held-out digits"),
+        (("--batch", "0"), "--batch and --limit must be ≥ 1"),
+    ] {
+        let mut args = eval_args(&out);
+        let i = args.iter().position(|a| a == change.0).unwrap();
+        args[i + 1] = change.1.into();
+        let o = daps().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{change:?}: {err}");
+        assert!(records(&out).is_empty());
+    }
+    let o = daps()
+        .args(eval_args(&out))
+        .args(["--shard", "3/2"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--shard must be k/n"));
+    let o = daps()
+        .args(eval_args(&out))
+        .args(["--runs", "1,hdr=4"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not among --tasks"));
+    std::fs::remove_dir_all(&dir).ok();
+}
