@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# The README's digits table: DAPS against DPS with the built-in prior on held-out digits.
+# The README's digits table: DAPS against DPS with the built-in prior on held-out digits, as one
+# `daps eval` run (resumable: rerun this script after a stop and it continues).
 #
-#   scripts/digits-table.sh [OUT_DIR]          (default results/digits)
+#   scripts/digits-table.sh [RUN_DIR]          (default runs/digits-table)
 #
-# 1. 100 held-out digits (9000..9099), every 32×32 task, DAPS at the demo budget (daps-50:
-#    50 annealing levels × 1 ODE step = 50 network evaluations) and DPS with the same 50
-#    evaluations; phase retrieval best of 4 runs per digit. Writes table.json (every digit's
-#    PSNR/SSIM) and grid.png.
-# 2. DPS with its own 1000 steps on the first DPS1K_DIGITS held-out digits (default 2: one
-#    DPS-1000 digit costs about 30 s per task on 2 cores), beside DAPS on the same digits.
-#    The README's 100-digit DPS-1000 rows for five tasks ran on an H100: DEVICE=cuda
-#    DPS1K_DIGITS=100 DAPS_BIN=target-cuda/release/daps (scripts/cuda-build-from-pypi.sh),
-#    with --batch 100; HDR and phase retrieval ran on the CPU with scripts/dps1000-cpu.sh.
+# 100 held-out digits (9000..9099), every 32×32 task, DAPS at the demo budget (daps-50: 50
+# annealing levels × 1 ODE step = 50 network evaluations) and DPS with the same 50 evaluations;
+# phase retrieval best of 4 runs per digit. Writes results/digits/table.{json,txt} and
+# results/digits/report.html.
+#
+# Env: METHODS (default daps-50,dps-50; e.g. daps-50,dps-1000 for DPS at its own budget),
+# WORKERS (default 1): processes of one thread each, as shards of the same run (on the 2-core VM
+# two one-thread processes do ≈1.5× the work of one two-thread one); DEVICE (cpu, or cuda with
+# DAPS_BIN=target-cuda/release/daps from scripts/cuda-build-from-pypi.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-results/digits}
-mkdir -p "$OUT"
+RUN=${1:-runs/digits-table}
+OUT=${OUT:-results/digits}
 [ -n "${DAPS_BIN:-}" ] || cargo build --release --bin daps
 D=${DAPS_BIN:-./target/release/daps}
-$D demo --digits "${DIGITS:-100}" --dps-steps 50 --out "$OUT/grid.png" --json "$OUT/table.json" \
-  | tee "$OUT/table.txt"
-$D demo --digits "${DPS1K_DIGITS:-2}" --dps-steps 1000 --device "${DEVICE:-cpu}" \
-  --batch "${BATCH:-32}" --out "$OUT/grid-dps1000.png" \
-  --json "$OUT/dps1000.json" | tee "$OUT/dps1000.txt"
+ARGS=(eval --data digits --limit "${DIGITS:-100}" --tasks all --methods "${METHODS:-daps-50,dps-50}"
+  --runs 1,phase-retrieval=4 --batch "${BATCH:-32}" --device "${DEVICE:-cpu}" --out "$RUN")
+W=${WORKERS:-1}
+if [ "$W" -gt 1 ]; then
+  for k in $(seq 1 "$W"); do RAYON_NUM_THREADS=1 "$D" "${ARGS[@]}" --shard "$k/$W" & done
+  wait
+else
+  "$D" "${ARGS[@]}"
+fi
+mkdir -p "$OUT"
+"$D" report "$RUN" --json "$OUT/table.json" --html "$OUT/report.html" | tee "$OUT/table.txt"

@@ -52,7 +52,9 @@ impl EvalSettings {
     /// Checks the settings' own consistency.
     pub fn validate(&self) -> Result<()> {
         if self.images.is_empty() || self.tasks.is_empty() || self.methods.is_empty() {
-            return Err(Error::config("an evaluation needs images, tasks and methods"));
+            return Err(Error::config(
+                "an evaluation needs images, tasks and methods",
+            ));
         }
         if self.runs.len() != self.tasks.len() || self.runs.contains(&0) {
             return Err(Error::config("runs: one count ≥ 1 per task"));
@@ -108,8 +110,10 @@ impl EvalSettings {
 
     /// The sampler seed of a job: from the run's seed and the job's coordinates only.
     pub fn job_seed(&self, job: &Job) -> u64 {
-        mix(mix(mix(self.seed ^ name_hash(&job.task)) ^ name_hash(&job.method))
-            ^ ((job.run as u64) << 32 | job.images.start as u64))
+        mix(
+            mix(mix(self.seed ^ name_hash(&job.task)) ^ name_hash(&job.method))
+                ^ ((job.run as u64) << 32 | job.images.start as u64),
+        )
     }
 
     /// The measurement-noise seed of one image of one task (the same for every method and run).
@@ -281,7 +285,9 @@ impl RunDir {
 
     /// Whether every record of `job` exists and is whole.
     pub fn job_done(&self, s: &EvalSettings, job: &Job) -> bool {
-        job.images.clone().all(|i| self.finished(s, job, i).is_some())
+        job.images
+            .clone()
+            .all(|i| self.finished(s, job, i).is_some())
     }
 
     /// Writes a record atomically (creating its folder).
@@ -305,8 +311,12 @@ pub fn ensure_parent(p: &Path) -> Result<()> {
 pub fn read_settings(dir: &Path) -> Result<EvalSettings> {
     let path = dir.join("eval.json");
     let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::msg(format!("{} is not a `daps eval` settings file: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| {
+        Error::msg(format!(
+            "{} is not a `daps eval` settings file: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// Every whole record of the run in `dir`, in job order, and the number of missing ones.
@@ -403,13 +413,21 @@ mod tests {
     fn settings_refuse_bad_names_and_counts() {
         let mut s = settings();
         s.methods.push("../x".into());
-        assert!(s.validate().unwrap_err().to_string().contains("cannot name a file"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cannot name a file"));
         let mut s = settings();
         s.runs = vec![1];
         assert!(s.validate().is_err());
         let mut s = settings();
         s.tasks.push("sr4".into());
         s.runs.push(1);
-        assert!(s.validate().unwrap_err().to_string().contains("given twice"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("given twice"));
     }
 }

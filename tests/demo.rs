@@ -79,8 +79,44 @@ fn demo_writes_grid_table_and_records() {
 }
 
 #[test]
+fn demo_methods_names_each_column() {
+    let dir = tmp_dir("demo", "methods");
+    let png = dir.join("grid.png");
+    let out = daps(&[
+        "demo",
+        "--digits",
+        "2",
+        "--tasks",
+        "sr4",
+        "--methods",
+        "dps-3,dps-5",
+        "--out",
+        s(&png),
+    ]);
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = so.lines().next().unwrap();
+    assert!(
+        header.contains("DPS-3") && header.contains("DPS-5") && !header.contains("DAPS"),
+        "{so}"
+    );
+}
+
+#[test]
 fn demo_rejects_bad_arguments_by_name() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["demo", "--methods", "dps-5", "--preset", "daps-50"],
+            "--preset",
+        ),
+        (
+            &["demo", "--methods", "dps-5,daps-7k"],
+            "unknown method 'daps-7k' for task",
+        ),
         (&["demo", "--digits", "0"], "--digits"),
         (
             &["demo", "--first", "998", "--digits", "5"],

@@ -109,7 +109,11 @@ fn whole_sharded_and_resumed_runs_agree() {
         let o = k.unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    assert_eq!(merged(&sharded), a, "two shards give the whole run's results");
+    assert_eq!(
+        merged(&sharded),
+        a,
+        "two shards give the whole run's results"
+    );
 
     // (c) killed after its first records, one finished record corrupted, then resumed.
     let resumed = dir.join("resumed");
@@ -121,20 +125,34 @@ fn whole_sharded_and_resumed_runs_agree() {
         .unwrap();
     let t0 = Instant::now();
     while records(&resumed).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(600), "no record appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "no record appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let first = records(&resumed);
-    assert!(!first.is_empty() && first.len() < 12, "{} records before the kill", first.len());
+    assert!(
+        !first.is_empty() && first.len() < 12,
+        "{} records before the kill",
+        first.len()
+    );
     std::fs::write(&first[0], b"{\"image\": \"digit-90").unwrap();
     let partial = merged(&resumed);
     assert!(partial["missing_records"].as_u64().unwrap() >= 1);
     let text = run_ok(daps().args(eval_args(&resumed)));
     assert!(text.contains("job(s)"), "{text}");
-    assert_eq!(merged(&resumed), a, "a resumed run gives the whole run's results");
+    assert_eq!(
+        merged(&resumed),
+        a,
+        "a resumed run gives the whole run's results"
+    );
 
     // A rerun of a finished run does nothing; other settings are refused.
     let text = run_ok(daps().args(eval_args(&whole)));
@@ -172,7 +190,10 @@ fn bad_eval_input_is_refused_before_work() {
     let out = dir.join("run");
     for (change, want) in [
         (("--tasks", "sr4,nonsense"), "nonsense"),
-        (("--methods", "daps-50,ddrm-7x"), "unknown method 'ddrm-7x' for task sr4"),
+        (
+            ("--methods", "daps-50,ddrm-7x"),
+            "unknown method 'ddrm-7x' for task sr4",
+        ),
         (("--limit", "2000"), "exceeds the 1000 held-out digits"),
         (("--batch", "0"), "--batch and --limit must be ≥ 1"),
     ] {
@@ -181,7 +202,10 @@ fn bad_eval_input_is_refused_before_work() {
         args[i + 1] = change.1.into();
         let o = daps().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains(want), "{change:?}: {err}");
+        assert!(
+            !o.status.success() && err.contains(want),
+            "{change:?}: {err}"
+        );
         assert!(records(&out).is_empty());
     }
     let o = daps()

@@ -18,8 +18,8 @@ use daps::operator::Measurement;
 use daps::prior::load_host as load_host_prior;
 use daps::prior::Denoiser;
 use daps::report::DemoRecord;
-use daps::sampler::{Method, Problem, Silent};
-use daps::task::{demo_tasks, preset_method, Task, TaskFiles, TaskSpec};
+use daps::sampler::{Method, Problem, Silent, METHODS};
+use daps::task::{demo_tasks, preset_method, resolve_method, Task, TaskFiles, TaskSpec};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -54,6 +54,11 @@ pub struct DemoArgs {
     /// DPS runs (comma-separated numbers of steps = network evaluations) [default: DAPS's NFE].
     #[arg(long, value_delimiter = ',')]
     pub dps_steps: Option<Vec<usize>>,
+    /// The methods instead of `--preset` and `--dps-steps`, comma-separated: a task preset
+    /// (`daps-50`, `dps-1000`), `dps-N`, a method of `daps methods`, or `all` (every registered
+    /// method on the tasks it supports).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["preset", "dps_steps", "dps_zeta", "set"])]
+    pub methods: Option<Vec<String>>,
     /// DPS ζ for every task and run, instead of the per-task ζ·1000/steps.
     #[arg(long)]
     pub dps_zeta: Option<f64>,
@@ -105,6 +110,23 @@ fn first_method(task: &str, a: &DemoArgs) -> Result<Method> {
 /// The demo's samplers for `task`: the `--preset` one, then DPS at each `--dps-steps` (default:
 /// the first one's NFE) with the task's dps-1000 ζ scaled to the same total guidance.
 fn demo_methods(name: &str, a: &DemoArgs) -> Result<Vec<Method>> {
+    if let Some(specs) = &a.methods {
+        let specs: Vec<String> = if specs == &["all"] {
+            METHODS.iter().map(|m| m.name.to_string()).collect()
+        } else {
+            specs.clone()
+        };
+        return specs
+            .iter()
+            .map(|m| {
+                let method = resolve_method(name, m)?;
+                method
+                    .validate()
+                    .with_context(|| format!("method {m} on {name}"))?;
+                Ok(method)
+            })
+            .collect();
+    }
     let first = first_method(name, a)?;
     let nfe = first.nfe();
     let Method::Dps(dps) = preset_method(name, "dps-1000")? else {
@@ -274,8 +296,23 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         if spec.is_complex() {
             bail!("task {name} takes complex images; the demo runs real 32×32 digits");
         }
-        built.push(Task::build(spec, [c, h, w]).with_context(|| format!("task {name}"))?);
-        demo_methods(name, &a)?;
+        let task = Task::build(spec, [c, h, w]).with_context(|| format!("task {name}"))?;
+        let probe = Measurement {
+            y: daps::operator::Operator::forward(&task, &truth.narrow(0, 0, 1)?)?,
+            sigma_y: a.sigma_y,
+        };
+        let problem = Problem {
+            prior: &*prior,
+            operator: &task,
+            measurement: &probe,
+        };
+        if a.methods.as_deref() != Some(&["all".to_string()]) {
+            for m in demo_methods(name, &a)? {
+                m.supports(&problem)
+                    .with_context(|| format!("{} cannot solve {name}", m.label()))?;
+            }
+        }
+        built.push(task);
     }
     for (name, task) in tasks.iter().zip(&built) {
         let y = Measurement::simulate(
@@ -285,7 +322,26 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             &mut SeededNoise::new(a.seed ^ name_hash(name)),
         )?
         .y;
-        let methods = demo_methods(name, &a)?;
+        let mut methods = demo_methods(name, &a)?;
+        let m_all = Measurement {
+            y: y.clone(),
+            sigma_y: a.sigma_y,
+        };
+        let problem = Problem {
+            prior: &*prior,
+            operator: task,
+            measurement: &m_all,
+        };
+        let all = a.methods.as_deref() == Some(&["all".to_string()]);
+        let mut kept = Vec::new();
+        for m in methods.drain(..) {
+            match m.supports(&problem) {
+                Ok(()) => kept.push(m),
+                Err(e) if all => eprintln!("  skipping {} on {name}: {e}", m.name()),
+                Err(e) => bail!("{} cannot solve {name}: {e}", m.label()),
+            }
+        }
+        let methods = kept;
         let runs = if name == "phase-retrieval" {
             a.pr_runs
         } else {

@@ -97,7 +97,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     for (flag, p) in inputs.paths() {
         if p.starts_with(&a.out) {
-            bail!("--out {} holds the input {flag} {}", a.out.display(), p.display());
+            bail!(
+                "--out {} holds the input {flag} {}",
+                a.out.display(),
+                p.display()
+            );
         }
     }
     outputs::writable_dir("--out", &a.out)?;
@@ -178,7 +182,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .into_iter()
         .filter(|j| shard.takes(j))
         .collect();
-    let todo: Vec<&Job> = jobs.iter().filter(|j| !run.job_done(&settings, j)).collect();
+    let todo: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| !run.job_done(&settings, j))
+        .collect();
     eprintln!(
         "daps eval: {} image(s), {} task(s), {} method(s); shard {}/{}: {} job(s), {} already done",
         settings.images.len(),
@@ -191,18 +198,31 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     );
     let started = Instant::now();
     for (k, job) in todo.iter().enumerate() {
-        let t = settings.tasks.iter().position(|t| *t == job.task).unwrap_or(0);
+        let t = settings
+            .tasks
+            .iter()
+            .position(|t| *t == job.task)
+            .unwrap_or(0);
         let p = &plan[t];
         let Some((_, method)) = p.methods.iter().find(|(m, _)| *m == job.method) else {
             continue;
         };
-        let recs = run_job(&run, &settings, job, &p.task, method, &*prior, &truth, lpips.as_ref())
-            .with_context(|| {
-                format!(
-                    "{} on {} (run {}, images {}..{})",
-                    job.method, job.task, job.run, job.images.start, job.images.end
-                )
-            })?;
+        let recs = run_job(
+            &run,
+            &settings,
+            job,
+            &p.task,
+            method,
+            &*prior,
+            &truth,
+            lpips.as_ref(),
+        )
+        .with_context(|| {
+            format!(
+                "{} on {} (run {}, images {}..{})",
+                job.method, job.task, job.run, job.images.start, job.images.end
+            )
+        })?;
         let mean = recs.iter().map(|r| r.psnr).sum::<f64>() / recs.len().max(1) as f64;
         eprintln!(
             "  [{}/{}] {:<16} {:<12} run {} images {:>4}..{:<4} PSNR {:6.2}  ({:.1} s)",
@@ -247,7 +267,10 @@ fn load_data(a: &EvalArgs, prior: &dyn Denoiser) -> Result<(Vec<String>, Tensor)
         }
         let set = daps::data::mnist_range(lo..hi)?;
         check_prior_shape(prior, set.images())?;
-        return Ok(((lo..hi).map(|i| format!("digit-{i}")).collect(), set.images().clone()));
+        return Ok((
+            (lo..hi).map(|i| format!("digit-{i}")).collect(),
+            set.images().clone(),
+        ));
     }
     let dir = std::path::Path::new(&a.data);
     let paths = daps::data::find_images(dir)?;
@@ -259,7 +282,10 @@ fn load_data(a: &EvalArgs, prior: &dyn Denoiser) -> Result<(Vec<String>, Tensor)
         );
     };
     if h != w {
-        bail!("prior {} takes {h}×{w} images; folders load square images", prior.name());
+        bail!(
+            "prior {} takes {h}×{w} images; folders load square images",
+            prior.name()
+        );
     }
     let set = daps::data::load_image_folder(dir, h, Some(c))?;
     let mut ids: Vec<String> = Vec::new();
@@ -267,17 +293,31 @@ fn load_data(a: &EvalArgs, prior: &dyn Denoiser) -> Result<(Vec<String>, Tensor)
         let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         let id: String = stem
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         if ids.contains(&id) {
-            bail!("two images in {} give the id '{id}' (rename one)", dir.display());
+            bail!(
+                "two images in {} give the id '{id}' (rename one)",
+                dir.display()
+            );
         }
         ids.push(id);
     }
     let lo = a.first.min(ids.len());
     let hi = a.limit.map_or(ids.len(), |n| (lo + n).min(ids.len()));
     if lo >= hi {
-        bail!("--first {} leaves no images of the {} in {}", a.first, ids.len(), dir.display());
+        bail!(
+            "--first {} leaves no images of the {} in {}",
+            a.first,
+            ids.len(),
+            dir.display()
+        );
     }
     Ok((ids[lo..hi].to_vec(), set.images().narrow(0, lo, hi - lo)?))
 }
@@ -286,7 +326,10 @@ fn check_prior_shape(prior: &dyn Denoiser, x: &Tensor) -> Result<()> {
     let (_, c, h, w) = x.dims4()?;
     if let Some(s) = prior.sample_shape() {
         if s != [c, h, w] {
-            bail!("prior {} takes {s:?} images; the data are {c}×{h}×{w}", prior.name());
+            bail!(
+                "prior {} takes {s:?} images; the data are {c}×{h}×{w}",
+                prior.name()
+            );
         }
     }
     Ok(())
@@ -341,7 +384,10 @@ fn measurement(
     let mf = MeasurementFile::simulate(rebuilt, &x, s.sigma_y, seed)?;
     daps::eval::ensure_parent(&path)?;
     mf.save(&path)?;
-    write_unit_image(&super::demo::preview(task, &mf.y)?, &run.measurement_preview(task.name(), id))?;
+    write_unit_image(
+        &super::demo::preview(task, &mf.y)?,
+        &run.measurement_preview(task.name(), id),
+    )?;
     let tp = run.truth(id);
     if !tp.exists() {
         daps::eval::ensure_parent(&tp)?;
@@ -380,7 +426,12 @@ fn run_job(
     let n = job.images.len();
     let seed = s.job_seed(job);
     let t0 = Instant::now();
-    let x = method.run(&problem, &[n, c, h, w], &mut SeededNoise::new(seed), &mut Silent)?;
+    let x = method.run(
+        &problem,
+        &[n, c, h, w],
+        &mut SeededNoise::new(seed),
+        &mut Silent,
+    )?;
     let seconds = t0.elapsed().as_secs_f64() / n as f64;
     let gt = truth.narrow(0, job.images.start, n)?;
     let (u, gu) = (to_unit(&x)?, to_unit(&gt)?);

@@ -163,7 +163,10 @@ fn combine(id: &str, index: usize, runs: &[&&EvalRecord], best_of: &str) -> Opti
         seconds: runs.iter().map(|r| r.seconds).sum(),
     };
     if best_of == "each" {
-        sc.ssim = runs.iter().map(|r| r.ssim).fold(f64::NEG_INFINITY, f64::max);
+        sc.ssim = runs
+            .iter()
+            .map(|r| r.ssim)
+            .fold(f64::NEG_INFINITY, f64::max);
         sc.lpips = runs
             .iter()
             .map(|r| r.lpips)

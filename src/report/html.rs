@@ -61,18 +61,40 @@ pub fn page(summary: &Summary, run: &RunDir) -> String {
         if tr.is_empty() {
             continue;
         }
-        let _ = writeln!(h, "<h2 id=\"{0}\">{0}</h2>\n<div class=\"plots\">", esc(task));
+        let _ = writeln!(
+            h,
+            "<h2 id=\"{0}\">{0}</h2>\n<div class=\"plots\">",
+            esc(task)
+        );
         let bars: Vec<(String, f64, f64, &str)> = tr
             .iter()
-            .map(|r| (r.method.clone(), r.psnr.mean, r.psnr.ci95, colour(&r.method)))
+            .map(|r| {
+                (
+                    r.method.clone(),
+                    r.psnr.mean,
+                    r.psnr.ci95,
+                    colour(&r.method),
+                )
+            })
             .collect();
         h.push_str(&bar_chart(&bars, "mean PSNR (dB) ± 95%"));
         let pts = |x: fn(&MethodRow) -> f64| -> Vec<(String, f64, f64, f64, &str)> {
             tr.iter()
-                .map(|r| (r.method.clone(), x(r), r.psnr.mean, r.psnr.ci95, colour(&r.method)))
+                .map(|r| {
+                    (
+                        r.method.clone(),
+                        x(r),
+                        r.psnr.mean,
+                        r.psnr.ci95,
+                        colour(&r.method),
+                    )
+                })
                 .collect()
         };
-        h.push_str(&scatter(&pts(|r| r.nfe.max(1) as f64), "network evaluations per image"));
+        h.push_str(&scatter(
+            &pts(|r| r.nfe.max(1) as f64),
+            "network evaluations per image",
+        ));
         h.push_str(&scatter(&pts(|r| r.seconds_per_image), "seconds per image"));
         h.push_str("</div>\n");
         h.push_str(&grid(task, &tr, run, s));
@@ -86,8 +108,8 @@ pub fn page(summary: &Summary, run: &RunDir) -> String {
 }
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}\
-table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;\
-text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}td.l,th.l{text-align:left}\
+table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 8px;white-space:nowrap;border-bottom:1px solid #ddd;\
+text-align:right;font-variant-numeric:tabular-nums}td.w{white-space:normal}th{background:#f3f3f3}td.l,th.l{text-align:left}\
 .meta{color:#555}.plots{display:flex;flex-wrap:wrap;gap:16px}.grid td{text-align:center;\
 border:none;padding:2px 4px;font-size:12px}.grid img{width:96px;height:96px;\
 image-rendering:pixelated;display:block;margin:auto}svg text{font-size:11px;font-family:sans-serif}\
@@ -150,7 +172,7 @@ fn summary_table(rows: &[MethodRow]) -> String {
         });
         let _ = writeln!(
             t,
-            "<td>{:.4}</td><td>{:.2}</td><td class=\"l\">{}</td></tr>",
+            "<td>{:.4}</td><td>{:.2}</td><td class=\"l w\">{}</td></tr>",
             r.misfit.mean, r.seconds_per_image, paired
         );
     }
@@ -168,7 +190,7 @@ fn bar_chart(bars: &[(String, f64, f64, &str)], title: &str) -> String {
         .map(|b| finite(b.1) + finite(b.2))
         .fold(1.0_f64, f64::max)
         * 1.05;
-    let x = |v: f64| lw + (w - lw - 10.0) * (v / hi).clamp(0.0, 1.0);
+    let x = |v: f64| lw + (w - lw - 50.0) * (v / hi).clamp(0.0, 1.0);
     let mut s = format!(
         "<svg width=\"{w}\" height=\"{hgt}\" role=\"img\"><text x=\"{lw}\" y=\"14\">{}</text>",
         esc(title)
@@ -223,8 +245,18 @@ fn scatter(pts: &[(String, f64, f64, f64, &str)], xlabel: &str) -> String {
     );
     let x1 = if x1 <= x0 { x0 + 1.0 } else { x1 };
     let err = |p: &(String, f64, f64, f64, &str)| if p.3.is_finite() { p.3 } else { 0.0 };
-    let y0 = ok.iter().map(|p| p.2 - err(p)).fold(f64::INFINITY, f64::min).floor() - 1.0;
-    let y1 = ok.iter().map(|p| p.2 + err(p)).fold(f64::NEG_INFINITY, f64::max).ceil() + 1.0;
+    let y0 = ok
+        .iter()
+        .map(|p| p.2 - err(p))
+        .fold(f64::INFINITY, f64::min)
+        .floor()
+        - 1.0;
+    let y1 = ok
+        .iter()
+        .map(|p| p.2 + err(p))
+        .fold(f64::NEG_INFINITY, f64::max)
+        .ceil()
+        + 1.0;
     let px = |v: f64| l + (w - l - r) * (v.log10() - x0) / (x1 - x0);
     let py = |v: f64| t + (hgt - t - b) * (y1 - v) / (y1 - y0);
     let _ = write!(
@@ -240,7 +272,11 @@ fn scatter(pts: &[(String, f64, f64, f64, &str)], xlabel: &str) -> String {
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
             px(v),
             hgt - b + 14.0,
-            if e >= 0 { format!("{v:.0}") } else { format!("{v}") }
+            if e >= 0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v}")
+            }
         );
     }
     for k in 0..=4 {

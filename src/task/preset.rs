@@ -53,9 +53,14 @@ pub fn resolve_method(task: &str, spec: &str) -> Result<Method> {
     if table.get(spec).is_some_and(|s| s.is_table()) {
         return preset_method(task, spec);
     }
-    if let Some(n) = spec.strip_prefix("dps-").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = spec
+        .strip_prefix("dps-")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         let Method::Dps(c) = preset_method(task, "dps-1000")? else {
-            return Err(Error::config(format!("preset dps-1000 of {task} is not a DPS preset")));
+            return Err(Error::config(format!(
+                "preset dps-1000 of {task} is not a DPS preset"
+            )));
         };
         let m = Method::Dps(c.with_steps(n));
         m.validate()?;
