@@ -130,7 +130,7 @@ pub fn safe_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// FNV-1a of a name.
+/// FNV-1a of a name: seeds that depend on a task's or method's name, not on its position.
 pub fn name_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)

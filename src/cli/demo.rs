@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{IndexOp, Tensor};
 use clap::Args;
 use daps::data::mnist_range;
+use daps::eval::name_hash;
 use daps::metric::image::{psnr, ssim, to_unit};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
@@ -83,13 +84,6 @@ pub struct DemoArgs {
     /// operators and the samplers stay on the CPU.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-}
-
-/// FNV-1a of a name: seeds depend on the task and method, not on their order in the run.
-fn name_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn mean(v: &[f64]) -> f64 {
