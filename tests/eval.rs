@@ -180,7 +180,7 @@ fn whole_sharded_and_resumed_runs_agree() {
     assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("src=\"/"));
     // Per task: 3 truths + 3 measurements + 3 × 2 methods.
     assert_eq!(page.matches("data:image/png;base64,").count(), 2 * 12);
-    assert!(page.contains("<svg") && page.contains("vs dps-50"));
+    assert!(page.contains("<svg") && page.contains("better on"));
     std::fs::remove_dir_all(&dir).ok();
 }
 

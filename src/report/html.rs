@@ -139,7 +139,7 @@ fn summary_table(rows: &[MethodRow]) -> String {
     if lp {
         t.push_str("<th>LPIPS</th>");
     }
-    t.push_str("<th>misfit (RMS)</th><th>s / image</th><th>paired ΔPSNR vs baseline</th></tr>\n");
+    t.push_str("<th>misfit (RMS)</th><th>s / image</th><th class=\"l\">paired PSNR − baseline's</th></tr>\n");
     for r in rows {
         let _ = write!(
             t,
@@ -161,14 +161,13 @@ fn summary_table(rows: &[MethodRow]) -> String {
             );
         }
         let paired = r.paired.as_ref().map_or("baseline".to_string(), |p| {
-            format!(
-                "{} dB vs {} ({} better on {}/{})",
-                interval(&p.psnr_difference, 2),
-                esc(&p.baseline),
-                esc(&r.method),
-                p.wins,
-                p.images
-            )
+            let d = &p.psnr_difference;
+            let ci = if d.ci95.is_finite() {
+                format!(" ± {:.2}", d.ci95)
+            } else {
+                String::new()
+            };
+            format!("{:+.2}{ci} dB (better on {}/{})", d.mean, p.wins, p.images)
         });
         let _ = writeln!(
             t,
@@ -182,7 +181,7 @@ fn summary_table(rows: &[MethodRow]) -> String {
 
 /// Horizontal bars with 95% whiskers.
 fn bar_chart(bars: &[(String, f64, f64, &str)], title: &str) -> String {
-    let (w, lw, row) = (380.0, 120.0, 22.0);
+    let (w, lw, row) = (340.0, 110.0, 22.0);
     let hgt = 40.0 + row * bars.len() as f64;
     let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
     let hi = bars
@@ -228,7 +227,7 @@ fn bar_chart(bars: &[(String, f64, f64, &str)], title: &str) -> String {
 
 /// PSNR (± 95%) against a cost on a log axis, one labelled point per method.
 fn scatter(pts: &[(String, f64, f64, f64, &str)], xlabel: &str) -> String {
-    let (w, hgt, l, r, t, b) = (360.0, 240.0, 44.0, 16.0, 14.0, 34.0);
+    let (w, hgt, l, r, t, b) = (330.0, 220.0, 44.0, 16.0, 14.0, 34.0);
     let ok: Vec<&(String, f64, f64, f64, &str)> = pts
         .iter()
         .filter(|p| p.1 > 0.0 && p.1.is_finite() && p.2.is_finite())
