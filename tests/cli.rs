@@ -38,6 +38,7 @@ fn bench_gmm_quick_writes_the_documented_records() {
         "sw_ci95",
         "tv_mean",
         "seconds_per_problem",
+        "nfe",
         "problems",
         "samples",
     ];
