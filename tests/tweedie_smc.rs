@@ -137,6 +137,9 @@ fn daps_smc_particles_correct_the_mode_weights() {
     };
     let (tv1, tv16) = (tv(1), tv(16));
     let t = ((2e6f64).ln() / (2.0 * n as f64)).sqrt();
-    println!("mode TV: K = 1 {tv1:.3}, K = 16 {tv16:.3} (margin 2t = {:.3})", 2.0 * t);
+    println!(
+        "mode TV: K = 1 {tv1:.3}, K = 16 {tv16:.3} (margin 2t = {:.3})",
+        2.0 * t
+    );
     assert!(tv16 < tv1 - 2.0 * t, "K = 1 {tv1}, K = 16 {tv16}");
 }

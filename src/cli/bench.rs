@@ -217,12 +217,15 @@ pub fn toy2d(a: Toy2dArgs) -> Result<()> {
             cfg.repeats
         )
     })?;
-    println!("{:<8} {:>18} {:>10}", "method", "W1 (±95%)", "seconds");
+    println!("{:<13} {:>18} {:>10}", "method", "W1 (±95%)", "seconds");
     for r in rows {
-        println!(
-            "{:<8} {:>9.4} ± {:<6.4} {:>10.3}",
-            r.method, r.w1_mean, r.w1_ci95, r.seconds
-        );
+        match &r.skipped {
+            Some(why) => println!("{:<13} not run: {why}", r.method),
+            None => println!(
+                "{:<13} {:>9.4} ± {:<6.4} {:>10.3}",
+                r.method, r.w1_mean, r.w1_ci95, r.seconds
+            ),
+        }
     }
     Ok(())
 }
