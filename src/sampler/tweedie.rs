@@ -188,7 +188,7 @@ fn tweedie_step(
 
 /// J^{1/2}ξ per chain by `k` Lanczos iterations with full reorthogonalisation: ‖ξ‖·Q f(T) e₁,
 /// f = √ on T's eigenvalues (clipped at 0). A chain whose Krylov space is exhausted (β below
-/// 1e-5; J is dimensionless with eigenvalues in [0, 1]) stops there.
+/// 1e-4 of the largest ‖J q_j‖, far above f32 round-off) stops there.
 fn lanczos_sqrt(jac: &dyn Fn(&Tensor) -> Result<Tensor>, xi: &Tensor, k: usize) -> Result<Tensor> {
     let b = xi.dim(0)?;
     let beta0: Vec<f64> = chain_dots(xi, xi)?.into_iter().map(f64::sqrt).collect();
@@ -196,12 +196,16 @@ fn lanczos_sqrt(jac: &dyn Fn(&Tensor) -> Result<Tensor>, xi: &Tensor, k: usize) 
     let mut qs = vec![xi.broadcast_mul(&chain_scalars(&inv, xi)?)?];
     let mut alpha = vec![vec![0.0; k]; b];
     let mut beta = vec![vec![0.0; k]; b];
+    // Per chain, the largest ‖J q_j‖ so far: the scale that a breakdown is measured against.
+    let mut jnorm = vec![0.0f64; b];
     for j in 0..k {
         let q = &qs[j];
         let mut w = jac(q)?;
         let a = chain_dots(q, &w)?;
+        let wn = chain_dots(&w, &w)?;
         for c in 0..b {
             alpha[c][j] = a[c];
+            jnorm[c] = jnorm[c].max(wn[c].sqrt());
         }
         if j + 1 == k {
             break;
@@ -217,7 +221,7 @@ fn lanczos_sqrt(jac: &dyn Fn(&Tensor) -> Result<Tensor>, xi: &Tensor, k: usize) 
         let mut scale = vec![0.0; b];
         for c in 0..b {
             let nm = norms[c].sqrt();
-            if nm > 1e-5 {
+            if nm > 1e-4 * jnorm[c] {
                 beta[c][j + 1] = nm;
                 scale[c] = 1.0 / nm;
             }
