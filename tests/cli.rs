@@ -38,6 +38,7 @@ fn bench_gmm_quick_writes_the_documented_records() {
         "sw_ci95",
         "tv_mean",
         "seconds_per_problem",
+        "nfe",
         "problems",
         "samples",
     ];
@@ -140,6 +141,39 @@ fn solve_runs_dps_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("dps 4 steps, ζ 1") && x.is_file(), "{err}");
+    // Samplers without presets run with their registered defaults plus the flags.
+    for (args, shown) in [
+        (
+            vec!["daps-smc", "--particles", "2", "--set", "annealing_steps=2"],
+            "2 particles × 2 × 5 NFE",
+        ),
+        (
+            vec![
+                "daps-tweedie",
+                "--set",
+                "annealing_steps=1",
+                "--set",
+                "lanczos_steps=2",
+                "--set",
+                "cg_steps=2",
+            ],
+            "1 levels × (1 + 2 Lanczos + ≤2 CG + 1) NFE",
+        ),
+    ] {
+        std::fs::remove_file(&x).ok();
+        let out = daps()
+            .args(["solve", "--method"])
+            .args(&args)
+            .arg("--measurement")
+            .arg(&y)
+            .arg("--out")
+            .arg(&x)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains(shown) && x.is_file(), "{err}");
+    }
     // A DAPS flag with a DPS preset, and a method that contradicts the preset, are refused.
     for (args, msg) in [
         (
@@ -149,6 +183,10 @@ fn solve_runs_dps_by_name() {
         (
             vec!["--method", "dps", "--preset", "daps-50"],
             "does not match preset daps-50",
+        ),
+        (
+            vec!["--method", "dps", "--particles", "4"],
+            "unknown sampler setting 'particles' for dps",
         ),
     ] {
         let out = daps()

@@ -10,6 +10,8 @@ use crate::noise::{stream, SeededNoise};
 use crate::operator::{MatrixOperator, Measurement};
 use crate::prior::gmm::{rows_to_tensor, tensor_to_rows};
 use crate::prior::GaussianMixture;
+use crate::sampler::smc::DapsSmcConfig;
+use crate::sampler::tweedie::DapsTweedieConfig;
 use crate::sampler::{self, DapsConfig, DpsConfig, Problem, Silent};
 use candle_core::Device;
 use nalgebra::{DMatrix, DVector};
@@ -60,7 +62,9 @@ impl Method {
 }
 
 /// The registered sampler `name` at the benchmark's budget for a problem with noise `tau`:
-/// DAPS with N × M NFE, its Langevin step in units of τ²; DPS with N·M steps and ζ.
+/// DAPS with N × M NFE, its Langevin step in units of τ²; DPS with N·M steps and ζ; DAPS-SMC
+/// with the first of `cfg.particles` particles of N × M NFE each; DAPS-Tweedie with N levels,
+/// its default Lanczos steps and 4 CG steps (exact for d_y ≤ 4). Every likelihood σ is τ.
 pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampler::Method> {
     Ok(match sampler::Method::from_name(name)? {
         sampler::Method::Daps(c) => sampler::Method::Daps(DapsConfig {
@@ -77,6 +81,21 @@ pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampl
             steps: cfg.annealing_steps * cfg.ode_steps,
             zeta: cfg.dps_zeta,
             clip: None,
+        }),
+        sampler::Method::DapsSmc(c) => sampler::Method::DapsSmc(DapsSmcConfig {
+            particles: cfg.particles.first().copied().unwrap_or(c.particles),
+            annealing_steps: cfg.annealing_steps,
+            ode_steps: cfg.ode_steps,
+            sigma_max: cfg.sigma_max,
+            tau: Some(tau),
+            ..c
+        }),
+        sampler::Method::DapsTweedie(c) => sampler::Method::DapsTweedie(DapsTweedieConfig {
+            annealing_steps: cfg.annealing_steps,
+            sigma_max: cfg.sigma_max,
+            cg_steps: 4,
+            tau: Some(tau),
+            ..c
         }),
         // A sampler without a budget rule here runs with its registered defaults.
         #[allow(unreachable_patterns)]
@@ -100,6 +119,8 @@ pub struct GmmBenchConfig {
     pub sigma_max: f64,
     pub dps_zeta: f64,
     pub methods: Vec<Method>,
+    /// Particle counts K of `daps-smc`: one row per K.
+    pub particles: Vec<usize>,
     pub directions: usize,
 }
 
@@ -118,6 +139,7 @@ impl Default for GmmBenchConfig {
             sigma_max: 100.0,
             dps_zeta: 0.3,
             methods: Method::ALL.to_vec(),
+            particles: vec![4],
             directions: 100,
         }
     }
@@ -151,6 +173,8 @@ pub struct Record {
     #[serde(skip)]
     pub tv_ci95: f64,
     pub seconds_per_problem: f64,
+    /// Network evaluations per sample (0 for the references).
+    pub nfe: usize,
     pub problems: usize,
     pub samples: usize,
 }
@@ -268,6 +292,49 @@ pub fn score(
     Ok((sw, tv, secs))
 }
 
+/// One row of the table: a method, the settings it runs with, its label and NFE per sample.
+struct Row {
+    method: Method,
+    cfg: GmmBenchConfig,
+    label: String,
+    nfe: usize,
+}
+
+/// Each method once; `daps-smc` once per particle count K (labelled `daps-smc-K`).
+fn table_rows(cfg: &GmmBenchConfig) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &m in &cfg.methods {
+        let ks = match m {
+            Method::Sampler("daps-smc") => cfg.particles.clone(),
+            _ => vec![0],
+        };
+        for k in ks {
+            let mut c = cfg.clone();
+            c.particles = vec![k];
+            let (label, nfe) = match m {
+                Method::Sampler(name) => {
+                    let s = bench_sampler(name, &c, 1.0)?;
+                    s.validate()?;
+                    let label = if k > 0 {
+                        format!("{name}-{k}")
+                    } else {
+                        name.to_string()
+                    };
+                    (label, s.nfe())
+                }
+                _ => (m.name().to_string(), 0),
+            };
+            rows.push(Row {
+                method: m,
+                cfg: c,
+                label,
+                nfe,
+            });
+        }
+    }
+    Ok(rows)
+}
+
 /// Runs every cell, calling `on_problem(d, d_y, i)` before each problem and `on_record` as each
 /// (d, d_y, method) row completes.
 pub fn run(
@@ -277,26 +344,26 @@ pub fn run(
     mut on_record: impl FnMut(&Record) -> Result<()>,
 ) -> Result<Vec<Record>> {
     let mut records = Vec::new();
+    let rows = table_rows(cfg)?;
     for (id, &d) in cfg.dims.iter().enumerate() {
         for (iy, &dy) in cfg.dys.iter().enumerate() {
             if dy > d {
                 return Err(Error::config(format!("d_y = {dy} exceeds d = {d}")));
             }
-            let mut per: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
-                vec![Default::default(); cfg.methods.len()];
+            let mut per: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); rows.len()];
             for i in 0..cfg.problems {
                 on_problem(d, dy, i);
                 let seed = 2u64.pow(id as u32) * 3u64.pow(iy as u32) + i as u64;
                 let p = make_problem(d, dy, seed, device)?;
                 let post = Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone())?;
                 let reference = post.sample(cfg.samples, seed ^ 0xAAAA);
-                for (k, &m) in cfg.methods.iter().enumerate() {
+                for (k, row) in rows.iter().enumerate() {
                     let (sw, tv, secs) = score(
-                        m,
+                        row.method,
                         &p,
                         &post,
                         &reference,
-                        cfg,
+                        &row.cfg,
                         seed.wrapping_mul(31) + k as u64,
                         device,
                     )?;
@@ -305,18 +372,19 @@ pub fn run(
                     per[k].2.push(secs);
                 }
             }
-            for (k, &m) in cfg.methods.iter().enumerate() {
+            for (k, row) in rows.iter().enumerate() {
                 let (sw_mean, sw_ci95) = mean_ci95(&per[k].0);
                 let (tv_mean, tv_ci95) = mean_ci95(&per[k].1);
                 let r = Record {
                     d,
                     d_y: dy,
-                    method: m.name().to_string(),
+                    method: row.label.clone(),
                     sw_mean,
                     sw_ci95,
                     tv_mean,
                     tv_ci95,
                     seconds_per_problem: per[k].2.iter().sum::<f64>() / cfg.problems as f64,
+                    nfe: row.nfe,
                     problems: cfg.problems,
                     samples: cfg.samples,
                 };

@@ -46,6 +46,9 @@ pub struct GmmArgs {
     /// daps-exact, daps, dps].
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
+    /// Particle counts of daps-smc (comma-separated; one row each) [default: 4].
+    #[arg(long, value_delimiter = ',')]
+    pub particles: Option<Vec<usize>>,
     /// Write the records as a JSON array (rewritten after each completed row).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -110,7 +113,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
     }
     set!(problems <- a.problems, samples <- a.samples, annealing_steps <- a.steps, ode_steps <- a.ode_steps,
          mcmc_steps <- a.mcmc_steps, lr <- a.lr, lr_min_ratio <- a.lr_min_ratio,
-        sigma_max <- a.sigma_max, dps_zeta <- a.zeta);
+        sigma_max <- a.sigma_max, dps_zeta <- a.zeta, particles <- a.particles);
     if let Some(ms) = a.methods {
         cfg.methods = ms
             .iter()
@@ -129,8 +132,8 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
         cfg.annealing_steps * cfg.ode_steps, cfg.dps_zeta
     );
     println!(
-        "{:>5} {:>4}  {:<13} {:>20} {:>20} {:>12}",
-        "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "s/problem"
+        "{:>5} {:>4}  {:<13} {:>20} {:>20} {:>7} {:>12}",
+        "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "NFE", "s/problem"
     );
     let started = std::time::Instant::now();
     let mut done: Vec<Record> = Vec::new();
@@ -154,7 +157,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
         |r| {
             bar.suspend(|| {
                 println!(
-                    "{:>5} {:>4}  {:<13} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>12.3}",
+                    "{:>5} {:>4}  {:<13} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>7} {:>12.3}",
                     r.d,
                     r.d_y,
                     r.method,
@@ -162,6 +165,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
                     r.sw_ci95,
                     r.tv_mean,
                     r.tv_ci95,
+                    r.nfe,
                     r.seconds_per_problem
                 );
                 std::io::stdout().flush().ok();
@@ -213,12 +217,15 @@ pub fn toy2d(a: Toy2dArgs) -> Result<()> {
             cfg.repeats
         )
     })?;
-    println!("{:<8} {:>18} {:>10}", "method", "W1 (±95%)", "seconds");
+    println!("{:<13} {:>18} {:>10}", "method", "W1 (±95%)", "seconds");
     for r in rows {
-        println!(
-            "{:<8} {:>9.4} ± {:<6.4} {:>10.3}",
-            r.method, r.w1_mean, r.w1_ci95, r.seconds
-        );
+        match &r.skipped {
+            Some(why) => println!("{:<13} not run: {why}", r.method),
+            None => println!(
+                "{:<13} {:>9.4} ± {:<6.4} {:>10.3}",
+                r.method, r.w1_mean, r.w1_ci95, r.seconds
+            ),
+        }
     }
     Ok(())
 }

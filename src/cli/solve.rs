@@ -127,6 +127,9 @@ pub struct SolveArgs {
     pub lr_min_ratio: Option<f64>,
     #[arg(long)]
     pub tau: Option<f64>,
+    /// Particles per sample (daps-smc).
+    #[arg(long)]
+    pub particles: Option<usize>,
     /// Overrides any sampler setting, e.g. `--set momentum=0.5` (repeatable; TOML values).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -236,6 +239,8 @@ pub fn solve_method(task: &str, a: &SolveArgs) -> Result<Method> {
         (m, Some(name)) if m.name() == name => {}
         (Method::Daps(c), Some("daps-exact")) => c.x0_method = X0Method::Exact,
         (Method::Daps(c), Some("daps-gaussian")) => c.x0_method = X0Method::Gaussian,
+        // A sampler without presets of its own: its registered defaults.
+        (m, Some(name)) if a.preset.is_none() => *m = Method::from_name(name)?,
         (m, Some(name)) => bail!(
             "--method {name} does not match preset {budget}, which is a {} preset",
             m.name()
@@ -273,6 +278,9 @@ pub fn solve_method(task: &str, a: &SolveArgs) -> Result<Method> {
                 );
             }
         }
+    }
+    if let Some(k) = a.particles {
+        m = m.set("particles", &k.to_string())?;
     }
     for s in &a.set {
         let (k, v) = key_value(s)?;

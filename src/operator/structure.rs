@@ -93,7 +93,7 @@ pub struct CgSolution {
 }
 
 /// Per-chain ⟨a, b⟩ over all but dim 0, in f64 on the host.
-fn chain_dots(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
+pub(crate) fn chain_dots(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
     let n = a.dim(0)?;
     Ok((a * b)?
         .reshape((n, ()))?
@@ -103,7 +103,7 @@ fn chain_dots(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
 }
 
 /// Per-chain scalars as a `[B, 1, …, 1]` tensor like `like`.
-fn chain_scalars(s: &[f64], like: &Tensor) -> Result<Tensor> {
+pub(crate) fn chain_scalars(s: &[f64], like: &Tensor) -> Result<Tensor> {
     let mut shape = vec![1usize; like.rank()];
     shape[0] = s.len();
     Ok(Tensor::from_vec(s.to_vec(), shape, like.device())?.to_dtype(like.dtype())?)

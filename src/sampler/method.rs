@@ -7,6 +7,8 @@
 //! Result<Tensor>` and `impl Sampler` for the config; here, a `Method` variant, its line in
 //! [`dispatch!`] and a [`METHODS`] entry.
 
+use super::smc::{daps_smc, DapsSmcConfig};
+use super::tweedie::{daps_tweedie, DapsTweedieConfig};
 use super::{daps, dps, DapsConfig, DpsConfig, Observer, Problem, X0Method};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
@@ -51,6 +53,8 @@ pub trait Sampler: Serialize + DeserializeOwned {
 pub enum Method {
     Daps(DapsConfig),
     Dps(DpsConfig),
+    DapsTweedie(DapsTweedieConfig),
+    DapsSmc(DapsSmcConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -60,6 +64,8 @@ macro_rules! dispatch {
         match $m {
             Method::Daps($c) => $e,
             Method::Dps($c) => $e,
+            Method::DapsTweedie($c) => $e,
+            Method::DapsSmc($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -70,6 +76,14 @@ macro_rules! dispatch {
             }
             Method::Dps($c) => {
                 let $wrap = Method::Dps;
+                $e
+            }
+            Method::DapsTweedie($c) => {
+                let $wrap = Method::DapsTweedie;
+                $e
+            }
+            Method::DapsSmc($c) => {
+                let $wrap = Method::DapsSmc;
                 $e
             }
         }
@@ -88,7 +102,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 4] = [
+pub const METHODS: [MethodInfo; 6] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -118,6 +132,21 @@ pub const METHODS: [MethodInfo; 4] = [
                 ..DapsConfig::default()
             })
         },
+    },
+    MethodInfo {
+        name: "daps-tweedie",
+        summary: "DAPS with the Tweedie moments D(x_t), σ_t²·∂D/∂x as the x0 prior (Lanczos + CG \
+                  through denoiser VJPs; linear operators)",
+        reference:
+            "Zhang et al., CVPR 2025, Eq. 9; Tweedie covariance as in Boys et al. 2023 (TMPD)",
+        default: || Method::DapsTweedie(DapsTweedieConfig::default()),
+    },
+    MethodInfo {
+        name: "daps-smc",
+        summary: "K DAPS particles per measurement with importance weights and ESS resampling \
+                  (linear operators)",
+        reference: "DAPS decoupled chain; SMC as in DDSMC (2025), FPS (2024), MCGdiff (2024)",
+        default: || Method::DapsSmc(DapsSmcConfig::default()),
     },
     MethodInfo {
         name: "dps",
@@ -215,6 +244,89 @@ impl Sampler for DpsConfig {
     }
     fn optional_keys(&self) -> &'static [&'static str] {
         &["clip"]
+    }
+}
+
+impl Sampler for DapsTweedieConfig {
+    fn name(&self) -> &'static str {
+        "daps-tweedie"
+    }
+    fn nfe(&self) -> usize {
+        DapsTweedieConfig::nfe(self)
+    }
+    fn steps(&self) -> usize {
+        self.annealing_steps
+    }
+    fn validate(&self) -> Result<()> {
+        DapsTweedieConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        daps_tweedie(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} levels × (1 + {} Lanczos + ≤{} CG + 1) NFE, τ {}, σ {} → {}",
+            self.annealing_steps,
+            self.lanczos_steps,
+            self.cg_steps,
+            self.tau.map_or("σ_y".to_string(), |t| t.to_string()),
+            self.sigma_max,
+            self.sigma_min
+        )
+    }
+    fn optional_keys(&self) -> &'static [&'static str] {
+        &["tau"]
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::smc::linear_of(p, "daps-tweedie").map(|_| ())
+    }
+}
+
+impl Sampler for DapsSmcConfig {
+    fn name(&self) -> &'static str {
+        "daps-smc"
+    }
+    fn nfe(&self) -> usize {
+        DapsSmcConfig::nfe(self)
+    }
+    fn steps(&self) -> usize {
+        self.annealing_steps
+    }
+    fn validate(&self) -> Result<()> {
+        DapsSmcConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        daps_smc(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} particles × {} × {} NFE, resample at ESS < {}·K, τ {}, σ {} → {}",
+            self.particles,
+            self.annealing_steps,
+            self.ode_steps,
+            self.ess_threshold,
+            self.tau.map_or("σ_y".to_string(), |t| t.to_string()),
+            self.sigma_max,
+            self.sigma_min
+        )
+    }
+    fn optional_keys(&self) -> &'static [&'static str] {
+        &["tau"]
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::smc::linear_of(p, "daps-smc").map(|_| ())
     }
 }
 

@@ -8,6 +8,8 @@ pub mod heun;
 pub mod mcmc;
 pub mod method;
 pub mod ode;
+pub mod smc;
+pub mod tweedie;
 
 use crate::error::{Error, Result};
 use crate::operator::{Measurement, Operator};
@@ -71,4 +73,41 @@ pub fn mean_misfit(op: &dyn Operator, m: &Measurement, x: &Tensor) -> Result<f64
     let r = m.residual(op, x)?;
     let n = crate::operator::per_chain_sq_norm(&r)?.sqrt()?;
     Ok(n.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// The likelihood's σ of a sampler whose `tau` setting is optional: the setting, else the
+/// measurement's σ_y (the posterior it targets); an error naming `who` when that is not > 0.
+pub(crate) fn likelihood_tau(tau: Option<f64>, m: &Measurement, who: &str) -> Result<f64> {
+    let t = tau.unwrap_or(m.sigma_y);
+    if t.is_finite() && t > 0.0 {
+        Ok(t)
+    } else {
+        Err(Error::config(format!(
+            "{who} needs a likelihood σ > 0: the measurement's σ_y is {}; set tau",
+            m.sigma_y
+        )))
+    }
+}
+
+/// `y` (`[1, ...]` shared, or `[B, ...]` one per measurement) with each row repeated `k` times:
+/// `[B·k, ...]` for `b` measurements of `k` particles each, particle j of measurement i at i·k + j.
+pub(crate) fn repeat_rows(y: &Tensor, b: usize, k: usize) -> Result<Tensor> {
+    let rows = y.dim(0)?;
+    if rows != 1 && rows != b {
+        return Err(Error::config(format!(
+            "measurement has {rows} rows for {b} chains"
+        )));
+    }
+    let mut shape = y.dims().to_vec();
+    shape[0] = 1;
+    let inner = shape.clone();
+    shape[0] = b * k;
+    let y = if rows == 1 {
+        y.broadcast_as(shape)?
+    } else {
+        let mut grouped = vec![b, k];
+        grouped.extend_from_slice(&inner[1..]);
+        y.unsqueeze(1)?.broadcast_as(grouped)?.reshape(shape)?
+    };
+    Ok(y.contiguous()?)
 }

@@ -299,3 +299,37 @@ pub fn random_operator(
         "random weights".into(),
     )
 }
+
+/// Asserts that samples have the given mean and covariance within `k`·SE (+ `bias` on the
+/// covariance, relative), SE from the Gaussian formulae Var(m̂) = C/n, Var(Ĉ_ij) = (C_ii C_jj + C_ij²)/n.
+pub fn assert_moments(
+    s: &[f64],
+    d: usize,
+    mean: &nalgebra::DVector<f64>,
+    cov: &nalgebra::DMatrix<f64>,
+    k: f64,
+    bias: f64,
+    what: &str,
+) {
+    let n = (s.len() / d) as f64;
+    let (m, c) = moments(s, d);
+    for i in 0..d {
+        let se = (cov[(i, i)] / n).sqrt();
+        assert!(
+            (m[i] - mean[i]).abs() < k * se + bias * cov[(i, i)].sqrt(),
+            "{what}: mean[{i}] {} vs {} (SE {se})",
+            m[i],
+            mean[i]
+        );
+        for j in 0..d {
+            let se = ((cov[(i, i)] * cov[(j, j)] + cov[(i, j)].powi(2)) / n).sqrt();
+            let tol = k * se + bias * (cov[(i, i)] * cov[(j, j)]).sqrt();
+            assert!(
+                (c[i * d + j] - cov[(i, j)]).abs() < tol,
+                "{what}: cov[{i},{j}] {} vs {} (tol {tol})",
+                c[i * d + j],
+                cov[(i, j)]
+            );
+        }
+    }
+}
