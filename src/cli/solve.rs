@@ -508,11 +508,19 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         } else {
             format!("preset {}", a.preset.as_deref().unwrap_or(DEFAULT_BUDGET))
         };
-        eprintln!(
-            "likelihood: τ = {} from {from}; the measurement's σ_y = {} is not used by the x0 step \
-             (the official presets temper the likelihood with τ = 0.01; `--tau {}` uses σ_y)",
-            cfg.tau, mf.sigma_y, mf.sigma_y
-        );
+        if cfg.tau_rule == daps::sampler::TauRule::Measurement && mf.sigma_y > 0.0 {
+            eprintln!(
+                "likelihood: τ = σ_y = {} (tau_rule = measurement, from {from})",
+                mf.sigma_y
+            );
+        } else {
+            eprintln!(
+                "likelihood: τ = {} from {from}; the measurement's σ_y = {} is not used by the x0 \
+                 step (the official presets temper the likelihood with τ = 0.01; `--tau {}` or \
+                 `--set tau_rule=measurement` uses σ_y)",
+                cfg.tau, mf.sigma_y, mf.sigma_y
+            );
+        }
     }
     let steps = method.steps();
     let bar = ProgressBar::new(steps as u64).with_style(
