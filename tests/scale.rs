@@ -117,3 +117,46 @@ fn scale_is_one_unless_declared() {
         "{r:?} {r100:?}"
     );
 }
+
+#[test]
+fn presets_keep_the_official_absolute_tau_and_lr() {
+    use daps::sampler::{LrRule, TauRule};
+    use daps::task::preset::{preset, BUDGETS};
+    for task in daps::task::TASKS.iter().map(|t| t.name) {
+        for budget in BUDGETS.iter().filter(|b| b.starts_with("daps")) {
+            let c = preset(task, budget).unwrap();
+            assert_eq!(
+                (c.tau_rule, c.lr_rule),
+                (TauRule::Fixed, LrRule::Absolute),
+                "{task} {budget}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_naming_step_and_chain() {
+    // DPS with ζ far too large: finite values that leave the prior's range by orders of
+    // magnitude (the NaN guard alone would not fire for several steps).
+    let (gmm, op, meas) = problem(100.0);
+    let p = Problem {
+        prior: &gmm,
+        operator: &op,
+        measurement: &meas,
+    };
+    let m = Method::from_name("dps")
+        .unwrap()
+        .set("steps", "50")
+        .unwrap()
+        .set("zeta", "1e4")
+        .unwrap();
+    let e = m
+        .run(&p, &[3, D], &mut SeededNoise::new(1), &mut Silent)
+        .unwrap_err();
+    assert!(
+        matches!(e, daps::Error::Diverged { .. }),
+        "expected a divergence error, got {e}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("chain") && msg.contains("step"), "{msg}");
+}

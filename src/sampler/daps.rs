@@ -295,7 +295,7 @@ pub fn daps(
             (None, None) => unreachable!(),
         };
         check_finite(&x0, i, "x0 step")?;
-        let misfit = guard.check(&x0, i, "x0 step")?;
+        let misfit = guard.check(&x0, sigma, i, "x0 step")?;
         obs.on_step(&StepInfo {
             step: i,
             steps: n,

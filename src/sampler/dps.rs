@@ -136,7 +136,7 @@ pub fn dps(
         // ∇‖y − A(x̂0)‖ is dimensionless: the step is ζ·s.
         x = (next - g.affine(sc.len(cfg.zeta), 0.0)?)?.detach();
         check_finite(&x, k, "DPS step")?;
-        let misfit = guard.check(&x0d, k, "DPS x̂0")?;
+        let misfit = guard.check(&x0d, 0.0, k, "DPS x̂0")?;
         obs.on_step(&StepInfo {
             step: k,
             steps: n,

@@ -72,10 +72,11 @@ pub fn check_finite(t: &Tensor, step: usize, stage: &'static str) -> Result<()> 
 /// Catches a run that diverges with finite numbers. A chain has diverged when its misfit
 /// ‖A(x) − y‖ exceeds [`Divergence::FACTOR`] × max(its misfit at the first check, ‖y‖,
 /// σ_y·√dim y), or
-/// when some entry of x lies further than [`Divergence::FACTOR`] half-widths from the centre
-/// of the prior's declared data range: two orders of magnitude, which a sampler that works
-/// never reaches, while a diverging one passes it within a few steps (DPS with too large a ζ
-/// reaches ±200 on [−1, 1] images).
+/// when some entry of x lies further than [`Divergence::FACTOR`] × (half-width + `spread`)
+/// from the centre of the prior's declared data range, `spread` being the noise the sample may
+/// legitimately carry (DAPS: r_t, the x0 target's width where A sees nothing): two orders of
+/// magnitude, which a sampler that works never reaches, while a diverging one passes it within
+/// a few steps (DPS with too large a ζ reaches ±200 on [−1, 1] images).
 pub struct Divergence<'a> {
     p: Problem<'a>,
     scale: Scale,
@@ -93,8 +94,15 @@ impl<'a> Divergence<'a> {
         }
     }
 
-    /// Checks the chains of `x` (a sample in data units) at `step`; returns the mean misfit.
-    pub fn check(&mut self, x: &Tensor, step: usize, stage: &'static str) -> Result<f64> {
+    /// Checks the chains of `x` (a sample in data units, with noise of scale `spread`) at
+    /// `step`; returns the mean misfit.
+    pub fn check(
+        &mut self,
+        x: &Tensor,
+        spread: f64,
+        step: usize,
+        stage: &'static str,
+    ) -> Result<f64> {
         let (op, m) = (self.p.operator, self.p.measurement);
         let r = m.residual(op, x)?;
         let norms = crate::operator::per_chain_sq_norm(&r)?.sqrt()?;
@@ -131,7 +139,7 @@ impl<'a> Divergence<'a> {
             .max(1)?
             .to_dtype(DType::F64)?
             .to_vec1::<f64>()?;
-        let limit = Self::FACTOR * radius;
+        let limit = Self::FACTOR * (radius + spread);
         if let Some(chain) = far.iter().position(|&v| v > limit) {
             let (lo, hi) = self.scale.range;
             return Err(Error::Diverged {
@@ -139,7 +147,8 @@ impl<'a> Divergence<'a> {
                 chain,
                 stage,
                 what: format!(
-                    "|x − {c}| = {:.4e} > {limit:.4e}, {} × the half-width of the prior's data range [{lo}, {hi}]",
+                    "|x − {c}| = {:.4e} > {limit:.4e} = {} × (half-width of the prior's data \
+                     range [{lo}, {hi}] + noise level {spread:.4e})",
                     far[chain],
                     Self::FACTOR
                 ),
