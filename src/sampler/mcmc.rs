@@ -131,7 +131,7 @@ pub fn op_norm_sq(op: &dyn Operator, shape: &[usize], device: &Device) -> Result
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?
             .sqrt();
-        if !(nv > 0.0) {
+        if nv.is_nan() || nv <= 0.0 {
             break;
         }
         v = (v / nv)?;

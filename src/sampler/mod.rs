@@ -80,7 +80,8 @@ pub fn check_finite(t: &Tensor, step: usize, stage: &'static str) -> Result<()> 
 pub struct Divergence<'a> {
     p: Problem<'a>,
     scale: Scale,
-    start: Option<Vec<f64>>,
+    /// Each chain's misfit limit, set at the first check.
+    limits: Option<Vec<f64>>,
 }
 
 impl<'a> Divergence<'a> {
@@ -90,7 +91,7 @@ impl<'a> Divergence<'a> {
         Self {
             p: *p,
             scale,
-            start: None,
+            limits: None,
         }
     }
 
@@ -109,19 +110,22 @@ impl<'a> Divergence<'a> {
         // The same mean as [`mean_misfit`].
         let mean = norms.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let misfit = norms.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        let start = self.start.get_or_insert_with(|| misfit.clone());
-        let rows = m.y.dim(0)? as f64;
-        let y_sq =
-            m.y.sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?
-                / rows;
-        // The misfit of the truth: σ_y·√(entries of one y).
-        let noise_floor = m.sigma_y * (m.y.elem_count() as f64 / rows).sqrt();
-        let floor = y_sq.sqrt().max(noise_floor);
-        for (chain, (&now, &first)) in misfit.iter().zip(start.iter()).enumerate() {
-            let limit = Self::FACTOR * first.max(floor);
+        if self.limits.is_none() {
+            let rows = m.y.dim(0)? as f64;
+            let y_sq =
+                m.y.sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+                    / rows;
+            // The misfit of the truth: σ_y·√(entries of one y).
+            let noise_floor = m.sigma_y * (m.y.elem_count() as f64 / rows).sqrt();
+            let floor = y_sq.sqrt().max(noise_floor);
+            let limits = misfit.iter().map(|f| Self::FACTOR * f.max(floor));
+            self.limits = Some(limits.collect());
+        }
+        let limits = self.limits.as_deref().unwrap_or_default();
+        for (chain, (&now, &limit)) in misfit.iter().zip(limits).enumerate() {
             if now > limit {
                 return Err(Error::Diverged {
                     step,
