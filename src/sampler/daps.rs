@@ -227,15 +227,11 @@ pub fn daps(
         TauRule::Measurement if sy > 0.0 => sy,
         _ => sc.len(cfg.tau),
     };
-    let data_factor = match cfg.data_gradient {
-        DataGradient::Paper => 1.0,
-        DataGradient::Doubled => 2.0,
-    };
     let stiffness = match (cfg.lr_rule, cfg.x0_method) {
         (LrRule::Stable, X0Method::Langevin | X0Method::Hmc | X0Method::Mh) => {
             let mut one = x_shape.to_vec();
             one[0] = 1;
-            data_factor * mcmc::op_norm_sq(p.operator, &one, &device)? / (tau * tau)
+            cfg.data_gradient.factor() * mcmc::op_norm_sq(p.operator, &one, &device)? / (tau * tau)
         }
         _ => 0.0,
     };

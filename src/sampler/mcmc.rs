@@ -47,12 +47,19 @@ pub struct Target<'a> {
     pub prior_term: PriorTerm,
 }
 
-impl Target<'_> {
-    pub(crate) fn data_factor(&self) -> f64 {
-        match self.data_gradient {
+impl DataGradient {
+    /// c in the data term's gradient c·Jᵀr/τ².
+    pub fn factor(self) -> f64 {
+        match self {
             DataGradient::Paper => 1.0,
             DataGradient::Doubled => 2.0,
         }
+    }
+}
+
+impl Target<'_> {
+    pub(crate) fn data_factor(&self) -> f64 {
+        self.data_gradient.factor()
     }
 
     /// ∇ log target at x.

@@ -174,7 +174,7 @@ impl Sampler for DapsConfig {
     }
     fn describe(&self) -> String {
         format!(
-            "{} × {} NFE, {:?} {} steps, lr {:e} ({:?}), lr_min_ratio {}, τ {} ({:?}), σ {} → {}",
+            "{} × {} NFE, {:?} {} steps, lr {:e} ({:?}), lr_min_ratio {}, τ {}, σ {} → {}",
             self.annealing_steps,
             self.ode_steps,
             self.x0_method,
@@ -182,8 +182,10 @@ impl Sampler for DapsConfig {
             self.lr,
             self.lr_rule,
             self.lr_min_ratio,
-            self.tau,
-            self.tau_rule,
+            match self.tau_rule {
+                super::TauRule::Fixed => self.tau.to_string(),
+                super::TauRule::Measurement => format!("σ_y (else {})", self.tau),
+            },
             self.sigma_max,
             self.sigma_min
         )
