@@ -9,7 +9,7 @@
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 use daps::data::mnist_range;
-use daps::metric::image::{psnr, to_unit};
+use daps::metric::image::{psnr, to_unit, IMAGE_RANGE};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
 use daps::prior::load_host as load_host_prior;
@@ -56,7 +56,11 @@ impl Observer for Trace<'_> {
         let report = || -> Result<()> {
             let (hat_in, hat_wrong) = stats(s.x0hat.expect("DAPS gives x̂0"), self.y)?;
             let (x0_in, x0_wrong) = stats(s.x0, self.y)?;
-            let p = psnr(&to_unit(s.x0)?, &to_unit(self.truth)?)?;
+            let p = psnr(
+                &to_unit(s.x0, IMAGE_RANGE)?,
+                &to_unit(self.truth, IMAGE_RANGE)?,
+                1.0,
+            )?;
             let mean_psnr = p.iter().sum::<f64>() / p.len() as f64;
             println!(
                 "{:4} {:9.3} {:10.3} {:10.3} {:10.3} {:10.3} {:8.2}",
@@ -116,7 +120,11 @@ fn main() -> Result<()> {
     };
     let out = method.run(&problem, &shape, &mut noise, &mut trace)?;
     let (_, wrong) = stats(&out, &m.y)?;
-    let p = psnr(&to_unit(&out)?, &to_unit(&truth)?)?;
+    let p = psnr(
+        &to_unit(&out, IMAGE_RANGE)?,
+        &to_unit(&truth, IMAGE_RANGE)?,
+        1.0,
+    )?;
     println!(
         "output: PSNR {:.2}; {wrong:.4} of pixels saturated against y, carrying {:.3} of the \
          squared error",

@@ -359,9 +359,15 @@ pub fn load_image_folder(dir: &Path, size: usize, channels: Option<usize>) -> Re
     })
 }
 
-/// A grid of `x` `[N, C, H, W]` (C = 1 or 3, values in [-1, 1], clamped) with `ncols` columns
-/// (default ⌈√N⌉) and 2-pixel white gaps.
-pub fn grid_image(x: &Tensor, ncols: Option<usize>) -> Result<DynamicImage> {
+/// A grid of `x` `[N, C, H, W]` (C = 1 or 3) with `ncols` columns (default ⌈√N⌉) and 2-pixel
+/// white gaps, each image shown over `range` (clipped to it) or, for `None`, over its own
+/// robust limits ([`crate::metric::image::robust_range`]).
+pub fn grid_image(
+    x: &Tensor,
+    ncols: Option<usize>,
+    range: Option<(f64, f64)>,
+) -> Result<DynamicImage> {
+    use crate::metric::image::{to_unit, to_unit_robust};
     let (n, c, h, w) = x.dims4()?;
     if n == 0 || (c != 1 && c != 3) {
         return Err(Error::config(format!(
@@ -375,11 +381,12 @@ pub fn grid_image(x: &Tensor, ncols: Option<usize>) -> Result<DynamicImage> {
     let rows = n.div_ceil(cols);
     let gap = 2;
     let (gw, gh) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
-    let v: Vec<f32> = x
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
+    let x = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    let unit = match range {
+        Some(r) => to_unit(&x, r)?,
+        None => to_unit_robust(&x)?,
+    };
+    let v: Vec<f32> = unit.flatten_all()?.to_vec1()?;
     let mut buf = vec![255u8; gw * gh * c];
     for i in 0..n {
         let (ox, oy) = (gap + (i % cols) * (w + gap), gap + (i / cols) * (h + gap));
@@ -387,8 +394,8 @@ pub fn grid_image(x: &Tensor, ncols: Option<usize>) -> Result<DynamicImage> {
             for y in 0..h {
                 for xx in 0..w {
                     let val = v[((i * c + ch) * h + y) * w + xx];
-                    let val = if val.is_finite() { val } else { 0.0 };
-                    let b = ((val.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+                    let val = if val.is_finite() { val } else { 0.5 };
+                    let b = (val.clamp(0.0, 1.0) * 255.0).round() as u8;
                     buf[((oy + y) * gw + ox + xx) * c + ch] = b;
                 }
             }
@@ -404,9 +411,14 @@ pub fn grid_image(x: &Tensor, ncols: Option<usize>) -> Result<DynamicImage> {
 }
 
 /// Saves [`grid_image`] as a PNG (atomically, creating missing folders).
-pub fn save_grid(x: &Tensor, ncols: Option<usize>, path: impl AsRef<Path>) -> Result<()> {
+pub fn save_grid(
+    x: &Tensor,
+    ncols: Option<usize>,
+    range: Option<(f64, f64)>,
+    path: impl AsRef<Path>,
+) -> Result<()> {
     let path = path.as_ref();
-    let img = grid_image(x, ncols)?;
+    let img = grid_image(x, ncols, range)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     }

@@ -14,6 +14,14 @@ pub enum Error {
         stage: &'static str,
     },
 
+    #[error("diverged in chain {chain} at step {step} ({stage}): {what}")]
+    Diverged {
+        step: usize,
+        chain: usize,
+        stage: &'static str,
+        what: String,
+    },
+
     #[error("shape mismatch in {what}: expected {expected:?}, got {got:?}")]
     Shape {
         what: String,

@@ -12,7 +12,7 @@
 //! folder, synced, then renamed over the target, so a failed write leaves the old file intact.
 
 use crate::error::{Error, Result};
-use crate::metric::image::to_unit;
+use crate::metric::image::{to_unit, IMAGE_RANGE};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -93,7 +93,7 @@ pub fn read_image(path: &Path) -> Result<Tensor> {
 pub fn read_complex_image(path: &Path) -> Result<Tensor> {
     let x = read_image(path)?;
     let (_, c, h, w) = x.dims4()?;
-    let unit = to_unit(&x)?;
+    let unit = to_unit(&x, IMAGE_RANGE)?;
     let v = if c == 3 {
         let [r, g, b] = [0, 1, 2].map(|i| unit.narrow(1, i, 1));
         ((r? * 0.299)? + (g? * 0.587)? + (b? * 0.114)?)?
@@ -124,13 +124,13 @@ pub fn magnitude(x: &Tensor) -> Result<Tensor> {
     Ok(x.sqr()?.sum_keepdim(1)?.sqrt()?.reshape((n, 1, h, w))?)
 }
 
-/// Viewable [0, 1] images of DAPS samples `[N, C, H, W]`: the clipped magnitude for complex
-/// tasks, else [−1, 1] → [0, 1].
-pub fn display(x: &Tensor, complex: bool) -> Result<Tensor> {
+/// Viewable [0, 1] images of samples `[N, C, H, W]` whose data range is `range`: the clipped
+/// magnitude for complex tasks (range (0, hi) of the magnitude), else `range` → [0, 1].
+pub fn display(x: &Tensor, complex: bool, range: (f64, f64)) -> Result<Tensor> {
     if complex {
-        Ok(magnitude(x)?.clamp(0.0, 1.0)?)
+        to_unit(&magnitude(x)?, (0.0, range.1.abs().max(range.0.abs())))
     } else {
-        Ok(to_unit(x)?)
+        to_unit(x, range)
     }
 }
 
@@ -166,9 +166,9 @@ pub fn write_unit_image(x: &Tensor, path: &Path) -> Result<()> {
     save_image(&img.expect("buffer size matches"), path)
 }
 
-/// Writes a DAPS image (values in [−1, 1], clipped).
-pub fn write_image(x: &Tensor, path: &Path) -> Result<()> {
-    write_unit_image(&to_unit(x)?, path)
+/// Writes an image whose values span `range` (clipped to it).
+pub fn write_image(x: &Tensor, range: (f64, f64), path: &Path) -> Result<()> {
+    write_unit_image(&to_unit(x, range)?, path)
 }
 
 /// ln(|y| + 10⁻³) of Fourier magnitudes `[N, C, H, W]`, scaled to [0, 1] per image and channel.

@@ -11,7 +11,7 @@ use common::{daps, s, tmp_dir};
 fn digit_and_measurement(dir: &Path) -> (PathBuf, PathBuf) {
     let digit = daps::data::mnist_range(9000..9001).unwrap();
     let png = dir.join("digit.png");
-    daps::io::write_image(digit.images(), &png).unwrap();
+    daps::io::write_image(digit.images(), (-1.0, 1.0), &png).unwrap();
     let y = dir.join("y.safetensors");
     let out = daps(&[
         "measure",

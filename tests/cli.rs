@@ -109,7 +109,7 @@ fn solve_runs_dps_by_name() {
     std::fs::create_dir_all(&dir).unwrap();
     let digit = daps::data::mnist_range(9000..9001).unwrap();
     let png = dir.join("digit.png");
-    daps::io::write_image(digit.images(), &png).unwrap();
+    daps::io::write_image(digit.images(), (-1.0, 1.0), &png).unwrap();
     let y = dir.join("y.safetensors");
     let out = daps()
         .args(["measure", "--task", "sr4", "--input"])

@@ -207,7 +207,7 @@ fn measure_and_solve_a_held_out_digit_with_the_default_prior() {
     let held = daps::prior::default::HELD_OUT;
     let x = daps::data::mnist_range(held.start..held.start + 1).unwrap();
     let png = dir.join("digit.png");
-    daps::io::write_image(x.images(), &png).unwrap();
+    daps::io::write_image(x.images(), (-1.0, 1.0), &png).unwrap();
     for task in daps::task::demo_tasks() {
         let (y, out) = (
             dir.join(format!("{task}.safetensors")),

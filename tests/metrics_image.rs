@@ -4,7 +4,7 @@
 //! values differ from float64 by at most 5e-7 dB (PSNR) and 3e-6 (SSIM).
 
 use candle_core::{DType, Device, Tensor};
-use daps::metric::image::{psnr, ssim, to_unit};
+use daps::metric::image::{psnr, ssim, to_unit, to_unit_robust};
 use daps::Error;
 
 mod common;
@@ -34,7 +34,7 @@ fn assert_all_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
 #[test]
 fn psnr_matches_piq() {
     let (clean, distorted) = pairs();
-    let got = psnr(&clean, &distorted).unwrap();
+    let got = psnr(&clean, &distorted, 1.0).unwrap();
     assert_all_close(&got, &expected("psnr"), 1e-4, "psnr");
     assert_all_close(
         &got,
@@ -47,7 +47,7 @@ fn psnr_matches_piq() {
 #[test]
 fn ssim_matches_piq() {
     let (clean, distorted) = pairs();
-    let got = ssim(&clean, &distorted).unwrap();
+    let got = ssim(&clean, &distorted, 1.0).unwrap();
     assert_all_close(&got, &expected("ssim"), 1e-5, "ssim");
     assert_all_close(
         &got,
@@ -60,10 +60,10 @@ fn ssim_matches_piq() {
 #[test]
 fn identical_images() {
     let (clean, _) = pairs();
-    for v in ssim(&clean, &clean).unwrap() {
+    for v in ssim(&clean, &clean, 1.0).unwrap() {
         assert!((v - 1.0).abs() < 1e-12);
     }
-    for v in psnr(&clean, &clean).unwrap() {
+    for v in psnr(&clean, &clean, 1.0).unwrap() {
         assert!((v - 80.0).abs() < 1e-9);
     }
 }
@@ -74,15 +74,16 @@ fn ssim_downsamples_large_images() {
     let (clean, distorted) = pairs();
     let up = |t: &Tensor| t.upsample_nearest2d(384, 384).unwrap();
     let pooled = |t: &Tensor| up(t).avg_pool2d(2).unwrap();
-    let big = ssim(&up(&clean), &up(&distorted)).unwrap();
-    let small = ssim(&pooled(&clean), &pooled(&distorted)).unwrap();
+    let big = ssim(&up(&clean), &up(&distorted), 1.0).unwrap();
+    let small = ssim(&pooled(&clean), &pooled(&distorted), 1.0).unwrap();
     assert_all_close(&big, &small, 1e-12, "pooled ssim");
     // 320 ⇒ round(1.25) = 1: no pooling (differs from the pooled value).
     let up = |t: &Tensor| t.upsample_nearest2d(320, 320).unwrap();
-    let direct = ssim(&up(&clean), &up(&distorted)).unwrap();
+    let direct = ssim(&up(&clean), &up(&distorted), 1.0).unwrap();
     let pooled = ssim(
         &up(&clean).avg_pool2d(2).unwrap(),
         &up(&distorted).avg_pool2d(2).unwrap(),
+        1.0,
     )
     .unwrap();
     assert!((direct[0] - pooled[0]).abs() > 1e-4);
@@ -91,18 +92,53 @@ fn ssim_downsamples_large_images() {
 #[test]
 fn to_unit_maps_and_clips() {
     let x = Tensor::new(&[-1.5f32, -1.0, 0.0, 0.5, 1.0, 2.0], &Device::Cpu).unwrap();
-    let y = to_unit(&x).unwrap().to_vec1::<f32>().unwrap();
+    let y = to_unit(&x, (-1.0, 1.0)).unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(y, vec![0.0, 0.0, 0.5, 0.75, 1.0, 1.0]);
+    let y = to_unit(&x, (-0.5, 1.5)).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(y, vec![0.0, 0.0, 0.25, 0.5, 0.75, 1.0]);
+    assert!(to_unit(&x, (1.0, 1.0)).is_err());
+}
+
+#[test]
+fn metrics_follow_the_data_range() {
+    // The same pair in units c times larger, scored with range c: the same PSNR and SSIM.
+    let (clean, distorted) = pairs();
+    let (p1, s1) = (
+        psnr(&distorted, &clean, 1.0).unwrap(),
+        ssim(&distorted, &clean, 1.0).unwrap(),
+    );
+    for c in [0.01, 250.0] {
+        let (a, b) = (
+            distorted.affine(c, 0.0).unwrap(),
+            clean.affine(c, 0.0).unwrap(),
+        );
+        let (pc, sc) = (psnr(&a, &b, c).unwrap(), ssim(&a, &b, c).unwrap());
+        for i in 0..p1.len() {
+            assert!(
+                (pc[i] - p1[i]).abs() < 1e-6 * p1[i].abs(),
+                "{c}: {pc:?} {p1:?}"
+            );
+            // The scaled f32 inputs are rounded (relative 6e-8): SSIM moves by ~1e-7.
+            assert!((sc[i] - s1[i]).abs() < 1e-6, "{c}: {sc:?} {s1:?}");
+        }
+    }
+    // Values up to 8.4 are not wiped out by a [−1, 1] clamp: robust limits per image.
+    let x = Tensor::new(&[[-0.25f32, 2.0, 5.0, 8.4]], &Device::Cpu).unwrap();
+    let u = to_unit_robust(&x).unwrap().to_vec2::<f32>().unwrap();
+    assert!(
+        u[0][0] == 0.0 && u[0][3] == 1.0 && u[0][1] > 0.0 && u[0][2] < 1.0,
+        "{u:?}"
+    );
 }
 
 #[test]
 fn metric_shape_errors() {
     let a = Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
     let b = Tensor::zeros((1, 3, 16, 15), DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(psnr(&a, &b), Err(Error::Shape { .. })));
-    assert!(matches!(ssim(&a, &b), Err(Error::Shape { .. })));
+    assert!(matches!(psnr(&a, &b, 1.0), Err(Error::Shape { .. })));
+    assert!(matches!(ssim(&a, &b, 1.0), Err(Error::Shape { .. })));
     let flat = Tensor::zeros((3, 16, 16), DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(psnr(&flat, &flat), Err(Error::Shape { .. })));
+    assert!(matches!(psnr(&flat, &flat, 1.0), Err(Error::Shape { .. })));
     let tiny = Tensor::zeros((1, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(ssim(&tiny, &tiny), Err(Error::Config(_))));
+    assert!(matches!(ssim(&tiny, &tiny, 1.0), Err(Error::Config(_))));
 }

@@ -164,7 +164,7 @@ fn solve_gives_the_same_bits_with_any_threads() {
     let dir = tmp_dir("parallel", "solve");
     let digit = daps::data::mnist_range(9000..9001).unwrap();
     let png = dir.join("digit.png");
-    daps::io::write_image(digit.images(), &png).unwrap();
+    daps::io::write_image(digit.images(), (-1.0, 1.0), &png).unwrap();
     let bin = env!("CARGO_BIN_EXE_daps");
     let ok = |out: std::process::Output| {
         assert!(

@@ -359,7 +359,7 @@ fn checkpoint_loads_as_prior_and_denoises() {
     )
     .unwrap();
     assert!(vec32(&s).iter().all(|v| v.is_finite()));
-    save_grid(&s, None, dir.join("g.png")).unwrap();
+    save_grid(&s, None, Some((-1.0, 1.0)), dir.join("g.png")).unwrap();
     let img = image::open(dir.join("g.png")).unwrap();
     assert_eq!((img.width(), img.height()), (2 * 10 + 2, 2 * 10 + 2));
     std::fs::remove_dir_all(&dir).ok();

@@ -75,6 +75,8 @@ pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampl
             lr_min_ratio: cfg.lr_min_ratio,
             sigma_max: cfg.sigma_max,
             tau,
+            tau_rule: sampler::TauRule::Fixed,
+            lr_rule: sampler::LrRule::Absolute,
             ..c
         }),
         sampler::Method::Dps(_) => sampler::Method::Dps(DpsConfig {

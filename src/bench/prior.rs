@@ -24,7 +24,7 @@ pub struct DenoiseRow {
     pub sigma: f64,
     /// √(mean (D(x + σε, σ) − x)²) over all pixels, in [−1, 1] units.
     pub rmse: f64,
-    /// Mean PSNR (dB, on [0, 1]) of the denoised images.
+    /// Mean PSNR (dB) of the denoised images, clipped to the prior's data range.
     pub psnr: f64,
     /// The same RMSE for the best constant guess (the mean image): D must beat it at large σ.
     pub rmse_mean_image: f64,
@@ -40,6 +40,7 @@ pub fn denoising_error(
     seed: u64,
 ) -> Result<Vec<DenoiseRow>> {
     let n = x.dim(0)?;
+    let range = prior.data_range();
     let mean_img = x.mean_keepdim(0)?;
     let rmse_mean = x
         .broadcast_sub(&mean_img)?
@@ -58,7 +59,9 @@ pub fn denoising_error(
             let noisy = (&xb + (e * sigma)?)?.to_device(prior.device())?;
             let d = prior.denoise(&noisy, sigma)?.to_device(xb.device())?;
             sq += (&d - &xb)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            ps += psnr(&to_unit(&d)?, &to_unit(&xb)?)?.iter().sum::<f64>();
+            ps += psnr(&to_unit(&d, range)?, &to_unit(&xb, range)?, 1.0)?
+                .iter()
+                .sum::<f64>();
         }
         rows.push(DenoiseRow {
             sigma,

@@ -13,7 +13,7 @@ use candle_core::{IndexOp, Tensor};
 use clap::Args;
 use daps::data::mnist_range;
 use daps::eval::name_hash;
-use daps::metric::image::{psnr, ssim, to_unit};
+use daps::metric::image::{psnr, ssim, to_unit, IMAGE_RANGE};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
 use daps::prior::load_host as load_host_prior;
@@ -185,10 +185,11 @@ pub(super) fn preview(task: &Task, y: &Tensor) -> Result<Tensor> {
     Ok(u.narrow(2, t, h.min(hh))?.narrow(3, l, w.min(ww))?)
 }
 
-/// Per-digit (PSNR, SSIM) of `x` against `truth`, both in [−1, 1].
+/// Per-digit (PSNR, SSIM) of `x` against `truth`, both clipped to the digits' range [−1, 1]
+/// and scored on [0, 1] (as DAPS does).
 fn score(x: &Tensor, truth: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
-    let (u, t) = (to_unit(x)?, to_unit(truth)?);
-    Ok((psnr(&u, &t)?, ssim(&u, &t)?))
+    let (u, t) = (to_unit(x, IMAGE_RANGE)?, to_unit(truth, IMAGE_RANGE)?);
+    Ok((psnr(&u, &t, 1.0)?, ssim(&u, &t, 1.0)?))
 }
 
 /// Best of `runs` restorations `[runs·N, ...]` (run-major) per digit: the images with the best
@@ -343,7 +344,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         };
         let mut row = GridRow {
             task: name.clone(),
-            truth: to_unit(&truth.narrow(0, 0, shown)?)?,
+            truth: to_unit(&truth.narrow(0, 0, shown)?, IMAGE_RANGE)?,
             measured: preview(task, &y.narrow(0, 0, shown)?)?,
             restored: Vec::new(),
         };
@@ -372,7 +373,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
                 rec.seconds
             );
             row.restored.push((
-                to_unit(&x.narrow(0, 0, shown)?)?,
+                to_unit(&x.narrow(0, 0, shown)?, IMAGE_RANGE)?,
                 rec.psnr[..shown].to_vec(),
                 rec.ssim[..shown].to_vec(),
             ));

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use clap::Args;
 use daps::eval::{EvalRecord, EvalSettings, Job, RunDir, Shard};
 use daps::io::{write_image, write_unit_image};
-use daps::metric::image::{psnr, ssim, to_unit};
+use daps::metric::image::{psnr, ssim, to_unit, IMAGE_RANGE};
 use daps::metric::lpips::Lpips;
 use daps::noise::SeededNoise;
 use daps::operator::{per_chain_sq_norm, Measurement, Operator};
@@ -391,7 +391,7 @@ fn measurement(
     let tp = run.truth(id);
     if !tp.exists() {
         daps::eval::ensure_parent(&tp)?;
-        write_image(&x, &tp)?;
+        write_image(&x, IMAGE_RANGE, &tp)?;
     }
     Ok(mf.y)
 }
@@ -434,8 +434,9 @@ fn run_job(
     )?;
     let seconds = t0.elapsed().as_secs_f64() / n as f64;
     let gt = truth.narrow(0, job.images.start, n)?;
-    let (u, gu) = (to_unit(&x)?, to_unit(&gt)?);
-    let (p, q) = (psnr(&u, &gu)?, ssim(&u, &gu)?);
+    // Images are in [−1, 1] (loaded from PNG/JPEG or the built-in digits); metrics on [0, 1].
+    let (u, gu) = (to_unit(&x, IMAGE_RANGE)?, to_unit(&gt, IMAGE_RANGE)?);
+    let (p, q) = (psnr(&u, &gu, 1.0)?, ssim(&u, &gu, 1.0)?);
     let l = lpips.map(|l| l.distance(&u, &gu)).transpose()?;
     let r = m.residual(task, &x)?;
     let per_entry = (r.elem_count() / n) as f64;
@@ -445,7 +446,7 @@ fn run_job(
         let id = &s.images[i];
         let img = run.image(&job.task, &job.method, id, job.run);
         daps::eval::ensure_parent(&img)?;
-        write_image(&x.narrow(0, k, 1)?, &img)?;
+        write_image(&x.narrow(0, k, 1)?, IMAGE_RANGE, &img)?;
         recs.push(EvalRecord {
             image: id.clone(),
             index: i,

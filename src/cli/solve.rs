@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use daps::io::{display, read_complex_image, read_image, read_task_image, write_unit_image};
-use daps::metric::image::{psnr, ssim};
+use daps::metric::image::{psnr, ssim, IMAGE_RANGE};
 use daps::metric::lpips::Lpips;
 use daps::noise::SeededNoise;
 use daps::operator::{per_chain_sq_norm, Operator};
@@ -317,7 +317,10 @@ impl Progress {
             return Ok(());
         }
         let frame = |x: &Tensor, p: PathBuf| -> Result<()> {
-            Ok(write_unit_image(&strip(&display(x, self.complex)?)?, &p)?)
+            Ok(write_unit_image(
+                &strip(&display(x, self.complex, IMAGE_RANGE)?)?,
+                &p,
+            )?)
         };
         if let Some(h) = s.x0hat {
             frame(h, dir.join(format!("x0hat_{:04}.png", s.step)))?;
@@ -376,7 +379,9 @@ fn output_path(out: &Path, label: Option<&str>) -> PathBuf {
 /// written as their magnitude (the mean is the mean complex image's magnitude).
 fn write_samples(x: &Tensor, out: &Path, complex: bool) -> Result<Vec<PathBuf>> {
     let n = x.dim(0)?;
-    let write = |x: &Tensor, p: &Path| write_unit_image(&display(&x.unsqueeze(0)?, complex)?, p);
+    let write = |x: &Tensor, p: &Path| {
+        write_unit_image(&display(&x.unsqueeze(0)?, complex, IMAGE_RANGE)?, p)
+    };
     if n == 1 {
         write(&x.get(0)?, out)?;
         return Ok(vec![out.to_path_buf()]);
@@ -516,11 +521,19 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         } else {
             format!("preset {}", a.preset.as_deref().unwrap_or(DEFAULT_BUDGET))
         };
-        eprintln!(
-            "likelihood: τ = {} from {from}; the measurement's σ_y = {} is not used by the x0 step \
-             (the official presets temper the likelihood with τ = 0.01; `--tau {}` uses σ_y)",
-            cfg.tau, mf.sigma_y, mf.sigma_y
-        );
+        if cfg.tau_rule == daps::sampler::TauRule::Measurement && mf.sigma_y > 0.0 {
+            eprintln!(
+                "likelihood: τ = σ_y = {} (tau_rule = measurement, from {from})",
+                mf.sigma_y
+            );
+        } else {
+            eprintln!(
+                "likelihood: τ = {} from {from}; the measurement's σ_y = {} is not used by the x0 \
+                 step (the official presets temper the likelihood with τ = 0.01; `--tau {}` or \
+                 `--set tau_rule=measurement` uses σ_y)",
+                cfg.tau, mf.sigma_y, mf.sigma_y
+            );
+        }
     }
     let steps = method.steps();
     let bar = ProgressBar::new(steps as u64).with_style(
@@ -618,11 +631,12 @@ fn print_metrics(
     };
     let mut rows = Vec::with_capacity(n + 1);
     let complex = mf.task.is_complex();
-    let gt_unit = display(gt, complex)?;
+    // The tasks' images span IMAGE_RANGE; scored on [0, 1] as DAPS does.
+    let gt_unit = display(gt, complex, IMAGE_RANGE)?;
     let score = |img: &Tensor| -> Result<(f64, Option<f64>, Option<f64>)> {
-        let u = display(img, complex)?;
-        let p = psnr(&u, &gt_unit)?[0];
-        let s = ssim(&u, &gt_unit).ok().map(|v| v[0]);
+        let u = display(img, complex, IMAGE_RANGE)?;
+        let p = psnr(&u, &gt_unit, 1.0)?[0];
+        let s = ssim(&u, &gt_unit, 1.0).ok().map(|v| v[0]);
         let l = lpips.map(|l| l.distance(&u, &gt_unit)).transpose()?;
         Ok((p, s, l.map(|v| v[0])))
     };

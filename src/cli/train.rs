@@ -380,7 +380,8 @@ pub fn checkpoint(trainer: &Trainer, out: &Path) -> Result<Option<PathBuf>> {
     }
     let x = trainer.ema_samples()?;
     let path = out.join(format!("samples-step{:07}.png", trainer.steps_done()));
-    save_grid(&x, None, &path)?;
+    // Training data (image folders, MNIST) are read into [−1, 1].
+    save_grid(&x, None, Some(daps::metric::image::IMAGE_RANGE), &path)?;
     Ok(Some(path))
 }
 
@@ -434,7 +435,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         left -= b;
     }
     let x = candle_core::Tensor::cat(&parts, 0)?;
-    save_grid(&x, a.cols, &a.out)?;
+    save_grid(&x, a.cols, Some(prior.data_range()), &a.out)?;
     println!(
         "wrote {} in {:.1} s",
         a.out.display(),

@@ -1,14 +1,69 @@
-//! Full-reference image metrics as DAPS evaluates them (piq 0.8, data range 1).
+//! Full-reference image metrics as DAPS evaluates them (piq 0.8), for any data range.
 //!
-//! Inputs are `[B, C, H, W]` tensors in [0, 1]; each metric returns one value per image,
-//! computed in f64.
+//! Inputs are `[B, C, H, W]` tensors whose values span `range` (hi − lo: 1 for [0, 1] images,
+//! as DAPS scores them after [`to_unit`]); each metric returns one value per image, in f64.
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
-/// Maps DAPS images in [−1, 1] to [0, 1], clipped.
-pub fn to_unit(x: &Tensor) -> Result<Tensor> {
-    Ok(x.affine(0.5, 0.5)?.clamp(0.0, 1.0)?)
+/// The data range of the image tasks, PNG files and the built-in prior.
+pub const IMAGE_RANGE: (f64, f64) = (-1.0, 1.0);
+
+/// Maps values in `range` (lo, hi) to [0, 1], clipped.
+pub fn to_unit(x: &Tensor, range: (f64, f64)) -> Result<Tensor> {
+    let (lo, hi) = range;
+    if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+        return Err(Error::config(format!(
+            "display range must be finite with lo < hi, got ({lo}, {hi})"
+        )));
+    }
+    let k = 1.0 / (hi - lo);
+    Ok(x.affine(k, -lo * k)?.clamp(0.0, 1.0)?)
+}
+
+/// Robust limits of each image of `x` `[B, ...]`: its 0.5th and 99.5th percentiles (widened to
+/// a nonzero span), for viewing data without a declared range.
+pub fn robust_range(x: &Tensor) -> Result<Vec<(f64, f64)>> {
+    let b = x.dim(0)?;
+    let v = x
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .reshape((b, ()))?
+        .to_vec2::<f64>()?;
+    Ok(v.into_iter()
+        .map(|mut row| {
+            row.retain(|v| v.is_finite());
+            if row.is_empty() {
+                return (0.0, 1.0);
+            }
+            row.sort_by(f64::total_cmp);
+            let at = |q: f64| row[((row.len() - 1) as f64 * q).round() as usize];
+            let (lo, hi) = (at(0.005), at(0.995));
+            let pad = if hi > lo { 0.0 } else { lo.abs().max(1e-12) };
+            (lo - pad, hi + pad)
+        })
+        .collect())
+}
+
+/// Each image of `x` mapped to [0, 1] by its own [`robust_range`].
+pub fn to_unit_robust(x: &Tensor) -> Result<Tensor> {
+    let parts = robust_range(x)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| to_unit(&x.narrow(0, i, 1)?, r))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// `range` as a positive finite span, or an error naming the metric.
+fn span(range: f64, what: &str) -> Result<f64> {
+    if range.is_finite() && range > 0.0 {
+        Ok(range)
+    } else {
+        Err(Error::config(format!(
+            "{what}: data range must be finite and > 0, got {range}"
+        )))
+    }
 }
 
 /// Both images as f64 data, with their shape (B, C, H, W).
@@ -28,28 +83,33 @@ fn pair(a: &Tensor, b: &Tensor, what: &str) -> Result<(Vec<f64>, Vec<f64>, [usiz
     Ok((data(a)?, data(b)?, [n, c, h, w]))
 }
 
-/// PSNR in dB per image: −10·log10(MSE + 1e-8), MSE over C·H·W (piq `psnr`).
-pub fn psnr(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
+/// PSNR in dB per image of `a` against the reference `b` with data range `range` (hi − lo):
+/// −10·log10(MSE/range² + 1e-8), MSE over C·H·W (piq `psnr`).
+pub fn psnr(a: &Tensor, b: &Tensor, range: f64) -> Result<Vec<f64>> {
+    let r2 = span(range, "psnr")?.powi(2);
     let (x, y, [n, ..]) = pair(a, b, "psnr")?;
     let per = x.len() / n.max(1);
     Ok(x.chunks(per)
         .zip(y.chunks(per))
         .map(|(x, y)| {
             let mse = x.iter().zip(y).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / per as f64;
-            -10.0 * (mse + 1e-8).log10()
+            -10.0 * (mse / r2 + 1e-8).log10()
         })
         .collect())
 }
 
 const WINDOW: usize = 11;
 const SIGMA: f64 = 1.5;
-const C1: f64 = 0.01 * 0.01;
-const C2: f64 = 0.03 * 0.03;
+const K1: f64 = 0.01;
+const K2: f64 = 0.03;
 
-/// SSIM per image (piq `ssim` defaults): 11×11 Gaussian window (σ 1.5), valid region only,
-/// K1 0.01, K2 0.03, mean over the map and then over channels. Images whose smaller side gives
-/// f = round(min(H, W)/256) > 1 are first average-pooled by f, as piq does.
-pub fn ssim(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
+/// SSIM per image (piq `ssim` defaults) with data range `range` (hi − lo): 11×11 Gaussian window
+/// (σ 1.5), valid region only, C1 = (0.01·range)², C2 = (0.03·range)², mean over the map and
+/// then over channels. Images whose smaller side gives f = round(min(H, W)/256) > 1 are first
+/// average-pooled by f, as piq does.
+pub fn ssim(a: &Tensor, b: &Tensor, range: f64) -> Result<Vec<f64>> {
+    let range = span(range, "ssim")?;
+    let (c1, c2) = ((K1 * range).powi(2), (K2 * range).powi(2));
     let (_, _, h, w) = a.dims4().map_err(|_| Error::Shape {
         what: "ssim input [B, C, H, W]".into(),
         expected: vec![1, 3, 256, 256],
@@ -91,8 +151,8 @@ pub fn ssim(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
             (0..mx.len())
                 .map(|i| {
                     let (mx2, my2, mxy) = (mx[i] * mx[i], my[i] * my[i], mx[i] * my[i]);
-                    let cs = (2.0 * (exy[i] - mxy) + C2) / ((exx[i] - mx2) + (eyy[i] - my2) + C2);
-                    (2.0 * mxy + C1) / (mx2 + my2 + C1) * cs
+                    let cs = (2.0 * (exy[i] - mxy) + c2) / ((exx[i] - mx2) + (eyy[i] - my2) + c2);
+                    (2.0 * mxy + c1) / (mx2 + my2 + c1) * cs
                 })
                 .sum::<f64>()
                 / count

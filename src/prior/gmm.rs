@@ -94,6 +94,7 @@ pub struct GaussianMixture {
     mu_sq: Vec<f64>,
     path: Path,
     shape: Vec<usize>,
+    sigma_data: f64,
 }
 
 impl GaussianMixture {
@@ -216,6 +217,7 @@ impl GaussianMixture {
             mu_sq,
             path,
             shape: vec![d],
+            sigma_data: super::REFERENCE_SIGMA_DATA,
         })
     }
 
@@ -240,6 +242,42 @@ impl GaussianMixture {
         }
         self.shape = shape.to_vec();
         Ok(self)
+    }
+
+    /// Declares the data scale σ_data the samplers' defaults are relative to (default 0.5, that
+    /// of images in [−1, 1]; see [`Denoiser::sigma_data`]).
+    pub fn with_sigma_data(mut self, sigma_data: f64) -> Result<Self> {
+        if !(sigma_data.is_finite() && sigma_data > 0.0) {
+            return Err(Error::config(format!(
+                "sigma_data must be finite and > 0, got {sigma_data}"
+            )));
+        }
+        self.sigma_data = sigma_data;
+        Ok(self)
+    }
+
+    /// The mixture of c·x for x from this one (means × c, covariances × c², σ_data × c).
+    pub fn scaled(&self, c: f64) -> Result<Self> {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Error::config(format!(
+                "scale must be finite and > 0, got {c}"
+            )));
+        }
+        let covs = self
+            .covs
+            .iter()
+            .map(|v| match v {
+                Covariance::Isotropic(s) => Covariance::Isotropic(s * c * c),
+                Covariance::Diagonal(d) => {
+                    Covariance::Diagonal(d.iter().map(|s| s * c * c).collect())
+                }
+                Covariance::Full(m) => Covariance::Full(m * (c * c)),
+            })
+            .collect();
+        let means = self.means.iter().map(|m| m * c).collect();
+        Self::new(self.weights.clone(), means, covs, &self.device)?
+            .with_sample_shape(&self.shape)?
+            .with_sigma_data(self.sigma_data * c)
     }
 
     pub fn dim(&self) -> usize {
@@ -465,6 +503,26 @@ impl Denoiser for GaussianMixture {
 
     fn sample_shape(&self) -> Option<Vec<usize>> {
         Some(self.shape.clone())
+    }
+
+    fn sigma_data(&self) -> f64 {
+        self.sigma_data
+    }
+
+    /// An analytic prior is exact at every σ.
+    fn sigma_range(&self) -> (f64, f64) {
+        (0.0, f64::INFINITY)
+    }
+
+    /// ±max_k (‖μ_k‖_∞ + 5·√λ_max(Σ_k)): where nearly all of the mass lies.
+    fn data_range(&self) -> (f64, f64) {
+        let r = self
+            .means
+            .iter()
+            .zip(&self.eig)
+            .map(|(m, e)| m.amax() + 5.0 * e.lambda.max().max(0.0).sqrt())
+            .fold(0.0, f64::max);
+        (-r, r)
     }
 
     fn as_gmm(&self) -> Option<&GaussianMixture> {

@@ -50,9 +50,79 @@ pub trait Denoiser: Send + Sync {
         None
     }
 
+    /// EDM's σ_data: the standard deviation of the data the prior was trained on. The samplers'
+    /// default σ's, step sizes and tolerances are relative to it ([`Scale`]); 0.5 (images in
+    /// [−1, 1]) unless declared.
+    fn sigma_data(&self) -> f64 {
+        REFERENCE_SIGMA_DATA
+    }
+
+    /// The σ range (min, max) the network was trained on; EDM's (0.002, 80) unless declared.
+    fn sigma_range(&self) -> (f64, f64) {
+        (0.002, 80.0)
+    }
+
+    /// The range (lo, hi) of the data: clipping, divergence checks and metrics use it;
+    /// [−1, 1] unless declared.
+    fn data_range(&self) -> (f64, f64) {
+        (-1.0, 1.0)
+    }
+
     /// Closed-form access for exact steps; `None` for neural priors.
     fn as_gmm(&self) -> Option<&GaussianMixture> {
         None
+    }
+}
+
+/// The σ_data of images in [−1, 1]: the scale at which the samplers' settings are absolute.
+pub const REFERENCE_SIGMA_DATA: f64 = 0.5;
+
+/// A prior's scale s = σ_data / 0.5 ([`REFERENCE_SIGMA_DATA`]), and the data range: samplers
+/// read every setting with a unit through it, so that scaling the data by c scales their output
+/// by c. Lengths (σ, τ, x) scale like s, Langevin step sizes (η, units of x²) like s²; a
+/// dimensionless setting (ρ, step counts, ratios) does not scale. At s = 1 (every prior that
+/// declares nothing) the settings are used as given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale {
+    pub s: f64,
+    /// The prior's declared data range (lo, hi).
+    pub range: (f64, f64),
+}
+
+impl Scale {
+    pub fn of(prior: &dyn Denoiser) -> Result<Self> {
+        let s = prior.sigma_data() / REFERENCE_SIGMA_DATA;
+        let (lo, hi) = prior.data_range();
+        if !(s.is_finite() && s > 0.0) {
+            return Err(Error::config(format!(
+                "{}: σ_data must be finite and > 0, got {}",
+                prior.name(),
+                prior.sigma_data()
+            )));
+        }
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(Error::config(format!(
+                "{}: data range must be finite with lo < hi, got ({lo}, {hi})",
+                prior.name()
+            )));
+        }
+        Ok(Self { s, range: (lo, hi) })
+    }
+
+    /// A length (σ, τ, a clip bound) given at scale 1.
+    pub fn len(&self, v: f64) -> f64 {
+        v * self.s
+    }
+
+    /// A squared length (a Langevin step η) given at scale 1.
+    pub fn sq(&self, v: f64) -> f64 {
+        v * self.s * self.s
+    }
+
+    /// Centre and half-width of the data range.
+    pub fn centre_radius(&self) -> (f64, f64) {
+        let (lo, hi) = self.range;
+        (0.5 * (lo + hi), 0.5 * (hi - lo))
     }
 }
 

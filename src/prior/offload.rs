@@ -95,6 +95,18 @@ impl Denoiser for Offloaded {
     fn sample_shape(&self) -> Option<Vec<usize>> {
         self.inner.sample_shape()
     }
+
+    fn sigma_data(&self) -> f64 {
+        self.inner.sigma_data()
+    }
+
+    fn sigma_range(&self) -> (f64, f64) {
+        self.inner.sigma_range()
+    }
+
+    fn data_range(&self) -> (f64, f64) {
+        self.inner.data_range()
+    }
 }
 
 /// Parses `--device`: `cpu`, or `cuda` / `cuda:N` (needs a build with the `cuda` feature).

@@ -5,11 +5,12 @@
 
 use super::mcmc::{self, Target};
 pub use super::mcmc::{DataGradient, PriorTerm};
-use super::{check_finite, mean_misfit, ode, Observer, Problem, StepInfo};
+use super::{check_finite, ode, Divergence, Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::exact::Conditioner;
 use crate::noise::NoiseSource;
 use crate::prior::gmm::{rows_to_tensor, tensor_to_rows};
+use crate::prior::Scale;
 use crate::schedule::{annealing_sigmas, lr_multiplier, ode_sigmas, Discretization};
 use candle_core::Tensor;
 use nalgebra::DVector;
@@ -27,6 +28,28 @@ pub enum X0Method {
     /// The Gaussian target N(x̂0, σ_t² I)·N(y; A x0, τ² I) drawn exactly for a linear operator
     /// (perturb-and-solve with the operator's proximal step): no MCMC steps.
     Gaussian,
+}
+
+/// Where the likelihood's τ comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TauRule {
+    /// τ = `tau`·s (the official configs and the presets: τ = 0.01 whatever σ_y).
+    Fixed,
+    /// τ = σ_y of the measurement, the true likelihood (`tau`·s when σ_y = 0).
+    Measurement,
+}
+
+/// How `lr` sets the x0 step's step size η.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrRule {
+    /// η = `lr`·s² (the official configs and the presets).
+    Absolute,
+    /// η = `lr`/(1/r_t² + c‖A‖²/τ²): a fraction of the inverse stiffness of the Gaussian x0
+    /// target, so the Langevin step is stable for `lr` < 2 whatever τ, r_t, ‖A‖ and the
+    /// scale. ‖A‖ by power iteration for a linear operator; taken as 1 otherwise.
+    Stable,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +73,8 @@ pub struct DapsConfig {
     pub momentum: f64,
     pub data_gradient: DataGradient,
     pub prior_term: PriorTerm,
+    pub tau_rule: TauRule,
+    pub lr_rule: LrRule,
 }
 
 /// The largest number of annealing, ODE or MCMC steps a configuration may ask for.
@@ -74,11 +99,24 @@ impl Default for DapsConfig {
             momentum: 0.0,
             data_gradient: DataGradient::Paper,
             prior_term: PriorTerm::Gaussian,
+            tau_rule: TauRule::Fixed,
+            lr_rule: LrRule::Absolute,
         }
     }
 }
 
 impl DapsConfig {
+    /// The library's default (`daps` in the registry): the official schedule, with τ = σ_y of
+    /// the measurement and η at half the x0 target's stability bound, decaying.
+    pub fn measured() -> Self {
+        Self {
+            tau_rule: TauRule::Measurement,
+            lr_rule: LrRule::Stable,
+            lr: 1.0,
+            ..Self::default()
+        }
+    }
+
     /// Checks every field against its valid range; the error names the field and the range.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, range: &str, v: &dyn std::fmt::Display| {
@@ -177,13 +215,34 @@ pub fn daps(
 ) -> Result<Tensor> {
     cfg.validate()?;
     let device = p.prior.device().clone();
-    let sig = cfg.sigmas();
+    let sc = Scale::of(p.prior)?;
+    let sig: Vec<f64> = cfg.sigmas().into_iter().map(|s| sc.len(s)).collect();
     let n = cfg.annealing_steps;
     let exact = match cfg.x0_method {
         X0Method::Exact => Some(ExactStep::new(p)?),
         _ => None,
     };
-    let mut x = (noise.randn(&x_shape.into(), &device)? * cfg.sigma_max)?;
+    let sy = p.measurement.sigma_y;
+    let tau = match cfg.tau_rule {
+        TauRule::Measurement if sy > 0.0 => sy,
+        _ => sc.len(cfg.tau),
+    };
+    let stiffness = match (cfg.lr_rule, cfg.x0_method) {
+        (LrRule::Stable, X0Method::Langevin | X0Method::Hmc | X0Method::Mh) => {
+            let mut one = x_shape.to_vec();
+            one[0] = 1;
+            cfg.data_gradient.factor() * mcmc::op_norm_sq(p.operator, &one, &device)? / (tau * tau)
+        }
+        _ => 0.0,
+    };
+    let prior_term = match cfg.prior_term {
+        PriorTerm::Score { sigma } => PriorTerm::Score {
+            sigma: sc.len(sigma),
+        },
+        t => t,
+    };
+    let mut guard = Divergence::new(p, sc);
+    let mut x = (noise.randn(&x_shape.into(), &device)? * sc.len(cfg.sigma_max))?;
     let mut x0 = x.clone();
     for i in 0..n {
         let sigma = sig[i];
@@ -193,7 +252,7 @@ pub fn daps(
                 let grid = ode_sigmas(
                     cfg.ode_steps,
                     sigma,
-                    cfg.sigma_min_ode,
+                    sc.len(cfg.sigma_min_ode),
                     cfg.rho,
                     cfg.discretization,
                 );
@@ -202,7 +261,11 @@ pub fn daps(
                 Some(h)
             }
         };
-        let lr = cfg.lr * lr_multiplier(i, n, cfg.lr_min_ratio, cfg.discretization);
+        let decay = lr_multiplier(i, n, cfg.lr_min_ratio, cfg.discretization);
+        let lr = match cfg.lr_rule {
+            LrRule::Absolute => sc.sq(cfg.lr) * decay,
+            LrRule::Stable => cfg.lr * decay / (1.0 / (sigma * sigma) + stiffness),
+        };
         x0 = match (&exact, &x0hat) {
             (Some(e), _) => e.step(&x, sigma, noise.fork())?,
             (None, Some(h)) => {
@@ -211,9 +274,9 @@ pub fn daps(
                     sigma,
                     x0hat: h,
                     xt: &x,
-                    tau: cfg.tau,
+                    tau,
                     data_gradient: cfg.data_gradient,
-                    prior_term: cfg.prior_term,
+                    prior_term,
                 };
                 match cfg.x0_method {
                     X0Method::Langevin => mcmc::langevin(&t, cfg.mcmc_steps, lr, noise)?,
@@ -228,7 +291,7 @@ pub fn daps(
             (None, None) => unreachable!(),
         };
         check_finite(&x0, i, "x0 step")?;
-        let misfit = mean_misfit(p.operator, p.measurement, &x0)?;
+        let misfit = guard.check(&x0, sigma, i, "x0 step")?;
         obs.on_step(&StepInfo {
             step: i,
             steps: n,

@@ -4,10 +4,11 @@
 //! The state lives in VP space (x = √ᾱ·x_EDM); the EDM denoiser is called at σ = √((1−ᾱ)/ᾱ).
 //! Each chain's norm is its own (the official code takes one norm over the whole batch).
 
-use super::{check_finite, mean_misfit, Observer, Problem, StepInfo};
+use super::{check_finite, Divergence, Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use crate::operator::Measurement;
+use crate::prior::Scale;
 use crate::schedule::VpSchedule;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -17,9 +18,11 @@ use serde::{Deserialize, Serialize};
 pub struct DpsConfig {
     /// Number of DDPM steps (= network evaluations), respaced from the 1000-step schedule.
     pub steps: usize,
-    /// Step size ζ on the gradient of the residual norm.
+    /// Step size ζ on the gradient of the residual norm, in units of the prior's scale s
+    /// (the step is ζ·s). [`DpsConfig::with_steps`] keeps ζ·steps, the total guidance.
     pub zeta: f64,
-    /// Clip x̂0 to [−c, c] before the ancestral step (images: 1).
+    /// Clip x̂0 to c half-widths about the centre of the prior's data range before the
+    /// ancestral step ([−c, c] for images in [−1, 1]; presets: 1).
     pub clip: Option<f64>,
 }
 
@@ -78,13 +81,17 @@ pub fn dps(
 ) -> Result<Tensor> {
     cfg.validate()?;
     let device = p.prior.device().clone();
+    let sc = Scale::of(p.prior)?;
+    let (centre, radius) = sc.centre_radius();
     let vp = VpSchedule::ddpm_linear(cfg.steps);
     let n = vp.alpha_bar.len();
-    let mut x = noise.randn(&x_shape.into(), &device)?;
+    let mut guard = Divergence::new(p, sc);
+    // The VP state of data scaled by s is s times that of the unit-scale data.
+    let mut x = (noise.randn(&x_shape.into(), &device)? * sc.len(1.0))?;
     for k in 0..n {
         let ab = vp.alpha_bar[k];
         let ab_prev = if k + 1 < n { vp.alpha_bar[k + 1] } else { 1.0 };
-        let sigma = vp.sigma(k);
+        let sigma = sc.len(vp.sigma(k));
         let (x0d, g) = if p.prior.splits_batches() {
             // Chains are independent: each piece of the batch takes its own gradient.
             let shared_y = p.measurement.y.dim(0)? == 1;
@@ -110,7 +117,8 @@ pub fn dps(
         };
         let mut x0c = x0d.clone();
         if let Some(c) = cfg.clip {
-            x0c = x0c.clamp(-c as f32, c as f32)?;
+            let (lo, hi) = (centre - c * radius, centre + c * radius);
+            x0c = x0c.clamp(lo as f32, hi as f32)?;
         }
         // q(x_prev | x, x̂0) of the respaced chain.
         let alpha = ab / ab_prev;
@@ -120,11 +128,15 @@ pub fn dps(
         let var = beta * (1.0 - ab_prev) / (1.0 - ab);
         let mut next = (x0c.affine(c0, 0.0)? + x.affine(ct, 0.0)?)?;
         if k + 1 < n {
-            next = (next + noise.randn(x.shape(), &device)?.affine(var.sqrt(), 0.0)?)?;
+            next = (next
+                + noise
+                    .randn(x.shape(), &device)?
+                    .affine(sc.len(var.sqrt()), 0.0)?)?;
         }
-        x = (next - g.affine(cfg.zeta, 0.0)?)?.detach();
+        // ∇‖y − A(x̂0)‖ is dimensionless: the step is ζ·s.
+        x = (next - g.affine(sc.len(cfg.zeta), 0.0)?)?.detach();
         check_finite(&x, k, "DPS step")?;
-        let misfit = mean_misfit(p.operator, p.measurement, &x0d)?;
+        let misfit = guard.check(&x0d, 0.0, k, "DPS x̂0")?;
         obs.on_step(&StepInfo {
             step: k,
             steps: n,

@@ -8,7 +8,8 @@ use crate::error::Result;
 use crate::noise::CHUNK;
 use crate::noise::{stream, NoiseSource};
 use crate::operator::per_chain_sq_norm;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use crate::operator::Operator;
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
@@ -46,12 +47,19 @@ pub struct Target<'a> {
     pub prior_term: PriorTerm,
 }
 
-impl Target<'_> {
-    pub(crate) fn data_factor(&self) -> f64 {
-        match self.data_gradient {
+impl DataGradient {
+    /// c in the data term's gradient c·Jᵀr/τ².
+    pub fn factor(self) -> f64 {
+        match self {
             DataGradient::Paper => 1.0,
             DataGradient::Doubled => 2.0,
         }
+    }
+}
+
+impl Target<'_> {
+    pub(crate) fn data_factor(&self) -> f64 {
+        self.data_gradient.factor()
     }
 
     /// ∇ log target at x.
@@ -109,6 +117,40 @@ pub fn gaussian(t: &Target, noise: &mut dyn NoiseSource) -> Result<Tensor> {
     let y = y.broadcast_as(shape)?.contiguous()?;
     let y = (&y + (noise.randn(y.shape(), y.device())? * tau)?)?;
     lin.prox(&z, &y, t.sigma * t.sigma / (tau * tau))
+}
+
+/// λ_max(AᵀA) = ‖A‖² of a linear operator on inputs of `shape` (one chain) by 30 power
+/// iterations from a fixed random start; 1 for a nonlinear operator (the image operators'
+/// Jacobians have norm ≤ 1).
+pub fn op_norm_sq(op: &dyn Operator, shape: &[usize], device: &Device) -> Result<f64> {
+    if op.as_linear().is_none() {
+        return Ok(1.0);
+    }
+    let n: usize = shape.iter().product();
+    let mut rng = stream(0x6f70_6e6f, 0, 0);
+    let v: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
+    let mut v = Tensor::from_vec(v, shape, device)?;
+    let mut lambda = 0.0;
+    for _ in 0..30 {
+        let nv = v
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?
+            .sqrt();
+        if nv.is_nan() || nv <= 0.0 {
+            break;
+        }
+        v = (v / nv)?;
+        let av = op.forward(&v)?;
+        lambda = av
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        v = op.vjp(&v, &av)?;
+    }
+    Ok(lambda)
 }
 
 /// Unadjusted Langevin: x ← x + η·∇log π(x) + √(2η)·ε.

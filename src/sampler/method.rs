@@ -6,6 +6,11 @@
 //! `deny_unknown_fields`), its function `fn(problem, config, shape, noise, observer) ->
 //! Result<Tensor>` and `impl Sampler` for the config; here, a `Method` variant, its line in
 //! [`dispatch!`] and a [`METHODS`] entry.
+//!
+//! Scale: a sampler reads every setting with a unit through [`crate::prior::Scale::of`] the
+//! prior (σ's, τ, clip bounds and ζ × s, Langevin steps × s², tolerances from the declared data
+//! range), so that a prior and measurement scaled by c give c × the output; `tests/scale.rs`
+//! checks this for every entry of [`METHODS`] with its default settings.
 
 use super::smc::{daps_smc, DapsSmcConfig};
 use super::tweedie::{daps_tweedie, DapsTweedieConfig};
@@ -108,7 +113,7 @@ pub const METHODS: [MethodInfo; 6] = [
         summary:
             "Decoupled Annealing Posterior Sampling: PF-ODE estimate x̂0, MCMC x0 step, re-noise",
         reference: "Zhang et al., CVPR 2025 (arXiv 2407.01521), Eq. 9",
-        default: || Method::Daps(DapsConfig::default()),
+        default: || Method::Daps(DapsConfig::measured()),
     },
     MethodInfo {
         name: "daps-exact",
@@ -129,7 +134,7 @@ pub const METHODS: [MethodInfo; 6] = [
         default: || {
             Method::Daps(DapsConfig {
                 x0_method: X0Method::Gaussian,
-                ..DapsConfig::default()
+                ..DapsConfig::measured()
             })
         },
     },
@@ -198,14 +203,18 @@ impl Sampler for DapsConfig {
     }
     fn describe(&self) -> String {
         format!(
-            "{} × {} NFE, {:?} {} steps, lr {:e}, lr_min_ratio {}, τ {}, σ {} → {}",
+            "{} × {} NFE, {:?} {} steps, lr {:e} ({:?}), lr_min_ratio {}, τ {}, σ {} → {}",
             self.annealing_steps,
             self.ode_steps,
             self.x0_method,
             self.mcmc_steps,
             self.lr,
+            self.lr_rule,
             self.lr_min_ratio,
-            self.tau,
+            match self.tau_rule {
+                super::TauRule::Fixed => self.tau.to_string(),
+                super::TauRule::Measurement => format!("σ_y (else {})", self.tau),
+            },
             self.sigma_max,
             self.sigma_min
         )

@@ -13,11 +13,14 @@ pub mod tweedie;
 
 use crate::error::{Error, Result};
 use crate::operator::{Measurement, Operator};
-use crate::prior::Denoiser;
+use crate::prior::{Denoiser, Scale};
 use candle_core::{DType, Tensor};
 
-pub use daps::{daps, DapsConfig, DataGradient, PriorTerm, X0Method};
+pub use daps::{
+    daps, daps as run_daps, DapsConfig, DataGradient, LrRule, PriorTerm, TauRule, X0Method,
+};
 pub use dps::{dps, DpsConfig};
+pub use heun::{heun_sample as heun, EdmGrid};
 pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
 
 /// What a sampler works on.
@@ -66,6 +69,99 @@ pub fn check_finite(t: &Tensor, step: usize, stage: &'static str) -> Result<()> 
         return Err(Error::NonFinite { step, chain, stage });
     }
     Ok(())
+}
+
+/// Catches a run that diverges with finite numbers. A chain has diverged when its misfit
+/// ‖A(x) − y‖ exceeds [`Divergence::FACTOR`] × max(its misfit at the first check, ‖y‖,
+/// σ_y·√dim y), or
+/// when some entry of x lies further than [`Divergence::FACTOR`] × (half-width + `spread`)
+/// from the centre of the prior's declared data range, `spread` being the noise the sample may
+/// legitimately carry (DAPS: r_t, the x0 target's width where A sees nothing): two orders of
+/// magnitude, which a sampler that works never reaches, while a diverging one passes it within
+/// a few steps (DPS with too large a ζ reaches ±200 on [−1, 1] images).
+pub struct Divergence<'a> {
+    p: Problem<'a>,
+    scale: Scale,
+    /// Each chain's misfit limit, set at the first check.
+    limits: Option<Vec<f64>>,
+}
+
+impl<'a> Divergence<'a> {
+    pub const FACTOR: f64 = 100.0;
+
+    pub fn new(p: &Problem<'a>, scale: Scale) -> Self {
+        Self {
+            p: *p,
+            scale,
+            limits: None,
+        }
+    }
+
+    /// Checks the chains of `x` (a sample in data units, with noise of scale `spread`) at
+    /// `step`; returns the mean misfit.
+    pub fn check(
+        &mut self,
+        x: &Tensor,
+        spread: f64,
+        step: usize,
+        stage: &'static str,
+    ) -> Result<f64> {
+        let (op, m) = (self.p.operator, self.p.measurement);
+        let r = m.residual(op, x)?;
+        let norms = crate::operator::per_chain_sq_norm(&r)?.sqrt()?;
+        // The same mean as [`mean_misfit`].
+        let mean = norms.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let misfit = norms.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        if self.limits.is_none() {
+            let rows = m.y.dim(0)? as f64;
+            let y_sq =
+                m.y.sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+                    / rows;
+            // The misfit of the truth: σ_y·√(entries of one y).
+            let noise_floor = m.sigma_y * (m.y.elem_count() as f64 / rows).sqrt();
+            let floor = y_sq.sqrt().max(noise_floor);
+            let limits = misfit.iter().map(|f| Self::FACTOR * f.max(floor));
+            self.limits = Some(limits.collect());
+        }
+        let limits = self.limits.as_deref().unwrap_or_default();
+        for (chain, (&now, &limit)) in misfit.iter().zip(limits).enumerate() {
+            if now > limit {
+                return Err(Error::Diverged {
+                    step,
+                    chain,
+                    stage,
+                    what: format!("misfit ‖A(x) − y‖ = {now:.4e} > {limit:.4e}"),
+                });
+            }
+        }
+        let (c, radius) = self.scale.centre_radius();
+        let b = x.dim(0)?;
+        let far = (x - c)?
+            .abs()?
+            .reshape((b, ()))?
+            .max(1)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        let limit = Self::FACTOR * (radius + spread);
+        if let Some(chain) = far.iter().position(|&v| v > limit) {
+            let (lo, hi) = self.scale.range;
+            return Err(Error::Diverged {
+                step,
+                chain,
+                stage,
+                what: format!(
+                    "|x − {c}| = {:.4e} > {limit:.4e} = {} × (half-width of the prior's data \
+                     range [{lo}, {hi}] + noise level {spread:.4e})",
+                    far[chain],
+                    Self::FACTOR
+                ),
+            });
+        }
+        Ok(mean)
+    }
 }
 
 /// Mean over chains of ‖A(x) − y‖.

@@ -838,15 +838,15 @@ impl Task {
     /// [`Preview`]): SR upsampled (nearest) to the image size, Fourier magnitudes as
     /// ln(|y| + 10⁻³) scaled per image and channel, MRI as the zero-filled |Aᴴy|, others y itself.
     pub fn preview(&self, y: &Tensor) -> Result<Tensor> {
-        use crate::metric::image::to_unit;
+        use crate::metric::image::{to_unit, IMAGE_RANGE};
         let [c, h, w] = self.shape;
         match self.def().preview {
-            Preview::Identity => to_unit(y),
-            Preview::Upsample => to_unit(&y.upsample_nearest2d(h, w)?),
+            Preview::Identity => to_unit(y, IMAGE_RANGE),
+            Preview::Upsample => to_unit(&y.upsample_nearest2d(h, w)?, IMAGE_RANGE),
             Preview::LogMagnitude => crate::io::log_magnitude_view(y),
             Preview::ZeroFilled => {
                 let probe = Tensor::zeros((y.dim(0)?, c, h, w), DType::F32, &Device::Cpu)?;
-                crate::io::display(&self.vjp(&probe, y)?, true)
+                crate::io::display(&self.vjp(&probe, y)?, true, IMAGE_RANGE)
             }
         }
     }
