@@ -152,7 +152,9 @@ pub fn daps_smc(
 ) -> Result<Tensor> {
     cfg.validate()?;
     let lin = linear_of(p, "daps-smc")?;
-    let tau = likelihood_tau(cfg.tau, p.measurement, "daps-smc")?;
+    // σ's and a given τ are in units of the prior's scale (`prior::Scale`).
+    let sc = crate::prior::Scale::of(p.prior)?;
+    let tau = likelihood_tau(cfg.tau.map(|t| sc.len(t)), p.measurement, "daps-smc")?;
     let (b, k) = (x_shape[0], cfg.particles);
     let n = b * k;
     let mut shape = x_shape.to_vec();
@@ -163,19 +165,22 @@ pub fn daps_smc(
         sigma_y: p.measurement.sigma_y,
     };
     let y = &meas.y;
-    let sig = annealing_sigmas(
+    let sig: Vec<f64> = annealing_sigmas(
         cfg.annealing_steps,
         cfg.sigma_max,
         cfg.sigma_min,
         cfg.rho,
         cfg.discretization,
-    );
+    )
+    .into_iter()
+    .map(|s| sc.len(s))
+    .collect();
     let mut rng = stream(noise.fork(), 0, 0x5EC);
     let firsts = Tensor::from_vec((0..b as u32).map(|i| i * k as u32).collect(), b, &device)?;
     let mut logw = vec![0.0; n];
     // ‖A x0_{i−1} − y‖² per particle (L_{i−1}); none before the first level.
     let mut prev_sq: Option<Vec<f64>> = None;
-    let mut x = (noise.randn(&shape.as_slice().into(), &device)? * cfg.sigma_max)?;
+    let mut x = (noise.randn(&shape.as_slice().into(), &device)? * sc.len(cfg.sigma_max))?;
     let mut x0 = x.clone();
     let inv_t2 = 1.0 / (tau * tau);
     for i in 0..cfg.annealing_steps {
@@ -183,7 +188,7 @@ pub fn daps_smc(
         let grid = ode_sigmas(
             cfg.ode_steps,
             s,
-            cfg.sigma_min_ode,
+            sc.len(cfg.sigma_min_ode),
             cfg.rho,
             cfg.discretization,
         );

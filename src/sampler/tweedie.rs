@@ -120,16 +120,21 @@ pub fn daps_tweedie(
 ) -> Result<Tensor> {
     cfg.validate()?;
     let lin = linear_of(p, "daps-tweedie")?;
-    let tau = likelihood_tau(cfg.tau, p.measurement, "daps-tweedie")?;
+    // σ's and a given τ are in units of the prior's scale (`prior::Scale`).
+    let sc = crate::prior::Scale::of(p.prior)?;
+    let tau = likelihood_tau(cfg.tau.map(|t| sc.len(t)), p.measurement, "daps-tweedie")?;
     let device = p.prior.device().clone();
-    let sig = annealing_sigmas(
+    let sig: Vec<f64> = annealing_sigmas(
         cfg.annealing_steps,
         cfg.sigma_max,
         cfg.sigma_min,
         cfg.rho,
         cfg.discretization,
-    );
-    let mut x = (noise.randn(&x_shape.into(), &device)? * cfg.sigma_max)?;
+    )
+    .into_iter()
+    .map(|s| sc.len(s))
+    .collect();
+    let mut x = (noise.randn(&x_shape.into(), &device)? * sc.len(cfg.sigma_max))?;
     let mut x0 = x.clone();
     for i in 0..cfg.annealing_steps {
         let s = sig[i];
