@@ -7,7 +7,9 @@
 //! Result<Tensor>` and `impl Sampler` for the config; here, a `Method` variant, its line in
 //! [`dispatch!`] and a [`METHODS`] entry.
 
-use super::{daps, dps, DapsConfig, DpsConfig, Observer, Problem, X0Method};
+use super::{
+    daps, dps, mcgdiff, DapsConfig, DpsConfig, McgdiffConfig, Observer, Problem, X0Method,
+};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use candle_core::Tensor;
@@ -51,6 +53,7 @@ pub trait Sampler: Serialize + DeserializeOwned {
 pub enum Method {
     Daps(DapsConfig),
     Dps(DpsConfig),
+    Mcgdiff(McgdiffConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -60,6 +63,7 @@ macro_rules! dispatch {
         match $m {
             Method::Daps($c) => $e,
             Method::Dps($c) => $e,
+            Method::Mcgdiff($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -70,6 +74,10 @@ macro_rules! dispatch {
             }
             Method::Dps($c) => {
                 let $wrap = Method::Dps;
+                $e
+            }
+            Method::Mcgdiff($c) => {
+                let $wrap = Method::Mcgdiff;
                 $e
             }
         }
@@ -88,7 +96,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 4] = [
+pub const METHODS: [MethodInfo; 5] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -124,6 +132,12 @@ pub const METHODS: [MethodInfo; 4] = [
         summary: "Diffusion Posterior Sampling: DDPM steps with the gradient of ‖y − A(x̂0(x))‖",
         reference: "Chung et al., ICLR 2023 (arXiv 2209.14687)",
         default: || Method::Dps(DpsConfig::default()),
+    },
+    MethodInfo {
+        name: "mcgdiff",
+        summary: "Particle filter on the prior's reverse chain, twisted per SVD coordinate; exact as particles grow (linear-Gaussian y)",
+        reference: "Cardoso et al., ICLR 2024 (arXiv 2308.07983)",
+        default: || Method::Mcgdiff(McgdiffConfig::default()),
     },
 ];
 
@@ -215,6 +229,39 @@ impl Sampler for DpsConfig {
     }
     fn optional_keys(&self) -> &'static [&'static str] {
         &["clip"]
+    }
+}
+
+impl Sampler for McgdiffConfig {
+    fn name(&self) -> &'static str {
+        "mcgdiff"
+    }
+    fn nfe(&self) -> usize {
+        self.steps * self.particles
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        McgdiffConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        mcgdiff(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps × {} particles, η {}, κ {}, σ {} → {}",
+            self.steps, self.particles, self.eta, self.kappa, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::smc::supports(p, "mcgdiff")
     }
 }
 

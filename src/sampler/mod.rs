@@ -5,9 +5,11 @@
 pub mod daps;
 pub mod dps;
 pub mod heun;
+pub mod mcgdiff;
 pub mod mcmc;
 pub mod method;
 pub mod ode;
+pub(crate) mod smc;
 
 use crate::error::{Error, Result};
 use crate::operator::{Measurement, Operator};
@@ -16,6 +18,7 @@ use candle_core::{DType, Tensor};
 
 pub use daps::{daps, DapsConfig, DataGradient, PriorTerm, X0Method};
 pub use dps::{dps, DpsConfig};
+pub use mcgdiff::{mcgdiff, McgdiffConfig};
 pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
 
 /// What a sampler works on.
