@@ -9,7 +9,7 @@
 //! particle per chain, drawn by the final weights (particle 0 after the last resampling).
 
 use super::smc::{self, Spectrum};
-use super::{check_finite, mean_misfit, Observer, Problem, StepInfo};
+use super::{Observer, Problem};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use crate::schedule::{annealing_sigmas, Discretization};
@@ -202,16 +202,7 @@ pub fn mcgdiff(
         let corr = (ybar.broadcast_sub(&mc)?.broadcast_mul(&row(&gain, &dev)?)?
             + spec.coords(&z)?.broadcast_mul(&row(&sd, &dev)?)?)?;
         x = ((m + (z * c)?)? + spec.lift(&corr, &pshape, &y_shape)?)?;
-        check_finite(&x, k, "MCGdiff step")?;
-        let (x0, x0hat) = (smc::first_of_groups(&x, n)?, smc::first_of_groups(&d, n)?);
-        obs.on_step(&StepInfo {
-            step: k,
-            steps: cfg.steps,
-            sigma: s,
-            x0hat: Some(&x0hat),
-            x0: &x0,
-            misfit: mean_misfit(p.operator, p.measurement, &x0)?,
-        })?;
+        smc::report(p, obs, (k, cfg.steps, s), "MCGdiff step", &d, &x, n)?;
     }
     smc::first_of_groups(&x, n)
 }

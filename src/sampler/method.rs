@@ -8,7 +8,8 @@
 //! [`dispatch!`] and a [`METHODS`] entry.
 
 use super::{
-    daps, dps, mcgdiff, DapsConfig, DpsConfig, McgdiffConfig, Observer, Problem, X0Method,
+    daps, dps, fps, mcgdiff, DapsConfig, DpsConfig, FpsConfig, McgdiffConfig, Observer, Problem,
+    X0Method,
 };
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
@@ -54,6 +55,7 @@ pub enum Method {
     Daps(DapsConfig),
     Dps(DpsConfig),
     Mcgdiff(McgdiffConfig),
+    Fps(FpsConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -64,6 +66,7 @@ macro_rules! dispatch {
             Method::Daps($c) => $e,
             Method::Dps($c) => $e,
             Method::Mcgdiff($c) => $e,
+            Method::Fps($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -78,6 +81,10 @@ macro_rules! dispatch {
             }
             Method::Mcgdiff($c) => {
                 let $wrap = Method::Mcgdiff;
+                $e
+            }
+            Method::Fps($c) => {
+                let $wrap = Method::Fps;
                 $e
             }
         }
@@ -96,7 +103,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 5] = [
+pub const METHODS: [MethodInfo; 6] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -138,6 +145,12 @@ pub const METHODS: [MethodInfo; 5] = [
         summary: "Particle filter on the prior's reverse chain, twisted per SVD coordinate; exact as particles grow (linear-Gaussian y)",
         reference: "Cardoso et al., ICLR 2024 (arXiv 2308.07983)",
         default: || Method::Mcgdiff(McgdiffConfig::default()),
+    },
+    MethodInfo {
+        name: "fps",
+        summary: "FPS-SMC: particles follow a noised y-bridge, exact Gaussian proposals via the prox, resampling (linear-Gaussian y)",
+        reference: "Dou & Song, ICLR 2024 (openreview tplXNcHZs1)",
+        default: || Method::Fps(FpsConfig::default()),
     },
 ];
 
@@ -262,6 +275,39 @@ impl Sampler for McgdiffConfig {
     }
     fn supports(&self, p: &Problem) -> Result<()> {
         super::smc::supports(p, "mcgdiff")
+    }
+}
+
+impl Sampler for FpsConfig {
+    fn name(&self) -> &'static str {
+        "fps"
+    }
+    fn nfe(&self) -> usize {
+        self.steps * self.particles
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        FpsConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        fps(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps × {} particles, c_rate {}, σ {} → {}",
+            self.steps, self.particles, self.c_rate, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::smc::supports(p, "fps")
     }
 }
 

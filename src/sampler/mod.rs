@@ -4,6 +4,7 @@
 
 pub mod daps;
 pub mod dps;
+pub mod fps;
 pub mod heun;
 pub mod mcgdiff;
 pub mod mcmc;
@@ -18,6 +19,7 @@ use candle_core::{DType, Tensor};
 
 pub use daps::{daps, DapsConfig, DataGradient, PriorTerm, X0Method};
 pub use dps::{dps, DpsConfig};
+pub use fps::{fps, FpsConfig};
 pub use mcgdiff::{mcgdiff, McgdiffConfig};
 pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
 

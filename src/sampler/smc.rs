@@ -1,7 +1,7 @@
 //! What the particle filters (MCGdiff, FPS) share: the operator's spectrum, groups of particles
 //! per chain, multinomial resampling.
 
-use super::Problem;
+use super::{check_finite, mean_misfit, Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::{stream, NoiseSource};
 use crate::operator::Linear;
@@ -221,4 +221,26 @@ pub(crate) fn check_particles(method: &str, particles: usize, sigma_y: f64) -> R
 /// Whether `p` has what the particle filters need (see [`Spectrum::of`]).
 pub(crate) fn supports(p: &Problem, method: &str) -> Result<()> {
     Spectrum::of(p, method).map(|_| ())
+}
+
+/// Checks the particles `x` after step `k` and reports particle 0 of each group of `n`.
+pub(crate) fn report(
+    p: &Problem,
+    obs: &mut dyn Observer,
+    (k, steps, sigma): (usize, usize, f64),
+    stage: &'static str,
+    x0hat: &Tensor,
+    x: &Tensor,
+    n: usize,
+) -> Result<()> {
+    check_finite(x, k, stage)?;
+    let (x0, x0hat) = (first_of_groups(x, n)?, first_of_groups(x0hat, n)?);
+    obs.on_step(&StepInfo {
+        step: k,
+        steps,
+        sigma,
+        x0hat: Some(&x0hat),
+        x0: &x0,
+        misfit: mean_misfit(p.operator, p.measurement, &x0)?,
+    })
 }
