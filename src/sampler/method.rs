@@ -8,8 +8,8 @@
 //! [`dispatch!`] and a [`METHODS`] entry.
 
 use super::{
-    daps, dps, fps, mcgdiff, DapsConfig, DpsConfig, FpsConfig, McgdiffConfig, Observer, Problem,
-    X0Method,
+    daps, dps, fps, mcgdiff, pnp_dm, score_ald, DapsConfig, DpsConfig, FpsConfig, McgdiffConfig,
+    Observer, PnpDmConfig, Problem, ScoreAldConfig, X0Method,
 };
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
@@ -56,6 +56,8 @@ pub enum Method {
     Dps(DpsConfig),
     Mcgdiff(McgdiffConfig),
     Fps(FpsConfig),
+    ScoreAld(ScoreAldConfig),
+    PnpDm(PnpDmConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -67,6 +69,8 @@ macro_rules! dispatch {
             Method::Dps($c) => $e,
             Method::Mcgdiff($c) => $e,
             Method::Fps($c) => $e,
+            Method::ScoreAld($c) => $e,
+            Method::PnpDm($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -87,6 +91,14 @@ macro_rules! dispatch {
                 let $wrap = Method::Fps;
                 $e
             }
+            Method::ScoreAld($c) => {
+                let $wrap = Method::ScoreAld;
+                $e
+            }
+            Method::PnpDm($c) => {
+                let $wrap = Method::PnpDm;
+                $e
+            }
         }
     };
 }
@@ -103,7 +115,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 6] = [
+pub const METHODS: [MethodInfo; 8] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -151,6 +163,18 @@ pub const METHODS: [MethodInfo; 6] = [
         summary: "FPS-SMC: particles follow a noised y-bridge, exact Gaussian proposals via the prox, resampling (linear-Gaussian y)",
         reference: "Dou & Song, ICLR 2024 (openreview tplXNcHZs1)",
         default: || Method::Fps(FpsConfig::default()),
+    },
+    MethodInfo {
+        name: "score-ald",
+        summary: "Annealed Langevin dynamics with the prior score and the annealed likelihood score Aᵀ(y − A x)/(σ_y² + σ²)",
+        reference: "Jalal et al., NeurIPS 2021 (arXiv 2108.01368)",
+        default: || Method::ScoreAld(ScoreAldConfig::default()),
+    },
+    MethodInfo {
+        name: "pnp-dm",
+        summary: "Split Gibbs: likelihood step (prox perturb-and-solve, or Langevin) and EDM posterior denoising, annealed coupling ρ",
+        reference: "Wu et al., NeurIPS 2024 (arXiv 2405.18782)",
+        default: || Method::PnpDm(PnpDmConfig::default()),
     },
 ];
 
@@ -308,6 +332,72 @@ impl Sampler for FpsConfig {
     }
     fn supports(&self, p: &Problem) -> Result<()> {
         super::smc::supports(p, "fps")
+    }
+}
+
+impl Sampler for ScoreAldConfig {
+    fn name(&self) -> &'static str {
+        "score-ald"
+    }
+    fn nfe(&self) -> usize {
+        self.levels * self.steps_each
+    }
+    fn steps(&self) -> usize {
+        self.levels
+    }
+    fn validate(&self) -> Result<()> {
+        ScoreAldConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        score_ald(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} levels × {} steps, lr {}·σ², σ {} → {}",
+            self.levels, self.steps_each, self.lr, self.sigma_max, self.sigma_min
+        )
+    }
+}
+
+impl Sampler for PnpDmConfig {
+    fn name(&self) -> &'static str {
+        "pnp-dm"
+    }
+    fn nfe(&self) -> usize {
+        PnpDmConfig::nfe(self)
+    }
+    fn steps(&self) -> usize {
+        self.iterations
+    }
+    fn validate(&self) -> Result<()> {
+        PnpDmConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        pnp_dm(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} iterations, ρ {} × {}^k ≥ {}, EDM grid {} points {} → {}",
+            self.iterations,
+            self.rho0,
+            self.rho_decay,
+            self.rho_min,
+            self.grid_steps,
+            self.grid_sigma_max,
+            self.grid_sigma_min
+        )
     }
 }
 

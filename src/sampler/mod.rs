@@ -10,6 +10,8 @@ pub mod mcgdiff;
 pub mod mcmc;
 pub mod method;
 pub mod ode;
+pub mod pnp_dm;
+pub mod score_ald;
 pub(crate) mod smc;
 
 use crate::error::{Error, Result};
@@ -22,6 +24,8 @@ pub use dps::{dps, DpsConfig};
 pub use fps::{fps, FpsConfig};
 pub use mcgdiff::{mcgdiff, McgdiffConfig};
 pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
+pub use pnp_dm::{pnp_dm, PnpDmConfig};
+pub use score_ald::{score_ald, ScoreAldConfig};
 
 /// What a sampler works on.
 #[derive(Clone, Copy)]
