@@ -371,3 +371,91 @@ fn pnp_dm_matches_its_propagated_law() {
     );
     assert!(mi < 0.01 && (ti - 0.948).abs() < 0.005, "{ci}");
 }
+
+/// MCGdiff and FPS take the image tasks whose operator has a cheap SVD (inpainting, SR by
+/// pooling), run on them, and refuse the others naming what is missing; every preset section of
+/// these samplers loads and names its sampler.
+#[test]
+fn particle_filters_take_the_tasks_with_a_cheap_svd() {
+    use daps::task::{has_preset, preset_method, Task, TaskFiles, TaskSpec, TASKS};
+    let dev = Device::Cpu;
+    for (name, ok) in [
+        ("inpaint-box", true),
+        ("inpaint-random", true),
+        ("sr4-pool", true),
+        ("gaussian-blur", false),
+        ("sr4", false),
+    ] {
+        let (c, h, w) = (1, 8, 8);
+        let mut spec = TaskSpec::defaults(name, h, w, &TaskFiles::default()).unwrap();
+        if name == "gaussian-blur" {
+            // The default width scales with the image: at 8×8 it is a near-delta kernel.
+            spec = spec.set("sigma", "1.0").unwrap();
+        }
+        let task = Task::build(spec, [c, h, w]).unwrap();
+        let prior = GaussianMixture::isotropic(
+            vec![1.0, 1.0],
+            vec![
+                DVector::from_element(64, 0.3),
+                DVector::from_element(64, -0.3),
+            ],
+            0.1,
+            &dev,
+        )
+        .unwrap()
+        .with_sample_shape(&[c, h, w])
+        .unwrap();
+        let x = rows_to_tensor(&prior.sample(1, 5).0, 1, 64, &dev)
+            .unwrap()
+            .reshape((1, c, h, w))
+            .unwrap();
+        let meas = Measurement::simulate(&task, &x, 0.05, &mut SeededNoise::new(6)).unwrap();
+        let p = Problem {
+            prior: &prior,
+            operator: &task,
+            measurement: &meas,
+        };
+        let methods = [
+            Method::Mcgdiff(McgdiffConfig {
+                steps: 10,
+                particles: 4,
+                ..McgdiffConfig::default()
+            }),
+            Method::Fps(FpsConfig {
+                steps: 10,
+                particles: 4,
+                ..FpsConfig::default()
+            }),
+        ];
+        for m in methods {
+            match m.supports(&p) {
+                Ok(()) => {
+                    assert!(ok, "{} takes {name}", m.name());
+                    let out = m
+                        .run(&p, &[3, c, h, w], &mut SeededNoise::new(7), &mut Silent)
+                        .unwrap();
+                    assert_eq!(out.dims(), &[3, c, h, w]);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        !ok && e.contains("SVD") && e.contains(m.name()),
+                        "{name}: {e}"
+                    );
+                }
+            }
+        }
+    }
+    for t in TASKS {
+        for name in ["mcgdiff", "fps", "score-ald", "pnp-dm"] {
+            if has_preset(t.name, name) {
+                assert_eq!(
+                    preset_method(t.name, name).unwrap().name(),
+                    name,
+                    "{}",
+                    t.name
+                );
+            }
+        }
+    }
+}

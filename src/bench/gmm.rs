@@ -10,7 +10,9 @@ use crate::noise::{stream, SeededNoise};
 use crate::operator::{MatrixOperator, Measurement};
 use crate::prior::gmm::{rows_to_tensor, tensor_to_rows};
 use crate::prior::GaussianMixture;
-use crate::sampler::{self, DapsConfig, DpsConfig, Problem, Silent};
+use crate::sampler::{
+    self, DapsConfig, DpsConfig, FpsConfig, McgdiffConfig, Problem, ScoreAldConfig, Silent,
+};
 use candle_core::Device;
 use nalgebra::{DMatrix, DVector};
 use rand::Rng;
@@ -60,7 +62,8 @@ impl Method {
 }
 
 /// The registered sampler `name` at the benchmark's budget for a problem with noise `tau`:
-/// DAPS with N × M NFE, its Langevin step in units of τ²; DPS with N·M steps and ζ.
+/// DAPS with N × M NFE, its Langevin step in units of τ²; DPS with N·M steps and ζ; Score-ALD
+/// with N·M levels of one step; MCGdiff and FPS with N steps × `particles`.
 pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampler::Method> {
     Ok(match sampler::Method::from_name(name)? {
         sampler::Method::Daps(c) => sampler::Method::Daps(DapsConfig {
@@ -77,6 +80,24 @@ pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampl
             steps: cfg.annealing_steps * cfg.ode_steps,
             zeta: cfg.dps_zeta,
             clip: None,
+        }),
+        sampler::Method::ScoreAld(c) => sampler::Method::ScoreAld(ScoreAldConfig {
+            levels: cfg.annealing_steps * cfg.ode_steps,
+            steps_each: 1,
+            sigma_max: cfg.sigma_max,
+            ..c
+        }),
+        sampler::Method::Mcgdiff(c) => sampler::Method::Mcgdiff(McgdiffConfig {
+            steps: cfg.annealing_steps,
+            particles: cfg.particles,
+            sigma_max: cfg.sigma_max,
+            ..c
+        }),
+        sampler::Method::Fps(c) => sampler::Method::Fps(FpsConfig {
+            steps: cfg.annealing_steps,
+            particles: cfg.particles,
+            sigma_max: cfg.sigma_max,
+            ..c
         }),
         // A sampler without a budget rule here runs with its registered defaults.
         #[allow(unreachable_patterns)]
@@ -99,6 +120,8 @@ pub struct GmmBenchConfig {
     /// Start and top of the annealing: x_T ~ N(0, σ_max² I).
     pub sigma_max: f64,
     pub dps_zeta: f64,
+    /// Particles per sample of the particle filters (MCGdiff, FPS).
+    pub particles: usize,
     pub methods: Vec<Method>,
     pub directions: usize,
 }
@@ -117,6 +140,7 @@ impl Default for GmmBenchConfig {
             lr_min_ratio: 0.01,
             sigma_max: 100.0,
             dps_zeta: 0.3,
+            particles: 64,
             methods: Method::ALL.to_vec(),
             directions: 100,
         }
@@ -133,6 +157,7 @@ impl GmmBenchConfig {
             samples: 300,
             annealing_steps: 40,
             mcmc_steps: 20,
+            particles: 32,
             ..Self::default()
         }
     }

@@ -42,6 +42,9 @@ pub struct GmmArgs {
     /// DPS step size ζ.
     #[arg(long)]
     pub zeta: Option<f64>,
+    /// Particles per sample of MCGdiff and FPS [default: 64; --quick: 32].
+    #[arg(long)]
+    pub particles: Option<usize>,
     /// Rows to run: oracle, prior, and samplers of `daps methods` [default: oracle, prior,
     /// daps-exact, daps, dps].
     #[arg(long, value_delimiter = ',')]
@@ -110,7 +113,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
     }
     set!(problems <- a.problems, samples <- a.samples, annealing_steps <- a.steps, ode_steps <- a.ode_steps,
          mcmc_steps <- a.mcmc_steps, lr <- a.lr, lr_min_ratio <- a.lr_min_ratio,
-        sigma_max <- a.sigma_max, dps_zeta <- a.zeta);
+        sigma_max <- a.sigma_max, dps_zeta <- a.zeta, particles <- a.particles);
     if let Some(ms) = a.methods {
         cfg.methods = ms
             .iter()

@@ -230,7 +230,11 @@ pub fn solve_method(task: &str, a: &SolveArgs) -> Result<Method> {
         (None, Some(m)) => default_budget(m),
         (None, None) => DEFAULT_BUDGET,
     };
-    let mut m = preset_method(task, budget)?;
+    // A sampler without settings for this task runs with its registered defaults.
+    let mut m = match (&a.preset, &a.method) {
+        (None, Some(name)) if !task::has_preset(task, budget) => Method::from_name(name)?,
+        _ => preset_method(task, budget)?,
+    };
     match (&mut m, a.method.as_deref()) {
         (_, None) => {}
         (m, Some(name)) if m.name() == name => {}
