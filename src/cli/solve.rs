@@ -87,7 +87,7 @@ pub struct SolveArgs {
     /// Sampler (see `daps methods`) [default: the preset's, else daps].
     #[arg(long)]
     pub method: Option<String>,
-    /// Sampler budget: daps-1k, daps-4k, daps-100, daps-50 or dps-1000 (values per task in
+    /// Sampler budget: daps-1k, daps-4k, daps-100, daps-50, dps-1000, or a sampler's own section (mcgdiff, fps, score-ald, pnp-dm) where the task has one (values per task in
     /// presets/) [default: daps-1k, or dps-1000 with --method dps].
     #[arg(long)]
     pub preset: Option<String>,
