@@ -81,9 +81,8 @@ impl PnpDmConfig {
                 self.rho_decay
             )));
         }
-        if !(self.grid_sigma_min > 0.0 && self.grid_sigma_max > self.grid_sigma_min)
-            || !self.grid_sigma_max.is_finite()
-        {
+        let (lo, hi) = (self.grid_sigma_min, self.grid_sigma_max);
+        if !(lo > 0.0 && hi > lo && hi.is_finite()) {
             return Err(Error::config(format!(
                 "pnp-dm: need 0 < grid_sigma_min < grid_sigma_max < ∞, got {}, {}",
                 self.grid_sigma_min, self.grid_sigma_max
