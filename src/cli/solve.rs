@@ -695,6 +695,13 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
             let m = preset_method(t.name, b)?;
             println!("{:<16} {b:<9} {}", "", m.describe());
         }
+        // Sections named after a sampler (`--method NAME` uses them).
+        for info in daps::sampler::METHODS {
+            if task::has_preset(t.name, info.name) {
+                let m = preset_method(t.name, info.name)?;
+                println!("{:<16} {:<9} {}", "", info.name, m.describe());
+            }
+        }
         println!();
     }
     println!(
