@@ -11,7 +11,7 @@
 //! starts at y + σ_0·A ε (official: σ_0·A ε), and x_0 ~ N(0, σ_0²) is conditioned on it exactly.
 
 use super::mcgdiff::check_grid;
-use super::smc::{self, Spectrum};
+use super::particles::{self as smc, Spectrum};
 use super::{Observer, Problem};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;

@@ -8,7 +8,7 @@
 //! times the twist, per coordinate) after resampling by its predictive weight. Output: one
 //! particle per chain, drawn by the final weights (particle 0 after the last resampling).
 
-use super::smc::{self, Spectrum};
+use super::particles::{self as smc, Spectrum};
 use super::{Observer, Problem};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;

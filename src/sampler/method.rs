@@ -298,7 +298,7 @@ impl Sampler for McgdiffConfig {
         )
     }
     fn supports(&self, p: &Problem) -> Result<()> {
-        super::smc::supports(p, "mcgdiff")
+        super::particles::supports(p, "mcgdiff")
     }
 }
 
@@ -331,7 +331,7 @@ impl Sampler for FpsConfig {
         )
     }
     fn supports(&self, p: &Problem) -> Result<()> {
-        super::smc::supports(p, "fps")
+        super::particles::supports(p, "fps")
     }
 }
 

@@ -12,7 +12,7 @@ pub mod method;
 pub mod ode;
 pub mod pnp_dm;
 pub mod score_ald;
-pub(crate) mod smc;
+pub(crate) mod particles;
 
 use crate::error::{Error, Result};
 use crate::operator::{Measurement, Operator};
