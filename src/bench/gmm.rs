@@ -12,7 +12,9 @@ use crate::prior::gmm::{rows_to_tensor, tensor_to_rows};
 use crate::prior::GaussianMixture;
 use crate::sampler::smc::DapsSmcConfig;
 use crate::sampler::tweedie::DapsTweedieConfig;
-use crate::sampler::{self, DapsConfig, DpsConfig, Problem, Silent};
+use crate::sampler::{
+    self, DapsConfig, DpsConfig, FpsConfig, McgdiffConfig, Problem, ScoreAldConfig, Silent,
+};
 use candle_core::Device;
 use nalgebra::{DMatrix, DVector};
 use rand::Rng;
@@ -64,7 +66,9 @@ impl Method {
 /// The registered sampler `name` at the benchmark's budget for a problem with noise `tau`:
 /// DAPS with N × M NFE, its Langevin step in units of τ²; DPS with N·M steps and ζ; DAPS-SMC
 /// with the first of `cfg.particles` particles of N × M NFE each; DAPS-Tweedie with N levels,
-/// its default Lanczos steps and 4 CG steps (exact for d_y ≤ 4). Every likelihood σ is τ.
+/// its default Lanczos steps and 4 CG steps (exact for d_y ≤ 4); Score-ALD with N·M levels of
+/// one step; MCGdiff and FPS with N steps × the first of `cfg.particles` (else
+/// `cfg.filter_particles`). Every likelihood σ of the DAPS variants is τ.
 pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampler::Method> {
     Ok(match sampler::Method::from_name(name)? {
         sampler::Method::Daps(c) => sampler::Method::Daps(DapsConfig {
@@ -99,6 +103,24 @@ pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampl
             tau: Some(tau),
             ..c
         }),
+        sampler::Method::ScoreAld(c) => sampler::Method::ScoreAld(ScoreAldConfig {
+            levels: cfg.annealing_steps * cfg.ode_steps,
+            steps_each: 1,
+            sigma_max: cfg.sigma_max,
+            ..c
+        }),
+        sampler::Method::Mcgdiff(c) => sampler::Method::Mcgdiff(McgdiffConfig {
+            steps: cfg.annealing_steps,
+            particles: cfg.particles.first().copied().unwrap_or(cfg.filter_particles),
+            sigma_max: cfg.sigma_max,
+            ..c
+        }),
+        sampler::Method::Fps(c) => sampler::Method::Fps(FpsConfig {
+            steps: cfg.annealing_steps,
+            particles: cfg.particles.first().copied().unwrap_or(cfg.filter_particles),
+            sigma_max: cfg.sigma_max,
+            ..c
+        }),
         // A sampler without a budget rule here runs with its registered defaults.
         #[allow(unreachable_patterns)]
         other => other,
@@ -121,8 +143,11 @@ pub struct GmmBenchConfig {
     pub sigma_max: f64,
     pub dps_zeta: f64,
     pub methods: Vec<Method>,
-    /// Particle counts K of `daps-smc`: one row per K.
+    /// Particle counts K of `daps-smc`, `mcgdiff` and `fps`: one row per K (empty: daps-smc's
+    /// default, `filter_particles` for the filters).
     pub particles: Vec<usize>,
+    /// Particles per sample of MCGdiff and FPS when `particles` is empty.
+    pub filter_particles: usize,
     pub directions: usize,
 }
 
@@ -141,7 +166,8 @@ impl Default for GmmBenchConfig {
             sigma_max: 100.0,
             dps_zeta: 0.3,
             methods: Method::ALL.to_vec(),
-            particles: vec![4],
+            particles: Vec::new(),
+            filter_particles: 64,
             directions: 100,
         }
     }
@@ -157,6 +183,7 @@ impl GmmBenchConfig {
             samples: 300,
             annealing_steps: 40,
             mcmc_steps: 20,
+            filter_particles: 32,
             ..Self::default()
         }
     }
@@ -307,12 +334,14 @@ fn table_rows(cfg: &GmmBenchConfig) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &m in &cfg.methods {
         let ks = match m {
-            Method::Sampler("daps-smc") => cfg.particles.clone(),
+            Method::Sampler("daps-smc" | "mcgdiff" | "fps") if !cfg.particles.is_empty() => {
+                cfg.particles.clone()
+            }
             _ => vec![0],
         };
         for k in ks {
             let mut c = cfg.clone();
-            c.particles = vec![k];
+            c.particles = if k > 0 { vec![k] } else { Vec::new() };
             let (label, nfe) = match m {
                 Method::Sampler(name) => {
                     let s = bench_sampler(name, &c, 1.0)?;

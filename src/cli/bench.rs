@@ -46,7 +46,8 @@ pub struct GmmArgs {
     /// daps-exact, daps, dps].
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
-    /// Particle counts of daps-smc (comma-separated; one row each) [default: 4].
+    /// Particle counts K of daps-smc, mcgdiff and fps (comma-separated; one row each)
+    /// [default: daps-smc 4; mcgdiff, fps 64, --quick 32].
     #[arg(long, value_delimiter = ',')]
     pub particles: Option<Vec<usize>>,
     /// Write the records as a JSON array (rewritten after each completed row).

@@ -87,7 +87,7 @@ pub struct SolveArgs {
     /// Sampler (see `daps methods`) [default: the preset's, else daps].
     #[arg(long)]
     pub method: Option<String>,
-    /// Sampler budget: daps-1k, daps-4k, daps-100, daps-50 or dps-1000 (values per task in
+    /// Sampler budget: daps-1k, daps-4k, daps-100, daps-50, dps-1000, or a sampler's own section (mcgdiff, fps, score-ald, pnp-dm) where the task has one (values per task in
     /// presets/) [default: daps-1k, or dps-1000 with --method dps].
     #[arg(long)]
     pub preset: Option<String>,
@@ -233,7 +233,11 @@ pub fn solve_method(task: &str, a: &SolveArgs) -> Result<Method> {
         (None, Some(m)) => default_budget(m),
         (None, None) => DEFAULT_BUDGET,
     };
-    let mut m = preset_method(task, budget)?;
+    // A sampler without settings for this task runs with its registered defaults.
+    let mut m = match (&a.preset, &a.method) {
+        (None, Some(name)) if !task::has_preset(task, budget) => Method::from_name(name)?,
+        _ => preset_method(task, budget)?,
+    };
     match (&mut m, a.method.as_deref()) {
         (_, None) => {}
         (m, Some(name)) if m.name() == name => {}
@@ -712,6 +716,13 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
         for b in BUDGETS {
             let m = preset_method(t.name, b)?;
             println!("{:<16} {b:<9} {}", "", m.describe());
+        }
+        // Sections named after a sampler (`--method NAME` uses them).
+        for info in daps::sampler::METHODS {
+            if task::has_preset(t.name, info.name) {
+                let m = preset_method(t.name, info.name)?;
+                println!("{:<16} {:<9} {}", "", info.name, m.describe());
+            }
         }
         println!();
     }

@@ -14,7 +14,10 @@
 
 use super::smc::{daps_smc, DapsSmcConfig};
 use super::tweedie::{daps_tweedie, DapsTweedieConfig};
-use super::{daps, dps, DapsConfig, DpsConfig, Observer, Problem, X0Method};
+use super::{
+    daps, dps, fps, mcgdiff, pnp_dm, score_ald, DapsConfig, DpsConfig, FpsConfig, McgdiffConfig,
+    Observer, PnpDmConfig, Problem, ScoreAldConfig, X0Method,
+};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use candle_core::Tensor;
@@ -60,6 +63,10 @@ pub enum Method {
     Dps(DpsConfig),
     DapsTweedie(DapsTweedieConfig),
     DapsSmc(DapsSmcConfig),
+    Mcgdiff(McgdiffConfig),
+    Fps(FpsConfig),
+    ScoreAld(ScoreAldConfig),
+    PnpDm(PnpDmConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -71,6 +78,10 @@ macro_rules! dispatch {
             Method::Dps($c) => $e,
             Method::DapsTweedie($c) => $e,
             Method::DapsSmc($c) => $e,
+            Method::Mcgdiff($c) => $e,
+            Method::Fps($c) => $e,
+            Method::ScoreAld($c) => $e,
+            Method::PnpDm($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -91,6 +102,22 @@ macro_rules! dispatch {
                 let $wrap = Method::DapsSmc;
                 $e
             }
+            Method::Mcgdiff($c) => {
+                let $wrap = Method::Mcgdiff;
+                $e
+            }
+            Method::Fps($c) => {
+                let $wrap = Method::Fps;
+                $e
+            }
+            Method::ScoreAld($c) => {
+                let $wrap = Method::ScoreAld;
+                $e
+            }
+            Method::PnpDm($c) => {
+                let $wrap = Method::PnpDm;
+                $e
+            }
         }
     };
 }
@@ -107,7 +134,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 6] = [
+pub const METHODS: [MethodInfo; 10] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -158,6 +185,30 @@ pub const METHODS: [MethodInfo; 6] = [
         summary: "Diffusion Posterior Sampling: DDPM steps with the gradient of ‖y − A(x̂0(x))‖",
         reference: "Chung et al., ICLR 2023 (arXiv 2209.14687)",
         default: || Method::Dps(DpsConfig::default()),
+    },
+    MethodInfo {
+        name: "mcgdiff",
+        summary: "Particle filter on the prior's reverse chain, twisted per SVD coordinate (linear-Gaussian y)",
+        reference: "Cardoso et al., ICLR 2024 (arXiv 2308.07983)",
+        default: || Method::Mcgdiff(McgdiffConfig::default()),
+    },
+    MethodInfo {
+        name: "fps",
+        summary: "FPS-SMC: particles follow a noised y-bridge; Gaussian proposals by the prox; resampling",
+        reference: "Dou & Song, ICLR 2024",
+        default: || Method::Fps(FpsConfig::default()),
+    },
+    MethodInfo {
+        name: "score-ald",
+        summary: "Annealed Langevin on the prior score and the likelihood score weighted 1/(σ_y² + σ²)",
+        reference: "Jalal et al., NeurIPS 2021 (arXiv 2108.01368)",
+        default: || Method::ScoreAld(ScoreAldConfig::default()),
+    },
+    MethodInfo {
+        name: "pnp-dm",
+        summary: "Split Gibbs: likelihood step (prox or Langevin), EDM posterior denoising, annealed ρ",
+        reference: "Wu et al., NeurIPS 2024 (arXiv 2405.18782)",
+        default: || Method::PnpDm(PnpDmConfig::default()),
     },
 ];
 
@@ -336,6 +387,138 @@ impl Sampler for DapsSmcConfig {
     }
     fn supports(&self, p: &Problem) -> Result<()> {
         super::smc::linear_of(p, "daps-smc").map(|_| ())
+    }
+}
+
+impl Sampler for McgdiffConfig {
+    fn name(&self) -> &'static str {
+        "mcgdiff"
+    }
+    fn nfe(&self) -> usize {
+        self.steps * self.particles
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        McgdiffConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        mcgdiff(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps × {} particles, η {}, κ {}, σ {} → {}",
+            self.steps, self.particles, self.eta, self.kappa, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::particles::supports(p, "mcgdiff")
+    }
+}
+
+impl Sampler for FpsConfig {
+    fn name(&self) -> &'static str {
+        "fps"
+    }
+    fn nfe(&self) -> usize {
+        self.steps * self.particles
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        FpsConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        fps(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps × {} particles, c_rate {}, σ {} → {}",
+            self.steps, self.particles, self.c_rate, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::particles::supports(p, "fps")
+    }
+}
+
+impl Sampler for ScoreAldConfig {
+    fn name(&self) -> &'static str {
+        "score-ald"
+    }
+    fn nfe(&self) -> usize {
+        self.levels * self.steps_each
+    }
+    fn steps(&self) -> usize {
+        self.levels
+    }
+    fn validate(&self) -> Result<()> {
+        ScoreAldConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        score_ald(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} levels × {} steps, lr {}·σ², σ {} → {}",
+            self.levels, self.steps_each, self.lr, self.sigma_max, self.sigma_min
+        )
+    }
+}
+
+impl Sampler for PnpDmConfig {
+    fn name(&self) -> &'static str {
+        "pnp-dm"
+    }
+    fn nfe(&self) -> usize {
+        PnpDmConfig::nfe(self)
+    }
+    fn steps(&self) -> usize {
+        self.iterations
+    }
+    fn validate(&self) -> Result<()> {
+        PnpDmConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        pnp_dm(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} iterations, ρ {} × {}^k ≥ {}, EDM grid {} points {} → {}",
+            self.iterations,
+            self.rho0,
+            self.rho_decay,
+            self.rho_min,
+            self.grid_steps,
+            self.grid_sigma_max,
+            self.grid_sigma_min
+        )
     }
 }
 

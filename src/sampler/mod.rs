@@ -4,12 +4,17 @@
 
 pub mod daps;
 pub mod dps;
+pub mod fps;
 pub mod heun;
+pub mod mcgdiff;
 pub mod mcmc;
 pub mod method;
 pub mod ode;
 pub mod smc;
 pub mod tweedie;
+pub mod pnp_dm;
+pub mod score_ald;
+pub(crate) mod particles;
 
 use crate::error::{Error, Result};
 use crate::operator::{Measurement, Operator};
@@ -21,7 +26,11 @@ pub use daps::{
 };
 pub use dps::{dps, DpsConfig};
 pub use heun::{heun_sample as heun, EdmGrid};
+pub use fps::{fps, FpsConfig};
+pub use mcgdiff::{mcgdiff, McgdiffConfig};
 pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
+pub use pnp_dm::{pnp_dm, PnpDmConfig};
+pub use score_ald::{score_ald, ScoreAldConfig};
 
 /// What a sampler works on.
 #[derive(Clone, Copy)]

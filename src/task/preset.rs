@@ -14,6 +14,11 @@ pub const DEFAULT_BUDGET: &str = "daps-1k";
 pub fn default_budget(method: &str) -> &'static str {
     match method {
         "dps" => "dps-1000",
+        // Sections named after the sampler, in the files of the tasks it has settings for.
+        "mcgdiff" => "mcgdiff",
+        "fps" => "fps",
+        "score-ald" => "score-ald",
+        "pnp-dm" => "pnp-dm",
         _ => DEFAULT_BUDGET,
     }
 }
@@ -21,6 +26,14 @@ pub fn default_budget(method: &str) -> &'static str {
 /// The embedded TOML preset file of a task.
 pub fn preset_source(task: &str) -> Result<&'static str> {
     Ok(info(task)?.preset)
+}
+
+/// Whether the preset file of `task` has a section `budget`.
+pub fn has_preset(task: &str, budget: &str) -> bool {
+    preset_source(task)
+        .ok()
+        .and_then(|src| toml::from_str::<toml::Table>(src).ok())
+        .is_some_and(|t| t.contains_key(budget))
 }
 
 /// The sampler and settings of `budget` (see [`BUDGETS`]) for a task.
