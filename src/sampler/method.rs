@@ -7,7 +7,7 @@
 //! Result<Tensor>` and `impl Sampler` for the config; here, a `Method` variant, its line in
 //! [`dispatch!`] and a [`METHODS`] entry.
 
-use super::{daps, dps, DapsConfig, DpsConfig, Observer, Problem, X0Method};
+use super::{daps, ddrm, dps, DapsConfig, DdrmConfig, DpsConfig, Observer, Problem, X0Method};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use candle_core::Tensor;
@@ -51,6 +51,7 @@ pub trait Sampler: Serialize + DeserializeOwned {
 pub enum Method {
     Daps(DapsConfig),
     Dps(DpsConfig),
+    Ddrm(DdrmConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -60,6 +61,7 @@ macro_rules! dispatch {
         match $m {
             Method::Daps($c) => $e,
             Method::Dps($c) => $e,
+            Method::Ddrm($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -70,6 +72,10 @@ macro_rules! dispatch {
             }
             Method::Dps($c) => {
                 let $wrap = Method::Dps;
+                $e
+            }
+            Method::Ddrm($c) => {
+                let $wrap = Method::Ddrm;
                 $e
             }
         }
@@ -88,7 +94,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 4] = [
+pub const METHODS: [MethodInfo; 5] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -124,6 +130,13 @@ pub const METHODS: [MethodInfo; 4] = [
         summary: "Diffusion Posterior Sampling: DDPM steps with the gradient of ‖y − A(x̂0(x))‖",
         reference: "Chung et al., ICLR 2023 (arXiv 2209.14687)",
         default: || Method::Dps(DpsConfig::default()),
+    },
+    MethodInfo {
+        name: "ddrm",
+        summary: "Denoising Diffusion Restoration Models: DDIM steps in the SVD basis of A \
+                  (inpainting, average pooling, matrices)",
+        reference: "Kawar et al., NeurIPS 2022 (arXiv 2201.11793)",
+        default: || Method::Ddrm(DdrmConfig::default()),
     },
 ];
 
@@ -215,6 +228,39 @@ impl Sampler for DpsConfig {
     }
     fn optional_keys(&self) -> &'static [&'static str] {
         &["clip"]
+    }
+}
+
+impl Sampler for DdrmConfig {
+    fn name(&self) -> &'static str {
+        "ddrm"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        DdrmConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        ddrm(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps, η {}, η_b {}, σ {} → {}",
+            self.steps, self.eta, self.eta_b, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::svd_of(p, "ddrm").map(|_| ())
     }
 }
 
@@ -349,9 +395,9 @@ mod tests {
             m.validate().unwrap();
             assert_eq!(m.nfe() == 0, info.name == "daps-exact", "{}", info.name);
         }
-        let e = Method::from_name("ddrm").unwrap_err().to_string();
+        let e = Method::from_name("ddrn").unwrap_err().to_string();
         assert!(
-            e.contains("unknown method 'ddrm'") && e.contains("dps"),
+            e.contains("unknown method 'ddrn'") && e.contains("ddrm"),
             "{e}"
         );
     }
