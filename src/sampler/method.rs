@@ -7,7 +7,10 @@
 //! Result<Tensor>` and `impl Sampler` for the config; here, a `Method` variant, its line in
 //! [`dispatch!`] and a [`METHODS`] entry.
 
-use super::{daps, ddrm, dps, DapsConfig, DdrmConfig, DpsConfig, Observer, Problem, X0Method};
+use super::{daps, ddnm, ddrm, diffpir, dps, pigdm, red_diff, Observer, Problem, X0Method};
+use super::{
+    DapsConfig, DdnmConfig, DdrmConfig, DiffpirConfig, DpsConfig, PigdmConfig, RedDiffConfig,
+};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use candle_core::Tensor;
@@ -52,6 +55,10 @@ pub enum Method {
     Daps(DapsConfig),
     Dps(DpsConfig),
     Ddrm(DdrmConfig),
+    Ddnm(DdnmConfig),
+    Pigdm(PigdmConfig),
+    Diffpir(DiffpirConfig),
+    RedDiff(RedDiffConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -62,6 +69,10 @@ macro_rules! dispatch {
             Method::Daps($c) => $e,
             Method::Dps($c) => $e,
             Method::Ddrm($c) => $e,
+            Method::Ddnm($c) => $e,
+            Method::Pigdm($c) => $e,
+            Method::Diffpir($c) => $e,
+            Method::RedDiff($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -76,6 +87,22 @@ macro_rules! dispatch {
             }
             Method::Ddrm($c) => {
                 let $wrap = Method::Ddrm;
+                $e
+            }
+            Method::Ddnm($c) => {
+                let $wrap = Method::Ddnm;
+                $e
+            }
+            Method::Pigdm($c) => {
+                let $wrap = Method::Pigdm;
+                $e
+            }
+            Method::Diffpir($c) => {
+                let $wrap = Method::Diffpir;
+                $e
+            }
+            Method::RedDiff($c) => {
+                let $wrap = Method::RedDiff;
                 $e
             }
         }
@@ -94,7 +121,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 5] = [
+pub const METHODS: [MethodInfo; 9] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -137,6 +164,33 @@ pub const METHODS: [MethodInfo; 5] = [
                   (inpainting, average pooling, matrices)",
         reference: "Kawar et al., NeurIPS 2022 (arXiv 2201.11793)",
         default: || Method::Ddrm(DdrmConfig::default()),
+    },
+    MethodInfo {
+        name: "ddnm",
+        summary: "Denoising Diffusion Null-space Model (DDNM+): x̂0 − λA⁺(A x̂0 − y), re-noise \
+                  (inpainting, average pooling, matrices)",
+        reference: "Wang et al., ICLR 2023 (arXiv 2212.00490), README's simplified DDNM+",
+        default: || Method::Ddnm(DdnmConfig::default()),
+    },
+    MethodInfo {
+        name: "pigdm",
+        summary:
+            "Pseudo-inverse guided diffusion (ΠGDM): DDIM plus J_Dᵀ(AᵀA + σ_y²/r²)⁻¹Aᵀ(y − A x̂0)",
+        reference: "Song et al., ICLR 2023 (openreview 9_gsMA8MRKQ)",
+        default: || Method::Pigdm(PigdmConfig::default()),
+    },
+    MethodInfo {
+        name: "diffpir",
+        summary: "DiffPIR: denoiser, data proximal step around x̂0 (ρ = λσ_y²/4σ²), re-noise with ζ",
+        reference: "Zhu et al., CVPR Workshops 2023 (arXiv 2305.08995)",
+        default: || Method::Diffpir(DiffpirConfig::default()),
+    },
+    MethodInfo {
+        name: "red-diff",
+        summary: "RED-diff: Adam on a point estimate μ with the denoiser's regulariser \
+                  λ(μ − D(μ + σε)) and the data term",
+        reference: "Mardani et al., ICLR 2024 (arXiv 2305.04391)",
+        default: || Method::RedDiff(RedDiffConfig::default()),
     },
 ];
 
@@ -261,6 +315,132 @@ impl Sampler for DdrmConfig {
     }
     fn supports(&self, p: &Problem) -> Result<()> {
         super::svd_of(p, "ddrm").map(|_| ())
+    }
+}
+
+impl Sampler for DdnmConfig {
+    fn name(&self) -> &'static str {
+        "ddnm"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        DdnmConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        ddnm(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps, η {}, σ {} → {}",
+            self.steps, self.eta, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::svd_of(p, "ddnm").map(|_| ())
+    }
+}
+
+impl Sampler for PigdmConfig {
+    fn name(&self) -> &'static str {
+        "pigdm"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        PigdmConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        pigdm(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps (+VJP), η {}, weight {}, σ {} → {}",
+            self.steps, self.eta, self.weight, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::linear_of(p, "pigdm").map(|_| ())
+    }
+}
+
+impl Sampler for DiffpirConfig {
+    fn name(&self) -> &'static str {
+        "diffpir"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        DiffpirConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        diffpir(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!("{} steps, λ {}, ζ {}", self.steps, self.lambda, self.zeta)
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::linear_of(p, "diffpir").map(|_| ())
+    }
+}
+
+impl Sampler for RedDiffConfig {
+    fn name(&self) -> &'static str {
+        "red-diff"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        RedDiffConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        red_diff(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps, Adam lr {}, λ {}, data weight {}",
+            self.steps, self.lr, self.lambda, self.obs_weight
+        )
     }
 }
 

@@ -3,12 +3,16 @@
 //! outer step to an [`Observer`].
 
 pub mod daps;
+pub mod ddnm;
 pub mod ddrm;
+pub mod diffpir;
 pub mod dps;
 pub mod heun;
 pub mod mcmc;
 pub mod method;
 pub mod ode;
+pub mod pigdm;
+pub mod red_diff;
 
 use crate::error::{Error, Result};
 use crate::operator::{Linear, Measurement, Operator, Svd};
@@ -16,9 +20,17 @@ use crate::prior::Denoiser;
 use candle_core::{DType, Tensor};
 
 pub use daps::{daps, DapsConfig, DataGradient, PriorTerm, X0Method};
+pub use ddnm::{ddnm, DdnmConfig};
 pub use ddrm::{ddrm, DdrmConfig};
+pub use diffpir::{diffpir, DiffpirConfig};
 pub use dps::{dps, DpsConfig};
 pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
+pub use pigdm::{pigdm, PigdmConfig};
+pub use red_diff::{red_diff, RedDiffConfig};
+
+/// The data scale that unit-free settings refer to (ΠGDM's r², RED-diff's Adam step): 1 for
+/// data in [−1, 1]; the prior's σ_data once priors declare one.
+pub const SIGMA_DATA: f64 = 1.0;
 
 /// What a sampler works on.
 #[derive(Clone, Copy)]
