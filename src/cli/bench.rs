@@ -42,8 +42,8 @@ pub struct GmmArgs {
     /// DPS step size ζ.
     #[arg(long)]
     pub zeta: Option<f64>,
-    /// Rows to run: oracle, prior, and samplers of `daps methods` [default: oracle, prior,
-    /// daps-exact, daps, dps].
+    /// Rows to run: oracle, prior, and samplers of `daps methods`; `all` = oracle, prior and
+    /// every sampler that supports the problems [default: oracle, prior, daps-exact, daps, dps].
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
     /// Write the records as a JSON array (rewritten after each completed row).
@@ -112,10 +112,14 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
          mcmc_steps <- a.mcmc_steps, lr <- a.lr, lr_min_ratio <- a.lr_min_ratio,
         sigma_max <- a.sigma_max, dps_zeta <- a.zeta);
     if let Some(ms) = a.methods {
-        cfg.methods = ms
-            .iter()
-            .map(|s| Method::parse(s))
-            .collect::<daps::Result<_>>()?;
+        cfg.methods = Vec::new();
+        for s in &ms {
+            if s == "all" {
+                cfg.methods.extend(Method::all(&cfg, &Device::Cpu)?);
+            } else {
+                cfg.methods.push(Method::parse(s)?);
+            }
+        }
     }
     if cfg.problems == 0 || cfg.samples < 2 {
         bail!("need at least 1 problem and 2 samples");
@@ -129,8 +133,8 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
         cfg.annealing_steps * cfg.ode_steps, cfg.dps_zeta
     );
     println!(
-        "{:>5} {:>4}  {:<13} {:>20} {:>20} {:>12}",
-        "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "s/problem"
+        "{:>5} {:>4}  {:<13} {:>20} {:>20} {:>6} {:>12}",
+        "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "NFE", "s/problem"
     );
     let started = std::time::Instant::now();
     let mut done: Vec<Record> = Vec::new();
@@ -154,7 +158,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
         |r| {
             bar.suspend(|| {
                 println!(
-                    "{:>5} {:>4}  {:<13} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>12.3}",
+                    "{:>5} {:>4}  {:<13} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>6} {:>12.3}",
                     r.d,
                     r.d_y,
                     r.method,
@@ -162,6 +166,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
                     r.sw_ci95,
                     r.tv_mean,
                     r.tv_ci95,
+                    r.nfe,
                     r.seconds_per_problem
                 );
                 std::io::stdout().flush().ok();

@@ -59,7 +59,8 @@ pub use blur::blur_size;
 pub use explicit::{explicit_matrix, Explicit, MAX_EXPLICIT_DIM};
 pub use file::{MeasurementFile, FORMAT, FORMAT_VERSION};
 pub use preset::{
-    default_budget, preset, preset_method, preset_source, set_config, BUDGETS, DEFAULT_BUDGET,
+    budgets, default_budget, preset, preset_method, preset_source, set_config, BUDGETS,
+    DEFAULT_BUDGET, METHOD_PRESETS,
 };
 
 use crate::error::{Error, Result};
