@@ -89,7 +89,7 @@ pub struct SolveArgs {
     pub method: Option<String>,
     /// Sampler budget: daps-1k, daps-4k, daps-100, daps-50, dps-1000, or a sampler's own section
     /// (ddrm, ddnm, pigdm, diffpir, red-diff, where the task has one) (values per task in
-    /// presets/) [default: daps-1k, or dps-1000 with --method dps].
+    /// presets/) [default: daps-1k; dps-1000 with --method dps; its own section with --method NAME].
     #[arg(long)]
     pub preset: Option<String>,
     /// Independent samples (chains, run as one batch).

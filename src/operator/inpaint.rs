@@ -164,10 +164,10 @@ impl Linear for Inpaint {
 
 /// U = V = I, s = m.
 impl Svd for Inpaint {
-    fn to_spectral(&self, x: &Tensor) -> Result<Tensor> {
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.clone())
     }
-    fn from_spectral(&self, c: &Tensor) -> Result<Tensor> {
+    fn apply_v(&self, c: &Tensor) -> Result<Tensor> {
         Ok(c.clone())
     }
     fn singular_values(&self, sample: &[usize]) -> Result<Vec<f64>> {

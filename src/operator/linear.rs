@@ -242,11 +242,11 @@ impl MatrixOperator {
 
 impl Svd for MatrixOperator {
     /// Vᵀx: rows x V.
-    fn to_spectral(&self, x: &Tensor) -> Result<Tensor> {
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor> {
         let b = self.check(x)?;
         Self::rows_times(x, &self.matrix_svd()?.v, self.sample_dims(b))
     }
-    fn from_spectral(&self, c: &Tensor) -> Result<Tensor> {
+    fn apply_v(&self, c: &Tensor) -> Result<Tensor> {
         let b = self.check(c)?;
         Self::rows_times(c, &self.matrix_svd()?.v.t()?, self.sample_dims(b))
     }

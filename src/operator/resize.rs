@@ -269,7 +269,7 @@ impl Linear for AvgPool {
 /// other k² − 1 are null directions. Spectral layout: `[B, C, H/k, W/k, k²]` read as
 /// `[B, C, H, W]`; U = I.
 impl Svd for AvgPool {
-    fn to_spectral(&self, x: &Tensor) -> Result<Tensor> {
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = dims4(x, "average pooling SVD")?;
         let k = self.factor;
         let blocks = x
@@ -280,7 +280,7 @@ impl Svd for AvgPool {
             .matmul(&self.householder(x)?)?
             .reshape((b, c, h, w))?)
     }
-    fn from_spectral(&self, s: &Tensor) -> Result<Tensor> {
+    fn apply_v(&self, s: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = dims4(s, "average pooling SVD")?;
         let k = self.factor;
         let blocks = s.reshape((b * c * (h / k) * (w / k), k * k))?;

@@ -66,9 +66,9 @@ pub trait Linear: Operator {
 /// out in the input's shape `[B, ...]`, one singular value per coordinate (0 off range(Aᵀ)).
 pub trait Svd {
     /// Vᵀx, in x's shape.
-    fn to_spectral(&self, x: &Tensor) -> Result<Tensor>;
-    /// V c (the inverse of [`Svd::to_spectral`]).
-    fn from_spectral(&self, c: &Tensor) -> Result<Tensor>;
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor>;
+    /// V c (the inverse of [`Svd::apply_vt`]).
+    fn apply_v(&self, c: &Tensor) -> Result<Tensor>;
     /// The singular value of each spectral coordinate of one sample of shape `sample`
     /// (row-major, the length of that sample).
     fn singular_values(&self, sample: &[usize]) -> Result<Vec<f64>>;

@@ -97,12 +97,12 @@ pub fn ddrm(
     let mut xbar = ybar
         .broadcast_mul(&coef(&ay, &z)?)?
         .broadcast_add(&z.broadcast_mul(&coef(&az, &z)?)?)?;
-    let mut x = svd.from_spectral(&xbar)?;
+    let mut x = svd.apply_v(&xbar)?;
     let (eta, eb) = (cfg.eta, cfg.eta_b);
     for i in 0..cfg.steps {
         let (sg, sn) = (sig[i], sig[i + 1]);
         let x0 = p.prior.denoise(&x, sg)?;
-        let x0bar = svd.to_spectral(&x0)?;
+        let x0bar = svd.apply_vt(&x0)?;
         let eps = ((&xbar - &x0bar)? / sg)?;
         // x̄′ = c0·x̄0 + ce·ε̄ + cy·ȳ + cz·z, per coordinate.
         let mut c = [vec![], vec![], vec![], vec![]];
@@ -128,7 +128,7 @@ pub fn ddrm(
                 .broadcast_as(z.shape())?
             + z.broadcast_mul(&coef(&c[3], &z)?)?)?;
         check_finite(&xbar, i, "DDRM step")?;
-        x = svd.from_spectral(&xbar)?;
+        x = svd.apply_v(&xbar)?;
         obs.on_step(&StepInfo {
             step: i,
             steps: cfg.steps,
