@@ -76,6 +76,22 @@ pub fn lr_multiplier(i: usize, n: usize, lr_min_ratio: f64, disc: Discretization
     1.0 + r * (lr_min_ratio - 1.0)
 }
 
+/// `n` points from `hi` to `lo` equally spaced in log σ (InverseBench's "VE geometric" grid).
+pub fn geometric_grid(hi: f64, lo: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![hi];
+    }
+    let r = (lo / hi).ln() / (n - 1) as f64;
+    (0..n).map(|k| hi * (r * k as f64).exp()).collect()
+}
+
+/// EDM σ(t) = √((1−ᾱ_t)/ᾱ_t) of DDPM's 1000-step linear β schedule, indexed by t = 0..999
+/// (σ(0) ≈ 0.010, σ(999) ≈ 157.4).
+pub fn ddpm_sigmas() -> Vec<f64> {
+    let vp = VpSchedule::ddpm_linear(1000);
+    (0..1000).rev().map(|k| vp.sigma(k)).collect()
+}
+
 /// VP (DDPM) quantities used by DPS: the 1000-step linear β schedule of DDPM, respaced.
 #[derive(Debug, Clone)]
 pub struct VpSchedule {

@@ -37,6 +37,7 @@ fn bench_gmm_quick_writes_the_documented_records() {
         "sw_mean",
         "sw_ci95",
         "tv_mean",
+        "nfe",
         "seconds_per_problem",
         "nfe",
         "problems",

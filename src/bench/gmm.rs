@@ -13,7 +13,8 @@ use crate::prior::GaussianMixture;
 use crate::sampler::smc::DapsSmcConfig;
 use crate::sampler::tweedie::DapsTweedieConfig;
 use crate::sampler::{
-    self, DapsConfig, DpsConfig, FpsConfig, McgdiffConfig, Problem, ScoreAldConfig, Silent,
+    self, DapsConfig, DdnmConfig, DdrmConfig, DiffpirConfig, DpsConfig, FpsConfig, McgdiffConfig,
+    PigdmConfig, Problem, RedDiffConfig, ScoreAldConfig, Silent,
 };
 use candle_core::Device;
 use nalgebra::{DMatrix, DVector};
@@ -54,6 +55,41 @@ impl Method {
         }
     }
 
+    /// `oracle`, `prior` and every registered sampler that can solve the benchmark's problems
+    /// (its `supports` accepts the first cell's first problem), for `--methods all`.
+    pub fn all(cfg: &GmmBenchConfig, device: &Device) -> Result<Vec<Method>> {
+        let (d, dy) = (cfg.dims[0], cfg.dys[0]);
+        let p = make_problem(d, dy, 1, device)?;
+        let op = MatrixOperator::new(p.a.clone(), &[d], device)?;
+        let meas = Measurement {
+            y: rows_to_tensor(p.y.as_slice(), 1, dy, device)?,
+            sigma_y: p.sigma_y,
+        };
+        let prob = Problem {
+            prior: &p.prior,
+            operator: &op,
+            measurement: &meas,
+        };
+        let mut out = vec![Method::Oracle, Method::Prior];
+        for info in sampler::METHODS {
+            if bench_sampler(info.name, cfg, p.sigma_y)?
+                .supports(&prob)
+                .is_ok()
+            {
+                out.push(Method::Sampler(info.name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Network evaluations per sample at the benchmark's budget (0 for the references).
+    pub fn nfe(&self, cfg: &GmmBenchConfig) -> Result<usize> {
+        match self {
+            Method::Sampler(n) => Ok(bench_sampler(n, cfg, 1.0)?.nfe()),
+            _ => Ok(0),
+        }
+    }
+
     pub const ALL: [Method; 5] = [
         Method::Oracle,
         Method::Prior,
@@ -68,7 +104,9 @@ impl Method {
 /// with the first of `cfg.particles` particles of N × M NFE each; DAPS-Tweedie with N levels,
 /// its default Lanczos steps and 4 CG steps (exact for d_y ≤ 4); Score-ALD with N·M levels of
 /// one step; MCGdiff and FPS with N steps × the first of `cfg.particles` (else
-/// `cfg.filter_particles`). Every likelihood σ of the DAPS variants is τ.
+/// `cfg.filter_particles`). Every likelihood σ of the DAPS variants is τ; DDRM,
+/// DDNM, ΠGDM, DiffPIR and RED-diff with N·M steps (at most 1000 for the last two) and their
+/// registered settings.
 pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampler::Method> {
     Ok(match sampler::Method::from_name(name)? {
         sampler::Method::Daps(c) => sampler::Method::Daps(DapsConfig {
@@ -119,6 +157,26 @@ pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampl
             steps: cfg.annealing_steps,
             particles: cfg.particles.first().copied().unwrap_or(cfg.filter_particles),
             sigma_max: cfg.sigma_max,
+            ..c
+        }),
+        sampler::Method::Ddrm(c) => sampler::Method::Ddrm(DdrmConfig {
+            steps: cfg.annealing_steps * cfg.ode_steps,
+            ..c
+        }),
+        sampler::Method::Ddnm(c) => sampler::Method::Ddnm(DdnmConfig {
+            steps: cfg.annealing_steps * cfg.ode_steps,
+            ..c
+        }),
+        sampler::Method::Pigdm(c) => sampler::Method::Pigdm(PigdmConfig {
+            steps: cfg.annealing_steps * cfg.ode_steps,
+            ..c
+        }),
+        sampler::Method::Diffpir(c) => sampler::Method::Diffpir(DiffpirConfig {
+            steps: (cfg.annealing_steps * cfg.ode_steps).min(1000),
+            ..c
+        }),
+        sampler::Method::RedDiff(c) => sampler::Method::RedDiff(RedDiffConfig {
+            steps: (cfg.annealing_steps * cfg.ode_steps).min(1000),
             ..c
         }),
         // A sampler without a budget rule here runs with its registered defaults.
@@ -201,6 +259,9 @@ pub struct Record {
     /// Printed in the table; not part of the JSON record.
     #[serde(skip)]
     pub tv_ci95: f64,
+    /// Network evaluations per sample (0 for oracle and prior).
+    #[serde(default)]
+    pub nfe: usize,
     pub seconds_per_problem: f64,
     /// Network evaluations per sample (0 for the references).
     pub nfe: usize,
@@ -414,6 +475,7 @@ pub fn run(
                     sw_ci95,
                     tv_mean,
                     tv_ci95,
+                    nfe: m.nfe(cfg)?,
                     seconds_per_problem: per[k].2.iter().sum::<f64>() / cfg.problems as f64,
                     nfe: row.nfe,
                     problems: cfg.problems,

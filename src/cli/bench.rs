@@ -42,8 +42,8 @@ pub struct GmmArgs {
     /// DPS step size ζ.
     #[arg(long)]
     pub zeta: Option<f64>,
-    /// Rows to run: oracle, prior, and samplers of `daps methods` [default: oracle, prior,
-    /// daps-exact, daps, dps].
+    /// Rows to run: oracle, prior, and samplers of `daps methods`; `all` = oracle, prior and
+    /// every sampler that supports the problems [default: oracle, prior, daps-exact, daps, dps].
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
     /// Particle counts K of daps-smc, mcgdiff and fps (comma-separated; one row each)
@@ -116,10 +116,14 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
          mcmc_steps <- a.mcmc_steps, lr <- a.lr, lr_min_ratio <- a.lr_min_ratio,
         sigma_max <- a.sigma_max, dps_zeta <- a.zeta, particles <- a.particles);
     if let Some(ms) = a.methods {
-        cfg.methods = ms
-            .iter()
-            .map(|s| Method::parse(s))
-            .collect::<daps::Result<_>>()?;
+        cfg.methods = Vec::new();
+        for s in &ms {
+            if s == "all" {
+                cfg.methods.extend(Method::all(&cfg, &Device::Cpu)?);
+            } else {
+                cfg.methods.push(Method::parse(s)?);
+            }
+        }
     }
     if cfg.problems == 0 || cfg.samples < 2 {
         bail!("need at least 1 problem and 2 samples");

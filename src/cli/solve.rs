@@ -87,8 +87,10 @@ pub struct SolveArgs {
     /// Sampler (see `daps methods`) [default: the preset's, else daps].
     #[arg(long)]
     pub method: Option<String>,
-    /// Sampler budget: daps-1k, daps-4k, daps-100, daps-50, dps-1000, or a sampler's own section (mcgdiff, fps, score-ald, pnp-dm) where the task has one (values per task in
-    /// presets/) [default: daps-1k, or dps-1000 with --method dps].
+    /// Sampler budget: daps-1k, daps-4k, daps-100, daps-50, dps-1000, or a sampler's own section
+    /// (ddrm, ddnm, pigdm, diffpir, red-diff, mcgdiff, fps, score-ald, pnp-dm, where the task has
+    /// one) (values per task in presets/) [default: daps-1k; dps-1000 with --method dps; its own
+    /// section with --method NAME].
     #[arg(long)]
     pub preset: Option<String>,
     /// Independent samples (chains, run as one batch).
@@ -507,6 +509,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         operator: op,
         measurement: &measurement,
     };
+    method.supports(&problem)?;
     let settings = method.describe();
     eprintln!(
         "{}; σ_y {}; prior {}; {} {settings}; {} sample(s), seed {}",
@@ -713,7 +716,7 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
         };
         println!("{:<16} parameters: {}", "", params.join(", "));
         println!("{:<16} y for a {ch}×{s}×{s} image: {shape}", "");
-        for b in BUDGETS {
+        for b in task::budgets(t.name)? {
             let m = preset_method(t.name, b)?;
             println!("{:<16} {b:<9} {}", "", m.describe());
         }
@@ -745,13 +748,22 @@ pub fn methods() -> Result<()> {
     println!("{:<12} {:>6}  {}", "method", "NFE", "description");
     for info in daps::sampler::METHODS {
         let m = (info.default)();
-        let budgets: Vec<String> = BUDGETS
+        let mut budgets: Vec<String> = BUDGETS
             .iter()
             .filter_map(|b| {
                 let p = preset_method("sr4", b).ok()?;
                 (p.name() == info.name).then(|| format!("{b} {}", p.nfe()))
             })
             .collect();
+        if task::METHOD_PRESETS.contains(&info.name) {
+            // Its own section, in the tasks it supports.
+            for t in task::TASKS {
+                if task::budgets(t.name)?.contains(&info.name) {
+                    let p = preset_method(t.name, info.name)?;
+                    budgets.push(format!("{} {}", t.name, p.nfe()));
+                }
+            }
+        }
         println!("{:<12} {:>6}  {}", info.name, m.nfe(), info.summary);
         println!("{:<12} {:>6}  {}", "", "", info.reference);
         if !budgets.is_empty() {

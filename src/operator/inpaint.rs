@@ -1,7 +1,7 @@
 //! Inpainting: A(x) = x ⊙ mask with a {0, 1} mask shared by every channel and image.
 
 use super::structure::check_gamma;
-use super::{Linear, Operator};
+use super::{Linear, Operator, Svd};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -154,6 +154,32 @@ impl Linear for Inpaint {
 
     /// m ⊙ y.
     fn pinv(&self, y: &Tensor) -> Result<Tensor> {
+        self.adjoint(y)
+    }
+
+    fn svd(&self) -> Option<&dyn Svd> {
+        Some(self)
+    }
+}
+
+/// U = V = I, s = m.
+impl Svd for Inpaint {
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+    fn apply_v(&self, c: &Tensor) -> Result<Tensor> {
+        Ok(c.clone())
+    }
+    fn singular_values(&self, sample: &[usize]) -> Result<Vec<f64>> {
+        let mut dims = vec![1];
+        dims.extend_from_slice(sample);
+        let m = self.mask_for(
+            &Tensor::zeros(dims.clone(), DType::F64, self.mask.device())?,
+            "input",
+        )?;
+        Ok(m.broadcast_as(dims)?.flatten_all()?.to_vec1::<f64>()?)
+    }
+    fn project_y(&self, y: &Tensor) -> Result<Tensor> {
         self.adjoint(y)
     }
 }

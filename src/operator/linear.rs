@@ -4,7 +4,7 @@
 //! (adjoint, prox, pseudo-inverse) is in closed form with nalgebra.
 
 use super::structure::check_gamma;
-use super::{Linear, Operator};
+use super::{Linear, Operator, Svd};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use nalgebra::DMatrix;
@@ -18,6 +18,7 @@ pub struct MatrixOperator {
     a_t64: Tensor,   // [d, d_y] f64
     a_row64: Tensor, // [d_y, d] f64
     pinv: OnceLock<DMatrix<f64>>,
+    svd: OnceLock<MatrixSvd>,
     sample_shape: Vec<usize>,
 }
 
@@ -49,6 +50,7 @@ impl MatrixOperator {
             a_t64,
             a_row64,
             pinv: OnceLock::new(),
+            svd: OnceLock::new(),
             sample_shape: sample_shape.to_vec(),
         })
     }
@@ -180,5 +182,81 @@ impl Linear for MatrixOperator {
         let b = y.dim(0)?;
         let ys = columns(&y.reshape((b, self.rows()))?)?;
         from_columns(&(self.pseudo_inverse() * ys), self.sample_dims(b), y)
+    }
+
+    fn svd(&self) -> Option<&dyn Svd> {
+        Some(self)
+    }
+}
+
+/// V and Q = A V diag(1/s) (zero columns where s = 0) as `[d, d]` and `[d_y, d]` f64 tensors, and s.
+struct MatrixSvd {
+    v: Tensor,
+    q: Tensor,
+    s: Vec<f64>,
+}
+
+impl MatrixOperator {
+    /// V from the SVD of A padded with zero rows to at least d rows (a full orthogonal basis,
+    /// null space included); singular values below max(d, d_y)·ε·s_max count as 0.
+    fn matrix_svd(&self) -> Result<&MatrixSvd> {
+        if let Some(m) = self.svd.get() {
+            return Ok(m);
+        }
+        let (dy, d) = self.a.shape();
+        let mut padded = DMatrix::zeros(dy.max(d), d);
+        padded.rows_mut(0, dy).copy_from(&self.a);
+        let svd = padded.svd(false, true);
+        // Invariant: asked for Vᵀ, which is d×d for at least d rows.
+        let v = svd.v_t.expect("SVD computed with Vᵀ").transpose();
+        let smax = svd.singular_values.max();
+        let tol = dy.max(d) as f64 * f64::EPSILON * smax;
+        let s: Vec<f64> = svd
+            .singular_values
+            .iter()
+            .map(|&v| if v > tol { v } else { 0.0 })
+            .collect();
+        let v = &v;
+        let mut q = &self.a * v;
+        for (j, &sj) in s.iter().enumerate() {
+            let f = if sj > 0.0 { 1.0 / sj } else { 0.0 };
+            q.column_mut(j).scale_mut(f);
+        }
+        let dev = self.a_row64.device();
+        let row_major = |m: &DMatrix<f64>| m.transpose().as_slice().to_vec();
+        let svd = MatrixSvd {
+            v: Tensor::from_vec(row_major(v), (d, d), dev)?,
+            q: Tensor::from_vec(row_major(&q), (self.a.nrows(), d), dev)?,
+            s,
+        };
+        Ok(self.svd.get_or_init(|| svd))
+    }
+
+    /// Rows of `t` `[B, ...]` times `m`, computed in f64, in t's dtype, shaped `shape`.
+    fn rows_times(t: &Tensor, m: &Tensor, shape: Vec<usize>) -> Result<Tensor> {
+        let b = t.dim(0)?;
+        let r = t.reshape((b, ()))?.to_dtype(DType::F64)?.matmul(m)?;
+        Ok(r.reshape(shape)?.to_dtype(t.dtype())?)
+    }
+}
+
+impl Svd for MatrixOperator {
+    /// Vᵀx: rows x V.
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor> {
+        let b = self.check(x)?;
+        Self::rows_times(x, &self.matrix_svd()?.v, self.sample_dims(b))
+    }
+    fn apply_v(&self, c: &Tensor) -> Result<Tensor> {
+        let b = self.check(c)?;
+        Self::rows_times(c, &self.matrix_svd()?.v.t()?, self.sample_dims(b))
+    }
+    fn singular_values(&self, sample: &[usize]) -> Result<Vec<f64>> {
+        crate::error::expect_shape("matrix operator input", sample, &self.sample_shape)?;
+        Ok(self.matrix_svd()?.s.clone())
+    }
+    /// (Uᵀy)_i = (yᵀ A v_i)/s_i.
+    fn project_y(&self, y: &Tensor) -> Result<Tensor> {
+        let b = y.dim(0)?;
+        Self::rows_times(y, &self.matrix_svd()?.q, self.sample_dims(b))
     }
 }

@@ -25,7 +25,7 @@ use candle_core::{Tensor, Var};
 
 pub use linear::MatrixOperator;
 pub use pointwise::Hdr;
-pub use structure::{cg, CgOptions, CgSolution, Linear};
+pub use structure::{cg, CgOptions, CgSolution, Linear, Svd};
 pub use toy::TrapOperator;
 
 pub trait Operator: Send + Sync {

@@ -1,7 +1,7 @@
 //! Downsampling operators: DAPS super-resolution (antialiased bicubic) and average pooling.
 
 use super::structure::check_gamma;
-use super::{Linear, Operator};
+use super::{Linear, Operator, Svd};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 
@@ -257,5 +257,80 @@ impl Linear for AvgPool {
         let (_, _, h, w) = dims4(y, "average pooling pseudo-inverse")?;
         let k = self.factor;
         Ok(y.upsample_nearest2d(h * k, w * k)?)
+    }
+
+    fn svd(&self) -> Option<&dyn Svd> {
+        Some(self)
+    }
+}
+
+/// Per k×k block, V is the Householder reflection H = I − 2wwᵀ/‖w‖², w = e₁ − 𝟙/k (symmetric,
+/// H e₁ = 𝟙/k): the first coordinate is the block sum / k, with s = 1/k (A x = (𝟙/k)ᵀx / k), the
+/// other k² − 1 are null directions. Spectral layout: `[B, C, H/k, W/k, k²]` read as
+/// `[B, C, H, W]`; U = I.
+impl Svd for AvgPool {
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = dims4(x, "average pooling SVD")?;
+        let k = self.factor;
+        let blocks = x
+            .reshape(vec![b, c, h / k, k, w / k, k])?
+            .permute(vec![0, 1, 2, 4, 3, 5])?
+            .reshape((b * c * (h / k) * (w / k), k * k))?;
+        Ok(blocks
+            .matmul(&self.householder(x)?)?
+            .reshape((b, c, h, w))?)
+    }
+    fn apply_v(&self, s: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = dims4(s, "average pooling SVD")?;
+        let k = self.factor;
+        let blocks = s.reshape((b * c * (h / k) * (w / k), k * k))?;
+        Ok(blocks
+            .matmul(&self.householder(s)?)?
+            .reshape(vec![b, c, h / k, w / k, k, k])?
+            .permute(vec![0, 1, 2, 4, 3, 5])?
+            .reshape((b, c, h, w))?)
+    }
+    fn singular_values(&self, sample: &[usize]) -> Result<Vec<f64>> {
+        let k = self.factor;
+        let n: usize = sample.iter().product();
+        Ok((0..n)
+            .map(|i| {
+                if i % (k * k) == 0 {
+                    1.0 / k as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect())
+    }
+    fn project_y(&self, y: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = dims4(y, "average pooling SVD")?;
+        let k = self.factor;
+        let zeros = Tensor::zeros((b, c, h, w, k * k - 1), y.dtype(), y.device())?;
+        Ok(Tensor::cat(&[&y.unsqueeze(4)?, &zeros], 4)?.reshape((b, c, h * k, w * k))?)
+    }
+}
+
+impl AvgPool {
+    /// The k²×k² reflection of [`Svd for AvgPool`], in x's dtype.
+    fn householder(&self, x: &Tensor) -> Result<Tensor> {
+        let k = self.factor;
+        let n = k * k;
+        let wv: Vec<f64> = (0..n)
+            .map(|i| f64::from(u8::from(i == 0)) - 1.0 / k as f64)
+            .collect();
+        let w2: f64 = wv.iter().map(|v| v * v).sum();
+        let h: Vec<f64> = (0..n * n)
+            .map(|ij| {
+                let (i, j) = (ij / n, ij % n);
+                let id = f64::from(u8::from(i == j));
+                if w2 > 0.0 {
+                    id - 2.0 * wv[i] * wv[j] / w2
+                } else {
+                    id
+                }
+            })
+            .collect();
+        Ok(Tensor::from_vec(h, (n, n), x.device())?.to_dtype(x.dtype())?)
     }
 }

@@ -10,6 +10,10 @@
 //! | [`Mri`](super::mri::Mri) | Σ_c conj(S_c) ifft2c(M v_c) | CG | CG |
 //! | [`MatrixOperator`](super::MatrixOperator) | Aᵀ (matrix) | Cholesky of AᵀA + I/γ | SVD pseudo-inverse |
 //!
+//! [`Linear::svd`] gives A = U diag(s) Vᵀ where it is cheap (DDRM, DDNM): inpainting (V = I,
+//! s = m), average pooling (per k×k block a Householder reflection taking e₁ to 𝟙/k, s = 1/k on
+//! the block mean) and explicit matrices (eigenvectors of AᵀA); other operators have none.
+//!
 //! The CG defaults use [`cg`] with [`CgOptions::default`]: relative residual 1e-6 (per chain,
 //! ‖b − M x‖ ≤ 1e-6·‖b‖), at most 500 iterations. Everything runs in the dtype of its input.
 //!
@@ -51,6 +55,25 @@ pub trait Linear: Operator {
         let normal = |x: &Tensor| self.adjoint(&self.forward(x)?);
         Ok(cg(normal, &b, None, CgOptions::default())?.x)
     }
+
+    /// The singular value decomposition, where the operator has a cheap one. Default: none.
+    fn svd(&self) -> Option<&dyn Svd> {
+        None
+    }
+}
+
+/// A = U diag(s) Vᵀ with V orthogonal on the input space. The spectral coordinates Vᵀx are laid
+/// out in the input's shape `[B, ...]`, one singular value per coordinate (0 off range(Aᵀ)).
+pub trait Svd {
+    /// Vᵀx, in x's shape.
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor>;
+    /// V c (the inverse of [`Svd::apply_vt`]).
+    fn apply_v(&self, c: &Tensor) -> Result<Tensor>;
+    /// The singular value of each spectral coordinate of one sample of shape `sample`
+    /// (row-major, the length of that sample).
+    fn singular_values(&self, sample: &[usize]) -> Result<Vec<f64>>;
+    /// Uᵀy laid out in spectral coordinates, 0 where s = 0: `[B, ...]` in the input's shape.
+    fn project_y(&self, y: &Tensor) -> Result<Tensor>;
 }
 
 pub(crate) fn check_gamma(gamma: f64) -> Result<()> {

@@ -4,10 +4,9 @@
 //! The state lives in VP space (x = √ᾱ·x_EDM); the EDM denoiser is called at σ = √((1−ᾱ)/ᾱ).
 //! Each chain's norm is its own (the official code takes one norm over the whole batch).
 
-use super::{check_finite, Divergence, Observer, Problem, StepInfo};
+use super::{check_finite, per_piece, Divergence, Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
-use crate::operator::Measurement;
 use crate::prior::Scale;
 use crate::schedule::VpSchedule;
 use candle_core::{Tensor, Var};
@@ -92,29 +91,7 @@ pub fn dps(
         let ab = vp.alpha_bar[k];
         let ab_prev = if k + 1 < n { vp.alpha_bar[k + 1] } else { 1.0 };
         let sigma = sc.len(vp.sigma(k));
-        let (x0d, g) = if p.prior.splits_batches() {
-            // Chains are independent: each piece of the batch takes its own gradient.
-            let shared_y = p.measurement.y.dim(0)? == 1;
-            let parts = crate::prior::par_batches(x.dim(0)?, |s, len| {
-                let m = Measurement {
-                    y: if shared_y {
-                        p.measurement.y.clone()
-                    } else {
-                        p.measurement.y.narrow(0, s, len)?
-                    },
-                    sigma_y: p.measurement.sigma_y,
-                };
-                let part = Problem {
-                    measurement: &m,
-                    ..*p
-                };
-                guidance(&part, &x.narrow(0, s, len)?, ab, sigma)
-            })?;
-            let (x0s, gs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
-            (Tensor::cat(&x0s, 0)?, Tensor::cat(&gs, 0)?)
-        } else {
-            guidance(p, &x, ab, sigma)?
-        };
+        let (x0d, g) = per_piece(p, &x, |part, xs| guidance(part, xs, ab, sigma))?;
         let mut x0c = x0d.clone();
         if let Some(c) = cfg.clip {
             let (lo, hi) = (centre - c * radius, centre + c * radius);

@@ -15,8 +15,12 @@
 use super::smc::{daps_smc, DapsSmcConfig};
 use super::tweedie::{daps_tweedie, DapsTweedieConfig};
 use super::{
-    daps, dps, fps, mcgdiff, pnp_dm, score_ald, DapsConfig, DpsConfig, FpsConfig, McgdiffConfig,
-    Observer, PnpDmConfig, Problem, ScoreAldConfig, X0Method,
+    daps, ddnm, ddrm, diffpir, dps, fps, mcgdiff, pigdm, pnp_dm, red_diff, score_ald, Observer,
+    Problem, X0Method,
+};
+use super::{
+    DapsConfig, DdnmConfig, DdrmConfig, DiffpirConfig, DpsConfig, FpsConfig, McgdiffConfig,
+    PigdmConfig, PnpDmConfig, RedDiffConfig, ScoreAldConfig,
 };
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
@@ -67,6 +71,11 @@ pub enum Method {
     Fps(FpsConfig),
     ScoreAld(ScoreAldConfig),
     PnpDm(PnpDmConfig),
+    Ddrm(DdrmConfig),
+    Ddnm(DdnmConfig),
+    Pigdm(PigdmConfig),
+    Diffpir(DiffpirConfig),
+    RedDiff(RedDiffConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -82,6 +91,11 @@ macro_rules! dispatch {
             Method::Fps($c) => $e,
             Method::ScoreAld($c) => $e,
             Method::PnpDm($c) => $e,
+            Method::Ddrm($c) => $e,
+            Method::Ddnm($c) => $e,
+            Method::Pigdm($c) => $e,
+            Method::Diffpir($c) => $e,
+            Method::RedDiff($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -118,6 +132,26 @@ macro_rules! dispatch {
                 let $wrap = Method::PnpDm;
                 $e
             }
+            Method::Ddrm($c) => {
+                let $wrap = Method::Ddrm;
+                $e
+            }
+            Method::Ddnm($c) => {
+                let $wrap = Method::Ddnm;
+                $e
+            }
+            Method::Pigdm($c) => {
+                let $wrap = Method::Pigdm;
+                $e
+            }
+            Method::Diffpir($c) => {
+                let $wrap = Method::Diffpir;
+                $e
+            }
+            Method::RedDiff($c) => {
+                let $wrap = Method::RedDiff;
+                $e
+            }
         }
     };
 }
@@ -134,7 +168,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 10] = [
+pub const METHODS: [MethodInfo; 15] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -209,6 +243,40 @@ pub const METHODS: [MethodInfo; 10] = [
         summary: "Split Gibbs: likelihood step (prox or Langevin), EDM posterior denoising, annealed ρ",
         reference: "Wu et al., NeurIPS 2024 (arXiv 2405.18782)",
         default: || Method::PnpDm(PnpDmConfig::default()),
+    },
+    MethodInfo {
+        name: "ddrm",
+        summary: "Denoising Diffusion Restoration Models: DDIM steps in the SVD basis of A \
+                  (inpainting, average pooling, matrices)",
+        reference: "Kawar et al., NeurIPS 2022 (arXiv 2201.11793)",
+        default: || Method::Ddrm(DdrmConfig::default()),
+    },
+    MethodInfo {
+        name: "ddnm",
+        summary: "Denoising Diffusion Null-space Model (DDNM+): x̂0 − λA⁺(A x̂0 − y), re-noise \
+                  (inpainting, average pooling, matrices)",
+        reference: "Wang et al., ICLR 2023 (arXiv 2212.00490), README's simplified DDNM+",
+        default: || Method::Ddnm(DdnmConfig::default()),
+    },
+    MethodInfo {
+        name: "pigdm",
+        summary:
+            "Pseudo-inverse guided diffusion (ΠGDM): DDIM plus J_Dᵀ(AᵀA + σ_y²/r²)⁻¹Aᵀ(y − A x̂0)",
+        reference: "Song et al., ICLR 2023 (openreview 9_gsMA8MRKQ)",
+        default: || Method::Pigdm(PigdmConfig::default()),
+    },
+    MethodInfo {
+        name: "diffpir",
+        summary: "DiffPIR: denoiser, data proximal step around x̂0 (ρ = λσ_y²/4σ²), re-noise with ζ",
+        reference: "Zhu et al., CVPR Workshops 2023 (arXiv 2305.08995)",
+        default: || Method::Diffpir(DiffpirConfig::default()),
+    },
+    MethodInfo {
+        name: "red-diff",
+        summary: "RED-diff: Adam on a point estimate μ with the denoiser's regulariser \
+                  λ(μ − D(μ + σε)) and the data term",
+        reference: "Mardani et al., ICLR 2024 (arXiv 2305.04391)",
+        default: || Method::RedDiff(RedDiffConfig::default()),
     },
 ];
 
@@ -522,6 +590,165 @@ impl Sampler for PnpDmConfig {
     }
 }
 
+impl Sampler for DdrmConfig {
+    fn name(&self) -> &'static str {
+        "ddrm"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        DdrmConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        ddrm(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps, η {}, η_b {}, σ {} → {}",
+            self.steps, self.eta, self.eta_b, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::svd_of(p, "ddrm").map(|_| ())
+    }
+}
+
+impl Sampler for DdnmConfig {
+    fn name(&self) -> &'static str {
+        "ddnm"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        DdnmConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        ddnm(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps, η {}, σ {} → {}",
+            self.steps, self.eta, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::svd_of(p, "ddnm").map(|_| ())
+    }
+}
+
+impl Sampler for PigdmConfig {
+    fn name(&self) -> &'static str {
+        "pigdm"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        PigdmConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        pigdm(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps (+VJP), η {}, weight {}, σ {} → {}",
+            self.steps, self.eta, self.weight, self.sigma_max, self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::linear_of(p, "pigdm").map(|_| ())
+    }
+}
+
+impl Sampler for DiffpirConfig {
+    fn name(&self) -> &'static str {
+        "diffpir"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        DiffpirConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        diffpir(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!("{} steps, λ {}, ζ {}", self.steps, self.lambda, self.zeta)
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::linear_of(p, "diffpir").map(|_| ())
+    }
+}
+
+impl Sampler for RedDiffConfig {
+    fn name(&self) -> &'static str {
+        "red-diff"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        RedDiffConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        red_diff(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} steps, Adam lr {}, λ {}, data weight {}",
+            self.steps, self.lr, self.lambda, self.obs_weight
+        )
+    }
+}
+
 impl Method {
     /// The default settings of the sampler registered as `name`.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -653,9 +880,9 @@ mod tests {
             m.validate().unwrap();
             assert_eq!(m.nfe() == 0, info.name == "daps-exact", "{}", info.name);
         }
-        let e = Method::from_name("ddrm").unwrap_err().to_string();
+        let e = Method::from_name("ddrn").unwrap_err().to_string();
         assert!(
-            e.contains("unknown method 'ddrm'") && e.contains("dps"),
+            e.contains("unknown method 'ddrn'") && e.contains("ddrm"),
             "{e}"
         );
     }

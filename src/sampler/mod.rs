@@ -3,6 +3,9 @@
 //! outer step to an [`Observer`].
 
 pub mod daps;
+pub mod ddnm;
+pub mod ddrm;
+pub mod diffpir;
 pub mod dps;
 pub mod fps;
 pub mod heun;
@@ -15,15 +18,20 @@ pub mod tweedie;
 pub mod pnp_dm;
 pub mod score_ald;
 pub(crate) mod particles;
+pub mod pigdm;
+pub mod red_diff;
 
 use crate::error::{Error, Result};
-use crate::operator::{Measurement, Operator};
+use crate::operator::{Linear, Measurement, Operator, Svd};
 use crate::prior::{Denoiser, Scale};
 use candle_core::{DType, Tensor};
 
 pub use daps::{
     daps, daps as run_daps, DapsConfig, DataGradient, LrRule, PriorTerm, TauRule, X0Method,
 };
+pub use ddnm::{ddnm, DdnmConfig};
+pub use ddrm::{ddrm, DdrmConfig};
+pub use diffpir::{diffpir, DiffpirConfig};
 pub use dps::{dps, DpsConfig};
 pub use heun::{heun_sample as heun, EdmGrid};
 pub use fps::{fps, FpsConfig};
@@ -31,6 +39,12 @@ pub use mcgdiff::{mcgdiff, McgdiffConfig};
 pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
 pub use pnp_dm::{pnp_dm, PnpDmConfig};
 pub use score_ald::{score_ald, ScoreAldConfig};
+pub use pigdm::{pigdm, PigdmConfig};
+pub use red_diff::{red_diff, RedDiffConfig};
+
+/// The data scale that unit-free settings refer to (ΠGDM's r², RED-diff's Adam step): 1 for
+/// data in [−1, 1]; the prior's σ_data once priors declare one.
+pub const SIGMA_DATA: f64 = 1.0;
 
 /// What a sampler works on.
 #[derive(Clone, Copy)]
@@ -170,6 +184,86 @@ impl<'a> Divergence<'a> {
             });
         }
         Ok(mean)
+    }
+}
+
+/// `f(problem, x)` → (x̂0, gradient) over the chains of `x`; for a prior that splits batches,
+/// per piece in parallel (chains are independent: each piece takes its own gradient through
+/// the prior), with that piece's rows of a per-chain y.
+pub(crate) fn per_piece(
+    p: &Problem,
+    x: &Tensor,
+    f: impl Fn(&Problem, &Tensor) -> Result<(Tensor, Tensor)> + Sync,
+) -> Result<(Tensor, Tensor)> {
+    if !p.prior.splits_batches() {
+        return f(p, x);
+    }
+    let shared_y = p.measurement.y.dim(0)? == 1;
+    let parts = crate::prior::par_batches(x.dim(0)?, |s, len| {
+        let m = Measurement {
+            y: if shared_y {
+                p.measurement.y.clone()
+            } else {
+                p.measurement.y.narrow(0, s, len)?
+            },
+            sigma_y: p.measurement.sigma_y,
+        };
+        let part = Problem {
+            measurement: &m,
+            ..*p
+        };
+        f(&part, &x.narrow(0, s, len)?)
+    })?;
+    let (x0s, gs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+    Ok((Tensor::cat(&x0s, 0)?, Tensor::cat(&gs, 0)?))
+}
+
+/// The operator's SVD, or an error naming `method` and what it needs.
+pub(crate) fn svd_of<'a>(p: &Problem<'a>, method: &str) -> Result<&'a dyn Svd> {
+    p.operator.as_linear().and_then(|l| l.svd()).ok_or_else(|| {
+        Error::config(format!(
+            "{method} needs an operator with a singular value decomposition (inpainting, \
+                 average pooling, explicit matrices); {} has none",
+            p.operator.name()
+        ))
+    })
+}
+
+/// The operator's linear structure, or an error naming `method` and what it needs.
+pub(crate) fn linear_of<'a>(p: &Problem<'a>, method: &str) -> Result<&'a dyn Linear> {
+    p.operator.as_linear().ok_or_else(|| {
+        Error::config(format!(
+            "{method} needs a linear operator (its proximal map); {} is not linear",
+            p.operator.name()
+        ))
+    })
+}
+
+/// Checks a σ grid of `steps` levels from `sigma_max` down to `sigma_min` (then 0).
+pub(crate) fn check_grid(steps: usize, sigma_max: f64, sigma_min: f64) -> Result<()> {
+    let max = daps::MAX_STEPS;
+    if !(1..=max).contains(&steps) {
+        return Err(Error::config(format!(
+            "steps must be in 1..={max}, got {steps}"
+        )));
+    }
+    if !(sigma_min.is_finite() && sigma_min > 0.0 && sigma_max.is_finite() && sigma_max > sigma_min)
+    {
+        return Err(Error::config(format!(
+            "need 0 < sigma_min < sigma_max (finite), got sigma_min {sigma_min}, sigma_max {sigma_max}"
+        )));
+    }
+    Ok(())
+}
+
+/// Errors unless `v` is finite and in `lo..=hi`, naming the field.
+pub(crate) fn check_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "{name} must be in [{lo}, {hi}], got {v}"
+        )))
     }
 }
 

@@ -59,9 +59,8 @@ pub use blur::blur_size;
 pub use explicit::{explicit_matrix, Explicit, MAX_EXPLICIT_DIM};
 pub use file::{MeasurementFile, FORMAT, FORMAT_VERSION};
 pub use preset::{
-    default_budget, has_preset, preset, preset_method, preset_source, resolve_method, set_config,
-    BUDGETS,
-    DEFAULT_BUDGET,
+    budgets, default_budget, has_preset, preset, preset_method, preset_source, resolve_method,
+    set_config, BUDGETS, DEFAULT_BUDGET, METHOD_PRESETS,
 };
 
 use crate::error::{Error, Result};

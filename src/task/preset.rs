@@ -7,6 +7,11 @@ use crate::sampler::{DapsConfig, Method};
 
 /// Sampler budgets in every preset file.
 pub const BUDGETS: [&str; 5] = ["daps-1k", "daps-4k", "daps-100", "daps-50", "dps-1000"];
+/// Optional sections, each named after its sampler and holding its published settings, in the
+/// preset files of the tasks that sampler supports.
+pub const METHOD_PRESETS: [&str; 9] = [
+    "ddrm", "ddnm", "pigdm", "diffpir", "red-diff", "mcgdiff", "fps", "score-ald", "pnp-dm",
+];
 /// The budget `daps solve` uses unless told otherwise.
 pub const DEFAULT_BUDGET: &str = "daps-1k";
 
@@ -14,12 +19,10 @@ pub const DEFAULT_BUDGET: &str = "daps-1k";
 pub fn default_budget(method: &str) -> &'static str {
     match method {
         "dps" => "dps-1000",
-        // Sections named after the sampler, in the files of the tasks it has settings for.
-        "mcgdiff" => "mcgdiff",
-        "fps" => "fps",
-        "score-ald" => "score-ald",
-        "pnp-dm" => "pnp-dm",
-        _ => DEFAULT_BUDGET,
+        m => METHOD_PRESETS
+            .into_iter()
+            .find(|p| *p == m)
+            .unwrap_or(DEFAULT_BUDGET),
     }
 }
 
@@ -36,20 +39,35 @@ pub fn has_preset(task: &str, budget: &str) -> bool {
         .is_some_and(|t| t.contains_key(budget))
 }
 
-/// The sampler and settings of `budget` (see [`BUDGETS`]) for a task.
+
+fn preset_table(task: &str) -> Result<toml::Table> {
+    toml::from_str(preset_source(task)?)
+        .map_err(|e| Error::config(format!("preset file of {task}: {e}")))
+}
+
+/// The presets of a task: every [`BUDGETS`] entry, then the [`METHOD_PRESETS`] it has.
+pub fn budgets(task: &str) -> Result<Vec<&'static str>> {
+    let table = preset_table(task)?;
+    let own = METHOD_PRESETS
+        .into_iter()
+        .filter(|b| table.contains_key(*b));
+    Ok(BUDGETS.into_iter().chain(own).collect())
+}
+
+/// The sampler and settings of `budget` (see [`BUDGETS`]) for a task. A [`METHOD_PRESETS`]
+/// section the task lacks gives that sampler's registered defaults (whose `supports` then
+/// says whether it can solve the task).
 pub fn preset_method(task: &str, budget: &str) -> Result<Method> {
-    let src = preset_source(task)?;
-    let table: toml::Table =
-        toml::from_str(src).map_err(|e| Error::config(format!("preset file of {task}: {e}")))?;
-    let section = table
-        .get(budget)
-        .and_then(|s| s.as_table())
-        .ok_or_else(|| {
-            Error::config(format!(
-                "unknown preset '{budget}' for task {task} (valid: {})",
-                BUDGETS.join(", ")
-            ))
-        })?;
+    let table = preset_table(task)?;
+    let Some(section) = table.get(budget).and_then(|s| s.as_table()) else {
+        if METHOD_PRESETS.contains(&budget) {
+            return Method::from_name(budget);
+        }
+        return Err(Error::config(format!(
+            "unknown preset '{budget}' for task {task} (valid: {})",
+            budgets(task)?.join(", ")
+        )));
+    };
     let m = Method::from_table(section)
         .map_err(|e| Error::config(format!("preset {budget} of {task}: {e}")))?;
     m.validate()?;

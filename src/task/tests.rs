@@ -203,6 +203,34 @@ fn every_task_has_every_budget_and_a_dps_preset() {
     assert_eq!(default_budget("daps"), DEFAULT_BUDGET);
 }
 
+/// Each sampler's own section names that sampler, and a task has the SVD samplers' sections
+/// exactly when its operator has an SVD, the linear ones' when it is linear; red-diff everywhere.
+#[test]
+fn method_presets_match_what_their_samplers_support() {
+    for t in TASKS {
+        let task = build(t.name, [3, 32, 32]).or_else(|_| build(t.name, [2, 32, 32]));
+        let have = budgets(t.name).unwrap();
+        for b in METHOD_PRESETS {
+            if have.contains(&b) {
+                assert_eq!(preset_method(t.name, b).unwrap().name(), b, "{}", t.name);
+            }
+        }
+        let Ok(task) = task else { continue };
+        let lin = task.as_linear();
+        let svd = lin.and_then(|l| l.svd()).is_some();
+        for (b, want) in [
+            ("ddrm", svd),
+            ("ddnm", svd),
+            ("pigdm", lin.is_some()),
+            ("diffpir", lin.is_some()),
+            ("red-diff", true),
+        ] {
+            assert_eq!(have.contains(&b), want, "{} {b}", t.name);
+        }
+    }
+    assert_eq!(default_budget("ddrm"), "ddrm");
+}
+
 #[test]
 fn mri_tasks_store_and_check_mask_and_maps() {
     let t = build("mri-4x", [2, 32, 32]).unwrap();
