@@ -39,7 +39,6 @@ fn bench_gmm_quick_writes_the_documented_records() {
         "tv_mean",
         "nfe",
         "seconds_per_problem",
-        "nfe",
         "problems",
         "samples",
     ];

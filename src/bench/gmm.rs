@@ -82,14 +82,6 @@ impl Method {
         Ok(out)
     }
 
-    /// Network evaluations per sample at the benchmark's budget (0 for the references).
-    pub fn nfe(&self, cfg: &GmmBenchConfig) -> Result<usize> {
-        match self {
-            Method::Sampler(n) => Ok(bench_sampler(n, cfg, 1.0)?.nfe()),
-            _ => Ok(0),
-        }
-    }
-
     pub const ALL: [Method; 5] = [
         Method::Oracle,
         Method::Prior,
@@ -263,8 +255,6 @@ pub struct Record {
     #[serde(default)]
     pub nfe: usize,
     pub seconds_per_problem: f64,
-    /// Network evaluations per sample (0 for the references).
-    pub nfe: usize,
     pub problems: usize,
     pub samples: usize,
 }
@@ -475,7 +465,6 @@ pub fn run(
                     sw_ci95,
                     tv_mean,
                     tv_ci95,
-                    nfe: m.nfe(cfg)?,
                     seconds_per_problem: per[k].2.iter().sum::<f64>() / cfg.problems as f64,
                     nfe: row.nfe,
                     problems: cfg.problems,
