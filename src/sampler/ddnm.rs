@@ -9,6 +9,7 @@ use super::{check_finite, check_grid, check_range, mean_misfit, svd_of};
 use super::{Observer, Problem, StepInfo};
 use crate::error::Result;
 use crate::noise::NoiseSource;
+use crate::prior::Scale;
 use crate::schedule::geometric_grid;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,8 @@ pub fn ddnm(
     let lin = p.operator.as_linear().expect("an SVD implies Linear");
     let device = p.prior.device().clone();
     let sy = p.measurement.sigma_y;
-    let mut sig = geometric_grid(cfg.sigma_max, cfg.sigma_min, cfg.steps);
+    let sc = Scale::of(p.prior)?;
+    let mut sig = geometric_grid(sc.len(cfg.sigma_max), sc.len(cfg.sigma_min), cfg.steps);
     sig.push(0.0);
     let mut x = (noise.randn(&x_shape.into(), &device)? * sig[0])?;
     for i in 0..cfg.steps {

@@ -4,12 +4,13 @@
 //! Step σ → σ′ with x̄0 = Vᵀ D(V x̄, σ), ε̄ = (x̄ − x̄0)/σ, z ~ N(0, I), per coordinate:
 //! s = 0: x̄0 + √(1−η²)σ′ε̄ + ησ′z; sσ′ < σ_y: x̄0 + √(1−η²)(σ′s/σ_y)(ȳ − x̄0) + ησ′z;
 //! sσ′ ≥ σ_y: η_b ȳ + (1−η_b)x̄0 + √(σ′² − η_b²σ_y²/s²) z. Start: ȳ + √(σ_T² − σ_y²/s²) z where
-//! sσ_T > σ_y, else σ_T z. Every rule is in units of σ and σ_y (scale-equivariant).
+//! sσ_T > σ_y, else σ_T z. Every rule is in units of σ and σ_y; the grid is × the prior's scale.
 
 use super::{check_finite, check_grid, check_range, mean_misfit, svd_of};
 use super::{Observer, Problem, StepInfo};
 use crate::error::Result;
 use crate::noise::NoiseSource;
+use crate::prior::Scale;
 use crate::schedule::geometric_grid;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,7 @@ pub fn ddrm(
 ) -> Result<Tensor> {
     cfg.validate()?;
     let svd = svd_of(p, "ddrm")?;
+    let sc = Scale::of(p.prior)?;
     let device = p.prior.device().clone();
     let s = svd.singular_values(&x_shape[1..])?;
     let sy = p.measurement.sigma_y;
@@ -82,7 +84,7 @@ pub fn ddrm(
         .collect();
     let ty = svd.project_y(&p.measurement.y.to_dtype(z.dtype())?)?;
     let ybar = ty.broadcast_mul(&coef(&inv_s, &z)?)?;
-    let sig = cfg.sigmas();
+    let sig: Vec<f64> = cfg.sigmas().into_iter().map(|v| sc.len(v)).collect();
     let st = sig[0];
     let (ay, az): (Vec<f64>, Vec<f64>) = s
         .iter()

@@ -1,7 +1,7 @@
 //! DiffPIR (Zhu et al., CVPRW 2023): denoise, solve the data proximal problem around x̂0, re-noise.
 //!
 //! On the official quadratic grid of DDPM noise levels σ_0 = 157.4 > … > σ_N = 0.01 (N = steps):
-//! x̂0 = D(x, σ_i); x̂0ᶜ = argmin_z ½‖Az − y‖² + (ρ_i/2)‖z − x̂0‖², ρ_i = λσ_y²/(4σ_i²) (the
+//! × the prior's scale; x̂0 = D(x, σ_i); x̂0ᶜ = argmin_z ½‖Az − y‖² + (ρ_i/2)‖z − x̂0‖², ρ_i = λσ_y²/(4σ_i²) (the
 //! official σ_n is in [0, 1] units, σ_y/2 here; both scale with the data);
 //! x ← x̂0ᶜ + σ_{i+1}(√(1−ζ)·ε̂ + √ζ·z), ε̂ = (x − x̂0ᶜ)/σ_i. σ_y = 0: x̂0ᶜ = x̂0 − A⁺(A x̂0 − y).
 //! The output is the last state (σ_N, no final denoising). Any linear operator (its prox).
@@ -10,6 +10,7 @@ use super::{check_finite, check_range, linear_of, mean_misfit};
 use super::{Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
+use crate::prior::Scale;
 use crate::schedule::ddpm_sigmas;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -72,7 +73,8 @@ pub fn diffpir(
     let lin = linear_of(p, "diffpir")?;
     let device = p.prior.device().clone();
     let sy = p.measurement.sigma_y;
-    let sig = cfg.sigmas();
+    let sc = Scale::of(p.prior)?;
+    let sig: Vec<f64> = cfg.sigmas().into_iter().map(|v| sc.len(v)).collect();
     let mut x = (noise.randn(&x_shape.into(), &device)? * sig[0])?;
     for i in 0..cfg.steps {
         let (sg, sn) = (sig[i], sig[i + 1]);

@@ -16,6 +16,7 @@ use super::{Observer, Problem};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use crate::operator::per_chain_sq_norm;
+use crate::prior::Scale;
 use crate::schedule::{annealing_sigmas, Discretization};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ pub struct FpsConfig {
     pub particles: usize,
     /// Noise fraction c of the DDIM step (x' = x̂0 + √(1−c)·σ'·ε̂ + √c·σ'·z).
     pub c_rate: f64,
-    /// Poly-ρ grid from σ_max to σ_min, then 0.
+    /// Poly-ρ grid from σ_max to σ_min, then 0 (× the prior's scale).
     pub sigma_max: f64,
     pub sigma_min: f64,
     pub rho: f64,
@@ -84,13 +85,17 @@ pub fn fps(
     let (b, n, c) = (x_shape[0], cfg.particles, cfg.c_rate);
     let mut pshape = x_shape.to_vec();
     pshape[0] = b * n;
-    let grid = annealing_sigmas(
+    let sc = Scale::of(p.prior)?;
+    let grid: Vec<f64> = annealing_sigmas(
         cfg.steps,
         cfg.sigma_max,
         cfg.sigma_min,
         cfg.rho,
         Discretization::Legacy,
-    );
+    )
+    .into_iter()
+    .map(|v| sc.len(v))
+    .collect();
     let mut yshape = p.measurement.y.dims().to_vec();
     yshape[0] = b;
     let y = p

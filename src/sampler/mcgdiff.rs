@@ -12,6 +12,7 @@ use super::particles::{self as smc, Spectrum};
 use super::{Observer, Problem};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
+use crate::prior::Scale;
 use crate::schedule::{annealing_sigmas, Discretization};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ pub struct McgdiffConfig {
     pub steps: usize,
     /// Particles per output sample.
     pub particles: usize,
-    /// Poly-ρ grid from σ_max to σ_min, then 0.
+    /// Poly-ρ grid from σ_max to σ_min, then 0 (× the prior's scale).
     pub sigma_max: f64,
     pub sigma_min: f64,
     pub rho: f64,
@@ -124,13 +125,17 @@ pub fn mcgdiff(
     let mut pshape = x_shape.to_vec();
     pshape[0] = b * n;
     let tau: Vec<f64> = spec.singular_values().iter().map(|s| sy / s).collect();
-    let grid = annealing_sigmas(
+    let sc = Scale::of(p.prior)?;
+    let grid: Vec<f64> = annealing_sigmas(
         cfg.steps,
         cfg.sigma_max,
         cfg.sigma_min,
         cfg.rho,
         Discretization::Legacy,
-    );
+    )
+    .into_iter()
+    .map(|v| sc.len(v))
+    .collect();
     // Coordinate i is twisted at levels 0..=last[i] (the grid ends at 0 ≤ τ_i).
     let last: Vec<usize> = tau
         .iter()

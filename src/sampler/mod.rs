@@ -42,10 +42,6 @@ pub use score_ald::{score_ald, ScoreAldConfig};
 pub use pigdm::{pigdm, PigdmConfig};
 pub use red_diff::{red_diff, RedDiffConfig};
 
-/// The data scale that unit-free settings refer to (ΠGDM's r², RED-diff's Adam step): 1 for
-/// data in [−1, 1]; the prior's σ_data once priors declare one.
-pub const SIGMA_DATA: f64 = 1.0;
-
 /// What a sampler works on.
 #[derive(Clone, Copy)]
 pub struct Problem<'a> {

@@ -1,15 +1,16 @@
 //! ΠGDM (Song et al., ICLR 2023): DDIM steps plus pseudo-inverse guidance through the denoiser,
 //! x′ = DDIM(x, x̂0) + w·J_Dᵀ v with v = Aᵀ(AAᵀ + (σ_y²/r²) I)⁻¹(y − A x̂0) and
-//! r² = σ²σ_d²/(σ² + σ_d²) (σ_d = [`SIGMA_DATA`]).
+//! r² = σ²σ_d²/(σ² + σ_d²) (σ_d = 1 × the prior's [`Scale`]; the σ grid scales too).
 //!
 //! v comes from the operator's prox: (AᵀA + I/γ)⁻¹Aᵀ(y − A x̂0) = prox(x̂0, y, γ) − x̂0 with
 //! γ = r²/σ_y² (closed forms or CG); σ_y = 0 gives v = A⁺(y − A x̂0). DDIM with η (convention B):
 //! x′ = x̂0 + √(σ′² − c²)·ε̂ + c·z, c = η σ′ √(1 − σ′²/σ²). Any linear operator.
 
 use super::{check_finite, check_grid, check_range, linear_of, mean_misfit, per_piece};
-use super::{Observer, Problem, StepInfo, SIGMA_DATA};
+use super::{Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
+use crate::prior::Scale;
 use crate::schedule::geometric_grid;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -59,12 +60,13 @@ pub fn pigdm(
     cfg.validate()?;
     linear_of(p, "pigdm")?;
     let device = p.prior.device().clone();
-    let mut sig = geometric_grid(cfg.sigma_max, cfg.sigma_min, cfg.steps);
+    let sc = Scale::of(p.prior)?;
+    let mut sig = geometric_grid(sc.len(cfg.sigma_max), sc.len(cfg.sigma_min), cfg.steps);
     sig.push(0.0);
     let mut x = (noise.randn(&x_shape.into(), &device)? * sig[0])?;
     for i in 0..cfg.steps {
         let (sg, sn) = (sig[i], sig[i + 1]);
-        let (x0, g) = per_piece(p, &x, |part, xs| guidance(part, xs, sg))?;
+        let (x0, g) = per_piece(p, &x, |part, xs| guidance(part, xs, sg, sc.len(1.0)))?;
         let eps = ((&x - &x0)? / sg)?;
         let c = cfg.eta * sn * (1.0 - (sn / sg).powi(2)).max(0.0).sqrt();
         let z = noise.randn(x.shape(), &device)?;
@@ -83,16 +85,15 @@ pub fn pigdm(
     Ok(x)
 }
 
-/// x̂0 = D(x, σ) and J_Dᵀ v for the chains of `x`.
-fn guidance(p: &Problem, x: &Tensor, sigma: f64) -> Result<(Tensor, Tensor)> {
+/// x̂0 = D(x, σ) and J_Dᵀ v for the chains of `x` (`sd`: σ_d).
+fn guidance(p: &Problem, x: &Tensor, sigma: f64, sd: f64) -> Result<(Tensor, Tensor)> {
     let lin = linear_of(p, "pigdm")?;
     let xv = Var::from_tensor(x)?;
     let x0hat = p.prior.denoise(xv.as_tensor(), sigma)?;
     let x0 = x0hat.detach();
     let sy = p.measurement.sigma_y;
     let v = if sy > 0.0 {
-        let r2 =
-            sigma * sigma * SIGMA_DATA * SIGMA_DATA / (sigma * sigma + SIGMA_DATA * SIGMA_DATA);
+        let r2 = sigma * sigma * sd * sd / (sigma * sigma + sd * sd);
         (lin.prox(&x0, &p.measurement.y, r2 / (sy * sy))? - &x0)?
     } else {
         lin.pinv(&p.measurement.residual(p.operator, &x0)?)?.neg()?

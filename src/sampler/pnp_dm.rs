@@ -7,11 +7,13 @@
 //!    EDM grid below ρ, x ← x + 2(σ − σ')(D(x, σ) − x)/σ + √(2σ(σ − σ'))ξ, no noise on the last step.
 //!
 //! At a fixed ρ with exact steps the x-marginal is the posterior for the inflated noise
-//! σ_y² I + ρ² AAᵀ; it is exact only as ρ → 0. Output: x after the last iteration.
+//! σ_y² I + ρ² AAᵀ; it is exact only as ρ → 0. Output: x after the last iteration. ρ and the
+//! grid are given at scale 1 (× the prior's scale).
 
 use super::{check_finite, mean_misfit, Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
+use crate::prior::Scale;
 use crate::schedule::poly_grid;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -137,13 +139,14 @@ pub fn pnp_dm(
             "pnp-dm needs measurement noise σ_y > 0, got {sy}"
         )));
     }
+    let sc = Scale::of(p.prior)?;
     let dev = p.prior.device().clone();
     let mut yshape = p.measurement.y.dims().to_vec();
     yshape[0] = x_shape[0];
     let y = p.measurement.y.broadcast_as(yshape)?.contiguous()?;
-    let mut x = (noise.randn(&x_shape.into(), &dev)? * cfg.rho0)?;
+    let mut x = (noise.randn(&x_shape.into(), &dev)? * sc.len(cfg.rho0))?;
     for k in 0..cfg.iterations {
-        let rho = cfg.rho(k);
+        let rho = sc.len(cfg.rho(k));
         let mut z = match p.operator.as_linear() {
             Some(lin) => {
                 let zp = (&x + (noise.randn(x.shape(), &dev)? * rho)?)?;
@@ -163,7 +166,11 @@ pub fn pnp_dm(
                 z
             }
         };
-        let levels = cfg.prior_levels(rho);
+        let levels: Vec<f64> = cfg
+            .prior_levels(cfg.rho(k))
+            .into_iter()
+            .map(|v| sc.len(v))
+            .collect();
         let mut d = z.clone();
         for (j, w) in levels.windows(2).enumerate() {
             let (s, s1) = (w[0], w[1]);

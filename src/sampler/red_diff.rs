@@ -3,13 +3,15 @@
 //! measurement; the official loss's means) over DDPM noise levels t = 1000 − 1000/N, …, 0.
 //!
 //! Start μ = A⁺y for a linear operator, else 0. Adam's step is `lr`·σ_d and its ε 1e-8·σ_d
-//! (σ_d = [`SIGMA_DATA`]), so the update scales with the data. Any operator (VJP of A only);
+//! (σ_d = 1 × the prior's [`Scale`]) and the noise levels are × the scale, so the update scales
+//! with the data. Any operator (VJP of A only);
 //! no gradient through the denoiser. The output is μ: a point estimate, no posterior spread.
 
 use super::{check_finite, check_range, mean_misfit};
-use super::{Observer, Problem, StepInfo, SIGMA_DATA};
+use super::{Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
+use crate::prior::Scale;
 use crate::schedule::ddpm_sigmas;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,8 @@ pub fn red_diff(
 ) -> Result<Tensor> {
     cfg.validate()?;
     let device = p.prior.device().clone();
+    let sc = Scale::of(p.prior)?;
+    let sd = sc.len(1.0);
     let eps0 = noise.randn(&x_shape.into(), &device)?;
     let mut mu = match p.operator.as_linear() {
         Some(lin) => lin
@@ -86,7 +90,7 @@ pub fn red_diff(
     let (b1, b2) = (0.9f64, 0.99f64);
     let mut m1 = mu.zeros_like()?;
     let mut m2 = mu.zeros_like()?;
-    let sig = cfg.sigmas();
+    let sig: Vec<f64> = cfg.sigmas().into_iter().map(|v| sc.len(v)).collect();
     for (k, &s) in sig.iter().enumerate() {
         let e = if k == 0 {
             eps0.clone()
@@ -103,8 +107,8 @@ pub fn red_diff(
         let t = (k + 1) as i32;
         let mhat = (&m1 / (1.0 - b1.powi(t)))?;
         let vhat = (&m2 / (1.0 - b2.powi(t)))?;
-        let step = (mhat / ((vhat.sqrt()? + 1e-8 * SIGMA_DATA)?))?;
-        mu = (&mu - (step * (cfg.lr * SIGMA_DATA))?)?;
+        let step = (mhat / ((vhat.sqrt()? + 1e-8 * sd)?))?;
+        mu = (&mu - (step * (cfg.lr * sd))?)?;
         check_finite(&mu, k, "RED-diff step")?;
         obs.on_step(&StepInfo {
             step: k,

@@ -8,13 +8,14 @@
 use super::{check_finite, mean_misfit, Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
+use crate::prior::Scale;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoreAldConfig {
-    /// Noise levels, geometric from σ_max to σ_min.
+    /// Noise levels, geometric from σ_max to σ_min (× the prior's scale).
     pub levels: usize,
     /// Langevin steps per level (network evaluations per level).
     pub steps_each: usize,
@@ -84,7 +85,8 @@ pub fn score_ald(
 ) -> Result<Tensor> {
     cfg.validate()?;
     let dev = p.prior.device().clone();
-    let sigmas = cfg.sigmas();
+    let sc = Scale::of(p.prior)?;
+    let sigmas: Vec<f64> = cfg.sigmas().into_iter().map(|v| sc.len(v)).collect();
     let s2y = p.measurement.sigma_y.powi(2);
     let mut x = (noise.randn(&x_shape.into(), &dev)? * sigmas[0])?;
     for (i, &s) in sigmas.iter().enumerate() {
