@@ -141,13 +141,21 @@ pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampl
         }),
         sampler::Method::Mcgdiff(c) => sampler::Method::Mcgdiff(McgdiffConfig {
             steps: cfg.annealing_steps,
-            particles: cfg.particles.first().copied().unwrap_or(cfg.filter_particles),
+            particles: cfg
+                .particles
+                .first()
+                .copied()
+                .unwrap_or(cfg.filter_particles),
             sigma_max: cfg.sigma_max,
             ..c
         }),
         sampler::Method::Fps(c) => sampler::Method::Fps(FpsConfig {
             steps: cfg.annealing_steps,
-            particles: cfg.particles.first().copied().unwrap_or(cfg.filter_particles),
+            particles: cfg
+                .particles
+                .first()
+                .copied()
+                .unwrap_or(cfg.filter_particles),
             sigma_max: cfg.sigma_max,
             ..c
         }),

@@ -13,13 +13,13 @@ pub mod mcgdiff;
 pub mod mcmc;
 pub mod method;
 pub mod ode;
-pub mod smc;
-pub mod tweedie;
-pub mod pnp_dm;
-pub mod score_ald;
 pub(crate) mod particles;
 pub mod pigdm;
+pub mod pnp_dm;
 pub mod red_diff;
+pub mod score_ald;
+pub mod smc;
+pub mod tweedie;
 
 use crate::error::{Error, Result};
 use crate::operator::{Linear, Measurement, Operator, Svd};
@@ -33,14 +33,14 @@ pub use ddnm::{ddnm, DdnmConfig};
 pub use ddrm::{ddrm, DdrmConfig};
 pub use diffpir::{diffpir, DiffpirConfig};
 pub use dps::{dps, DpsConfig};
-pub use heun::{heun_sample as heun, EdmGrid};
 pub use fps::{fps, FpsConfig};
+pub use heun::{heun_sample as heun, EdmGrid};
 pub use mcgdiff::{mcgdiff, McgdiffConfig};
 pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
-pub use pnp_dm::{pnp_dm, PnpDmConfig};
-pub use score_ald::{score_ald, ScoreAldConfig};
 pub use pigdm::{pigdm, PigdmConfig};
+pub use pnp_dm::{pnp_dm, PnpDmConfig};
 pub use red_diff::{red_diff, RedDiffConfig};
+pub use score_ald::{score_ald, ScoreAldConfig};
 
 /// What a sampler works on.
 #[derive(Clone, Copy)]

@@ -10,7 +10,15 @@ pub const BUDGETS: [&str; 5] = ["daps-1k", "daps-4k", "daps-100", "daps-50", "dp
 /// Optional sections, each named after its sampler and holding its published settings, in the
 /// preset files of the tasks that sampler supports.
 pub const METHOD_PRESETS: [&str; 9] = [
-    "ddrm", "ddnm", "pigdm", "diffpir", "red-diff", "mcgdiff", "fps", "score-ald", "pnp-dm",
+    "ddrm",
+    "ddnm",
+    "pigdm",
+    "diffpir",
+    "red-diff",
+    "mcgdiff",
+    "fps",
+    "score-ald",
+    "pnp-dm",
 ];
 /// The budget `daps solve` uses unless told otherwise.
 pub const DEFAULT_BUDGET: &str = "daps-1k";
@@ -38,7 +46,6 @@ pub fn has_preset(task: &str, budget: &str) -> bool {
         .and_then(|src| toml::from_str::<toml::Table>(src).ok())
         .is_some_and(|t| t.contains_key(budget))
 }
-
 
 fn preset_table(task: &str) -> Result<toml::Table> {
     toml::from_str(preset_source(task)?)
