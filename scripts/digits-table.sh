@@ -6,8 +6,8 @@
 #
 # 100 held-out digits (9000..9099), every 32×32 task, DAPS at the demo budget (daps-50: 50
 # annealing levels × 1 ODE step = 50 network evaluations) and DPS with the same 50 evaluations;
-# phase retrieval best of 4 runs per digit. Writes results/digits/table.{json,txt} and
-# results/digits/report.html.
+# phase retrieval best of 4 runs per digit. Writes OUT/{summary.json,table.txt,report.html}
+# (OUT default results/digits/eval-100).
 #
 # Env: METHODS (default daps-50,dps-50; e.g. daps-50,dps-1000 for DPS at its own budget),
 # WORKERS (default 1): processes of one thread each, as shards of the same run (on the 2-core VM
@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/digits-table}
-OUT=${OUT:-results/digits}
+OUT=${OUT:-results/digits/eval-100}
 [ -n "${DAPS_BIN:-}" ] || cargo build --release --bin daps
 D=${DAPS_BIN:-./target/release/daps}
 ARGS=(eval --data digits --limit "${DIGITS:-100}" --tasks all --methods "${METHODS:-daps-50,dps-50}"
@@ -29,4 +29,4 @@ else
   "$D" "${ARGS[@]}"
 fi
 mkdir -p "$OUT"
-"$D" report "$RUN" --json "$OUT/table.json" --html "$OUT/report.html" | tee "$OUT/table.txt"
+"$D" report "$RUN" --json "$OUT/summary.json" --html "$OUT/report.html" | tee "$OUT/table.txt"
