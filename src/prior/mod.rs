@@ -114,6 +114,11 @@ impl Scale {
         v * self.s
     }
 
+    /// A σ grid (or any lengths) given at scale 1.
+    pub fn lens(&self, v: Vec<f64>) -> Vec<f64> {
+        v.into_iter().map(|x| self.len(x)).collect()
+    }
+
     /// A squared length (a Langevin step η) given at scale 1.
     pub fn sq(&self, v: f64) -> f64 {
         v * self.s * self.s

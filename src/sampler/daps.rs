@@ -216,7 +216,7 @@ pub fn daps(
     cfg.validate()?;
     let device = p.prior.device().clone();
     let sc = Scale::of(p.prior)?;
-    let sig: Vec<f64> = cfg.sigmas().into_iter().map(|s| sc.len(s)).collect();
+    let sig: Vec<f64> = sc.lens(cfg.sigmas());
     let n = cfg.annealing_steps;
     let exact = match cfg.x0_method {
         X0Method::Exact => Some(ExactStep::new(p)?),

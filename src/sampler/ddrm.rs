@@ -84,7 +84,7 @@ pub fn ddrm(
         .collect();
     let ty = svd.project_y(&p.measurement.y.to_dtype(z.dtype())?)?;
     let ybar = ty.broadcast_mul(&coef(&inv_s, &z)?)?;
-    let sig: Vec<f64> = cfg.sigmas().into_iter().map(|v| sc.len(v)).collect();
+    let sig: Vec<f64> = sc.lens(cfg.sigmas());
     let st = sig[0];
     let (ay, az): (Vec<f64>, Vec<f64>) = s
         .iter()

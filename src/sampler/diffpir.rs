@@ -74,7 +74,7 @@ pub fn diffpir(
     let device = p.prior.device().clone();
     let sy = p.measurement.sigma_y;
     let sc = Scale::of(p.prior)?;
-    let sig: Vec<f64> = cfg.sigmas().into_iter().map(|v| sc.len(v)).collect();
+    let sig: Vec<f64> = sc.lens(cfg.sigmas());
     let mut x = (noise.randn(&x_shape.into(), &device)? * sig[0])?;
     for i in 0..cfg.steps {
         let (sg, sn) = (sig[i], sig[i + 1]);

@@ -86,16 +86,13 @@ pub fn fps(
     let mut pshape = x_shape.to_vec();
     pshape[0] = b * n;
     let sc = Scale::of(p.prior)?;
-    let grid: Vec<f64> = annealing_sigmas(
+    let grid: Vec<f64> = sc.lens(annealing_sigmas(
         cfg.steps,
         cfg.sigma_max,
         cfg.sigma_min,
         cfg.rho,
         Discretization::Legacy,
-    )
-    .into_iter()
-    .map(|v| sc.len(v))
-    .collect();
+    ));
     let mut yshape = p.measurement.y.dims().to_vec();
     yshape[0] = b;
     let y = p

@@ -126,16 +126,13 @@ pub fn mcgdiff(
     pshape[0] = b * n;
     let tau: Vec<f64> = spec.singular_values().iter().map(|s| sy / s).collect();
     let sc = Scale::of(p.prior)?;
-    let grid: Vec<f64> = annealing_sigmas(
+    let grid: Vec<f64> = sc.lens(annealing_sigmas(
         cfg.steps,
         cfg.sigma_max,
         cfg.sigma_min,
         cfg.rho,
         Discretization::Legacy,
-    )
-    .into_iter()
-    .map(|v| sc.len(v))
-    .collect();
+    ));
     // Coordinate i is twisted at levels 0..=last[i] (the grid ends at 0 ≤ τ_i).
     let last: Vec<usize> = tau
         .iter()

@@ -412,7 +412,7 @@ impl Sampler for DapsTweedieConfig {
         &["tau"]
     }
     fn supports(&self, p: &Problem) -> Result<()> {
-        super::smc::linear_of(p, "daps-tweedie").map(|_| ())
+        super::linear_of(p, "daps-tweedie").map(|_| ())
     }
 }
 
@@ -454,7 +454,7 @@ impl Sampler for DapsSmcConfig {
         &["tau"]
     }
     fn supports(&self, p: &Problem) -> Result<()> {
-        super::smc::linear_of(p, "daps-smc").map(|_| ())
+        super::linear_of(p, "daps-smc").map(|_| ())
     }
 }
 

@@ -229,7 +229,7 @@ pub(crate) fn svd_of<'a>(p: &Problem<'a>, method: &str) -> Result<&'a dyn Svd> {
 pub(crate) fn linear_of<'a>(p: &Problem<'a>, method: &str) -> Result<&'a dyn Linear> {
     p.operator.as_linear().ok_or_else(|| {
         Error::config(format!(
-            "{method} needs a linear operator (its proximal map); {} is not linear",
+            "{method} needs a linear operator (its adjoint and proximal map); {} is not linear",
             p.operator.name()
         ))
     })

@@ -166,11 +166,7 @@ pub fn pnp_dm(
                 z
             }
         };
-        let levels: Vec<f64> = cfg
-            .prior_levels(cfg.rho(k))
-            .into_iter()
-            .map(|v| sc.len(v))
-            .collect();
+        let levels: Vec<f64> = sc.lens(cfg.prior_levels(cfg.rho(k)));
         let mut d = z.clone();
         for (j, w) in levels.windows(2).enumerate() {
             let (s, s1) = (w[0], w[1]);

@@ -90,7 +90,7 @@ pub fn red_diff(
     let (b1, b2) = (0.9f64, 0.99f64);
     let mut m1 = mu.zeros_like()?;
     let mut m2 = mu.zeros_like()?;
-    let sig: Vec<f64> = cfg.sigmas().into_iter().map(|v| sc.len(v)).collect();
+    let sig: Vec<f64> = sc.lens(cfg.sigmas());
     for (k, &s) in sig.iter().enumerate() {
         let e = if k == 0 {
             eps0.clone()

@@ -86,7 +86,7 @@ pub fn score_ald(
     cfg.validate()?;
     let dev = p.prior.device().clone();
     let sc = Scale::of(p.prior)?;
-    let sigmas: Vec<f64> = cfg.sigmas().into_iter().map(|v| sc.len(v)).collect();
+    let sigmas: Vec<f64> = sc.lens(cfg.sigmas());
     let s2y = p.measurement.sigma_y.powi(2);
     let mut x = (noise.randn(&x_shape.into(), &dev)? * sigmas[0])?;
     for (i, &s) in sigmas.iter().enumerate() {

@@ -13,11 +13,12 @@
 //! daps-gaussian with τ = σ_y.
 
 use super::{
-    check_finite, likelihood_tau, mean_misfit, ode, repeat_rows, Observer, Problem, StepInfo,
+    check_finite, likelihood_tau, linear_of, mean_misfit, ode, repeat_rows, Observer, Problem,
+    StepInfo,
 };
 use crate::error::{Error, Result};
 use crate::noise::{stream, NoiseSource};
-use crate::operator::{per_chain_sq_norm, Linear, Measurement};
+use crate::operator::{per_chain_sq_norm, Measurement};
 use crate::prior::gmm::softmax;
 use crate::schedule::{annealing_sigmas, ode_sigmas, Discretization};
 use candle_core::{DType, Tensor};
@@ -127,16 +128,6 @@ impl DapsSmcConfig {
     }
 }
 
-/// The operator's linear structure, or an error naming `who` and the operator.
-pub(crate) fn linear_of<'a>(p: &Problem<'a>, who: &str) -> Result<&'a dyn Linear> {
-    p.operator.as_linear().ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{who} needs a linear operator (Gaussian closed forms); {} is not",
-            p.operator.name()
-        ))
-    })
-}
-
 /// Per-chain ‖t‖² as f64.
 fn sq_norms(t: &Tensor) -> Result<Vec<f64>> {
     Ok(per_chain_sq_norm(t)?.to_dtype(DType::F64)?.to_vec1()?)
@@ -165,16 +156,13 @@ pub fn daps_smc(
         sigma_y: p.measurement.sigma_y,
     };
     let y = &meas.y;
-    let sig: Vec<f64> = annealing_sigmas(
+    let sig: Vec<f64> = sc.lens(annealing_sigmas(
         cfg.annealing_steps,
         cfg.sigma_max,
         cfg.sigma_min,
         cfg.rho,
         cfg.discretization,
-    )
-    .into_iter()
-    .map(|s| sc.len(s))
-    .collect();
+    ));
     let mut rng = stream(noise.fork(), 0, 0x5EC);
     let firsts = Tensor::from_vec((0..b as u32).map(|i| i * k as u32).collect(), b, &device)?;
     let mut logw = vec![0.0; n];

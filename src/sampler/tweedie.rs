@@ -10,8 +10,7 @@
 //! Cost per level: one forward pass and at most `lanczos_steps + cg_steps + 1` VJPs, each VJP
 //! counted as one network evaluation.
 
-use super::smc::linear_of;
-use super::{check_finite, likelihood_tau, mean_misfit, Observer, Problem, StepInfo};
+use super::{check_finite, likelihood_tau, linear_of, mean_misfit, Observer, Problem, StepInfo};
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use crate::operator::structure::{chain_dots, chain_scalars};
@@ -124,16 +123,13 @@ pub fn daps_tweedie(
     let sc = crate::prior::Scale::of(p.prior)?;
     let tau = likelihood_tau(cfg.tau.map(|t| sc.len(t)), p.measurement, "daps-tweedie")?;
     let device = p.prior.device().clone();
-    let sig: Vec<f64> = annealing_sigmas(
+    let sig: Vec<f64> = sc.lens(annealing_sigmas(
         cfg.annealing_steps,
         cfg.sigma_max,
         cfg.sigma_min,
         cfg.rho,
         cfg.discretization,
-    )
-    .into_iter()
-    .map(|s| sc.len(s))
-    .collect();
+    ));
     let mut x = (noise.randn(&x_shape.into(), &device)? * sc.len(cfg.sigma_max))?;
     let mut x0 = x.clone();
     for i in 0..cfg.annealing_steps {
