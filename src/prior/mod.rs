@@ -3,6 +3,7 @@
 pub mod adm;
 pub mod default;
 pub mod gmm;
+pub mod latent;
 pub mod offload;
 pub mod spec;
 pub mod unet2d;
@@ -70,6 +71,12 @@ pub trait Denoiser: Send + Sync {
 
     /// Closed-form access for exact steps; `None` for neural priors.
     fn as_gmm(&self) -> Option<&GaussianMixture> {
+        None
+    }
+
+    /// The autoencoder of a latent diffusion prior (then `denoise` acts on latents); `None` for
+    /// pixel-space priors.
+    fn as_latent(&self) -> Option<&dyn latent::LatentPrior> {
         None
     }
 }

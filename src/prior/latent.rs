@@ -1,0 +1,58 @@
+//! Latent diffusion priors (CompVis LDM, Stable Diffusion): an EDM denoiser on latents z and the
+//! autoencoder between latents and images. LatentDAPS runs the DAPS loop on z with the operator
+//! A∘decode ([`Decoded`]).
+
+use super::Denoiser;
+use crate::error::Result;
+use crate::noise::NoiseSource;
+use crate::operator::Operator;
+use candle_core::Tensor;
+
+/// The text condition of a text-to-image prior (Stable Diffusion): classifier-free guidance
+/// ε = ε(∅') + w·(ε(c) − ε(∅')), with ∅' the negative prompt ("" by default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextCondition {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub guidance: f64,
+}
+
+/// A latent diffusion model as a prior over images. [`Denoiser`] itself acts on latents
+/// `[B, c, h, w]`; this trait adds the autoencoder.
+pub trait LatentPrior: Denoiser {
+    /// The latent shape `[c, h, w]` for an image shape `[C, H, W]`; an error naming the size when
+    /// the autoencoder cannot take it.
+    fn latent_shape(&self, image: &[usize]) -> Result<Vec<usize>>;
+
+    /// Images `[B, C, H, W]` (in [−1, 1] up to the autoencoder's error; not clamped) from
+    /// latents, exactly as the reference decodes (VQ models re-quantise).
+    fn decode(&self, z: &Tensor) -> Result<Tensor>;
+
+    /// ∂⟨decode(z), g⟩/∂z. Vector quantisation passes the gradient straight through.
+    fn decode_vjp(&self, z: &Tensor, g: &Tensor) -> Result<Tensor>;
+
+    /// Latents of images `[B, C, H, W]`; autoencoders whose encoder samples draw from `noise`.
+    fn encode(&self, x: &Tensor, noise: &mut dyn NoiseSource) -> Result<Tensor>;
+}
+
+/// The operator A∘decode on latents, for a latent prior and an image-space operator.
+pub struct Decoded<'a> {
+    pub prior: &'a dyn LatentPrior,
+    pub operator: &'a dyn Operator,
+}
+
+impl Operator for Decoded<'_> {
+    fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        self.operator.forward(&self.prior.decode(z)?)
+    }
+
+    fn vjp(&self, z: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let x = self.prior.decode(z)?;
+        let g = self.operator.vjp(&x, v)?;
+        self.prior.decode_vjp(z, &g)
+    }
+
+    fn name(&self) -> String {
+        format!("{} ∘ decode", self.operator.name())
+    }
+}
