@@ -20,6 +20,9 @@ use crate::noise::mix;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The nominal level of the per-pixel interval whose coverage the records hold.
+pub const COVERAGE_LEVEL: f64 = 0.9;
+
 /// What an evaluation run is; stored as `RUN/eval.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +49,15 @@ pub struct EvalSettings {
     /// `[task, method]` pairs left out (`--methods all`: methods that cannot solve the task).
     #[serde(default)]
     pub excluded: Vec<[String; 2]>,
+    /// Posterior samples per image and run (chains of one job); with K ≥ 2 each record also
+    /// holds the coverage of the truth by the samples' per-pixel interval. Metrics are of the
+    /// first sample.
+    #[serde(default = "one")]
+    pub samples: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl EvalSettings {
@@ -59,8 +71,8 @@ impl EvalSettings {
         if self.runs.len() != self.tasks.len() || self.runs.contains(&0) {
             return Err(Error::config("runs: one count ≥ 1 per task"));
         }
-        if self.batch == 0 {
-            return Err(Error::config("batch must be ≥ 1"));
+        if self.batch == 0 || self.samples == 0 {
+            return Err(Error::config("batch and samples must be ≥ 1"));
         }
         if !matches!(self.best_of.as_str(), "psnr" | "each") {
             return Err(Error::config(format!(
@@ -68,11 +80,16 @@ impl EvalSettings {
                 self.best_of
             )));
         }
-        for list in [&self.images, &self.tasks, &self.methods] {
+        for (list, extra) in [(&self.images, ""), (&self.tasks, ""), (&self.methods, "@=")] {
             for (i, a) in list.iter().enumerate() {
-                if !safe_name(a) {
+                if !safe_name(&a.replace(|c| extra.contains(c), "_")) {
                     return Err(Error::config(format!(
-                        "'{a}' cannot name a file (letters, digits, '.', '_', '-' only)"
+                        "'{a}' cannot name a file (letters, digits, '.', '_', '-' only{})",
+                        if extra.is_empty() {
+                            ""
+                        } else {
+                            "; methods also '@', '='"
+                        }
                     )));
                 }
                 if list[..i].contains(a) {
@@ -207,8 +224,15 @@ pub struct EvalRecord {
     pub lpips: Option<f64>,
     /// RMS of A(x) − y per measured entry (compare with σ_y).
     pub misfit: f64,
-    /// The job's wall time divided by its images.
+    /// The job's wall time divided by its images (all samples of an image together).
     pub seconds: f64,
+    /// With K ≥ 2 samples: the fraction of true pixels inside the samples' per-pixel interval
+    /// (`metric::image::coverage`, level 90%), and that interval's nominal coverage (what a
+    /// calibrated sampler gives in expectation: 15/17 for K = 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage_nominal: Option<f64>,
 }
 
 /// The paths of a run folder.
@@ -382,6 +406,7 @@ mod tests {
             batch: 2,
             prior: "default".into(),
             excluded: vec![],
+            samples: 1,
         }
     }
 
@@ -412,6 +437,9 @@ mod tests {
     #[test]
     fn settings_refuse_bad_names_and_counts() {
         let mut s = settings();
+        let mut ok = s.clone();
+        ok.methods.push("daps-1k@tau_rule=measurement".into());
+        ok.validate().unwrap();
         s.methods.push("../x".into());
         assert!(s
             .validate()

@@ -195,7 +195,12 @@ fn bad_eval_input_is_refused_before_work() {
             "unknown method 'ddrm-7x' for task sr4",
         ),
         (("--limit", "2000"), "exceeds the 1000 held-out digits"),
-        (("--batch", "0"), "--batch and --limit must be ≥ 1"),
+        (
+            ("--batch", "0"),
+            "--batch, --samples and --limit must be ≥ 1",
+        ),
+        (("--methods", "daps-50@lr"), "'lr' is not KEY=VALUE"),
+        (("--methods", "daps-50@no_such_key=1"), "no_such_key"),
     ] {
         let mut args = eval_args(&out);
         let i = args.iter().position(|a| a == change.0).unwrap();
@@ -220,5 +225,42 @@ fn bad_eval_input_is_refused_before_work() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("not among --tasks"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `--samples K` runs K chains per image: records carry the coverage of the truth by the K
+/// samples' per-pixel interval and its nominal value ((K+1−2)/(K+1) = 3/5 for K = 4); a method
+/// spec with `@KEY=VALUE` overrides is its own row with the override in its label.
+#[test]
+fn samples_give_coverage_and_overrides_are_rows() {
+    let dir = tmp_dir("eval", "samples");
+    let out = dir.join("run");
+    let mut args = eval_args(&out);
+    let i = args.iter().position(|a| a == "--methods").unwrap();
+    args[i + 1] = "daps-50,daps-50@tau_rule=measurement@lr_rule=stable@lr=0.5".into();
+    let i = args.iter().position(|a| a == "--tasks").unwrap();
+    args[i + 1] = "inpaint-box".into();
+    let i = args.iter().position(|a| a == "--limit").unwrap();
+    args[i + 1] = "2".into();
+    run_ok(daps().args(&args).args(["--samples", "4"]));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 4);
+    let mut labels = std::collections::BTreeSet::new();
+    for r in &recs {
+        let v: Value = serde_json::from_slice(&std::fs::read(r).unwrap()).unwrap();
+        let c = v["coverage"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&c), "{c}");
+        assert_eq!(v["coverage_nominal"].as_f64().unwrap(), 0.6);
+        labels.insert(v["label"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        labels.into_iter().collect::<Vec<_>>(),
+        [
+            "DAPS-50",
+            "DAPS-50 [tau_rule=measurement, lr_rule=stable, lr=0.5]"
+        ]
+    );
+    let text = run_ok(daps().arg("report").arg(&out));
+    assert!(text.contains("nominal 60.0%"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -142,3 +142,34 @@ fn metric_shape_errors() {
     let tiny = Tensor::zeros((1, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(ssim(&tiny, &tiny, 1.0), Err(Error::Config(_))));
 }
+
+/// Coverage of K = 16 exchangeable draws: the truth is a 17th draw of the same law, so each
+/// entry is inside [x₍₁₎, x₍₁₆₎] with probability 15/17 exactly. 20,000 independent entries:
+/// SE = √(p(1−p)/20000) = 0.0023; tolerance 4 SE. Samples half as wide cover far less.
+#[test]
+fn coverage_of_calibrated_and_overconfident_samples() {
+    use daps::metric::image::{coverage, coverage_rank};
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+    assert_eq!(coverage_rank(16, 0.9), (1, 15.0 / 17.0));
+    assert_eq!(coverage_rank(100, 0.9).0, 5);
+    let (k, n) = (16usize, 20_000usize);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut draw = |len: usize, sd: f32| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                sd * z as f32
+            })
+            .collect()
+    };
+    let truth = Tensor::from_vec(draw(n, 1.0), (1, n), &Device::Cpu).unwrap();
+    let wide = Tensor::from_vec(draw(k * n, 1.0), (k, n), &Device::Cpu).unwrap();
+    let narrow = Tensor::from_vec(draw(k * n, 0.5), (k, n), &Device::Cpu).unwrap();
+    let (c, nominal) = coverage(&wide, &truth, 0.9).unwrap();
+    let se = (nominal * (1.0 - nominal) / n as f64).sqrt();
+    assert!((c - nominal).abs() < 4.0 * se, "coverage {c} vs {nominal}");
+    let (c, _) = coverage(&narrow, &truth, 0.9).unwrap();
+    assert!(c < nominal - 0.2, "over-confident samples cover {c}");
+    assert!(coverage(&wide.narrow(0, 0, 1).unwrap(), &truth, 0.9).is_err());
+}

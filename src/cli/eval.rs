@@ -5,9 +5,10 @@ use super::outputs::{self, Inputs};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
+use daps::eval::COVERAGE_LEVEL;
 use daps::eval::{EvalRecord, EvalSettings, Job, RunDir, Shard};
 use daps::io::{write_image, write_unit_image};
-use daps::metric::image::{psnr, ssim, to_unit, IMAGE_RANGE};
+use daps::metric::image::{coverage, psnr, ssim, to_unit, IMAGE_RANGE};
 use daps::metric::lpips::Lpips;
 use daps::noise::SeededNoise;
 use daps::operator::{per_chain_sq_norm, Measurement, Operator};
@@ -55,6 +56,11 @@ pub struct EvalArgs {
     /// Images per sampler batch (a batch is the unit of work: shards and resumption never split it).
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Posterior samples per image (chains of one batch): with K ≥ 2 the records add the
+    /// coverage of the truth by the samples' per-pixel interval (16 for a calibration table);
+    /// PSNR, SSIM and the saved picture are of the first sample.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
     /// Prior [default: the built-in digits prior].
     #[arg(long)]
     pub prior: Option<String>,
@@ -85,8 +91,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         None => Shard::WHOLE,
     };
     super::check_sigma_y(a.sigma_y)?;
-    if a.batch == 0 || a.limit == Some(0) {
-        bail!("--batch and --limit must be ≥ 1");
+    if a.batch == 0 || a.samples == 0 || a.limit == Some(0) {
+        bail!("--batch, --samples and --limit must be ≥ 1");
     }
     let mut inputs = Inputs::default();
     inputs
@@ -173,6 +179,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         batch: a.batch,
         prior: a.prior.clone().unwrap_or_else(|| "default".into()),
         excluded,
+        samples: a.samples,
     };
     let run = RunDir(a.out.clone());
     run.claim(&settings)?;
@@ -413,6 +420,12 @@ fn run_job(
         .clone()
         .map(|i| measurement(run, s, task, truth, i))
         .collect::<Result<Vec<_>>>()?;
+    // K samples per image: image i's chains are i·K .. i·K + K − 1.
+    let k = s.samples;
+    let ys: Vec<Tensor> = ys
+        .iter()
+        .flat_map(|y| std::iter::repeat_n(y.clone(), k))
+        .collect();
     let m = Measurement {
         y: Tensor::cat(&ys, 0)?,
         sigma_y: s.sigma_y,
@@ -426,45 +439,69 @@ fn run_job(
     let n = job.images.len();
     let seed = s.job_seed(job);
     let t0 = Instant::now();
-    let x = method.run(
+    let all = method.run(
         &problem,
-        &[n, c, h, w],
+        &[n * k, c, h, w],
         &mut SeededNoise::new(seed),
         &mut Silent,
     )?;
     let seconds = t0.elapsed().as_secs_f64() / n as f64;
+    let first: Vec<u32> = (0..n).map(|i| (i * k) as u32).collect();
+    let x = all.index_select(&Tensor::new(first.as_slice(), all.device())?, 0)?;
     let gt = truth.narrow(0, job.images.start, n)?;
     // Images are in [−1, 1] (loaded from PNG/JPEG or the built-in digits); metrics on [0, 1].
     let (u, gu) = (to_unit(&x, IMAGE_RANGE)?, to_unit(&gt, IMAGE_RANGE)?);
     let (p, q) = (psnr(&u, &gu, 1.0)?, ssim(&u, &gu, 1.0)?);
     let l = lpips.map(|l| l.distance(&u, &gu)).transpose()?;
-    let r = m.residual(task, &x)?;
+    let r = m
+        .residual(task, &all)?
+        .index_select(&Tensor::new(first.as_slice(), all.device())?, 0)?;
     let per_entry = (r.elem_count() / n) as f64;
     let misfit: Vec<f32> = (per_chain_sq_norm(&r)? / per_entry)?.sqrt()?.to_vec1()?;
     let mut recs = Vec::with_capacity(n);
-    for (k, i) in job.images.clone().enumerate() {
+    for (j, i) in job.images.clone().enumerate() {
         let id = &s.images[i];
         let img = run.image(&job.task, &job.method, id, job.run);
         daps::eval::ensure_parent(&img)?;
-        write_image(&x.narrow(0, k, 1)?, IMAGE_RANGE, &img)?;
+        write_image(&x.narrow(0, j, 1)?, IMAGE_RANGE, &img)?;
+        let cov = if k >= 2 {
+            let (cv, nominal) = coverage(
+                &all.narrow(0, j * k, k)?,
+                &gt.narrow(0, j, 1)?,
+                COVERAGE_LEVEL,
+            )?;
+            (Some(cv), Some(nominal))
+        } else {
+            (None, None)
+        };
         recs.push(EvalRecord {
             image: id.clone(),
             index: i,
             task: job.task.clone(),
             method: job.method.clone(),
-            label: method.label(),
+            label: method_label(&job.method, method),
             nfe: method.nfe(),
             run: job.run,
             seed,
-            psnr: p[k],
-            ssim: q[k],
-            lpips: l.as_ref().map(|v| v[k]),
-            misfit: misfit[k] as f64,
+            psnr: p[j],
+            ssim: q[j],
+            lpips: l.as_ref().map(|v| v[j]),
+            misfit: misfit[j] as f64,
             seconds,
+            coverage: cov.0,
+            coverage_nominal: cov.1,
         });
     }
     for r in &recs {
         run.write_record(r)?;
     }
     Ok(recs)
+}
+
+/// A method's label; a spec with overrides (`daps-1k@tau_rule=measurement`) keeps them visible.
+fn method_label(spec: &str, method: &Method) -> String {
+    match spec.split_once('@') {
+        Some((_, over)) => format!("{} [{}]", method.label(), over.replace('@', ", ")),
+        None => method.label(),
+    }
 }

@@ -81,6 +81,25 @@ fn eval_report(a: &ReportArgs) -> Result<()> {
     }
     let demo: Vec<_> = rows.iter().map(MethodRow::as_demo).collect();
     print!("{}", table(&demo));
+    if rows.iter().any(|r| r.coverage.is_some()) {
+        println!(
+            "coverage: fraction of true pixels inside the per-pixel interval of {} samples \
+             (a calibrated sampler: the nominal value)",
+            settings.samples
+        );
+        for r in &rows {
+            if let (Some(c), Some(n)) = (&r.coverage, r.coverage_nominal) {
+                println!(
+                    "  {:<18} {:<28} {:5.1}% ± {:4.1}  (nominal {:.1}%)",
+                    r.task,
+                    r.label,
+                    100.0 * c.mean,
+                    100.0 * c.ci95,
+                    100.0 * n
+                );
+            }
+        }
+    }
     if missing > 0 {
         println!(
             "incomplete: {missing} record(s) missing (rerun the `daps eval` command to finish)"

@@ -20,6 +20,9 @@ pub struct ImageScore {
     pub misfit: f64,
     /// All runs together.
     pub seconds: f64,
+    /// Coverage of the truth by the samples' interval, mean over runs (`--samples` ≥ 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
 }
 
 /// A mean with the half-width of its 95% interval (`null` with fewer than two values).
@@ -59,6 +62,11 @@ pub struct MethodRow {
     pub lpips: Option<Interval>,
     pub misfit: Interval,
     pub seconds_per_image: f64,
+    /// With `--samples` ≥ 2: the coverage over images, and what a calibrated sampler gives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Interval>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage_nominal: Option<f64>,
     pub paired: Option<Paired>,
     pub scores: Vec<ImageScore>,
 }
@@ -101,6 +109,7 @@ pub fn aggregate(s: &EvalSettings, recs: &[EvalRecord], baseline: &str) -> Vec<M
             }
             let col = |f: fn(&ImageScore) -> f64| scores.iter().map(f).collect::<Vec<f64>>();
             let lpips: Option<Vec<f64>> = scores.iter().map(|s| s.lpips).collect();
+            let coverage: Option<Vec<f64>> = scores.iter().map(|s| s.coverage).collect();
             rows.push(MethodRow {
                 task: task.clone(),
                 method: (*method).clone(),
@@ -113,6 +122,8 @@ pub fn aggregate(s: &EvalSettings, recs: &[EvalRecord], baseline: &str) -> Vec<M
                 misfit: Interval::of(&col(|s| s.misfit)),
                 seconds_per_image: col(|s| s.seconds).iter().sum::<f64>()
                     / scores.len().max(1) as f64,
+                coverage: coverage.filter(|v| !v.is_empty()).map(|v| Interval::of(&v)),
+                coverage_nominal: first.coverage_nominal,
                 paired: None,
                 scores,
             });
@@ -161,6 +172,11 @@ fn combine(id: &str, index: usize, runs: &[&&EvalRecord], best_of: &str) -> Opti
         lpips: best.lpips,
         misfit: best.misfit,
         seconds: runs.iter().map(|r| r.seconds).sum(),
+        coverage: runs
+            .iter()
+            .map(|r| r.coverage)
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64),
     };
     if best_of == "each" {
         sc.ssim = runs

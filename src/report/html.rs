@@ -132,12 +132,16 @@ fn interval(i: &super::eval::Interval, digits: usize) -> String {
 
 fn summary_table(rows: &[MethodRow]) -> String {
     let lp = rows.iter().any(|r| r.lpips.is_some());
+    let cov = rows.iter().any(|r| r.coverage.is_some());
     let mut t = String::from(
         "<table><tr><th class=\"l\">task</th><th class=\"l\">method</th><th>NFE</th><th>images</th>\
          <th>runs</th><th>PSNR (dB)</th><th>SSIM</th>",
     );
     if lp {
         t.push_str("<th>LPIPS</th>");
+    }
+    if cov {
+        t.push_str("<th>coverage (nominal)</th>");
     }
     t.push_str("<th>misfit (RMS)</th><th>s / image</th><th class=\"l\">paired PSNR − baseline's</th></tr>\n");
     for r in rows {
@@ -159,6 +163,13 @@ fn summary_table(rows: &[MethodRow]) -> String {
                 "<td>{}</td>",
                 r.lpips.as_ref().map_or("–".into(), |l| interval(l, 3))
             );
+        }
+        if cov {
+            let c = match (&r.coverage, r.coverage_nominal) {
+                (Some(c), Some(n)) => format!("{} ({:.3})", interval(c, 3), n),
+                _ => "–".into(),
+            };
+            let _ = write!(t, "<td>{c}</td>");
         }
         let paired = r.paired.as_ref().map_or("baseline".to_string(), |p| {
             let d = &p.psnr_difference;

@@ -83,8 +83,22 @@ pub fn preset_method(task: &str, budget: &str) -> Result<Method> {
 
 /// The sampler a method spec names for a task: a preset section of the task (`daps-50`,
 /// `dps-1000`, or a section named after a method), `dps-N` (the task's `dps-1000` with N steps and
-/// ζ scaled to the same total guidance), or a registered method's defaults.
+/// ζ scaled to the same total guidance), or a registered method's defaults; any of them followed
+/// by `@KEY=VALUE` overrides (`daps-1k@tau_rule=measurement@lr_rule=stable@lr=0.5`).
 pub fn resolve_method(task: &str, spec: &str) -> Result<Method> {
+    if let Some((base, overrides)) = spec.split_once('@') {
+        let mut m = resolve_method(task, base)?;
+        for kv in overrides.split('@') {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                Error::config(format!(
+                    "method '{spec}': '{kv}' is not KEY=VALUE (overrides are METHOD@KEY=VALUE@…)"
+                ))
+            })?;
+            m = m.set(k, v)?;
+        }
+        m.validate()?;
+        return Ok(m);
+    }
     let src = preset_source(task)?;
     let table: toml::Table =
         toml::from_str(src).map_err(|e| Error::config(format!("preset file of {task}: {e}")))?;
