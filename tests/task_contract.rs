@@ -153,7 +153,13 @@ fn closed_form(name: &str) -> bool {
 }
 
 fn mask_png() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("daps-task-contract-{}", std::process::id()));
+    // One file per test thread: tests run in parallel and would otherwise read each other's
+    // half-written file.
+    let dir = std::env::temp_dir().join(format!(
+        "daps-task-contract-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("mask.png");
     let mut rng = ChaCha8Rng::seed_from_u64(7);

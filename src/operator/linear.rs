@@ -160,13 +160,6 @@ impl Linear for MatrixOperator {
         }
         let ys = columns(&y.reshape((by, self.rows()))?)?;
         let zs = columns(z)?;
-        let mut m = self.a.transpose() * &self.a;
-        for i in 0..m.nrows() {
-            m[(i, i)] += 1.0 / gamma;
-        }
-        let chol = m
-            .cholesky()
-            .ok_or_else(|| Error::msg("matrix prox: AᵀA + I/γ is not positive definite"))?;
         let aty = self.a.transpose() * ys;
         let mut rhs = DMatrix::zeros(self.a.ncols(), n);
         for j in 0..n {
@@ -174,7 +167,26 @@ impl Linear for MatrixOperator {
                 + zs.column(if bz == 1 { 0 } else { j }) / gamma;
             rhs.set_column(j, &col);
         }
-        from_columns(&chol.solve(&rhs), self.sample_dims(n), z)
+        // Fewer rows than columns: Woodbury, x = γ(r − Aᵀ(AAᵀ + I/γ)⁻¹A r), a d_y × d_y
+        // factorisation and matrix products instead of d × d triangular solves per column.
+        let wide = self.a.nrows() < self.a.ncols();
+        let mut m = if wide {
+            &self.a * self.a.transpose()
+        } else {
+            self.a.transpose() * &self.a
+        };
+        for i in 0..m.nrows() {
+            m[(i, i)] += 1.0 / gamma;
+        }
+        let chol = m
+            .cholesky()
+            .ok_or_else(|| Error::msg("matrix prox: AᵀA + I/γ is not positive definite"))?;
+        let x = if wide {
+            (&rhs - self.a.transpose() * chol.solve(&(&self.a * &rhs))) * gamma
+        } else {
+            chol.solve(&rhs)
+        };
+        from_columns(&x, self.sample_dims(n), z)
     }
 
     /// A⁺y with the SVD pseudo-inverse ([`MatrixOperator::pseudo_inverse`]).
