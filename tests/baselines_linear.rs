@@ -201,7 +201,9 @@ fn operator_svds_diagonalise_the_operator() {
     let inpaint = daps::operator::inpaint::Inpaint::random(6, 6, 0.5, 3, &Device::Cpu).unwrap();
     let pool2 = AvgPool::new(2).unwrap();
     let pool3 = AvgPool::new(3).unwrap();
-    let cases: [(&dyn Linear, Vec<usize>); 4] = [
+    let blur = daps::operator::blur::Blur::gaussian(5, 1.0).unwrap();
+    let cases: [(&dyn Linear, Vec<usize>); 5] = [
+        (&blur, vec![2, 3, 8, 7]),
         (&c.op, vec![3, D]),
         (&inpaint, vec![2, 3, 6, 6]),
         (&pool2, vec![2, 3, 6, 6]),
@@ -227,7 +229,8 @@ fn operator_svds_diagonalise_the_operator() {
 #[test]
 fn svd_methods_refuse_operators_without_one() {
     let c = case();
-    let blur = daps::operator::blur::Blur::gaussian(5, 1.0).unwrap();
+    let blur = daps::operator::blur::Blur::motion(5, 0.5, 1).unwrap();
+    assert!(!blur.is_separable());
     let meas = Measurement {
         y: Tensor::zeros((1, 1, 8, 8), DType::F32, &Device::Cpu).unwrap(),
         sigma_y: 0.1,

@@ -7,7 +7,7 @@
 //! reflect padding.
 
 use super::fft::{cast, fast_len, plan, transpose, Pooled, Real};
-use super::{Linear, Operator};
+use super::{Linear, Operator, Svd};
 use crate::error::{Error, Result};
 use crate::nn::cpu_slice;
 use candle_core::backend::BackendStorage;
@@ -200,10 +200,128 @@ impl Operator for Blur {
 
 /// Aᵀ in closed form (the VJP: flipped-kernel correlation, then the adjoint of reflect padding);
 /// prox and pseudo-inverse by the CG defaults (reflect padding is not diagonalised by the FFT).
+/// A separable kernel also has an SVD ([`Svd`]), for DDRM and DDNM.
 impl Linear for Blur {
     fn adjoint(&self, v: &Tensor) -> Result<Tensor> {
         self.apply(v, true)
     }
+
+    fn svd(&self) -> Option<&dyn Svd> {
+        self.is_separable().then_some(self as &dyn Svd)
+    }
+}
+
+/// 1-D singular values below this are set to 0, as DDRM's `Deblurring` does (`ZERO = 3e-2`):
+/// those directions count as unobserved.
+pub const SVD_THRESHOLD: f64 = 3e-2;
+
+/// A separable blur is B_h X B_wᵀ per plane, B the 1-D reflect-padded correlation matrices, so
+/// A = (U_h ⊗ U_w) diag(s_h ⊗ s_w) (V_h ⊗ V_w)ᵀ: spectral coordinates V_hᵀ X V_w in x's shape.
+impl Svd for Blur {
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor> {
+        let k = self.kron(x)?;
+        Ok(k.vh.t()?.broadcast_matmul(x)?.broadcast_matmul(&k.vw)?)
+    }
+
+    fn apply_v(&self, c: &Tensor) -> Result<Tensor> {
+        let k = self.kron(c)?;
+        Ok(k.vh.broadcast_matmul(c)?.broadcast_matmul(&k.vw.t()?)?)
+    }
+
+    fn singular_values(&self, sample: &[usize]) -> Result<Vec<f64>> {
+        let [c, h, w] = sample else {
+            return Err(Error::msg(format!(
+                "{}: SVD of [C, H, W] samples, got {sample:?}",
+                self.label
+            )));
+        };
+        let k = self.core.kron(*h, *w)?;
+        let plane: Vec<f64> =
+            k.sh.iter()
+                .flat_map(|a| k.sw.iter().map(move |b| a * b))
+                .collect();
+        Ok((0..*c).flat_map(|_| plane.iter().copied()).collect())
+    }
+
+    fn project_y(&self, y: &Tensor) -> Result<Tensor> {
+        let k = self.kron(y)?;
+        let t = k.uh.t()?.broadcast_matmul(y)?.broadcast_matmul(&k.uw)?;
+        let (h, w) = (k.sh.len(), k.sw.len());
+        let mask: Vec<f64> =
+            k.sh.iter()
+                .flat_map(|a| {
+                    k.sw.iter()
+                        .map(move |b| if a * b > 0.0 { 1.0 } else { 0.0 })
+                })
+                .collect();
+        let mask = Tensor::from_vec(mask, (h, w), y.device())?.to_dtype(y.dtype())?;
+        Ok(t.broadcast_mul(&mask)?)
+    }
+}
+
+impl Blur {
+    /// The 1-D factors for `x`'s size, in its dtype and on its device.
+    fn kron(&self, x: &Tensor) -> Result<KronTensors> {
+        let (_, _, h, w) = x.dims4()?;
+        let k = self.core.kron(h, w)?;
+        let t = |m: &nalgebra::DMatrix<f64>| -> Result<Tensor> {
+            // nalgebra is column-major: its transpose's storage is m row-major.
+            let rows: Vec<f64> = m.transpose().as_slice().to_vec();
+            Ok(Tensor::from_vec(rows, (m.nrows(), m.ncols()), x.device())?.to_dtype(x.dtype())?)
+        };
+        Ok(KronTensors {
+            uh: t(&k.uh)?,
+            vh: t(&k.vh)?,
+            uw: t(&k.uw)?,
+            vw: t(&k.vw)?,
+            sh: k.sh.clone(),
+            sw: k.sw.clone(),
+        })
+    }
+}
+
+/// SVDs of the 1-D matrices B_h = U_h S_h V_hᵀ and B_w (thresholded s, [`SVD_THRESHOLD`]).
+struct Kron {
+    uh: nalgebra::DMatrix<f64>,
+    vh: nalgebra::DMatrix<f64>,
+    sh: Vec<f64>,
+    uw: nalgebra::DMatrix<f64>,
+    vw: nalgebra::DMatrix<f64>,
+    sw: Vec<f64>,
+}
+
+struct KronTensors {
+    uh: Tensor,
+    vh: Tensor,
+    sh: Vec<f64>,
+    uw: Tensor,
+    vw: Tensor,
+    sw: Vec<f64>,
+}
+
+/// The n×n matrix of a 1-D correlation with `taps` over the source indices `map`
+/// (out[i] = Σ_a taps[a]·x[map[i + a]]) and its SVD, small singular values zeroed.
+fn svd_1d(
+    n: usize,
+    taps: &[f64],
+    map: &[usize],
+) -> Result<(nalgebra::DMatrix<f64>, nalgebra::DMatrix<f64>, Vec<f64>)> {
+    let mut b = nalgebra::DMatrix::<f64>::zeros(n, n);
+    for i in 0..n {
+        for (a, &t) in taps.iter().enumerate() {
+            b[(i, map[i + a])] += t;
+        }
+    }
+    let svd = b.svd(true, true);
+    let (Some(u), Some(vt)) = (svd.u, svd.v_t) else {
+        return Err(Error::msg("blur: 1-D SVD did not converge"));
+    };
+    let s = svd
+        .singular_values
+        .iter()
+        .map(|&v| if v < SVD_THRESHOLD { 0.0 } else { v })
+        .collect();
+    Ok((u, vt.transpose(), s))
 }
 
 fn check_size(size: usize) -> Result<()> {
@@ -460,6 +578,8 @@ struct Core {
     /// Column and row taps when the trimmed kernel is rank-1.
     separable: Option<(Vec<f64>, Vec<f64>)>,
     plans: PlanCache,
+    /// Per (H, W): the SVD of a separable kernel.
+    svds: Mutex<HashMap<(usize, usize), Arc<Kron>>>,
 }
 
 impl Core {
@@ -499,7 +619,34 @@ impl Core {
             taps,
             separable,
             plans: Mutex::new(HashMap::new()),
+            svds: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The SVD of a separable kernel at size H × W (cached).
+    fn kron(&self, h: usize, w: usize) -> Result<Arc<Kron>> {
+        let Some((col, row)) = &self.separable else {
+            return Err(Error::Unsupported(
+                "blur: only a separable kernel has an SVD".into(),
+            ));
+        };
+        let mut svds = self.svds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = svds.get(&(h, w)) {
+            return Ok(k.clone());
+        }
+        let geo = self.geometry(h, w)?;
+        let (uh, vh, sh) = svd_1d(h, col, &geo.rmap)?;
+        let (uw, vw, sw) = svd_1d(w, row, &geo.cmap)?;
+        let k = Arc::new(Kron {
+            uh,
+            vh,
+            sh,
+            uw,
+            vw,
+            sw,
+        });
+        svds.insert((h, w), k.clone());
+        Ok(k)
     }
 
     /// ReflectionPad2d(k/2) needs H, W > k/2.
