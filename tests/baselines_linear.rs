@@ -183,15 +183,23 @@ fn noise_free_ddnm_fits_the_measurement() {
         operator: &c.op,
         measurement: &c.meas,
     };
-    let m = Method::from_name("ddnm")
-        .unwrap()
-        .set("steps", "10")
-        .unwrap();
-    let x = m
-        .run(&p, &[50, D], &mut SeededNoise::new(2), &mut Silent)
-        .unwrap();
-    let r = c.meas.residual(&c.op, &x).unwrap();
-    assert!(max_abs_diff(&r, &r.zeros_like().unwrap()) < 1e-4);
+    // Without and with time travel (jump 2 levels back, twice: 10 + 2·4 = 18 calls).
+    for (travel, nfe) in [((1, 1), 10), ((2, 2), 18)] {
+        let m = Method::from_name("ddnm")
+            .unwrap()
+            .set("steps", "10")
+            .unwrap()
+            .set("travel_length", &travel.0.to_string())
+            .unwrap()
+            .set("travel_repeat", &travel.1.to_string())
+            .unwrap();
+        assert_eq!(m.nfe(), nfe);
+        let x = m
+            .run(&p, &[50, D], &mut SeededNoise::new(2), &mut Silent)
+            .unwrap();
+        let r = c.meas.residual(&c.op, &x).unwrap();
+        assert!(max_abs_diff(&r, &r.zeros_like().unwrap()) < 1e-4, "{travel:?}");
+    }
 }
 
 /// Uᵀ A x = diag(s) Vᵀx, and V is orthogonal, for every operator with an SVD.

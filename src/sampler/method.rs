@@ -628,10 +628,10 @@ impl Sampler for DdnmConfig {
         "ddnm"
     }
     fn nfe(&self) -> usize {
-        self.steps
+        DdnmConfig::nfe(self)
     }
     fn steps(&self) -> usize {
-        self.steps
+        DdnmConfig::nfe(self)
     }
     fn validate(&self) -> Result<()> {
         DdnmConfig::validate(self)
@@ -646,8 +646,16 @@ impl Sampler for DdnmConfig {
         ddnm(p, self, x_shape, noise, obs)
     }
     fn describe(&self) -> String {
+        let travel = if self.travel_repeat > 1 {
+            format!(
+                ", time travel l {} × r {}",
+                self.travel_length, self.travel_repeat
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{} steps, η {}, σ {} → {}",
+            "{} steps, η {}, σ {} → {}{travel}",
             self.steps, self.eta, self.sigma_max, self.sigma_min
         )
     }
