@@ -4,10 +4,12 @@ pub mod adm;
 pub mod default;
 pub mod gmm;
 pub mod latent;
+pub mod ldm;
 pub mod offload;
 pub mod spec;
 pub mod unet2d;
 pub mod vp;
+pub mod vq;
 
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
