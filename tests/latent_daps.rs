@@ -143,13 +143,13 @@ fn every_step_teacher_forced() {
             );
             let g = at("hmc_grad_clamped", i, k);
             let score = hmc_score(&g, c.tau, &zt, &x, s, &prior).unwrap();
-            // Up to 1e4 in size: f32 rounding of the reference's sums.
+            // Up to 1e4 in size (the clamped data term / τ²): one f32 ulp there is 9.8e-4.
             check_close(
                 &format!("{i}.{k} score"),
                 &score,
                 &at("hmc_mc_score", i, k),
-                1e-2,
-                1e-6,
+                2e-3,
+                0.0,
             );
             let eps = f.draw(1 + 5 * i + 1 + k);
             let v0 = at("hmc_mc_v_before", i, k);
