@@ -287,3 +287,66 @@ fn plain_compvis_yaml_loads_too() {
     assert_eq!(a, b);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The FFHQ-256 LDM-VQ4 built from `LdmConfig::ffhq256()` has exactly the names and shapes of the
+/// real checkpoint (`ffhq256ldm_state_dict_keys.txt`, built by the reference from DAPS's
+/// ffhq256ldm.yaml on the meta device): every `first_stage_model.*` and `model.diffusion_model.*`
+/// tensor, and a `model_ema.*` copy of every UNet one; the rest are the 12 schedule buffers and
+/// two EMA counters, which the loader ignores.
+#[test]
+fn ffhq256_architecture_matches_the_real_key_list() {
+    let text =
+        std::fs::read_to_string(fixture("latent/ldm_vq4/ffhq256ldm_state_dict_keys.txt")).unwrap();
+    let real = daps::nn::checkpoint::parse_param_list(&text).unwrap();
+    assert_eq!(real.len(), 955);
+    let real: HashMap<String, Vec<usize>> = real.into_iter().collect();
+    let cfg = LdmConfig::ffhq256();
+    let ours = cfg.param_shapes().unwrap();
+    let n = |pre: &str| {
+        ours.iter()
+            .filter(|(k, _)| k.starts_with(pre))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum::<usize>()
+    };
+    assert_eq!(n("model.diffusion_model."), 274_056_163);
+    assert_eq!(n("first_stage_model."), 55_322_782);
+    let mut matched = 0;
+    for (name, shape) in &ours {
+        assert_eq!(real.get(name), Some(shape), "{name}");
+        if let Some(rest) = name.strip_prefix("model.") {
+            let ema = format!("model_ema.{}", rest.replace('.', ""));
+            assert_eq!(real.get(&ema), Some(shape), "{ema}");
+            matched += 1;
+        }
+        matched += 1;
+    }
+    let ignored = real
+        .keys()
+        .filter(|k| !k.starts_with("model.") && !k.starts_with("first_stage_model."))
+        .filter(|k| !k.starts_with("model_ema.diffusion_model"))
+        .count();
+    assert_eq!((matched, ignored), (955 - 14, 14));
+}
+
+/// The same architecture read from a CompVis-layout yaml with the FFHQ model's values.
+#[test]
+fn ffhq256_yaml_gives_the_builtin_architecture() {
+    let yaml = "model:
+  params:
+    unet_config:
+      params: {image_size: 64, in_channels: 3, out_channels: 3, model_channels: 224,
+               attention_resolutions: [8, 4, 2], num_res_blocks: 2, channel_mult: [1, 2, 3, 4],
+               num_head_channels: 32}
+    first_stage_config:
+      target: ldm.models.autoencoder.VQModelInterface
+      params:
+        embed_dim: 3
+        n_embed: 8192
+        ddconfig: {double_z: false, z_channels: 3, resolution: 256, in_channels: 3, out_ch: 3,
+                   ch: 128, ch_mult: [1, 2, 4], num_res_blocks: 2, attn_resolutions: [],
+                   dropout: 0.0}
+    cond_stage_config: __is_unconditional__
+";
+    let v: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+    assert_eq!(LdmConfig::from_value(&v).unwrap(), LdmConfig::ffhq256());
+}

@@ -32,6 +32,43 @@ pub struct LdmConfig {
 }
 
 impl LdmConfig {
+    /// The FFHQ-256 LDM-VQ-f4 of DAPS (`configs/model/ffhq256ldm.yaml`, CompVis `ffhq.zip`):
+    /// UNet 224 ch, mult (1, 2, 3, 4), 2 res blocks, attention at ds 8, 4, 2, 32-channel heads
+    /// (274,056,163 parameters); VQ-f4 ch 128, mult (1, 2, 4), 2 res blocks, 8192 × 3 codebook
+    /// (55,322,782). Latents 3×64×64 for 256×256 images.
+    pub fn ffhq256() -> Self {
+        Self {
+            unet: AdmConfig {
+                image_size: 64,
+                in_channels: 3,
+                model_channels: 224,
+                out_channels: 3,
+                num_res_blocks: 2,
+                attention_ds: vec![8, 4, 2],
+                channel_mult: vec![1.0, 2.0, 3.0, 4.0],
+                num_heads: 0,
+                num_head_channels: Some(32),
+                num_heads_upsample: None,
+                use_scale_shift_norm: false,
+                resblock_updown: false,
+                conv_resample: true,
+                use_new_attention_order: false,
+            },
+            first_stage: VqConfig {
+                ch: 128,
+                ch_mult: vec![1, 2, 4],
+                num_res_blocks: 2,
+                attn_resolutions: vec![],
+                in_channels: 3,
+                out_ch: 3,
+                resolution: 256,
+                z_channels: 3,
+                embed_dim: 3,
+                n_embed: 8192,
+            },
+        }
+    }
+
     /// From a parsed yaml: DAPS's wrapper (`ldm_config: {model: …}`) or CompVis's (`model: …`).
     pub fn from_value(v: &Value) -> Result<Self> {
         let root = v.get("ldm_config").unwrap_or(v);
@@ -170,8 +207,18 @@ pub struct LdmPrior {
 impl LdmPrior {
     /// Loads `ckpt` (safetensors or a PyTorch pickle) with the architecture of `cfg`.
     pub fn load(cfg: &LdmConfig, ckpt: &Path, device: &Device) -> Result<Self> {
-        let source = ckpt.display().to_string();
-        let mut all = checkpoint::load_state_dict(ckpt)?;
+        let all = checkpoint::load_state_dict(ckpt)?;
+        Self::from_tensors(cfg, all, &ckpt.display().to_string(), device)
+    }
+
+    /// From a state dict with CompVis names (`source` names it in errors).
+    pub fn from_tensors(
+        cfg: &LdmConfig,
+        mut all: HashMap<String, Tensor>,
+        source: &str,
+        device: &Device,
+    ) -> Result<Self> {
+        let source = source.to_string();
         all.retain(|k, _| {
             k.starts_with(UNET_PREFIX) || k.starts_with(VQ_PREFIX) || k.starts_with("model_ema.")
         });
