@@ -97,6 +97,17 @@ fn decoder_vjps() {
     // Straight through: the VJP at the quantised point is the same.
     let gq = p.decode_vjp(t("quant_z"), t("cotangent")).unwrap();
     check_close("vjp at quant_z", &gq, t("vjp_decode_daps"), 1e-3, 0.0);
+    // decode_with_pullback over 9 chains (two pieces of the CPU batch): the same image and VJP.
+    let z9 = Tensor::cat(&[t("encode_h"); 9], 0).unwrap();
+    let g9 = Tensor::cat(&[t("cotangent"); 9], 0).unwrap();
+    let (x9, pullback) = p.decode_with_pullback(&z9).unwrap();
+    let v9 = pullback(&g9).unwrap();
+    for i in [0, 8] {
+        let xi = x9.narrow(0, i, 1).unwrap();
+        check_close("pullback image", &xi, t("decode_daps"), 1e-4, 0.0);
+        let vi = v9.narrow(0, i, 1).unwrap();
+        check_close("pullback VJP", &vi, t("vjp_decode_daps"), 1e-3, 0.0);
+    }
     // Without the quantiser (through autograd on the plain decoder).
     let zv = candle_core::Var::from_tensor(t("encode_h")).unwrap();
     let x = p.first_stage().decode_unquantized(zv.as_tensor()).unwrap();

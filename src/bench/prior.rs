@@ -135,8 +135,9 @@ pub fn random_ldm(cfg: &LdmConfig, std: f32, device: &Device) -> Result<LdmPrior
 }
 
 /// Seconds of the pieces of a LatentDAPS run on images of `shape` (batch 1, one timed call
-/// each after a warm-up of the smallest): one denoiser call on the latent, one decode, one
-/// decode VJP.
+/// each after one warm-up denoiser call): one denoiser call on the latent, one decode, and one
+/// decode with its VJP (one decoder pass with its graph, and the backward pass: what each HMC
+/// step costs besides the operator).
 #[derive(Debug, Clone, Copy)]
 pub struct LatentTimes {
     pub nfe: f64,
@@ -145,12 +146,11 @@ pub struct LatentTimes {
 }
 
 impl LatentTimes {
-    /// One LatentDAPS run: N·M denoiser calls and, per level, K data gradients (a decode and
-    /// a decode VJP each) plus the two decodes an observer is shown.
+    /// One LatentDAPS run: N·M denoiser calls and, per level, K data gradients (a decode with
+    /// its VJP each) plus the two decodes an observer is shown.
     pub fn run_seconds(&self, levels: usize, ode_steps: usize, hmc_steps: usize) -> f64 {
-        let per_level = ode_steps as f64 * self.nfe
-            + hmc_steps as f64 * (self.decode + self.decode_vjp)
-            + 2.0 * self.decode;
+        let per_level =
+            ode_steps as f64 * self.nfe + hmc_steps as f64 * self.decode_vjp + 2.0 * self.decode;
         levels as f64 * per_level
     }
 }
@@ -171,7 +171,10 @@ pub fn latent_times(prior: &LdmPrior, shape: &[usize]) -> Result<LatentTimes> {
     let nfe = timed(&|| prior.denoise(&z, 1.0))?;
     let decode = timed(&|| lat.decode(&z))?;
     let g = Tensor::randn(0f32, 1f32, lat.decode(&z)?.shape(), dev)?;
-    let decode_vjp = timed(&|| lat.decode_vjp(&z, &g))?;
+    let decode_vjp = timed(&|| {
+        let (_, pullback) = lat.decode_with_pullback(&z)?;
+        pullback(&g)
+    })?;
     Ok(LatentTimes {
         nfe,
         decode,

@@ -129,7 +129,7 @@ pub fn latent(a: LatentArgs) -> Result<()> {
     let t = latent_times(&prior, &shape)?;
     println!(
         "3×{0}×{0} images, batch 1, one timed call each: denoiser {1:.2} s, decode {2:.2} s, \
-         decode VJP {3:.2} s",
+         decode + VJP {3:.2} s",
         a.size, t.nfe, t.decode, t.decode_vjp
     );
     println!("LatentDAPS-100 (50 levels × 2 NFE) per image, with each task's latent-daps preset:");

@@ -9,14 +9,15 @@
 //! `model.diffusion_model.*` are read, the UNet from its EMA copy (`model_ema.*`) when present.
 
 use super::adm::{AdmConfig, AdmUnet};
-use super::latent::LatentPrior;
+use super::latent::{LatentPrior, Pullback};
 use super::vp::VpDenoiser;
 use super::vq::{VqConfig, VqModel};
 use super::Denoiser;
 use crate::error::{Error, Result};
 use crate::nn::checkpoint::{self, ParamList};
 use crate::noise::NoiseSource;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
+use rayon::prelude::*;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -345,5 +346,37 @@ impl LatentPrior for LdmPrior {
 
     fn encode(&self, x: &Tensor, _noise: &mut dyn NoiseSource) -> Result<Tensor> {
         self.vq_batched(x, |s, n| self.vq.encode(&x.narrow(0, s, n)?))
+    }
+
+    /// One decoder pass per piece of the batch, its graph kept for the VJP.
+    fn decode_with_pullback(&self, z: &Tensor) -> Result<(Tensor, Pullback<'_>)> {
+        let b = z.dim(0)?;
+        let pieces = if self.splits_batches() {
+            super::par_batches(b, |s, n| {
+                let zv = Var::from_tensor(&z.narrow(0, s, n)?.detach())?;
+                let x = self.vq.decode(zv.as_tensor())?;
+                Ok((s, n, zv, x))
+            })?
+        } else {
+            let zv = Var::from_tensor(&z.detach())?;
+            let x = self.vq.decode(zv.as_tensor())?;
+            vec![(0, b, zv, x)]
+        };
+        let xs: Vec<Tensor> = pieces.iter().map(|p| p.3.detach()).collect();
+        let x = Tensor::cat(&xs, 0)?;
+        let pullback = move |g: &Tensor| -> Result<Tensor> {
+            let grads: Vec<Tensor> = pieces
+                .into_par_iter()
+                .map(|(s, n, zv, x)| {
+                    let grads = (x * g.narrow(0, s, n)?.detach())?.sum_all()?.backward()?;
+                    grads
+                        .get(zv.as_tensor())
+                        .cloned()
+                        .ok_or_else(|| Error::msg("VQ decoder: no gradient reached the latent"))
+                })
+                .collect::<Result<_>>()?;
+            Ok(Tensor::cat(&grads, 0)?)
+        };
+        Ok((x, Box::new(pullback)))
     }
 }

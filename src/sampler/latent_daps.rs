@@ -124,7 +124,7 @@ pub fn ode_estimate(prior: &dyn Denoiser, z: &Tensor, grid: &[f64]) -> Result<Te
 
 /// clamp(∇_z Σ(A(decode z) − y)², −c, c) per chain (the gradient passes the quantiser straight
 /// through); also returns the unclamped gradient. This is the VJP of
-/// [`crate::prior::latent::Decoded`] with one decode shared by the residual and the VJP.
+/// [`crate::prior::latent::Decoded`], with one decoder pass shared by the residual and the VJP.
 pub fn data_gradient(
     lat: &dyn LatentPrior,
     op: &dyn Operator,
@@ -132,10 +132,9 @@ pub fn data_gradient(
     z: &Tensor,
     c: f64,
 ) -> Result<(Tensor, Tensor)> {
-    let x = lat.decode(z)?;
+    let (x, pullback) = lat.decode_with_pullback(z)?;
     let r = m.residual(op, &x)?;
-    let gx = op.vjp(&x, &(r * 2.0)?)?;
-    let g = lat.decode_vjp(z, &gx)?;
+    let g = pullback(&op.vjp(&x, &(r * 2.0)?)?)?;
     let clamped = g.clamp(-c as f32, c as f32)?;
     Ok((g, clamped))
 }
