@@ -55,6 +55,9 @@ enum Bench {
     Speed(cli::bench::SpeedArgs),
     /// A neural prior's denoising error per σ on held-out digits, and its time per evaluation.
     Prior(cli::bench::PriorArgs),
+    /// Time per network evaluation, decode and decode VJP of a latent prior (default: the
+    /// FFHQ-256 LDM-VQ4 architecture with random weights), and what a LatentDAPS-100 run costs.
+    Latent(cli::bench::LatentArgs),
 }
 
 fn main() {
@@ -107,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(Bench::Toy2d(a)) => cli::bench::toy2d(a),
         Cmd::Bench(Bench::Speed(a)) => cli::bench::speed(a),
         Cmd::Bench(Bench::Prior(a)) => cli::bench::prior(a),
+        Cmd::Bench(Bench::Latent(a)) => cli::bench::latent(a),
         Cmd::Demo(a) => cli::demo::demo(a),
         Cmd::Eval(a) => cli::eval::eval(a),
         Cmd::Report(a) => cli::report::report(a),

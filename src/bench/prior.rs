@@ -7,6 +7,7 @@ use crate::metric::image::{psnr, to_unit};
 use crate::nn::checkpoint;
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::prior::adm::{AdmConfig, AdmUnet};
+use crate::prior::ldm::{LdmConfig, LdmPrior};
 use crate::prior::vp::VpDenoiser;
 use crate::prior::Denoiser;
 use candle_core::{DType, Device, Tensor, Var};
@@ -107,16 +108,76 @@ pub fn nfe_seconds(
     Ok(best)
 }
 
-/// An ADM network of architecture `cfg` with random N(0, std²) weights (for timing only).
-pub fn random_adm(cfg: &AdmConfig, std: f32, device: &Device) -> Result<VpDenoiser<AdmUnet>> {
-    let shapes = cfg.param_shapes()?;
+/// Random N(0, std²) tensors of the given names and shapes, on the CPU.
+fn random_tensors(shapes: &checkpoint::ParamList, std: f32) -> Result<HashMap<String, Tensor>> {
     let mut tensors = HashMap::new();
-    for (name, shape) in &shapes {
+    for (name, shape) in shapes {
         tensors.insert(
             name.clone(),
             Tensor::randn(0f32, std, shape.as_slice(), &Device::Cpu)?,
         );
     }
+    Ok(tensors)
+}
+
+/// An ADM network of architecture `cfg` with random N(0, std²) weights (for timing only).
+pub fn random_adm(cfg: &AdmConfig, std: f32, device: &Device) -> Result<VpDenoiser<AdmUnet>> {
+    let shapes = cfg.param_shapes()?;
+    let tensors = random_tensors(&shapes, std)?;
     let vb = checkpoint::var_builder(tensors, &shapes, DType::F32, device, "random weights")?;
     Ok(VpDenoiser::new(AdmUnet::new(cfg, vb)?))
+}
+
+/// An LDM-VQ of architecture `cfg` with random N(0, std²) weights (for timing only).
+pub fn random_ldm(cfg: &LdmConfig, std: f32, device: &Device) -> Result<LdmPrior> {
+    let tensors = random_tensors(&cfg.param_shapes()?, std)?;
+    LdmPrior::from_tensors(cfg, tensors, "random weights", device)
+}
+
+/// Seconds of the pieces of a LatentDAPS run on images of `shape` (batch 1, one timed call
+/// each after one warm-up denoiser call): one denoiser call on the latent, one decode, and one
+/// decode with its VJP (one decoder pass with its graph, and the backward pass: what each HMC
+/// step costs besides the operator).
+#[derive(Debug, Clone, Copy)]
+pub struct LatentTimes {
+    pub nfe: f64,
+    pub decode: f64,
+    pub decode_vjp: f64,
+}
+
+impl LatentTimes {
+    /// One LatentDAPS run: N·M denoiser calls and, per level, K data gradients (a decode with
+    /// its VJP each) plus the two decodes an observer is shown.
+    pub fn run_seconds(&self, levels: usize, ode_steps: usize, hmc_steps: usize) -> f64 {
+        let per_level =
+            ode_steps as f64 * self.nfe + hmc_steps as f64 * self.decode_vjp + 2.0 * self.decode;
+        levels as f64 * per_level
+    }
+}
+
+pub fn latent_times(prior: &LdmPrior, shape: &[usize]) -> Result<LatentTimes> {
+    let lat: &dyn crate::prior::latent::LatentPrior = prior;
+    let mut zs = vec![1];
+    zs.extend(lat.latent_shape(shape)?);
+    let dev = prior.device();
+    let z = Tensor::randn(0f32, 1f32, zs, dev)?;
+    let timed = |f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
+        let t = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    timed(&|| prior.denoise(&z, 1.0))?;
+    let nfe = timed(&|| prior.denoise(&z, 1.0))?;
+    let decode = timed(&|| lat.decode(&z))?;
+    let g = Tensor::randn(0f32, 1f32, lat.decode(&z)?.shape(), dev)?;
+    let decode_vjp = timed(&|| {
+        let (_, pullback) = lat.decode_with_pullback(&z)?;
+        pullback(&g)
+    })?;
+    Ok(LatentTimes {
+        nfe,
+        decode,
+        decode_vjp,
+    })
 }

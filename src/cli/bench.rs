@@ -97,6 +97,63 @@ pub struct PriorArgs {
     pub device: String,
 }
 
+#[derive(Args)]
+pub struct LatentArgs {
+    /// A latent prior (`ldm:CKPT:CONFIG.yaml`) [default: the FFHQ-256 LDM-VQ4 architecture
+    /// (DAPS's ffhq256ldm.yaml) with random weights].
+    #[arg(long)]
+    pub prior: Option<String>,
+    /// Image side in pixels (square RGB images).
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Where the networks run: cpu, or cuda[:N] (a `--features cuda` build).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `daps bench latent`.
+pub fn latent(a: LatentArgs) -> Result<()> {
+    use daps::bench::prior::{latent_times, random_ldm};
+    use daps::prior::ldm::{LdmConfig, LdmPrior};
+    use daps::prior::spec::PriorSpec;
+    let dev = daps::prior::offload::parse_device(&a.device)?;
+    let prior = match &a.prior {
+        None => random_ldm(&LdmConfig::ffhq256(), 0.02, &dev)?,
+        Some(s) => match s.parse::<PriorSpec>()? {
+            PriorSpec::Ldm { ckpt, config } => LdmPrior::from_files(&ckpt, &config, &dev)?,
+            _ => bail!("--prior: `daps bench latent` takes a latent prior, ldm:CKPT:CONFIG.yaml"),
+        },
+    };
+    println!("prior: {}", daps::prior::Denoiser::name(&prior));
+    let shape = [3, a.size, a.size];
+    let t = latent_times(&prior, &shape)?;
+    println!(
+        "3×{0}×{0} images, batch 1, one timed call each: denoiser {1:.2} s, decode {2:.2} s, \
+         decode + VJP {3:.2} s",
+        a.size, t.nfe, t.decode, t.decode_vjp
+    );
+    println!("LatentDAPS-100 (50 levels × 2 NFE) per image, with each task's latent-daps preset:");
+    for task in daps::task::TASKS {
+        if !daps::task::has_preset(task.name, "latent-daps") {
+            continue;
+        }
+        let daps::sampler::Method::LatentDaps(c) =
+            daps::task::preset_method(task.name, "latent-daps")?
+        else {
+            continue;
+        };
+        let secs = t.run_seconds(c.annealing_steps, c.ode_steps, c.mcmc_steps);
+        println!(
+            "  {:<16} {:>3} HMC steps: {:>8.0} s (+ the operator), denoiser {:.0}% of it",
+            task.name,
+            c.mcmc_steps,
+            secs,
+            100.0 * (c.annealing_steps * c.ode_steps) as f64 * t.nfe / secs
+        );
+    }
+    Ok(())
+}
+
 pub fn gmm(a: GmmArgs) -> Result<()> {
     let mut cfg = if a.quick {
         GmmBenchConfig::quick()

@@ -260,6 +260,12 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         None => demo_tasks().map(String::from).collect(),
     };
     let prior = load_host_prior(a.prior.as_deref(), &a.device)?;
+    if prior.as_latent().is_some() {
+        bail!(
+            "daps demo runs on 1×32×32 digits; {} is a latent prior (use daps solve --method latent-daps)",
+            prior.name()
+        );
+    }
     let digits = mnist_range(lo..hi)?;
     let truth = digits.images().clone();
     let (_, c, h, w) = truth.dims4()?;

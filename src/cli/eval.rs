@@ -113,6 +113,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     outputs::writable_dir("--out", &a.out)?;
 
     let prior = daps::prior::load_host(a.prior.as_deref(), &a.device)?;
+    if prior.as_latent().is_some() {
+        bail!(
+            "daps eval with a latent prior ({}): not yet supported; use daps solve --method latent-daps",
+            prior.name()
+        );
+    }
     let (ids, truth) = load_data(&a, &*prior)?;
     let (_, c, h, w) = truth.dims4()?;
     let lpips = match &a.lpips_weights {

@@ -476,7 +476,11 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         None => None,
     };
     let prior = load_host_prior(a.prior.as_deref(), &a.device)?;
-    if let Some(s) = prior.sample_shape() {
+    if let Some(l) = prior.as_latent() {
+        // A latent prior's own shape is that of its latents.
+        l.latent_shape(&[c, h, w])
+            .with_context(|| format!("the measurement is of a {c}×{h}×{w} image"))?;
+    } else if let Some(s) = prior.sample_shape() {
         if s != [c, h, w] {
             bail!(
                 "prior {} takes samples of shape {s:?}, but the measurement is of a {c}×{h}×{w} image",

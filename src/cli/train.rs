@@ -435,6 +435,11 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         left -= b;
     }
     let x = candle_core::Tensor::cat(&parts, 0)?;
+    // A latent diffusion prior samples latents: the images are their decodes.
+    let x = match prior.as_latent() {
+        Some(l) => l.decode(&x)?,
+        None => x,
+    };
     save_grid(&x, a.cols, Some(prior.data_range()), &a.out)?;
     println!(
         "wrote {} in {:.1} s",

@@ -180,6 +180,77 @@ impl AdmConfig {
         Ok(cfg)
     }
 
+    /// From the `unet_config.params` of a CompVis latent-diffusion yaml (`openaimodel.UNetModel`,
+    /// same layout and names as guided-diffusion's): unconditional models only. Unlike
+    /// `create_model`, `attention_resolutions` are already downsampling rates.
+    pub fn from_openaimodel_params(v: &Value) -> Result<Self> {
+        let bad = |what: &str| Error::config(format!("LDM UNet config: bad or missing `{what}`"));
+        let int = |key: &str, default: Option<i64>| -> Result<i64> {
+            match v.get(key) {
+                Some(x) if !x.is_null() => x.as_i64().ok_or_else(|| bad(key)),
+                _ => default.ok_or_else(|| bad(key)),
+            }
+        };
+        let flag = |key: &str| v.get(key).and_then(|b| b.as_bool()).unwrap_or(false);
+        for key in ["num_classes", "context_dim", "n_embed"] {
+            if v.get(key).is_some_and(|x| !x.is_null()) {
+                return Err(Error::Unsupported(format!(
+                    "conditional LDM UNets (`{key}` is set); only unconditional models load"
+                )));
+            }
+        }
+        if flag("use_spatial_transformer") {
+            return Err(Error::Unsupported(
+                "LDM UNets with a spatial transformer (use_spatial_transformer = true)".into(),
+            ));
+        }
+        let mult = super::vq::uint_list(v, "channel_mult", "LDM UNet")?;
+        let channel_mult: Vec<f64> = if mult.is_empty() {
+            vec![1.0, 2.0, 4.0, 8.0]
+        } else {
+            mult.iter().map(|&m| m as f64).collect()
+        };
+        if channel_mult[0] != 1.0 {
+            return Err(Error::config(
+                "LDM UNet config: channel_mult must start with 1",
+            ));
+        }
+        let opt = |x: i64| if x < 0 { None } else { Some(x as usize) };
+        let in_channels = int("in_channels", None)? as usize;
+        let cfg = Self {
+            image_size: int("image_size", None)? as usize,
+            in_channels,
+            model_channels: int("model_channels", None)? as usize,
+            out_channels: int("out_channels", None)? as usize,
+            num_res_blocks: int("num_res_blocks", None)? as usize,
+            attention_ds: super::vq::uint_list(v, "attention_resolutions", "LDM UNet")?,
+            channel_mult,
+            num_heads: int("num_heads", Some(-1))?.max(0) as usize,
+            num_head_channels: opt(int("num_head_channels", Some(-1))?),
+            num_heads_upsample: opt(int("num_heads_upsample", Some(-1))?),
+            use_scale_shift_norm: flag("use_scale_shift_norm"),
+            resblock_updown: flag("resblock_updown"),
+            conv_resample: v
+                .get("conv_resample")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(true),
+            use_new_attention_order: flag("use_new_attention_order"),
+        };
+        if cfg.num_heads == 0 && cfg.num_head_channels.is_none() {
+            return Err(Error::config(
+                "LDM UNet config: set num_heads or num_head_channels",
+            ));
+        }
+        if cfg.out_channels != in_channels {
+            return Err(Error::config(format!(
+                "LDM UNet config: out_channels {} ≠ in_channels {in_channels} (ε-prediction expected)",
+                cfg.out_channels
+            )));
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Reads a JSON file of `create_model` arguments (e.g. `tiny_config.json`).
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

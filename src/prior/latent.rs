@@ -17,6 +17,9 @@ pub struct TextCondition {
     pub guidance: f64,
 }
 
+/// The VJP of one decode: g ↦ ∂⟨decode(z), g⟩/∂z at the z it was made for.
+pub type Pullback<'a> = Box<dyn FnOnce(&Tensor) -> Result<Tensor> + Send + 'a>;
+
 /// A latent diffusion model as a prior over images. [`Denoiser`] itself acts on latents
 /// `[B, c, h, w]`; this trait adds the autoencoder.
 pub trait LatentPrior: Denoiser {
@@ -33,6 +36,15 @@ pub trait LatentPrior: Denoiser {
 
     /// Latents of images `[B, C, H, W]`; autoencoders whose encoder samples draw from `noise`.
     fn encode(&self, x: &Tensor, noise: &mut dyn NoiseSource) -> Result<Tensor>;
+
+    /// decode(z) and its VJP, for a gradient that needs the decoded image first (A∘decode).
+    /// The default decodes again in [`LatentPrior::decode_vjp`]; a prior that keeps the graph
+    /// of this decode saves that second decoder pass.
+    fn decode_with_pullback(&self, z: &Tensor) -> Result<(Tensor, Pullback<'_>)> {
+        let x = self.decode(z)?;
+        let z = z.clone();
+        Ok((x, Box::new(move |g: &Tensor| self.decode_vjp(&z, g))))
+    }
 }
 
 /// The operator A∘decode on latents, for a latent prior and an image-space operator.
@@ -47,9 +59,8 @@ impl Operator for Decoded<'_> {
     }
 
     fn vjp(&self, z: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let x = self.prior.decode(z)?;
-        let g = self.operator.vjp(&x, v)?;
-        self.prior.decode_vjp(z, &g)
+        let (x, pullback) = self.prior.decode_with_pullback(z)?;
+        pullback(&self.operator.vjp(&x, v)?)
     }
 
     fn name(&self) -> String {

@@ -4,10 +4,12 @@ pub mod adm;
 pub mod default;
 pub mod gmm;
 pub mod latent;
+pub mod ldm;
 pub mod offload;
 pub mod spec;
 pub mod unet2d;
 pub mod vp;
+pub mod vq;
 
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -195,5 +197,12 @@ pub fn load(spec: Option<&str>, device: &Device) -> Result<Box<dyn Denoiser>> {
 /// [`offload`]).
 pub fn load_host(spec: Option<&str>, device: &str) -> Result<Box<dyn Denoiser>> {
     let net_device = offload::parse_device(device)?;
-    Ok(offload::host_view(load(spec, &net_device)?))
+    let prior = load(spec, &net_device)?;
+    if prior.as_latent().is_some() && !net_device.is_cpu() {
+        return Err(Error::Unsupported(format!(
+            "{} on {device}: latent priors run on the CPU only for now (drop --device)",
+            prior.name()
+        )));
+    }
+    Ok(offload::host_view(prior))
 }

@@ -5,6 +5,7 @@
 //! | `adm:FILE.pt:ffhq256` | guided-diffusion ADM UNet (ε-prediction, VP→EDM); CONFIG is `ffhq256`, `imagenet256` or a JSON file of `create_model` arguments; without it, `FILE` with its extension replaced by `.json` is used |
 //! | `adm-x0:…` | the same network predicting x0 |
 //! | `unet2d:DIR` | a diffusers `UNet2DModel` folder (config.json + diffusion_pytorch_model.safetensors) |
+//! | `ldm:CKPT:CONFIG.yaml` | a CompVis LDM-VQ (`.ckpt` or safetensors; EMA UNet weights when present) with DAPS's model yaml or its CompVis yaml ([`super::ldm`]); a latent prior (LatentDAPS) |
 //! | `gmm:FILE.safetensors` | an exact Gaussian mixture: tensors `weights` [K], `means` [K, …], `variances` [K] (isotropic) or [K, d] (diagonal) |
 
 use super::adm::{AdmConfig, AdmUnet};
@@ -30,6 +31,10 @@ pub enum PriorSpec {
     Gmm {
         path: PathBuf,
     },
+    Ldm {
+        ckpt: PathBuf,
+        config: PathBuf,
+    },
 }
 
 impl std::str::FromStr for PriorSpec {
@@ -38,7 +43,7 @@ impl std::str::FromStr for PriorSpec {
     fn from_str(s: &str) -> Result<Self> {
         let (kind, rest) = s.split_once(':').ok_or_else(|| {
             Error::config(format!(
-                "prior '{s}': expected KIND:PATH (kinds: adm, adm-x0, unet2d, unet2d-x0, gmm)"
+                "prior '{s}': expected KIND:PATH (kinds: adm, adm-x0, unet2d, unet2d-x0, gmm, ldm)"
             ))
         })?;
         match kind {
@@ -62,8 +67,19 @@ impl std::str::FromStr for PriorSpec {
                 x0: kind == "unet2d-x0",
             }),
             "gmm" => Ok(PriorSpec::Gmm { path: rest.into() }),
+            "ldm" => match rest.rsplit_once(':') {
+                Some((ckpt, config)) if config.ends_with(".yaml") || config.ends_with(".yml") => {
+                    Ok(PriorSpec::Ldm {
+                        ckpt: ckpt.into(),
+                        config: config.into(),
+                    })
+                }
+                _ => Err(Error::config(format!(
+                    "prior '{s}': expected ldm:CHECKPOINT:CONFIG.yaml"
+                ))),
+            },
             other => Err(Error::config(format!(
-                "unknown prior kind '{other}' (expected adm, adm-x0, unet2d, unet2d-x0 or gmm)"
+                "unknown prior kind '{other}' (expected adm, adm-x0, unet2d, unet2d-x0, gmm or ldm)"
             ))),
         }
     }
@@ -75,6 +91,7 @@ impl PriorSpec {
         match self {
             PriorSpec::Adm { path, .. } | PriorSpec::Gmm { path } => path,
             PriorSpec::Unet2d { dir, .. } => dir,
+            PriorSpec::Ldm { ckpt, .. } => ckpt,
         }
     }
 }
@@ -145,6 +162,9 @@ impl PriorSpec {
                 ))
             }
             PriorSpec::Gmm { path } => Ok(Box::new(load_gmm(path, device)?)),
+            PriorSpec::Ldm { ckpt, config } => Ok(Box::new(super::ldm::LdmPrior::from_files(
+                ckpt, config, device,
+            )?)),
         }
     }
 }
@@ -240,6 +260,16 @@ mod tests {
         let e = "magic:x".parse::<PriorSpec>().unwrap_err().to_string();
         assert!(e.contains("unknown prior kind 'magic'"), "{e}");
         assert!("nokind".parse::<PriorSpec>().is_err());
+        assert_eq!(
+            "ldm:/m/model.ckpt:/m/config.yaml"
+                .parse::<PriorSpec>()
+                .unwrap(),
+            PriorSpec::Ldm {
+                ckpt: "/m/model.ckpt".into(),
+                config: "/m/config.yaml".into()
+            }
+        );
+        assert!("ldm:/m/model.ckpt".parse::<PriorSpec>().is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! range), so that a prior and measurement scaled by c give c × the output; `tests/scale.rs`
 //! checks this for every entry of [`METHODS`] with its default settings.
 
+use super::latent_daps::{latent_daps, LatentDapsConfig};
 use super::smc::{daps_smc, DapsSmcConfig};
 use super::tweedie::{daps_tweedie, DapsTweedieConfig};
 use super::{
@@ -76,6 +77,7 @@ pub enum Method {
     Pigdm(PigdmConfig),
     Diffpir(DiffpirConfig),
     RedDiff(RedDiffConfig),
+    LatentDaps(LatentDapsConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -96,6 +98,7 @@ macro_rules! dispatch {
             Method::Pigdm($c) => $e,
             Method::Diffpir($c) => $e,
             Method::RedDiff($c) => $e,
+            Method::LatentDaps($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -152,6 +155,10 @@ macro_rules! dispatch {
                 let $wrap = Method::RedDiff;
                 $e
             }
+            Method::LatentDaps($c) => {
+                let $wrap = Method::LatentDaps;
+                $e
+            }
         }
     };
 }
@@ -168,7 +175,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 15] = [
+pub const METHODS: [MethodInfo; 16] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -277,6 +284,13 @@ pub const METHODS: [MethodInfo; 15] = [
                   λ(μ − D(μ + σε)) and the data term",
         reference: "Mardani et al., ICLR 2024 (arXiv 2305.04391)",
         default: || Method::RedDiff(RedDiffConfig::default()),
+    },
+    MethodInfo {
+        name: "latent-daps",
+        summary: "LatentDAPS: the DAPS loop on a latent diffusion prior's z with A∘decode, HMC x0 \
+                  step, data gradient clamped to [−1, 1] (latent priors only)",
+        reference: "Zhang et al., CVPR 2025, §4.3; official sampler.py LatentDAPS (main branch)",
+        default: || Method::LatentDaps(LatentDapsConfig::default()),
     },
 ];
 
@@ -757,7 +771,61 @@ impl Sampler for RedDiffConfig {
     }
 }
 
+impl Sampler for LatentDapsConfig {
+    fn name(&self) -> &'static str {
+        "latent-daps"
+    }
+    fn nfe(&self) -> usize {
+        LatentDapsConfig::nfe(self)
+    }
+    fn steps(&self) -> usize {
+        self.annealing_steps
+    }
+    fn validate(&self) -> Result<()> {
+        LatentDapsConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        latent_daps(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} × {} NFE, HMC {} steps, lr {:e}, lr_min_ratio {}, momentum {}, τ {}, clamp ±{}, σ {} → {}",
+            self.annealing_steps,
+            self.ode_steps,
+            self.mcmc_steps,
+            self.lr,
+            self.lr_min_ratio,
+            self.momentum,
+            self.tau,
+            self.grad_clamp,
+            self.sigma_max,
+            self.sigma_min
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::latent_daps::latent_of(p).map(|_| ())
+    }
+}
+
 impl Method {
+    /// A latent prior is solved by latent-daps only; the error names the mismatch.
+    fn fits_prior(&self, p: &Problem) -> Result<()> {
+        if p.prior.as_latent().is_some() && !matches!(self, Method::LatentDaps(_)) {
+            return Err(Error::config(format!(
+                "{} works in pixel space; {} is a latent diffusion prior: use --method latent-daps",
+                self.name(),
+                p.prior.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// The default settings of the sampler registered as `name`.
     pub fn from_name(name: &str) -> Result<Self> {
         Ok((method_info(name)?.default)())
@@ -806,6 +874,7 @@ impl Method {
 
     /// Whether this sampler can solve `p`; the error says what it lacks.
     pub fn supports(&self, p: &Problem) -> Result<()> {
+        self.fits_prior(p)?;
         dispatch!(self, c => c.supports(p))
     }
 
@@ -822,6 +891,7 @@ impl Method {
         noise: &mut dyn NoiseSource,
         obs: &mut dyn Observer,
     ) -> Result<Tensor> {
+        self.fits_prior(p)?;
         dispatch!(self, c => c.run(p, x_shape, noise, obs))
     }
 

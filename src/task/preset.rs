@@ -9,7 +9,7 @@ use crate::sampler::{DapsConfig, Method};
 pub const BUDGETS: [&str; 5] = ["daps-1k", "daps-4k", "daps-100", "daps-50", "dps-1000"];
 /// Optional sections, each named after its sampler and holding its published settings, in the
 /// preset files of the tasks that sampler supports.
-pub const METHOD_PRESETS: [&str; 9] = [
+pub const METHOD_PRESETS: [&str; 10] = [
     "ddrm",
     "ddnm",
     "pigdm",
@@ -19,6 +19,7 @@ pub const METHOD_PRESETS: [&str; 9] = [
     "fps",
     "score-ald",
     "pnp-dm",
+    "latent-daps",
 ];
 /// The budget `daps solve` uses unless told otherwise.
 pub const DEFAULT_BUDGET: &str = "daps-1k";
