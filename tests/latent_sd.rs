@@ -496,3 +496,48 @@ fn real_vocabulary_ids() {
         assert_eq!(got, ids(&io[key]), "{key}");
     }
 }
+
+#[test]
+fn cli_sample_decodes_latents_with_a_prompt() {
+    let dir = pipeline("cli", "epsilon");
+    let out = dir.join("grid.png");
+    let prior = format!("sd:{}", dir.display());
+    let o = common::daps(&[
+        "sample",
+        "--prior",
+        &prior,
+        "--prompt",
+        "a photo of a face",
+        "--guidance",
+        "3",
+        "--n",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        common::s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let img = image::open(&out).unwrap();
+    assert!(
+        img.width() >= 16 && img.height() >= 16,
+        "{}×{}",
+        img.width(),
+        img.height()
+    );
+    let o = common::daps(&[
+        "sample",
+        "--prompt",
+        "a face",
+        "--n",
+        "1",
+        "--out",
+        common::s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("takes no prompt"),
+        "{err}"
+    );
+}
