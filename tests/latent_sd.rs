@@ -541,3 +541,27 @@ fn cli_sample_decodes_latents_with_a_prompt() {
         "{err}"
     );
 }
+
+/// f16 weights (a `diffusion_pytorch_model.fp16.safetensors` variant) load and run in f32.
+/// Rounding every weight to f16 changes it by ≤ 2⁻¹¹ relative; through the decoder's ~20
+/// layers that bounds the output change by about 20·2⁻¹¹ ≈ 1% of its scale (max |ref| 3.5), so
+/// atol 0.035.
+#[test]
+fn f16_weights_load_in_f32() {
+    let dir = tmp_dir("latent_sd", "vae_f16");
+    let src = fixture("latent/sd_vae");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let w = candle_core::safetensors::load(src.join("diffusion_pytorch_model.safetensors"), &CPU)
+        .unwrap();
+    let half: HashMap<String, Tensor> = w
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&half, dir.join("diffusion_pytorch_model.fp16.safetensors"))
+        .unwrap();
+    let vae = AutoencoderKl::from_pretrained(&dir, &CPU).unwrap();
+    let io = io("sd_vae");
+    let dec = vae.decode(&io["decode_input"]).unwrap();
+    assert_eq!(dec.dtype(), DType::F32);
+    check_close("decoded (f16 weights)", &dec, &io["decoded"], 0.035, 0.0);
+}
