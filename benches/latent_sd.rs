@@ -4,13 +4,14 @@
 //!
 //! `cargo bench --bench latent_sd` runs the SD 1.5 sizes (64×64 latents, 512×512 images); on a
 //! small CPU `DAPS_SD_LATENT=32` (UNet) and `DAPS_SD_VAE_LATENT=32` (VAE) run 32×32 latents
-//! (256×256 images) instead. Each line gives wall and process CPU seconds.
+//! (256×256 images) instead (0 skips that part). Each line gives wall and process CPU seconds.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use daps::prior::sd::unet::{UNet2DConditionModel, UnetConfig};
 use daps::prior::sd::vae::{AutoencoderKl, VaeConfig};
 use daps::prior::sd::GuidedUnet;
 use daps::prior::vp::TimestepNet;
+use std::collections::HashMap;
 use std::time::Instant;
 
 #[path = "../tests/common/mod.rs"]
@@ -38,8 +39,8 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
 
 fn main() {
     let dev = Device::Cpu;
-    {
-        let l = latent_side("DAPS_SD_LATENT");
+    let l = latent_side("DAPS_SD_LATENT");
+    if l > 0 {
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let unet = timed("SD 1.5 UNet random init", || {
@@ -58,18 +59,29 @@ fn main() {
         );
     }
     let l = latent_side("DAPS_SD_VAE_LATENT");
-    let vm = candle_nn::VarMap::new();
-    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
-    let vae = AutoencoderKl::new(&VaeConfig::sd15(), vb).unwrap();
-    let z = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1, 4, l, l), &dev).unwrap()).unwrap();
+    let vae = {
+        // Random weights as plain tensors, as a loaded model has them (no weight gradients).
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        AutoencoderKl::new(&VaeConfig::sd15(), vb).unwrap();
+        let w: HashMap<String, Tensor> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let vb = candle_nn::VarBuilder::from_tensors(w, DType::F32, &dev);
+        AutoencoderKl::new(&VaeConfig::sd15(), vb).unwrap()
+    };
+    let z = Tensor::randn(0f32, 1.0, (1, 4, l, l), &dev).unwrap();
     let s = 8 * l;
     let img = timed(&format!("SD 1.5 VAE decode to {s}×{s}"), || {
-        vae.decode(&z.as_tensor().detach()).unwrap()
+        vae.decode(&z).unwrap()
     });
     let g = Tensor::randn(0f32, 1.0, img.dims(), &dev).unwrap();
-    timed(&format!("SD 1.5 VAE decode + VJP at {s}×{s}"), || {
-        let out = vae.decode(z.as_tensor()).unwrap();
-        let grads = (out * g).unwrap().sum_all().unwrap().backward().unwrap();
-        grads.get(z.as_tensor()).unwrap().sum_all().unwrap()
-    });
+    timed(
+        &format!("SD 1.5 VAE decode VJP (checkpointed) at {s}×{s}"),
+        || vae.decode_vjp(&z, &g).unwrap().sum_all().unwrap(),
+    );
 }

@@ -122,6 +122,11 @@ fn vae_encode_decode_and_vjp() {
         1e-3,
         0.0,
     );
+    let vjp = vae
+        .decode_vjp(&io["decode_input"], &io["cotangent"])
+        .unwrap();
+    let vjp = (vjp / 0.18215).unwrap();
+    check_close("vjp_z (checkpointed)", &vjp, &io["vjp_z"], 1e-3, 0.0);
 }
 
 #[test]

@@ -62,7 +62,9 @@ impl ClipConfig {
                 self.hidden_act
             )));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(Error::config(format!(
                 "CLIPTextModel: {} heads do not divide hidden_size {}",
                 self.num_attention_heads, self.hidden_size

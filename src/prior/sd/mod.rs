@@ -23,7 +23,7 @@ use super::Denoiser;
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use crate::operator::resize::SuperResolution;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use clip::ClipTextModel;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -383,15 +383,31 @@ impl LatentPrior for StableDiffusion {
     }
 
     fn decode_vjp(&self, z: &Tensor, g: &Tensor) -> Result<Tensor> {
-        let v = Var::from_tensor(&z.detach().to_dtype(DType::F32)?)?;
-        let x = self.decode(v.as_tensor())?;
-        crate::error::expect_shape("decode VJP cotangent", g.dims(), x.dims())?;
-        let loss = (x * g.to_dtype(DType::F32)?)?.sum_all()?;
-        let grads = loss.backward()?;
-        let dz = grads
-            .get(v.as_tensor())
-            .ok_or_else(|| Error::msg("Stable Diffusion decode: no gradient reached z"))?;
-        Ok(dz.to_dtype(z.dtype())?)
+        self.check_latent(z)?;
+        let (b, _, _, _) = z.dims4()?;
+        let c = self.vae.config().out_channels;
+        crate::error::expect_shape(
+            "decode VJP cotangent",
+            g.dims(),
+            &[b, c, self.target, self.target],
+        )?;
+        // The resize is linear: its VJP is the adjoint M_hᵀ·g·M_w.
+        let gx = match self.inner == self.target {
+            true => g.to_dtype(DType::F32)?,
+            false => {
+                let m = Tensor::from_vec(
+                    bilinear_matrix(self.inner, self.target),
+                    (self.target, self.inner),
+                    g.device(),
+                )?
+                .t()?
+                .contiguous()?;
+                SuperResolution::sandwich(&g.to_dtype(DType::F32)?, &m, &m)?
+            }
+        };
+        let s = self.scaling();
+        let dz = self.vae.decode_vjp(&(z.to_dtype(DType::F32)? / s)?, &gx)?;
+        Ok((dz / s)?.to_dtype(z.dtype())?)
     }
 
     fn encode(&self, x: &Tensor, noise: &mut dyn NoiseSource) -> Result<Tensor> {
