@@ -570,3 +570,49 @@ fn f16_weights_load_in_f32() {
     assert_eq!(dec.dtype(), DType::F32);
     check_close("decoded (f16 weights)", &dec, &io["decoded"], 0.035, 0.0);
 }
+
+/// SD 2.x's layout on the tiny UNet: `use_linear_projection` (proj_in/proj_out as Linear, the
+/// 1×1 conv weights reshaped) and `attention_head_dim` as a per-block list compute the same ε
+/// as the SD 1.5 layout (there is no SD 2.x fixture; the README says so).
+#[test]
+fn sd2_linear_projection_and_head_list() {
+    let src = fixture("latent/sd_unet");
+    let dir = tmp_dir("latent_sd", "unet_sd2");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["use_linear_projection"] = serde_json::json!(true);
+    cfg["attention_head_dim"] = serde_json::json!([2, 2]);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let w = candle_core::safetensors::load(src.join("diffusion_pytorch_model.safetensors"), &CPU)
+        .unwrap();
+    let w: HashMap<String, Tensor> = w
+        .into_iter()
+        .map(|(k, v)| {
+            match (k.contains(".proj_in.") || k.contains(".proj_out.")) && v.rank() == 4 {
+                true => {
+                    let (o, i) = (v.dim(0).unwrap(), v.dim(1).unwrap());
+                    (k, v.reshape((o, i)).unwrap())
+                }
+                false => (k, v),
+            }
+        })
+        .collect();
+    candle_core::safetensors::save(&w, dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let unet = UNet2DConditionModel::from_pretrained(&dir, &CPU).unwrap();
+    assert!(unet.config().use_linear_projection);
+    let io = io("sd_unet");
+    let eps = unet
+        .forward(
+            &io["sample"],
+            &io["timestep_int"],
+            &io["encoder_hidden_states"],
+        )
+        .unwrap();
+    check_close(
+        "eps_t_int (linear projection)",
+        &eps,
+        &io["eps_t_int"],
+        1e-4,
+        0.0,
+    );
+}
