@@ -18,7 +18,7 @@ use daps::train::{adm_config_json, preset, TrainConfig, Trainer};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{fixture, load, rand};
+use common::{cpu_seconds, fixture, load, rand};
 
 fn main() {
     let timings: &[(&str, fn())] = &[
@@ -105,12 +105,6 @@ fn timing_forward_tiny() {
         "tiny UNet2DModel (32x32, batch 1) forward: {:.2} ms",
         best * 1e3
     );
-}
-
-fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
 /// Best-of-n (wall ms, process CPU ms) of `f`.

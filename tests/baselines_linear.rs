@@ -198,7 +198,10 @@ fn noise_free_ddnm_fits_the_measurement() {
             .run(&p, &[50, D], &mut SeededNoise::new(2), &mut Silent)
             .unwrap();
         let r = c.meas.residual(&c.op, &x).unwrap();
-        assert!(max_abs_diff(&r, &r.zeros_like().unwrap()) < 1e-4, "{travel:?}");
+        assert!(
+            max_abs_diff(&r, &r.zeros_like().unwrap()) < 1e-4,
+            "{travel:?}"
+        );
     }
 }
 

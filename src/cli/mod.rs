@@ -10,6 +10,36 @@ pub mod report;
 pub mod solve;
 pub mod train;
 
+/// The text condition of a text-to-image prior (`--prior sd:DIR`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PromptArgs {
+    /// Text prompt for a Stable Diffusion prior [default: DAPS's "a natural looking image"].
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Negative prompt (the unconditional half of classifier-free guidance) [default: ""].
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Classifier-free guidance scale w: ε = ε(neg) + w·(ε(prompt) − ε(neg)) [default: 7.5].
+    #[arg(long)]
+    pub guidance: Option<f64>,
+}
+
+impl PromptArgs {
+    /// `None` when no flag is given (the prior's own default); otherwise the flags over DAPS's
+    /// defaults. Passing one to an unconditional prior is an error at load time.
+    pub fn condition(&self) -> Option<daps::prior::latent::TextCondition> {
+        if self.prompt.is_none() && self.negative_prompt.is_none() && self.guidance.is_none() {
+            return None;
+        }
+        let d = daps::prior::sd::default_condition();
+        Some(daps::prior::latent::TextCondition {
+            prompt: self.prompt.clone().unwrap_or(d.prompt),
+            negative_prompt: self.negative_prompt.clone().unwrap_or(d.negative_prompt),
+            guidance: self.guidance.unwrap_or(d.guidance),
+        })
+    }
+}
+
 /// The measurement noise σ_y a command accepts: finite, in [0, 10] (image units, [−1, 1]); above 1
 /// is allowed with a warning (noise larger than the image's range).
 pub fn check_sigma_y(sigma_y: f64) -> anyhow::Result<()> {

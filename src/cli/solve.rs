@@ -19,7 +19,7 @@ use daps::metric::image::{psnr, ssim, IMAGE_RANGE};
 use daps::metric::lpips::Lpips;
 use daps::noise::SeededNoise;
 use daps::operator::{per_chain_sq_norm, Operator};
-use daps::prior::load_host as load_host_prior;
+use daps::prior::load_host_with as load_host_prior;
 use daps::sampler::{Method, Observer, Problem, StepInfo, X0Method};
 use daps::task::{
     self, default_budget, preset_method, MeasurementFile, Task, TaskFiles, TaskSpec, BUDGETS,
@@ -74,9 +74,11 @@ pub struct SolveArgs {
     /// bkse weights for a nonlinear-blur measurement (instead of the path it records).
     #[arg(long)]
     pub blur_weights: Option<PathBuf>,
-    /// Prior as KIND:PATH[:CONFIG]: adm:FILE.pt:ffhq256, adm-x0:…, unet2d:DIR, gmm:FILE.safetensors.
+    /// Prior as KIND:PATH[:CONFIG]: adm:FILE.pt:ffhq256, adm-x0:…, unet2d:DIR, gmm:FILE.safetensors, sd:DIR.
     #[arg(long)]
     pub prior: Option<String>,
+    #[command(flatten)]
+    pub text: super::PromptArgs,
     /// Where the prior's network runs: cpu, or cuda[:N] (a `--features cuda` build); the
     /// operator and the sampler stay on the CPU.
     #[arg(long, default_value = "cpu")]
@@ -475,7 +477,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         Some(p) => Some(Lpips::load(p, &Device::Cpu)?),
         None => None,
     };
-    let prior = load_host_prior(a.prior.as_deref(), &a.device)?;
+    let prior = load_host_prior(a.prior.as_deref(), &a.device, a.text.condition().as_ref())?;
     if let Some(l) = prior.as_latent() {
         // A latent prior's own shape is that of its latents.
         l.latent_shape(&[c, h, w])

@@ -100,6 +100,8 @@ pub struct SampleArgs {
     /// built-in digits prior.
     #[arg(long)]
     pub prior: Option<String>,
+    #[command(flatten)]
+    pub text: super::PromptArgs,
     /// Output grid PNG.
     #[arg(long, default_value = "samples.png")]
     pub out: PathBuf,
@@ -394,16 +396,29 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     super::outputs::file("--out", &a.out, &["png"], &inputs)?;
     let dev = device()?;
     // No --prior: the built-in digits prior.
-    let prior = daps::prior::load(a.prior.as_deref(), &dev)?;
+    let prior = daps::prior::load_with(a.prior.as_deref(), &dev, a.text.condition().as_ref())?;
     let shape = prior
         .sample_shape()
         .context("this prior does not fix an image shape")?;
-    if shape.len() != 3 {
+    let latent = prior.as_latent();
+    if shape.len() != 3 || (latent.is_none() && shape[0] != 1 && shape[0] != 3) {
         bail!("prior samples have shape {shape:?}; a grid needs images [C, H, W] (C = 1 or 3)");
     }
+    // A latent prior's σ range ends far below 80 (Stable Diffusion: ≈14.6).
+    let sigma_max = match latent {
+        Some(_) if a.sigma_max > prior.sigma_range().1 => {
+            let m = prior.sigma_range().1;
+            println!(
+                "σ_max {} lowered to the prior's largest σ, {m:.3}",
+                a.sigma_max
+            );
+            m
+        }
+        _ => a.sigma_max,
+    };
     let grid = EdmGrid {
         steps: a.steps,
-        sigma_max: a.sigma_max,
+        sigma_max,
         sigma_min: a.sigma_min,
         rho: a.rho,
     };
@@ -425,22 +440,20 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         let b = left.min(a.batch);
         let mut sh = vec![b];
         sh.extend(&shape);
-        parts.push(daps::sampler::heun::heun_sample(
-            prior.as_ref(),
-            &sh,
-            &grid,
-            &mut noise,
-            &dev,
-        )?);
+        let z = daps::sampler::heun::heun_sample(prior.as_ref(), &sh, &grid, &mut noise, &dev)?;
+        // Latent samples are decoded to images.
+        parts.push(match latent {
+            Some(l) => l.decode(&z)?,
+            None => z,
+        });
         left -= b;
     }
     let x = candle_core::Tensor::cat(&parts, 0)?;
-    // A latent diffusion prior samples latents: the images are their decodes.
-    let x = match prior.as_latent() {
-        Some(l) => l.decode(&x)?,
-        None => x,
+    let range = match latent {
+        Some(_) => daps::metric::image::IMAGE_RANGE,
+        None => prior.data_range(),
     };
-    save_grid(&x, a.cols, Some(prior.data_range()), &a.out)?;
+    save_grid(&x, a.cols, Some(range), &a.out)?;
     println!(
         "wrote {} in {:.1} s",
         a.out.display(),

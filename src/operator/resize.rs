@@ -120,7 +120,7 @@ impl SuperResolution {
     }
 
     /// M_a·t·M_bᵀ over the last two dims of `t` `[B, C, R, S]`.
-    fn sandwich(t: &Tensor, m_a: &Tensor, m_b: &Tensor) -> Result<Tensor> {
+    pub(crate) fn sandwich(t: &Tensor, m_a: &Tensor, m_b: &Tensor) -> Result<Tensor> {
         let (b, c, r, s) = t.dims4()?;
         let (m_a, m_b) = (m_a.to_dtype(t.dtype())?, m_b.to_dtype(t.dtype())?);
         let (ra, sb) = (m_a.dim(0)?, m_b.dim(0)?);

@@ -6,6 +6,7 @@ pub mod gmm;
 pub mod latent;
 pub mod ldm;
 pub mod offload;
+pub mod sd;
 pub mod spec;
 pub mod unet2d;
 pub mod vp;
@@ -183,11 +184,24 @@ where
 /// Loads a prior from a `--prior KIND:PATH[:CONFIG]` spec ([`spec::PriorSpec`]) onto `device`;
 /// `None` is the built-in digits prior ([`default::digits`]).
 pub fn load(spec: Option<&str>, device: &Device) -> Result<Box<dyn Denoiser>> {
+    load_with(spec, device, None)
+}
+
+/// [`load`] with the text condition of a text-to-image prior (`sd:DIR`); a condition given
+/// to any other prior is an error.
+pub fn load_with(
+    spec: Option<&str>,
+    device: &Device,
+    text: Option<&latent::TextCondition>,
+) -> Result<Box<dyn Denoiser>> {
     match spec {
+        None if text.is_some() => Err(Error::config(
+            "the built-in digits prior is unconditional and takes no prompt",
+        )),
         None => Ok(Box::new(default::digits(device)?)),
         Some(s) => {
             let p: spec::PriorSpec = s.parse()?;
-            p.load(device)
+            p.load_with(device, text)
                 .map_err(|e| Error::msg(format!("loading prior {s}: {e}")))
         }
     }
@@ -196,8 +210,17 @@ pub fn load(spec: Option<&str>, device: &Device) -> Result<Box<dyn Denoiser>> {
 /// [`load`] for the CPU samplers, with the network on `device` (`cpu` or `cuda[:N]`, see
 /// [`offload`]).
 pub fn load_host(spec: Option<&str>, device: &str) -> Result<Box<dyn Denoiser>> {
+    load_host_with(spec, device, None)
+}
+
+/// [`load_host`] with a text condition ([`load_with`]).
+pub fn load_host_with(
+    spec: Option<&str>,
+    device: &str,
+    text: Option<&latent::TextCondition>,
+) -> Result<Box<dyn Denoiser>> {
     let net_device = offload::parse_device(device)?;
-    let prior = load(spec, &net_device)?;
+    let prior = load_with(spec, &net_device, text)?;
     if prior.as_latent().is_some() && !net_device.is_cpu() {
         return Err(Error::Unsupported(format!(
             "{} on {device}: latent priors run on the CPU only for now (drop --device)",

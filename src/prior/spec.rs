@@ -6,9 +6,11 @@
 //! | `adm-x0:…` | the same network predicting x0 |
 //! | `unet2d:DIR` | a diffusers `UNet2DModel` folder (config.json + diffusion_pytorch_model.safetensors) |
 //! | `ldm:CKPT:CONFIG.yaml` | a CompVis LDM-VQ (`.ckpt` or safetensors; EMA UNet weights when present) with DAPS's model yaml or its CompVis yaml ([`super::ldm`]); a latent prior (LatentDAPS) |
+//! | `sd:DIR[:SIZE]` | a diffusers Stable Diffusion pipeline folder (vae/, unet/, text_encoder/, tokenizer/, scheduler/), a latent prior decoding to SIZE×SIZE images (default: half the VAE's `sample_size`, DAPS's 512 → 256); the prompt comes from [`PriorSpec::load_with`] |
 //! | `gmm:FILE.safetensors` | an exact Gaussian mixture: tensors `weights` [K], `means` [K, …], `variances` [K] (isotropic) or [K, d] (diagonal) |
 
 use super::adm::{AdmConfig, AdmUnet};
+use super::latent::TextCondition;
 use super::unet2d::Unet2dModel;
 use super::vp::{Prediction, VpDenoiser};
 use super::{Covariance, Denoiser, GaussianMixture};
@@ -35,6 +37,10 @@ pub enum PriorSpec {
         ckpt: PathBuf,
         config: PathBuf,
     },
+    Sd {
+        dir: PathBuf,
+        size: Option<usize>,
+    },
 }
 
 impl std::str::FromStr for PriorSpec {
@@ -43,7 +49,7 @@ impl std::str::FromStr for PriorSpec {
     fn from_str(s: &str) -> Result<Self> {
         let (kind, rest) = s.split_once(':').ok_or_else(|| {
             Error::config(format!(
-                "prior '{s}': expected KIND:PATH (kinds: adm, adm-x0, unet2d, unet2d-x0, gmm, ldm)"
+                "prior '{s}': expected KIND:PATH (kinds: adm, adm-x0, unet2d, unet2d-x0, gmm, ldm, sd)"
             ))
         })?;
         match kind {
@@ -78,8 +84,22 @@ impl std::str::FromStr for PriorSpec {
                     "prior '{s}': expected ldm:CHECKPOINT:CONFIG.yaml"
                 ))),
             },
+            "sd" => Ok(match rest.rsplit_once(':') {
+                Some((d, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    PriorSpec::Sd {
+                        dir: d.into(),
+                        size: Some(n.parse().map_err(|_| {
+                            Error::config(format!("prior '{s}': bad image size '{n}'"))
+                        })?),
+                    }
+                }
+                _ => PriorSpec::Sd {
+                    dir: rest.into(),
+                    size: None,
+                },
+            }),
             other => Err(Error::config(format!(
-                "unknown prior kind '{other}' (expected adm, adm-x0, unet2d, unet2d-x0, gmm or ldm)"
+                "unknown prior kind '{other}' (expected adm, adm-x0, unet2d, unet2d-x0, gmm, ldm or sd)"
             ))),
         }
     }
@@ -90,7 +110,7 @@ impl PriorSpec {
     pub fn path(&self) -> &Path {
         match self {
             PriorSpec::Adm { path, .. } | PriorSpec::Gmm { path } => path,
-            PriorSpec::Unet2d { dir, .. } => dir,
+            PriorSpec::Unet2d { dir, .. } | PriorSpec::Sd { dir, .. } => dir,
             PriorSpec::Ldm { ckpt, .. } => ckpt,
         }
     }
@@ -145,6 +165,29 @@ fn clip_denoised(path: &Path, config: Option<&str>) -> Result<bool> {
 
 impl PriorSpec {
     pub fn load(&self, device: &Device) -> Result<Box<dyn Denoiser>> {
+        self.load_with(device, None)
+    }
+
+    /// [`PriorSpec::load`] with a text condition, which only text-to-image priors (`sd`) take.
+    pub fn load_with(
+        &self,
+        device: &Device,
+        text: Option<&TextCondition>,
+    ) -> Result<Box<dyn Denoiser>> {
+        match (self, text) {
+            (PriorSpec::Sd { dir, size }, text) => {
+                return Ok(Box::new(super::sd::StableDiffusion::from_pretrained(
+                    dir, device, text, *size,
+                )?))
+            }
+            (_, Some(_)) => {
+                return Err(Error::config(format!(
+                    "{}: an unconditional prior takes no prompt (--prompt, --negative-prompt and --guidance are for sd:DIR)",
+                    self.path().display()
+                )))
+            }
+            (_, None) => {}
+        }
         match self {
             PriorSpec::Adm { path, config, x0 } => {
                 let cfg = adm_config(path, config.as_deref())?;
@@ -165,6 +208,7 @@ impl PriorSpec {
             PriorSpec::Ldm { ckpt, config } => Ok(Box::new(super::ldm::LdmPrior::from_files(
                 ckpt, config, device,
             )?)),
+            PriorSpec::Sd { .. } => unreachable!("handled above"),
         }
     }
 }
@@ -257,6 +301,20 @@ mod tests {
             "unet2d:dir".parse::<PriorSpec>().unwrap(),
             PriorSpec::Unet2d { .. }
         ));
+        assert_eq!(
+            "sd:/p/sd15:256".parse::<PriorSpec>().unwrap(),
+            PriorSpec::Sd {
+                dir: "/p/sd15".into(),
+                size: Some(256)
+            }
+        );
+        assert_eq!(
+            "sd:C:/sd".parse::<PriorSpec>().unwrap(),
+            PriorSpec::Sd {
+                dir: "C:/sd".into(),
+                size: None
+            }
+        );
         let e = "magic:x".parse::<PriorSpec>().unwrap_err().to_string();
         assert!(e.contains("unknown prior kind 'magic'"), "{e}");
         assert!("nokind".parse::<PriorSpec>().is_err());

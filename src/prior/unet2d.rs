@@ -7,10 +7,11 @@
 
 use crate::error::{Error, Result};
 use crate::nn::checkpoint;
+use crate::nn::fastops::{self, Conv2d, GroupNorm};
 use crate::prior::adm::upsample2x;
 use crate::prior::vp::{timesteps_for_batch, TimestepNet};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -246,7 +247,8 @@ pub(crate) fn timestep_embedding(
     }
 }
 
-fn conv(
+/// A `k×k` convolution with the fast CPU backward ([`fastops::Conv2d`]).
+pub(crate) fn conv(
     i: usize,
     o: usize,
     k: usize,
@@ -254,19 +256,24 @@ fn conv(
     padding: usize,
     vb: VarBuilder,
 ) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(i, o, k, cfg, vb)
+    Conv2d::load(i, o, k, padding, stride, vb)
 }
 
+pub(crate) fn group_norm(
+    groups: usize,
+    ch: usize,
+    eps: f64,
+    vb: VarBuilder,
+) -> candle_core::Result<GroupNorm> {
+    GroupNorm::load(groups, ch, eps, vb)
+}
+
+/// diffusers `ResnetBlock2D`; without `temb` (the VAE's blocks) it has no `time_emb_proj`.
 #[derive(Debug)]
-struct ResnetBlock2D {
+pub(crate) struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv2d,
-    time_emb_proj: Linear,
+    time_emb_proj: Option<Linear>,
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
@@ -275,25 +282,37 @@ struct ResnetBlock2D {
     output_scale_factor: f64,
 }
 
-struct ResnetArgs {
-    temb: usize,
-    groups: usize,
-    eps: f64,
-    scale_shift: bool,
-    output_scale_factor: f64,
+pub(crate) struct ResnetArgs {
+    pub temb: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+    pub scale_shift: bool,
+    pub output_scale_factor: f64,
 }
 
 impl ResnetBlock2D {
-    fn new(i: usize, o: usize, a: &ResnetArgs, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Self {
-            norm1: candle_nn::group_norm(a.groups, i, a.eps, vb.pp("norm1"))?,
-            conv1: conv(i, o, 3, 1, 1, vb.pp("conv1"))?,
-            time_emb_proj: candle_nn::linear(
-                a.temb,
+    pub(crate) fn new(
+        i: usize,
+        o: usize,
+        a: &ResnetArgs,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        // Parameters are requested in `state_dict` order.
+        let norm1 = group_norm(a.groups, i, a.eps, vb.pp("norm1"))?;
+        let conv1 = conv(i, o, 3, 1, 1, vb.pp("conv1"))?;
+        let time_emb_proj = match a.temb {
+            Some(t) => Some(candle_nn::linear(
+                t,
                 if a.scale_shift { 2 * o } else { o },
                 vb.pp("time_emb_proj"),
-            )?,
-            norm2: candle_nn::group_norm(a.groups, o, a.eps, vb.pp("norm2"))?,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            norm1,
+            conv1,
+            time_emb_proj,
+            norm2: group_norm(a.groups, o, a.eps, vb.pp("norm2"))?,
             conv2: conv(o, o, 3, 1, 1, vb.pp("conv2"))?,
             conv_shortcut: if i != o {
                 Some(conv(i, o, 1, 1, 0, vb.pp("conv_shortcut"))?)
@@ -306,25 +325,33 @@ impl ResnetBlock2D {
         })
     }
 
-    /// `temb_act` is the SiLU-activated time embedding.
-    fn forward(&self, x: &Tensor, temb_act: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let e = self
-            .time_emb_proj
-            .forward(temb_act)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = if self.scale_shift {
-            let scale = (e.narrow(1, 0, self.out_ch)? + 1.0)?;
-            let shift = e.narrow(1, self.out_ch, self.out_ch)?;
-            self.norm2
-                .forward(&h)?
-                .broadcast_mul(&scale)?
-                .broadcast_add(&shift)?
-        } else {
-            self.norm2.forward(&h.broadcast_add(&e)?)?
+    /// `temb_act` is the SiLU-activated time embedding (`None` for a block without one).
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        temb_act: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let h = self
+            .conv1
+            .forward(&fastops::silu(&self.norm1.forward(x)?)?)?;
+        let e = match (&self.time_emb_proj, temb_act) {
+            (Some(p), Some(t)) => Some(p.forward(t)?.unsqueeze(2)?.unsqueeze(3)?),
+            (None, _) => None,
+            (Some(_), None) => candle_core::bail!("ResnetBlock2D: time embedding missing"),
         };
-        let h = self.conv2.forward(&h.silu()?)?;
+        let h = match e {
+            Some(e) if self.scale_shift => {
+                let scale = (e.narrow(1, 0, self.out_ch)? + 1.0)?;
+                let shift = e.narrow(1, self.out_ch, self.out_ch)?;
+                self.norm2
+                    .forward(&h)?
+                    .broadcast_mul(&scale)?
+                    .broadcast_add(&shift)?
+            }
+            Some(e) => self.norm2.forward(&h.broadcast_add(&e)?)?,
+            None => self.norm2.forward(&h)?,
+        };
+        let h = self.conv2.forward(&fastops::silu(&h)?)?;
         let x = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
@@ -341,7 +368,7 @@ impl ResnetBlock2D {
 /// diffusers `Attention` as built by the deprecated attention block (`residual_connection`,
 /// optional GroupNorm, biased projections).
 #[derive(Debug)]
-struct Attention {
+pub(crate) struct Attention {
     group_norm: Option<GroupNorm>,
     to_q: Linear,
     to_k: Linear,
@@ -353,7 +380,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(
+    pub(crate) fn new(
         ch: usize,
         head_dim: usize,
         groups: Option<usize>,
@@ -365,7 +392,7 @@ impl Attention {
         let inner = heads * head_dim;
         Ok(Self {
             group_norm: match groups {
-                Some(g) => Some(candle_nn::group_norm(g, ch, eps, vb.pp("group_norm"))?),
+                Some(g) => Some(group_norm(g, ch, eps, vb.pp("group_norm"))?),
                 None => None,
             },
             to_q: candle_nn::linear(ch, inner, vb.pp("to_q"))?,
@@ -378,7 +405,7 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let t = h * w;
         let mut hs = x.reshape((b, c, t))?;
@@ -437,7 +464,7 @@ impl DownBlock {
     ) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for (i, r) in self.resnets.iter().enumerate() {
-            h = r.forward(&h, temb_act)?;
+            h = r.forward(&h, Some(temb_act))?;
             if let Some(a) = self.attentions.get(i) {
                 h = a.forward(&h)?;
             }
@@ -473,7 +500,7 @@ impl UpBlock {
             let skip = skips
                 .pop()
                 .ok_or_else(|| candle_core::Error::Msg("UNet2DModel: skip stack empty".into()))?;
-            h = r.forward(&Tensor::cat(&[&h, &skip], 1)?, temb_act)?;
+            h = r.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(temb_act))?;
             if let Some(a) = self.attentions.get(i) {
                 h = a.forward(&h)?;
             }
@@ -516,7 +543,7 @@ impl Unet2dModel {
         let groups = cfg.norm_num_groups.unwrap_or(32);
         let eps = cfg.norm_eps;
         let args = ResnetArgs {
-            temb,
+            temb: Some(temb),
             groups,
             eps,
             scale_shift: cfg.resnet_time_scale_shift == "scale_shift",
@@ -645,7 +672,7 @@ impl Unet2dModel {
         } else {
             None
         };
-        let conv_norm_out = candle_nn::group_norm(groups, boc[0], eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = group_norm(groups, boc[0], eps, vb.pp("conv_norm_out"))?;
         let conv_out = conv(boc[0], cfg.out_channels, 3, 1, 1, vb.pp("conv_out"))?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -755,16 +782,16 @@ impl Unet2dModel {
             h = d.forward(&h, &temb_act, &mut states)?;
         }
         if let Some(m) = &self.mid_block {
-            h = m.resnets[0].forward(&h, &temb_act)?;
+            h = m.resnets[0].forward(&h, Some(&temb_act))?;
             if let Some(a) = m.attentions.first() {
                 h = a.forward(&h)?;
             }
-            h = m.resnets[1].forward(&h, &temb_act)?;
+            h = m.resnets[1].forward(&h, Some(&temb_act))?;
         }
         for u in &self.up_blocks {
             h = u.forward(&h, &mut states, &temb_act)?;
         }
-        let h = self.conv_norm_out.forward(&h)?.silu()?;
+        let h = fastops::silu(&self.conv_norm_out.forward(&h)?)?;
         self.conv_out.forward(&h)
     }
 }

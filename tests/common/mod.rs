@@ -47,6 +47,13 @@ pub fn daps(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// CPU seconds (user + system) this process has used so far (Linux `/proc/self/stat`).
+pub fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
 /// For the benches: runs the `(name, timing)` pairs whose name contains one of the command-line
 /// arguments (all when there is none; flags such as cargo's `--bench` are ignored).
 pub fn run_timings(timings: &[(&str, fn())]) {
