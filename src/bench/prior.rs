@@ -11,7 +11,6 @@ use crate::prior::vp::VpDenoiser;
 use crate::prior::Denoiser;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
-use std::time::Instant;
 
 /// Noise levels of the denoising report.
 pub const SIGMAS: [f64; 12] = [
@@ -83,10 +82,22 @@ pub fn nfe_seconds(
     reps: usize,
     backward: bool,
 ) -> Result<f64> {
+    nfe_seconds_with(prior, shape, batch, 1, reps, backward)
+}
+
+/// [`nfe_seconds`] with `warmup` untimed calls.
+pub fn nfe_seconds_with(
+    prior: &dyn Denoiser,
+    shape: &[usize],
+    batch: usize,
+    warmup: usize,
+    reps: usize,
+    backward: bool,
+) -> Result<f64> {
     let mut dims = vec![batch];
     dims.extend_from_slice(shape);
     let x = Tensor::randn(0f32, 1f32, dims, prior.device())?;
-    let once = || -> Result<()> {
+    let mut once = || -> Result<()> {
         if backward {
             let xv = Var::from_tensor(&x)?;
             let d = prior.denoise(xv.as_tensor(), 1.0)?;
@@ -97,14 +108,7 @@ pub fn nfe_seconds(
         prior.device().synchronize()?;
         Ok(())
     };
-    once()?;
-    let mut best = f64::INFINITY;
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        once()?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    Ok(best)
+    crate::bench::speed::best_seconds(warmup, reps, &mut once)
 }
 
 /// An ADM network of architecture `cfg` with random N(0, std²) weights (for timing only).
