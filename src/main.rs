@@ -60,6 +60,7 @@ enum Bench {
 
 fn main() {
     let cli = parse();
+    daps::nn::reuse_freed_memory();
     // Pool threads get the main thread's stack size (candle's backward pass recurses over the
     // graph). With one thread (RAYON_NUM_THREADS=1) the command runs on it: otherwise every
     // parallel op is handed from the main thread to the pool thread and back, for nothing
