@@ -244,6 +244,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// A method, so that closures capture the whole (Send + Sync) wrapper, not its field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// im2col of output rows `oy0..oy1` of one image `xb` `[C, H, W]` into `col`
 /// `[C·kh·kw, (oy1 − oy0)·Wo]` (every entry written, zeros for the padding).
 fn im2col_rows(xb: &[f32], g: Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
@@ -320,7 +327,6 @@ fn conv2d_tiled(x: &[f32], w: &[f32], b: usize, o: usize, g: Geom) -> Vec<f32> {
             im2col_rows(xb, g, oy0, oy1, col);
             (col.as_ptr(), tn as isize)
         };
-        let yp = yp;
         // SAFETY: `dst` is the [O, tn] block (row stride Ho·Wo) of item `bi` at column
         // oy0·Wo, inside `y` and written by this tile only; `w` is [O, ck] row-major and
         // `rhs` [ck, tn] with row stride `rhs_rs`, both alive for the call.
@@ -329,7 +335,7 @@ fn conv2d_tiled(x: &[f32], w: &[f32], b: usize, o: usize, g: Geom) -> Vec<f32> {
                 o,
                 tn,
                 ck,
-                yp.0.add(bi * o * hw_out + oy0 * wo),
+                yp.get().add(bi * o * hw_out + oy0 * wo),
                 1,
                 hw_out as isize,
                 false,

@@ -257,7 +257,7 @@ impl AdmConfig {
     pub fn macs(&self, h: usize, w: usize) -> Result<MacCount> {
         self.validate()?;
         let div = self.spatial_divisor();
-        if h % div != 0 || w % div != 0 {
+        if !h.is_multiple_of(div) || !w.is_multiple_of(div) {
             return Err(Error::config(format!(
                 "ADM MAC count: {h}×{w} is not divisible by {div}"
             )));
