@@ -4,9 +4,11 @@
 //! `conv_transpose2d` loop; GroupNorm, SiLU and broadcast ops go through long chains of
 //! full-size passes, and its sum over leading dimensions (bias gradients, broadcast upsampling)
 //! is a scalar loop. Here:
-//! - [`conv2d`] / [`Conv2d`]: im2col (a parallel copy loop; none for 1×1) + one batched candle
-//!   matmul, y = W·col; backward dx = col2im(Wᵀ·g) and dW = Σ_b g·colᵀ (col recomputed, only
-//!   for tracked arguments), any stride and padding.
+//! - [`conv2d`] / [`Conv2d`]: y = W·col. In f32, col is built for cache-sized tiles of output
+//!   rows only (none for 1×1), each multiplied with `gemm` straight into the output, in
+//!   parallel; in f64, one im2col + a batched candle matmul. Backward (only for tracked
+//!   arguments): dx for stride 1 in f32 is the same conv with the flipped, transposed kernel,
+//!   otherwise col2im(Wᵀ·g); dW = Σ_b g·colᵀ (col recomputed). Any stride and padding.
 //! - [`group_norm`] / [`GroupNorm`]: forward and closed-form backward as loops over the
 //!   (batch, group) blocks, in parallel, accumulating in f64:
 //!   dx = (γ g − mean(γ g) − x̂ mean(γ g x̂)) / σ per group, dγ = Σ g x̂, dβ = Σ g.
