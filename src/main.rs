@@ -51,7 +51,8 @@ enum Bench {
     Gmm(cli::bench::GmmArgs),
     /// The DAPS paper's 2-D nonlinear "trap" example, W1 to the reference posterior.
     Toy2d(cli::bench::Toy2dArgs),
-    /// GEMM GFLOP/s of this machine and the mixture denoiser's throughput.
+    /// This machine's GEMM rate, the FFHQ-256 ADM and digits networks against it, and one DAPS
+    /// level split into network / operator / x0 step / other.
     Speed(cli::bench::SpeedArgs),
     /// A neural prior's denoising error per σ on held-out digits, and its time per evaluation.
     Prior(cli::bench::PriorArgs),
@@ -62,6 +63,7 @@ enum Bench {
 
 fn main() {
     let cli = parse();
+    daps::nn::reuse_freed_memory();
     // Pool threads get the main thread's stack size (candle's backward pass recurses over the
     // graph). With one thread (RAYON_NUM_THREADS=1) the command runs on it: otherwise every
     // parallel op is handed from the main thread to the pool thread and back, for nothing

@@ -6,6 +6,53 @@ fn daps() -> Command {
     Command::new(env!("CARGO_BIN_EXE_daps"))
 }
 
+/// `bench speed --quick --json` on the hidden tiny ADM (seconds): the documented keys exist
+/// and are positive; no timing is asserted.
+#[test]
+fn bench_speed_quick_writes_its_keys() {
+    let dir = std::env::temp_dir().join(format!("daps-cli-speed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("speed.json");
+    let out = daps()
+        .args(["bench", "speed", "--quick", "--tiny", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for k in [
+        "gemm_gflops",
+        "ffhq256_gflop_forward",
+        "ffhq256_forward_ms_b1",
+        "ffhq256_forward_gflops_b1",
+        "ffhq256_forward_backward_ms_b1",
+        "digits_forward_ms_b16",
+        "daps_level_total_ms",
+        "daps_level_network_ms",
+        "daps_level_operator_ms",
+        "cores",
+        "threads",
+    ] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {}", v[k]);
+    }
+    for k in ["daps_level_x0_step_ms", "daps_level_other_ms"] {
+        assert!(v[k].as_f64().unwrap() >= 0.0, "{k}");
+    }
+    assert!(
+        v["ffhq256_forward_ms_b8"].is_null(),
+        "--quick is batch 1 only"
+    );
+    assert!(v["architecture"].as_str().unwrap().contains("NOT FFHQ-256"));
+    assert!(!v["cpu_model"].as_str().unwrap().is_empty());
+    assert!(!v["version"].as_str().unwrap().is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn bench_gmm_quick_writes_the_documented_records() {
     let dir = std::env::temp_dir().join(format!("daps-cli-{}", std::process::id()));

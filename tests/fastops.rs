@@ -65,6 +65,21 @@ fn conv_matches_candle_autograd_f32() {
     }
 }
 
+/// Large enough for several column tiles per image (the last one ragged) and for the tiles
+/// to run in parallel: the f32 tiled path against candle.
+#[test]
+fn conv_matches_candle_autograd_f32_over_many_tiles() {
+    for (i, &(p, s)) in [(1, 1), (1, 2), (0, 1)].iter().enumerate() {
+        let x = rand(&[2, 64, 40, 40], 200 + i as u64, DType::F32);
+        let w = rand(&[8, 64, 3, 3], 210 + i as u64, DType::F32);
+        let r = rand(x.conv2d(&w, p, s, 1, 1).unwrap().dims(), 220, DType::F32);
+        let (yf, dxf, _) = conv_grads(&x, &w, &r, p, s, true);
+        let (yc, dxc, _) = conv_grads(&x, &w, &r, p, s, false);
+        let (ey, ex) = (rel_diff(&yf, &yc), rel_diff(&dxf, &dxc));
+        assert!(ey < 1e-6 && ex < 1e-5, "p{p} s{s}: y {ey:e} dx {ex:e}");
+    }
+}
+
 #[test]
 fn conv_matches_finite_differences_f64() {
     let eps = 1e-6;

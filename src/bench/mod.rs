@@ -1,8 +1,10 @@
 //! Benchmarks with a known answer: Gaussian-mixture posteriors ([`gmm`]) and the DAPS paper's
-//! 2-D nonlinear toy ([`toy2d`]).
+//! 2-D nonlinear toy ([`toy2d`]); how good and fast a prior is ([`prior`]); the machine's speed
+//! figures ([`speed`]).
 
 pub mod gmm;
 pub mod prior;
+pub mod speed;
 pub mod toy2d;
 
 /// mean and 1.96·sd/√n of a list of values.

@@ -84,10 +84,22 @@ pub fn nfe_seconds(
     reps: usize,
     backward: bool,
 ) -> Result<f64> {
+    nfe_seconds_with(prior, shape, batch, 1, reps, backward)
+}
+
+/// [`nfe_seconds`] with `warmup` untimed calls.
+pub fn nfe_seconds_with(
+    prior: &dyn Denoiser,
+    shape: &[usize],
+    batch: usize,
+    warmup: usize,
+    reps: usize,
+    backward: bool,
+) -> Result<f64> {
     let mut dims = vec![batch];
     dims.extend_from_slice(shape);
     let x = Tensor::randn(0f32, 1f32, dims, prior.device())?;
-    let once = || -> Result<()> {
+    let mut once = || -> Result<()> {
         if backward {
             let xv = Var::from_tensor(&x)?;
             let d = prior.denoise(xv.as_tensor(), 1.0)?;
@@ -98,14 +110,7 @@ pub fn nfe_seconds(
         prior.device().synchronize()?;
         Ok(())
     };
-    once()?;
-    let mut best = f64::INFINITY;
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        once()?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    Ok(best)
+    crate::bench::speed::best_seconds(warmup, reps, &mut once)
 }
 
 /// Random N(0, std²) tensors of the given names and shapes, on the CPU.

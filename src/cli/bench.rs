@@ -68,10 +68,18 @@ pub struct Toy2dArgs {
 
 #[derive(Args)]
 pub struct SpeedArgs {
-    #[arg(long, default_value_t = 80)]
-    pub d: usize,
-    #[arg(long, default_value_t = 2000)]
-    pub chains: usize,
+    /// Batch 1 only and one timed call per figure (about a minute on 2 cores).
+    #[arg(long)]
+    pub quick: bool,
+    /// Write the figures as JSON (keys: see `daps::bench::speed::SpeedReport`).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Timed calls per figure without --quick (the best is reported).
+    #[arg(long, default_value_t = 2)]
+    pub reps: usize,
+    /// A tiny 32×32 ADM instead of FFHQ-256 (for tests; the JSON says so).
+    #[arg(long, hide = true)]
+    pub tiny: bool,
 }
 
 #[derive(Args)]
@@ -293,49 +301,91 @@ pub fn toy2d(a: Toy2dArgs) -> Result<()> {
 }
 
 pub fn speed(a: SpeedArgs) -> Result<()> {
-    if a.chains == 0 || a.d < 2 || a.d % 2 != 0 {
-        bail!("--chains must be ≥ 1 and --d even and ≥ 2");
+    if a.reps == 0 {
+        bail!("--reps must be ≥ 1");
     }
-    use candle_core::Tensor;
-    use daps::prior::Denoiser;
-    use std::time::Instant;
-    let dev = Device::Cpu;
-    let best = |f: &mut dyn FnMut() -> Result<()>, reps: usize| -> Result<f64> {
-        f()?;
-        let mut b = f64::INFINITY;
-        for _ in 0..reps {
-            let t = Instant::now();
-            f()?;
-            b = b.min(t.elapsed().as_secs_f64());
-        }
-        Ok(b)
+    if let Some(p) = &a.json {
+        super::outputs::file("--json", p, &["json"], &Default::default())?;
+    }
+    let settings = daps::bench::speed::SpeedSettings {
+        quick: a.quick,
+        tiny: a.tiny,
+        reps: a.reps,
     };
-    let n = 1024;
-    let x = Tensor::randn(0f32, 1f32, (n, n), &dev)?;
-    let t = best(
-        &mut || {
-            x.matmul(&x)?;
-            Ok(())
-        },
-        10,
-    )?;
-    let gemm = 2.0 * (n as f64).powi(3) / t / 1e9;
-    println!("GEMM 1024² f32: {:.2} ms, {gemm:.1} GFLOP/s", t * 1e3);
-    let prior = daps::bench::gmm::mixture_prior(a.d, &dev)?;
-    let xs = Tensor::randn(0f32, 10f32, (a.chains, a.d), &dev)?;
-    let t = best(
-        &mut || {
-            prior.denoise(&xs, 3.0)?;
-            Ok(())
-        },
-        10,
-    )?;
-    let k = prior.n_components() as f64;
-    let flops = 2.0 * 2.0 * a.chains as f64 * k * a.d as f64; // the two [B,K]×[K,d] products
+    let r = daps::bench::speed::run(&settings, &mut |what| eprintln!("timing {what} …"))?;
+    let pct = |f: f64| 100.0 * f;
     println!(
-        "mixture denoiser (K = 25, d = {}, {} chains): {:.2} ms per call, {:.1} GFLOP/s on its matrix products = {:.0}% of GEMM",
-        a.d, a.chains, t * 1e3, flops / t / 1e9, 100.0 * flops / t / 1e9 / gemm
+        "{} ({} cores), {} threads; daps {}",
+        r.cpu_model, r.cores, r.threads, r.version
     );
+    println!(
+        "GEMM {n}×{n} f32: {:.2} ms, {:.1} GFLOP/s",
+        r.gemm_ms,
+        r.gemm_gflops,
+        n = r.gemm_n
+    );
+    println!(
+        "{} ({} parameters): {:.1} GFLOP forward, {:.1} GFLOP forward+backward to the input, per image (counted from the architecture)",
+        r.architecture, r.ffhq256_params, r.ffhq256_gflop_forward, r.ffhq256_gflop_forward_backward
+    );
+    println!(
+        "  batch 1: forward {:.0} ms ({:.1} GFLOP/s, {:.0}% of GEMM), forward+backward {:.0} ms ({:.1} GFLOP/s, {:.0}%)",
+        r.ffhq256_forward_ms_b1,
+        r.ffhq256_forward_gflops_b1,
+        pct(r.ffhq256_forward_gemm_fraction_b1),
+        r.ffhq256_forward_backward_ms_b1,
+        r.ffhq256_forward_backward_gflops_b1,
+        pct(r.ffhq256_forward_backward_gemm_fraction_b1)
+    );
+    if let (Some(f), Some(gf), Some(fb), Some(gfb)) = (
+        r.ffhq256_forward_ms_b8,
+        r.ffhq256_forward_gflops_b8,
+        r.ffhq256_forward_backward_ms_b8,
+        r.ffhq256_forward_backward_gflops_b8,
+    ) {
+        println!(
+            "  batch 8: forward {f:.0} ms ({gf:.1} GFLOP/s, {:.0}% of GEMM), forward+backward {fb:.0} ms ({gfb:.1} GFLOP/s, {:.0}%)",
+            pct(gf / r.gemm_gflops),
+            pct(gfb / r.gemm_gflops)
+        );
+    }
+    println!(
+        "digits prior: batch 1 forward {:.1} ms, forward+backward {:.1} ms; batch 16 forward {:.1} ms, forward+backward {:.1} ms",
+        r.digits_forward_ms_b1,
+        r.digits_forward_backward_ms_b1,
+        r.digits_forward_ms_b16,
+        r.digits_forward_backward_ms_b16
+    );
+    let share = |v: f64| pct(v / r.daps_level_total_ms);
+    println!(
+        "one DAPS level ({}, {:?}, {} NFE + {} Langevin steps): {:.0} ms = network {:.0} ms ({:.0}%) + operator {:.0} ms ({:.0}%) + x0 step {:.0} ms ({:.0}%) + other {:.0} ms ({:.0}%)",
+        r.daps_level_task,
+        r.daps_level_image,
+        r.daps_level_nfe,
+        r.daps_level_mcmc_steps,
+        r.daps_level_total_ms,
+        r.daps_level_network_ms,
+        share(r.daps_level_network_ms),
+        r.daps_level_operator_ms,
+        share(r.daps_level_operator_ms),
+        r.daps_level_x0_step_ms,
+        share(r.daps_level_x0_step_ms),
+        r.daps_level_other_ms,
+        share(r.daps_level_other_ms)
+    );
+    println!(
+        "  DAPS-1K (200 levels × 5 NFE) per image ≈ {:.0} s",
+        r.daps1k_per_image_estimate_s
+    );
+    println!(
+        "mixture denoiser (K = 25, d = 80, 2000 chains): {:.2} ms per call, {:.0}% of GEMM on its matrix products",
+        r.mixture_denoiser_ms,
+        pct(r.mixture_denoiser_gemm_fraction)
+    );
+    if let Some(p) = &a.json {
+        daps::io::atomic_write(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+        println!("wrote {}", p.display());
+    }
     Ok(())
 }
 

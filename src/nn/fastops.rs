@@ -4,9 +4,11 @@
 //! `conv_transpose2d` loop; GroupNorm, SiLU and broadcast ops go through long chains of
 //! full-size passes, and its sum over leading dimensions (bias gradients, broadcast upsampling)
 //! is a scalar loop. Here:
-//! - [`conv2d`] / [`Conv2d`]: im2col (a parallel copy loop; none for 1×1) + one batched candle
-//!   matmul, y = W·col; backward dx = col2im(Wᵀ·g) and dW = Σ_b g·colᵀ (col recomputed, only
-//!   for tracked arguments), any stride and padding.
+//! - [`conv2d`] / [`Conv2d`]: y = W·col. In f32, col is built for cache-sized tiles of output
+//!   rows only (none for 1×1), each multiplied with `gemm` straight into the output, in
+//!   parallel; in f64, one im2col + a batched candle matmul. Backward (only for tracked
+//!   arguments): dx for stride 1 in f32 is the same conv with the flipped, transposed kernel,
+//!   otherwise col2im(Wᵀ·g); dW = Σ_b g·colᵀ (col recomputed). Any stride and padding.
 //! - [`group_norm`] / [`GroupNorm`]: forward and closed-form backward as loops over the
 //!   (batch, group) blocks, in parallel, accumulating in f64:
 //!   dx = (γ g − mean(γ g) − x̂ mean(γ g x̂)) / σ per group, dγ = Σ g x̂, dβ = Σ g.
@@ -234,9 +236,170 @@ fn cols(x: &Tensor, g: Geom) -> Result<Tensor> {
     }
 }
 
-/// Graph-less conv2d by im2col + batched matmul: `x` `[B, C, H, W]`, `w` `[O, C, kh, kw]`.
+/// Column tiles hold about this many f32 (1 MiB): they stay in cache between im2col and gemm.
+const TILE: usize = 1 << 18;
+
+/// A pointer to the output that the parallel tiles write to, each its own block.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the tiles write disjoint blocks of one buffer that outlives the parallel loop.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// A method, so that closures capture the whole (Send + Sync) wrapper, not its field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// im2col of output rows `oy0..oy1` of one image `xb` `[C, H, W]` into `col`
+/// `[C·kh·kw, (oy1 − oy0)·Wo]` (every entry written, zeros for the padding).
+fn im2col_rows(xb: &[f32], g: Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
+    let (_, wo) = g.out();
+    let tn = (oy1 - oy0) * wo;
+    for c in 0..g.c {
+        let xc = &xb[c * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = (c * g.kh + ky) * g.kw + kx;
+                let dst = &mut col[r * tn..][..tn];
+                for (oy, out) in (oy0..oy1).zip(dst.chunks_exact_mut(wo)) {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let xr = &xc[iy as usize * g.w..][..g.w];
+                    if g.stride == 1 {
+                        // ix = ox + kx − pad, valid for ox in [lo, hi).
+                        let lo = g.pad.saturating_sub(kx).min(wo);
+                        let hi = (g.w + g.pad).saturating_sub(kx).clamp(lo, wo);
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        let i0 = lo + kx - g.pad;
+                        out[lo..hi].copy_from_slice(&xr[i0..i0 + hi - lo]);
+                    } else {
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                            *o = if ix >= 0 && ix < g.w as isize {
+                                xr[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// f32 conv2d `x` `[B, C, H, W]` * `w` `[O, C·kh·kw]` → `[B, O, Ho·Wo]`: each tile of whole
+/// output rows is im2col'ed into a small per-thread buffer (none for a pointwise conv) and
+/// multiplied by `w` with `gemm` straight into its block of the output, so no full-size
+/// column buffer is built. Tiles run in parallel; when there are too few of them, gemm
+/// splits each product over the threads instead.
+fn conv2d_tiled(x: &[f32], w: &[f32], b: usize, o: usize, g: Geom) -> Vec<f32> {
+    let (ho, wo) = g.out();
+    let (hw_in, hw_out) = (g.h * g.w, ho * wo);
+    let ck = g.c * g.kh * g.kw;
+    let mut y = vec![0f32; b * o * hw_out];
+    if y.is_empty() {
+        return y;
+    }
+    let rows = (TILE / (ck * wo).max(1)).clamp(1, ho);
+    let per_item = ho.div_ceil(rows);
+    let threads = rayon::current_num_threads();
+    let inner = if b * per_item >= 4 * threads || threads == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    };
+    let yp = SendPtr(y.as_mut_ptr());
+    let tile = |col: &mut Vec<f32>, t: usize| {
+        let (bi, ti) = (t / per_item, t % per_item);
+        let (oy0, oy1) = (ti * rows, ((ti + 1) * rows).min(ho));
+        let tn = (oy1 - oy0) * wo;
+        let xb = &x[bi * g.c * hw_in..][..g.c * hw_in];
+        let (rhs, rhs_rs) = if g.pointwise() {
+            (xb[oy0 * wo..].as_ptr(), hw_in as isize)
+        } else {
+            col.resize(ck * tn, 0.0);
+            im2col_rows(xb, g, oy0, oy1, col);
+            (col.as_ptr(), tn as isize)
+        };
+        // SAFETY: `dst` is the [O, tn] block (row stride Ho·Wo) of item `bi` at column
+        // oy0·Wo, inside `y` and written by this tile only; `w` is [O, ck] row-major and
+        // `rhs` [ck, tn] with row stride `rhs_rs`, both alive for the call.
+        unsafe {
+            gemm::gemm(
+                o,
+                tn,
+                ck,
+                yp.get().add(bi * o * hw_out + oy0 * wo),
+                1,
+                hw_out as isize,
+                false,
+                w.as_ptr(),
+                1,
+                ck as isize,
+                rhs,
+                1,
+                rhs_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                inner,
+            );
+        }
+    };
+    if matches!(inner, gemm::Parallelism::None) {
+        (0..b * per_item)
+            .into_par_iter()
+            .for_each_init(Vec::new, |col, t| tile(col, t));
+    } else {
+        let mut col = Vec::new();
+        (0..b * per_item).for_each(|t| tile(&mut col, t));
+    }
+    y
+}
+
+/// [`conv2d_tiled`] as a graph-less custom op on (x, w).
+struct TiledConv {
+    g: Geom,
+}
+
+impl candle_core::CustomOp2 for TiledConv {
+    fn name(&self) -> &'static str {
+        "tiled-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, o) = (lx.dims()[0], lw.dims()[0]);
+        let (ho, wo) = self.g.out();
+        let y = conv2d_tiled(slice(sx, lx)?, slice(sw, lw)?, b, o, self.g);
+        Ok((CpuStorage::F32(y), (b, o, ho, wo).into()))
+    }
+}
+
+/// Graph-less conv2d: `x` `[B, C, H, W]`, `w` `[O, C, kh, kw]`; f32 by [`conv2d_tiled`],
+/// f64 by im2col + batched matmul.
 fn conv2d_im2col(x: &Tensor, w: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
     let g = geom(x.dims4()?, w, pad, stride)?;
+    if x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        return x
+            .contiguous()?
+            .apply_op2_no_bwd(&w.contiguous()?, &TiledConv { g });
+    }
     let (b, o) = (x.dim(0)?, w.dim(0)?);
     let (ho, wo) = g.out();
     let w2 = w.reshape((o, g.c * g.kh * g.kw))?;
@@ -321,7 +484,24 @@ impl CustomOp3 for ConvGrad {
             .contiguous()?;
         let w2 = w.reshape((o, ck))?;
         let chunks = batch_chunks(b, g);
-        let dx = if want_x {
+        let dx = if want_x
+            && self.stride == 1
+            && x.dtype() == DType::F32
+            && g.kh == g.kw
+            && self.padding < g.kh
+        {
+            // Stride 1: dx = conv2d(g, w with O and C swapped and the kernel flipped), padded
+            // by k − 1 − pad: the tiled forward conv, no full-size column buffer.
+            let k = g.kh;
+            let rev = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, w.device())?;
+            let wf = w
+                .transpose(0, 1)?
+                .contiguous()?
+                .index_select(&rev, 2)?
+                .index_select(&rev, 3)?;
+            let g4 = g3.reshape((b, o, ho, wo))?;
+            Some(conv2d_im2col(&g4, &wf, k - 1 - self.padding, 1)?)
+        } else if want_x {
             // dx = col2im(wᵀ g)
             let w2t = w2.t()?;
             let parts = chunks

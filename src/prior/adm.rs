@@ -321,6 +321,128 @@ impl AdmConfig {
     pub fn num_params(&self) -> Result<usize> {
         Ok(checkpoint::num_params(&self.param_shapes()?))
     }
+
+    /// Multiply-accumulates of one forward pass of one `h`×`w` image, layer by layer as
+    /// [`AdmUnet::new`] builds the network (norms, activations, softmax, bias and residual adds
+    /// are not counted).
+    pub fn macs(&self, h: usize, w: usize) -> Result<MacCount> {
+        self.validate()?;
+        let div = self.spatial_divisor();
+        if !h.is_multiple_of(div) || !w.is_multiple_of(div) {
+            return Err(Error::config(format!(
+                "ADM MAC count: {h}×{w} is not divisible by {div}"
+            )));
+        }
+        let mut m = MacCount::default();
+        let ted = self.time_embed_dim() as u64;
+        let emb_out = |o: usize| if self.use_scale_shift_norm { 2 * o } else { o } as u64;
+        let conv = |m: &mut MacCount, i: usize, o: usize, k: usize, px: usize| {
+            m.conv += (i * o * k * k * px) as u64;
+        };
+        // A ResBlock on `px` input pixels; returns its output pixels.
+        let res = |m: &mut MacCount, ch: usize, out: usize, r: Resample, px: usize| {
+            let px = match r {
+                Resample::None => px,
+                Resample::Up => 4 * px,
+                Resample::Down => px / 4,
+            };
+            conv(m, ch, out, 3, px);
+            m.linear += ted * emb_out(out);
+            conv(m, out, out, 3, px);
+            if ch != out {
+                conv(m, ch, out, 1, px);
+            }
+            px
+        };
+        let attn = |m: &mut MacCount, ch: usize, px: usize| {
+            conv(m, ch, 3 * ch, 1, px);
+            m.attention += 2 * (px * px * ch) as u64;
+            conv(m, ch, ch, 1, px);
+        };
+        let mc = self.model_channels as u64;
+        m.linear += mc * ted + ted * ted;
+        let ch0 = self.ch(self.channel_mult[0]);
+        let mut px = h * w;
+        conv(&mut m, self.in_channels, ch0, 3, px);
+        let (mut ch, mut chans, mut ds) = (ch0, vec![ch0], 1);
+        let levels = self.channel_mult.len();
+        for (level, &mult) in self.channel_mult.iter().enumerate() {
+            for _ in 0..self.num_res_blocks {
+                let out = self.ch(mult);
+                px = res(&mut m, ch, out, Resample::None, px);
+                ch = out;
+                if self.attention_ds.contains(&ds) {
+                    attn(&mut m, ch, px);
+                }
+                chans.push(ch);
+            }
+            if level + 1 != levels {
+                if self.resblock_updown {
+                    px = res(&mut m, ch, ch, Resample::Down, px);
+                } else {
+                    px /= 4;
+                    if self.conv_resample {
+                        conv(&mut m, ch, ch, 3, px);
+                    }
+                }
+                chans.push(ch);
+                ds *= 2;
+            }
+        }
+        px = res(&mut m, ch, ch, Resample::None, px);
+        attn(&mut m, ch, px);
+        px = res(&mut m, ch, ch, Resample::None, px);
+        for (level, &mult) in self.channel_mult.iter().enumerate().rev() {
+            for i in 0..=self.num_res_blocks {
+                // Invariant: one skip channel count per output block (as in `AdmUnet::new`).
+                let ich = chans.pop().expect("skip channel");
+                let out = self.ch(mult);
+                px = res(&mut m, ch + ich, out, Resample::None, px);
+                ch = out;
+                if self.attention_ds.contains(&ds) {
+                    attn(&mut m, ch, px);
+                }
+                if level > 0 && i == self.num_res_blocks {
+                    if self.resblock_updown {
+                        px = res(&mut m, ch, ch, Resample::Up, px);
+                    } else {
+                        px *= 4;
+                        if self.conv_resample {
+                            conv(&mut m, ch, ch, 3, px);
+                        }
+                    }
+                    ds /= 2;
+                }
+            }
+        }
+        conv(&mut m, ch0, self.out_channels, 3, px);
+        Ok(m)
+    }
+}
+
+/// Multiply-accumulates of one ADM forward pass by kind ([`AdmConfig::macs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MacCount {
+    /// Convolutions, 3×3 and 1×1 (skip connections, attention's qkv and proj_out).
+    pub conv: u64,
+    /// The time-embedding MLP and each ResBlock's embedding projection.
+    pub linear: u64,
+    /// Attention's two matrix products, QᵀK and V·Wᵀ (T²·C each).
+    pub attention: u64,
+}
+
+impl MacCount {
+    /// FLOP of the forward pass (2 per multiply-accumulate).
+    pub fn forward_flops(&self) -> f64 {
+        2.0 * (self.conv + self.linear + self.attention) as f64
+    }
+
+    /// FLOP of the backward pass to the input only (frozen weights, as DPS needs): one product
+    /// per convolution (Wᵀ·g), two per attention product (both operands depend on x); the
+    /// embedding layers do not depend on x.
+    pub fn input_backward_flops(&self) -> f64 {
+        2.0 * (self.conv + 2 * self.attention) as f64
+    }
 }
 
 fn conv(
@@ -826,5 +948,60 @@ impl TimestepNet for AdmUnet {
             self.cfg.channel_mult,
             self.cfg.num_res_blocks
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The MAC count of a small configuration against a count by hand, layer by layer.
+    #[test]
+    fn macs_match_a_hand_count() {
+        let cfg = AdmConfig {
+            image_size: 8,
+            in_channels: 3,
+            model_channels: 32,
+            out_channels: 3,
+            num_res_blocks: 1,
+            attention_ds: vec![2],
+            channel_mult: vec![1.0, 2.0],
+            num_heads: 1,
+            num_head_channels: None,
+            num_heads_upsample: None,
+            use_scale_shift_norm: false,
+            resblock_updown: false,
+            conv_resample: true,
+            use_new_attention_order: false,
+        };
+        // 8×8 = 64 pixels at level 0, 4×4 = 16 at level 1; conv MACs = I·O·k²·pixels.
+        let c3 = |i: u64, o: u64, px: u64| i * o * 9 * px;
+        let c1 = |i: u64, o: u64, px: u64| i * o * px;
+        let attn_conv = c1(64, 192, 16) + c1(64, 64, 16); // qkv and proj_out
+        let conv = c3(3, 32, 64) // input_blocks.0
+            + c3(32, 32, 64) + c3(32, 32, 64) // input_blocks.1: ResBlock 32 → 32
+            + c3(32, 32, 16) // input_blocks.2: stride-2 conv
+            + c3(32, 64, 16) + c3(64, 64, 16) + c1(32, 64, 16) + attn_conv // input_blocks.3
+            + 2 * (c3(64, 64, 16) + c3(64, 64, 16)) + attn_conv // middle_block
+            + c3(128, 64, 16) + c3(64, 64, 16) + c1(128, 64, 16) + attn_conv // output_blocks.0
+            + c3(96, 64, 16) + c3(64, 64, 16) + c1(96, 64, 16) + attn_conv // output_blocks.1 …
+            + c3(64, 64, 64) // … and its upsampling conv at 8×8
+            + c3(96, 32, 64) + c3(32, 32, 64) + c1(96, 32, 64) // output_blocks.2
+            + c3(64, 32, 64) + c3(32, 32, 64) + c1(64, 32, 64) // output_blocks.3
+            + c3(32, 3, 64); // out.2
+                             // time_embed (32 → 128 → 128), then each ResBlock's emb_layers (128 → out channels).
+        let linear = 32 * 128 + 128 * 128 + 128 * (32 + 64 + 64 + 64 + 64 + 64 + 32 + 32);
+        // QᵀK and V·Wᵀ: T²·C each, at the four attention blocks (T = 16, C = 64).
+        let attention = 4 * 2 * 16 * 16 * 64;
+        let m = cfg.macs(8, 8).unwrap();
+        assert_eq!(
+            m,
+            MacCount {
+                conv,
+                linear,
+                attention
+            }
+        );
+        assert!(cfg.macs(7, 8).is_err());
     }
 }

@@ -1,0 +1,384 @@
+//! `daps bench speed`: the machine's GEMM rate, the FFHQ-256 ADM network (random weights)
+//! forward and forward + backward against it, the built-in digits network, and one DAPS
+//! annealing level at 256×256 split into network / operator / x0 step / other.
+
+use crate::bench::prior::{nfe_seconds_with, random_adm};
+use crate::error::Result;
+use crate::noise::SeededNoise;
+use crate::operator::{Linear, Measurement, Operator};
+use crate::prior::adm::AdmConfig;
+use crate::prior::{Denoiser, GaussianMixture};
+use crate::sampler::daps::{daps, DapsConfig};
+use crate::sampler::{Observer, Problem, StepInfo};
+use crate::task::{Task, TaskFiles, TaskSpec};
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SpeedSettings {
+    /// Batch 1 only, one timed call per figure (no warm-up).
+    pub quick: bool,
+    /// A small ADM on 32×32 images instead of FFHQ-256 (for tests: seconds, not minutes).
+    pub tiny: bool,
+    /// Timed calls per figure (the best is kept) when not `quick`.
+    pub reps: usize,
+}
+
+/// The figures; `*_ms` are wall-clock milliseconds, best of the timed calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedReport {
+    pub version: String,
+    pub cpu_model: String,
+    pub cores: usize,
+    /// rayon's pool (im2col, norms, operators) and candle's matmul threads.
+    pub threads: usize,
+    pub candle_matmul_threads: usize,
+    pub quick: bool,
+    pub reps: usize,
+    /// The ADM architecture timed (`ffhq256_*` keys), always with random weights.
+    pub architecture: String,
+    pub gemm_n: usize,
+    pub gemm_ms: f64,
+    pub gemm_gflops: f64,
+    pub ffhq256_params: usize,
+    /// GFLOP per image counted from the architecture ([`AdmConfig::macs`], 2 per MAC).
+    pub ffhq256_gflop_forward: f64,
+    /// Forward + backward to the input (frozen weights).
+    pub ffhq256_gflop_forward_backward: f64,
+    pub ffhq256_forward_ms_b1: f64,
+    pub ffhq256_forward_gflops_b1: f64,
+    pub ffhq256_forward_gemm_fraction_b1: f64,
+    pub ffhq256_forward_backward_ms_b1: f64,
+    pub ffhq256_forward_backward_gflops_b1: f64,
+    pub ffhq256_forward_backward_gemm_fraction_b1: f64,
+    pub ffhq256_forward_ms_b8: Option<f64>,
+    pub ffhq256_forward_gflops_b8: Option<f64>,
+    pub ffhq256_forward_backward_ms_b8: Option<f64>,
+    pub ffhq256_forward_backward_gflops_b8: Option<f64>,
+    pub digits_forward_ms_b1: f64,
+    pub digits_forward_backward_ms_b1: f64,
+    pub digits_forward_ms_b16: f64,
+    pub digits_forward_backward_ms_b16: f64,
+    /// One level of DAPS-1K's gaussian-blur preset (τ, lr, 100 Langevin steps) with one
+    /// network evaluation (`daps_level_nfe`), on `daps_level_image`.
+    pub daps_level_task: String,
+    pub daps_level_image: Vec<usize>,
+    pub daps_level_nfe: usize,
+    pub daps_level_mcmc_steps: usize,
+    pub daps_level_total_ms: f64,
+    pub daps_level_network_ms: f64,
+    /// Operator forward and VJP calls (inside the x0 step and the divergence check).
+    pub daps_level_operator_ms: f64,
+    /// The x0 step (Langevin updates and their noise) without its operator calls.
+    pub daps_level_x0_step_ms: f64,
+    /// The rest: initial and level noise, checks, schedule.
+    pub daps_level_other_ms: f64,
+    /// 200 levels of 5 network calls plus the rest of a level, per image.
+    pub daps1k_per_image_estimate_s: f64,
+    pub mixture_denoiser_ms: f64,
+    pub mixture_denoiser_gemm_fraction: f64,
+}
+
+/// The first `model name` of /proc/cpuinfo ("unknown" elsewhere).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Best wall time of `reps` calls of `f` after `warmup` untimed ones.
+pub fn best_seconds(warmup: usize, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// The tiny stand-in for FFHQ-256 (`--tiny`): 32×32, the FFHQ block structure at 32 channels.
+fn tiny_config() -> AdmConfig {
+    AdmConfig {
+        image_size: 32,
+        model_channels: 32,
+        channel_mult: vec![1.0, 2.0, 2.0],
+        attention_ds: vec![4],
+        num_head_channels: Some(32),
+        ..AdmConfig::ffhq256()
+    }
+}
+
+/// Runs every figure; `progress` gets a line before each long part.
+pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedReport> {
+    let dev = Device::Cpu;
+    let (warmup, reps) = if s.quick { (0, 1) } else { (1, s.reps.max(1)) };
+
+    progress("GEMM");
+    let gemm_n = if s.tiny { 256 } else { 1024 };
+    let a = Tensor::randn(0f32, 1f32, (gemm_n, gemm_n), &dev)?;
+    let gemm_s = best_seconds(1, 10, &mut || {
+        a.matmul(&a)?;
+        Ok(())
+    })?;
+    let gemm_gflops = 2.0 * (gemm_n as f64).powi(3) / gemm_s / 1e9;
+
+    let cfg = if s.tiny {
+        tiny_config()
+    } else {
+        AdmConfig::ffhq256()
+    };
+    let side = cfg.image_size;
+    let macs = cfg.macs(side, side)?;
+    let fwd_flop = macs.forward_flops();
+    let fb_flop = fwd_flop + macs.input_backward_flops();
+    let net = random_adm(&cfg, 0.02, &dev)?;
+    let shape = [cfg.in_channels, side, side];
+    let mut time_net = |prior: &dyn Denoiser, shape: &[usize], b: usize, bwd: bool| {
+        progress(&format!(
+            "{}, batch {b}, {}",
+            prior.name(),
+            if bwd { "forward+backward" } else { "forward" }
+        ));
+        nfe_seconds_with(prior, shape, b, warmup, reps, bwd)
+    };
+    let f1 = time_net(&net, &shape, 1, false)?;
+    let fb1 = time_net(&net, &shape, 1, true)?;
+    let (f8, fb8) = if s.quick {
+        (None, None)
+    } else {
+        (
+            Some(time_net(&net, &shape, 8, false)?),
+            Some(time_net(&net, &shape, 8, true)?),
+        )
+    };
+
+    let digits = crate::prior::default::digits(&dev)?;
+    let dshape = [1, 32, 32];
+    let df1 = time_net(&digits, &dshape, 1, false)?;
+    let dfb1 = time_net(&digits, &dshape, 1, true)?;
+    let df16 = time_net(&digits, &dshape, 16, false)?;
+    let dfb16 = time_net(&digits, &dshape, 16, true)?;
+
+    progress("one DAPS annealing level");
+    let level = daps_level(&net, side)?;
+
+    let mix = crate::bench::gmm::mixture_prior(80, &dev)?;
+    let (mix_ms, mix_frac) = mixture_figure(&mix, gemm_gflops)?;
+
+    let gf = |flop: f64, t: f64| flop / t / 1e9;
+    let ms = |t: f64| t * 1e3;
+    Ok(SpeedReport {
+        version: env!("CARGO_PKG_VERSION").into(),
+        cpu_model: cpu_model(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads: rayon::current_num_threads(),
+        candle_matmul_threads: candle_core::utils::get_num_threads(),
+        quick: s.quick,
+        reps,
+        architecture: if s.tiny {
+            "tiny 32×32 ADM (test setting, NOT FFHQ-256), random weights".into()
+        } else {
+            "FFHQ-256 ADM (DPS/DAPS ffhq_10m.pt architecture), random N(0, 0.02²) weights".into()
+        },
+        gemm_n,
+        gemm_ms: ms(gemm_s),
+        gemm_gflops,
+        ffhq256_params: cfg.num_params()?,
+        ffhq256_gflop_forward: fwd_flop / 1e9,
+        ffhq256_gflop_forward_backward: fb_flop / 1e9,
+        ffhq256_forward_ms_b1: ms(f1),
+        ffhq256_forward_gflops_b1: gf(fwd_flop, f1),
+        ffhq256_forward_gemm_fraction_b1: gf(fwd_flop, f1) / gemm_gflops,
+        ffhq256_forward_backward_ms_b1: ms(fb1),
+        ffhq256_forward_backward_gflops_b1: gf(fb_flop, fb1),
+        ffhq256_forward_backward_gemm_fraction_b1: gf(fb_flop, fb1) / gemm_gflops,
+        ffhq256_forward_ms_b8: f8.map(ms),
+        ffhq256_forward_gflops_b8: f8.map(|t| gf(8.0 * fwd_flop, t)),
+        ffhq256_forward_backward_ms_b8: fb8.map(ms),
+        ffhq256_forward_backward_gflops_b8: fb8.map(|t| gf(8.0 * fb_flop, t)),
+        digits_forward_ms_b1: ms(df1),
+        digits_forward_backward_ms_b1: ms(dfb1),
+        digits_forward_ms_b16: ms(df16),
+        digits_forward_backward_ms_b16: ms(dfb16),
+        daps_level_task: "gaussian-blur".into(),
+        daps_level_image: shape.to_vec(),
+        daps_level_nfe: 1,
+        daps_level_mcmc_steps: level.mcmc_steps,
+        daps_level_total_ms: ms(level.total),
+        daps_level_network_ms: ms(level.network),
+        daps_level_operator_ms: ms(level.operator),
+        daps_level_x0_step_ms: ms(level.x0_step),
+        daps_level_other_ms: ms(level.other),
+        daps1k_per_image_estimate_s: 200.0
+            * (5.0 * level.network + level.operator + level.x0_step + level.other),
+        mixture_denoiser_ms: mix_ms,
+        mixture_denoiser_gemm_fraction: mix_frac,
+    })
+}
+
+/// The mixture denoiser (K = 25, d = 80, 2000 chains): ms per call and the fraction of the
+/// GEMM rate its two [B, K]×[K, d] products reach.
+fn mixture_figure(prior: &GaussianMixture, gemm_gflops: f64) -> Result<(f64, f64)> {
+    let (chains, d) = (2000, prior.dim());
+    let xs = Tensor::randn(0f32, 10f32, (chains, d), &Device::Cpu)?;
+    let t = best_seconds(1, 10, &mut || {
+        prior.denoise(&xs, 3.0)?;
+        Ok(())
+    })?;
+    let flops = 2.0 * 2.0 * chains as f64 * prior.n_components() as f64 * d as f64;
+    Ok((t * 1e3, flops / t / 1e9 / gemm_gflops))
+}
+
+/// Seconds spent in one DAPS level, by part.
+struct LevelSplit {
+    mcmc_steps: usize,
+    total: f64,
+    network: f64,
+    operator: f64,
+    x0_step: f64,
+    other: f64,
+}
+
+/// Wall time inside calls, and when the last call ended.
+#[derive(Default)]
+struct Clock(Mutex<(f64, Option<Instant>)>);
+
+impl Clock {
+    fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        let end = Instant::now();
+        // A poisoned lock only means another timed call panicked; the figure is still usable.
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += (end - t).as_secs_f64();
+        g.1 = Some(end);
+        out
+    }
+
+    fn get(&self) -> (f64, Option<Instant>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct TimedPrior<'a> {
+    inner: &'a dyn Denoiser,
+    clock: Clock,
+}
+
+impl Denoiser for TimedPrior<'_> {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        self.clock.time(|| self.inner.denoise(x, sigma))
+    }
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+    fn splits_batches(&self) -> bool {
+        self.inner.splits_batches()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        self.inner.sample_shape()
+    }
+    fn sigma_data(&self) -> f64 {
+        self.inner.sigma_data()
+    }
+    fn sigma_range(&self) -> (f64, f64) {
+        self.inner.sigma_range()
+    }
+    fn data_range(&self) -> (f64, f64) {
+        self.inner.data_range()
+    }
+}
+
+struct TimedOperator<'a> {
+    inner: &'a dyn Operator,
+    clock: Clock,
+}
+
+impl Operator for TimedOperator<'_> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.clock.time(|| self.inner.forward(x))
+    }
+    fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.clock.time(|| self.inner.vjp(x, v))
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn as_linear(&self) -> Option<&dyn Linear> {
+        self.inner.as_linear()
+    }
+}
+
+/// Records when the first level's x0 step (and its checks) ended.
+struct LevelEnd(Option<Instant>);
+
+impl Observer for LevelEnd {
+    fn on_step(&mut self, _: &StepInfo) -> Result<()> {
+        self.0.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+}
+
+/// One annealing level of DAPS-1K's gaussian-blur preset with one Euler step (one network
+/// call) on a `side`×`side` RGB image.
+fn daps_level(net: &dyn Denoiser, side: usize) -> Result<LevelSplit> {
+    let task = Task::build(
+        TaskSpec::defaults("gaussian-blur", side, side, &TaskFiles::default())?,
+        [3, side, side],
+    )?;
+    let mut noise = SeededNoise::new(7);
+    let x = Tensor::rand(-1f32, 1f32, (1, 3, side, side), &Device::Cpu)?;
+    let measurement = Measurement::simulate(&task, &x, 0.05, &mut noise)?;
+    let prior = TimedPrior {
+        inner: net,
+        clock: Clock::default(),
+    };
+    let op = TimedOperator {
+        inner: &task,
+        clock: Clock::default(),
+    };
+    let cfg = DapsConfig {
+        annealing_steps: 1,
+        ode_steps: 1,
+        ..crate::task::preset::preset("gaussian-blur", "daps-1k")?
+    };
+    let p = Problem {
+        prior: &prior,
+        operator: &op,
+        measurement: &measurement,
+    };
+    let mut end = LevelEnd(None);
+    let start = Instant::now();
+    daps(&p, &cfg, &[1, 3, side, side], &mut noise, &mut end)?;
+    let total = start.elapsed().as_secs_f64();
+    let (network, net_end) = prior.clock.get();
+    let (operator, _) = op.clock.get();
+    let x0_all = match (net_end, end.0) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => 0.0,
+    };
+    Ok(LevelSplit {
+        mcmc_steps: cfg.mcmc_steps,
+        total,
+        network,
+        operator,
+        x0_step: (x0_all - operator).max(0.0),
+        other: (total - network - x0_all).max(0.0),
+    })
+}
