@@ -82,24 +82,7 @@ fn measure(m: &Method, n: usize, seed: u64) -> (f64, f64, f64, f64) {
         &m.run(&p, &[n, D], &mut SeededNoise::new(seed), &mut Silent)
             .unwrap(),
     );
-    let w: Vec<DVector<f64>> = out
-        .chunks(D)
-        .map(|r| {
-            c.chol
-                .solve_lower_triangular(&(DVector::from_column_slice(r) - &c.mean))
-                .unwrap()
-        })
-        .collect();
-    let nf = n as f64;
-    let wbar = w.iter().fold(DVector::zeros(D), |a, v| a + v) / nf;
-    let var_sum: f64 = w.iter().map(|v| (v - &wbar).norm_squared()).sum::<f64>() / (nf - 1.0);
-    let q: Vec<f64> = w
-        .iter()
-        .map(|v| (v - &wbar).norm_squared() / D as f64)
-        .collect();
-    let r = q.iter().sum::<f64>() / nf;
-    let sd_q = (q.iter().map(|v| (v - r).powi(2)).sum::<f64>() / (nf - 1.0)).sqrt();
-    (wbar.norm(), r, (var_sum / nf).sqrt(), sd_q / nf.sqrt())
+    whitened_bias(&out, &c.mean, &c.chol)
 }
 
 /// Asserts `m`'s (b, r) within 5 SE of the stated (b*, r*).

@@ -616,3 +616,38 @@ fn sd2_linear_projection_and_head_list() {
         0.0,
     );
 }
+
+/// PSLD runs on a Stable Diffusion prior (its gradient goes through the UNet with CFG, the VAE
+/// decoder and the sampling VAE encoder by autograd): 16×16 box inpainting, 3 steps, finite.
+#[test]
+fn psld_runs_on_the_tiny_sd_pipeline() {
+    use daps::noise::SeededNoise;
+    use daps::operator::inpaint::Inpaint;
+    use daps::operator::{Measurement, Operator};
+    use daps::sampler::{Method, Problem, Silent};
+    let sd = daps_sd("epsilon");
+    let op = Inpaint::boxed(16, 16, 0, &CPU).unwrap();
+    let x = common::randn(&[1, 3, 16, 16], 3)
+        .clamp(-1f32, 1f32)
+        .unwrap();
+    let meas = Measurement {
+        y: op.forward(&x).unwrap(),
+        sigma_y: 0.05,
+    };
+    let p = Problem {
+        prior: &sd,
+        operator: &op,
+        measurement: &meas,
+    };
+    let m = Method::from_name("psld")
+        .unwrap()
+        .set("steps", "3")
+        .unwrap();
+    m.supports(&p).unwrap();
+    let out = m
+        .run(&p, &[2, 3, 16, 16], &mut SeededNoise::new(1), &mut Silent)
+        .unwrap();
+    assert_eq!(out.dims(), &[2, 3, 16, 16]);
+    let v = common::vec64(&out);
+    assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
+}

@@ -13,6 +13,7 @@
 //! checks this for every entry of [`METHODS`] with its default settings.
 
 use super::latent_daps::{latent_daps, LatentDapsConfig};
+use super::psld::{psld, PsldConfig};
 use super::smc::{daps_smc, DapsSmcConfig};
 use super::tweedie::{daps_tweedie, DapsTweedieConfig};
 use super::{
@@ -78,6 +79,7 @@ pub enum Method {
     Diffpir(DiffpirConfig),
     RedDiff(RedDiffConfig),
     LatentDaps(LatentDapsConfig),
+    Psld(PsldConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -99,6 +101,7 @@ macro_rules! dispatch {
             Method::Diffpir($c) => $e,
             Method::RedDiff($c) => $e,
             Method::LatentDaps($c) => $e,
+            Method::Psld($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -159,6 +162,10 @@ macro_rules! dispatch {
                 let $wrap = Method::LatentDaps;
                 $e
             }
+            Method::Psld($c) => {
+                let $wrap = Method::Psld;
+                $e
+            }
         }
     };
 }
@@ -175,7 +182,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 16] = [
+pub const METHODS: [MethodInfo; 17] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -291,6 +298,13 @@ pub const METHODS: [MethodInfo; 16] = [
                   step, data gradient clamped to [−1, 1] (latent priors only)",
         reference: "Zhang et al., CVPR 2025, §4.3; official sampler.py LatentDAPS (main branch)",
         default: || Method::LatentDaps(LatentDapsConfig::default()),
+    },
+    MethodInfo {
+        name: "psld",
+        summary: "PSLD: latent DDIM with the gradient of ω‖y − A(Dec ẑ0)‖ + γ‖Enc(Aᵀy + \
+                  (I − AᵀA)Dec ẑ0) − ẑ0‖ through D, decoder and encoder (latent priors, linear A)",
+        reference: "Rout et al., NeurIPS 2023 (arXiv 2307.00619); official psld.py",
+        default: || Method::Psld(PsldConfig::default()),
     },
 ];
 
@@ -813,12 +827,47 @@ impl Sampler for LatentDapsConfig {
     }
 }
 
+impl Sampler for PsldConfig {
+    fn name(&self) -> &'static str {
+        "psld"
+    }
+    fn nfe(&self) -> usize {
+        self.steps
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        PsldConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        psld(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} DDIM steps (+VJP through D, decoder, encoder), η {}, ω {}, γ {}",
+            self.steps, self.eta, self.omega, self.gamma
+        )
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::psld::psld_parts(p).map(|_| ())
+    }
+}
+
 impl Method {
-    /// A latent prior is solved by latent-daps only; the error names the mismatch.
+    /// A latent prior is solved by the latent samplers only; the error names the mismatch.
     fn fits_prior(&self, p: &Problem) -> Result<()> {
-        if p.prior.as_latent().is_some() && !matches!(self, Method::LatentDaps(_)) {
+        if p.prior.as_latent().is_some() && !matches!(self, Method::LatentDaps(_) | Method::Psld(_))
+        {
             return Err(Error::config(format!(
-                "{} works in pixel space; {} is a latent diffusion prior: use --method latent-daps",
+                "{} works in pixel space; {} is a latent diffusion prior: use --method latent-daps \
+                 or psld",
                 self.name(),
                 p.prior.name()
             )));

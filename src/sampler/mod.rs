@@ -17,6 +17,7 @@ pub mod ode;
 pub(crate) mod particles;
 pub mod pigdm;
 pub mod pnp_dm;
+pub mod psld;
 pub mod red_diff;
 pub mod score_ald;
 pub mod smc;
@@ -41,6 +42,7 @@ pub use mcgdiff::{mcgdiff, McgdiffConfig};
 pub use method::{method_info, Method, MethodInfo, Sampler, METHODS};
 pub use pigdm::{pigdm, PigdmConfig};
 pub use pnp_dm::{pnp_dm, PnpDmConfig};
+pub use psld::{psld, PsldConfig};
 pub use red_diff::{red_diff, RedDiffConfig};
 pub use score_ald::{score_ald, ScoreAldConfig};
 

@@ -340,3 +340,32 @@ pub fn assert_moments(
         }
     }
 }
+
+/// (b, r, SE(b), SE(r)) of samples `[n, d]` against the Gaussian N(m, C = LLᵀ), in the whitened
+/// w = L⁻¹(x − m): the mean bias b = ‖mean w‖ and the spread ratio r = tr(C⁻¹Ĉ)/d;
+/// SE(b) ≈ √(Σ_k var(w_k)/n), SE(r) = sd(‖w_j − w̄‖²/d)/√n.
+pub fn whitened_bias(
+    x: &[f64],
+    mean: &nalgebra::DVector<f64>,
+    chol: &nalgebra::DMatrix<f64>,
+) -> (f64, f64, f64, f64) {
+    use nalgebra::DVector;
+    let d = mean.len();
+    let w: Vec<DVector<f64>> = x
+        .chunks(d)
+        .map(|r| {
+            chol.solve_lower_triangular(&(DVector::from_column_slice(r) - mean))
+                .unwrap()
+        })
+        .collect();
+    let nf = w.len() as f64;
+    let wbar = w.iter().fold(DVector::zeros(d), |a, v| a + v) / nf;
+    let var_sum: f64 = w.iter().map(|v| (v - &wbar).norm_squared()).sum::<f64>() / (nf - 1.0);
+    let q: Vec<f64> = w
+        .iter()
+        .map(|v| (v - &wbar).norm_squared() / d as f64)
+        .collect();
+    let r = q.iter().sum::<f64>() / nf;
+    let sd_q = (q.iter().map(|v| (v - r).powi(2)).sum::<f64>() / (nf - 1.0)).sqrt();
+    (wbar.norm(), r, (var_sum / nf).sqrt(), sd_q / nf.sqrt())
+}
