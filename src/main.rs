@@ -63,6 +63,11 @@ enum Bench {
 
 fn main() {
     let cli = parse();
+    // `daps tasks | head` ends quietly, as Unix tools do, instead of panicking on EPIPE.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     daps::nn::reuse_freed_memory();
     // Pool threads get the main thread's stack size (candle's backward pass recurses over the
     // graph). With one thread (RAYON_NUM_THREADS=1) the command runs on it: otherwise every

@@ -24,6 +24,13 @@ pub struct ReportArgs {
     /// Eval runs: the method the others are compared with [default: the first].
     #[arg(long)]
     pub baseline: Option<String>,
+    /// Eval runs: writes a PNG grid, per task the first images (truth | measurement | each
+    /// method, PSNR / SSIM under each).
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    /// Images per task in the `--png` grid.
+    #[arg(long, default_value_t = 3)]
+    pub png_images: usize,
 }
 
 pub fn report(a: ReportArgs) -> Result<()> {
@@ -37,14 +44,17 @@ pub fn report(a: ReportArgs) -> Result<()> {
     if let Some(p) = &a.html {
         super::outputs::file("--html", p, &["html", "htm"], &inputs)?;
     }
+    if let Some(p) = &a.png {
+        super::outputs::file("--png", p, &["png"], &inputs)?;
+    }
     if a.files.iter().any(|f| f.is_dir()) {
         if a.files.len() != 1 {
             bail!("give one `daps eval` run folder, or `daps demo --json` files");
         }
         return eval_report(&a);
     }
-    if a.html.is_some() || a.baseline.is_some() {
-        bail!("--html and --baseline need a `daps eval` run folder");
+    if a.html.is_some() || a.baseline.is_some() || a.png.is_some() {
+        bail!("--html, --png and --baseline need a `daps eval` run folder");
     }
     let mut lists = Vec::new();
     for f in &a.files {
@@ -79,6 +89,9 @@ fn eval_report(a: &ReportArgs) -> Result<()> {
         let page = daps::report::html::page(&summary, &RunDir(dir.clone()));
         daps::io::atomic_write(p, page.as_bytes())?;
     }
+    if let Some(p) = &a.png {
+        grid_png(&rows, &settings, &RunDir(dir.clone()), a.png_images, p)?;
+    }
     let demo: Vec<_> = rows.iter().map(MethodRow::as_demo).collect();
     print!("{}", table(&demo));
     if rows.iter().any(|r| r.coverage.is_some()) {
@@ -106,4 +119,74 @@ fn eval_report(a: &ReportArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Per task (in the run's order) its first `n` images: truth | measurement | each method of
+/// the run, PSNR / SSIM under each; every picture scaled by an integer to about 96 px.
+fn grid_png(
+    rows: &[MethodRow],
+    s: &daps::eval::EvalSettings,
+    run: &RunDir,
+    n: usize,
+    out: &std::path::Path,
+) -> Result<()> {
+    use super::grid::{text_width, Canvas, TEXT_HEIGHT};
+    let cell = 96;
+    let read = |p: &std::path::Path| -> Option<candle_core::Tensor> {
+        let t = daps::io::read_image(p).ok()?;
+        ((t + 1.0).ok()? / 2.0).ok()
+    };
+    let tasks: Vec<&str> = s.tasks.iter().map(String::as_str).collect();
+    let (cw, ch) = (cell + 2, cell + 2);
+    let label_w = tasks.iter().map(|t| text_width(t)).max().unwrap_or(0) + 8;
+    let col_w = s
+        .methods
+        .iter()
+        .map(|m| text_width(m))
+        .max()
+        .unwrap_or(0)
+        .max(text_width("00.00/0.000"))
+        .max(cw)
+        + 6;
+    let cell_h = ch + TEXT_HEIGHT + 6;
+    let header = TEXT_HEIGHT + 8;
+    let n = n.min(s.images.len()).max(1);
+    let block = n * cell_h + 8;
+    let mut canvas = Canvas::new(
+        label_w + (2 + s.methods.len()) * col_w,
+        header + tasks.len() * block,
+    );
+    let mut titles = vec!["TRUTH".to_string(), "MEASUREMENT".to_string()];
+    titles.extend(s.methods.iter().cloned());
+    for (j, t) in titles.iter().enumerate() {
+        canvas.text_centred(t, label_w + j * col_w, cw, 3);
+    }
+    let draw = |c: &mut Canvas, img: Option<candle_core::Tensor>, x: usize, y: usize| {
+        let Some(img) = img else { return Ok(()) };
+        let h = img.dims().get(2).copied().unwrap_or(cell).max(1);
+        let k = (cell / h).max(1);
+        let off = cell.saturating_sub(h * k) / 2;
+        c.image(&img, x + off, y + off, k)
+    };
+    for (bi, task) in tasks.iter().enumerate() {
+        let y0 = header + bi * block;
+        canvas.text(task, 2, y0 + ch / 2 - TEXT_HEIGHT / 2);
+        for (i, id) in s.images.iter().enumerate().take(n) {
+            let y = y0 + i * cell_h;
+            draw(&mut canvas, read(&run.truth(id)), label_w, y)?;
+            draw(&mut canvas, read(&run.measurement_preview(task, id)), label_w + col_w, y)?;
+            for (j, m) in s.methods.iter().enumerate() {
+                let x = label_w + (2 + j) * col_w;
+                let Some(r) = rows.iter().find(|r| r.task == *task && r.method == *m) else {
+                    continue;
+                };
+                let Some(sc) = r.scores.iter().find(|sc| sc.index == i) else {
+                    continue;
+                };
+                draw(&mut canvas, read(&run.image(task, m, id, sc.run)), x, y)?;
+                canvas.text_centred(&format!("{:.2}/{:.3}", sc.psnr, sc.ssim), x, cw, y + ch + 2);
+            }
+        }
+    }
+    canvas.save(out)
 }

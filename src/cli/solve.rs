@@ -722,15 +722,16 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
         };
         println!("{:<16} parameters: {}", "", params.join(", "));
         println!("{:<16} y for a {ch}×{s}×{s} image: {shape}", "");
-        for b in task::budgets(t.name)? {
+        let budgets = task::budgets(t.name)?;
+        for b in &budgets {
             let m = preset_method(t.name, b)?;
-            println!("{:<16} {b:<9} {}", "", m.describe());
+            println!("{:<16} {b:<11} {}", "", m.describe());
         }
-        // Sections named after a sampler (`--method NAME` uses them).
+        // Other sections named after a sampler (`--method NAME` uses them).
         for info in daps::sampler::METHODS {
-            if task::has_preset(t.name, info.name) {
+            if !budgets.contains(&info.name) && task::has_preset(t.name, info.name) {
                 let m = preset_method(t.name, info.name)?;
-                println!("{:<16} {:<9} {}", "", info.name, m.describe());
+                println!("{:<16} {:<11} {}", "", info.name, m.describe());
             }
         }
         println!();

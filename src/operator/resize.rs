@@ -75,6 +75,8 @@ pub struct SuperResolution {
     in_hw: (usize, usize),
     m_h: Tensor,
     m_w: Tensor,
+    /// The 1-D SVDs, computed on first use (DDRM, DDNM, MCGdiff).
+    svd: std::sync::OnceLock<Result<SrSvd>>,
 }
 
 impl SuperResolution {
@@ -102,6 +104,7 @@ impl SuperResolution {
             in_hw: (h, w),
             m_h: matrix(h)?,
             m_w: matrix(w)?,
+            svd: std::sync::OnceLock::new(),
         })
     }
 
@@ -159,13 +162,149 @@ impl Operator for SuperResolution {
     }
 }
 
-/// Aᵀv = M_hᵀ·v·M_w; prox and pseudo-inverse by the CG defaults.
+/// Aᵀv = M_hᵀ·v·M_w; prox and pseudo-inverse by the CG defaults; an SVD ([`Svd`]) from the
+/// two 1-D matrices, for DDRM and DDNM.
 impl Linear for SuperResolution {
     fn adjoint(&self, v: &Tensor) -> Result<Tensor> {
         let (b, c, _, _) = dims4(v, "super-resolution adjoint")?;
         let expected = [b, c, self.m_h.dim(0)?, self.m_w.dim(0)?];
         crate::error::expect_shape("super-resolution adjoint input", v.dims(), &expected)?;
         Self::sandwich(v, &self.m_h.t()?, &self.m_w.t()?)
+    }
+
+    fn svd(&self) -> Option<&dyn Svd> {
+        Some(self)
+    }
+}
+
+/// One axis: M = U diag(s) V₁ᵀ (M is [m, n], m ≤ n) with V = [V₁ | N] completed to an
+/// orthonormal basis of Rⁿ by the null space N; s below [`crate::operator::blur::SVD_THRESHOLD`]
+/// zeroed, as for blur.
+struct Axis {
+    u: nalgebra::DMatrix<f64>,
+    v: nalgebra::DMatrix<f64>,
+    s: Vec<f64>,
+}
+
+impl Axis {
+    fn new(m: nalgebra::DMatrix<f64>) -> Result<Self> {
+        let (rows, n) = m.shape();
+        let svd = m.svd(true, true);
+        let (Some(u), Some(vt)) = (svd.u, svd.v_t) else {
+            return Err(Error::msg("super-resolution: 1-D SVD did not converge"));
+        };
+        let v1 = vt.transpose(); // [n, rows]
+        // The null space: eigenvectors of I − V₁V₁ᵀ with eigenvalue 1.
+        let proj = nalgebra::DMatrix::<f64>::identity(n, n) - &v1 * v1.transpose();
+        let eig = proj.symmetric_eigen();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+        let mut v = nalgebra::DMatrix::<f64>::zeros(n, n);
+        v.columns_mut(0, rows).copy_from(&v1);
+        for (k, &i) in order.iter().take(n - rows).enumerate() {
+            v.set_column(rows + k, &eig.eigenvectors.column(i));
+        }
+        let threshold = crate::operator::blur::SVD_THRESHOLD;
+        let s = svd
+            .singular_values
+            .iter()
+            .map(|&x| if x < threshold { 0.0 } else { x })
+            .chain(std::iter::repeat_n(0.0, n - rows))
+            .collect();
+        Ok(Self { u, v, s })
+    }
+}
+
+struct SrSvd {
+    h: Axis,
+    w: Axis,
+}
+
+impl SuperResolution {
+    fn svd_parts(&self) -> Result<&SrSvd> {
+        let (h, w) = self.in_hw;
+        let scale = 1.0 / self.factor as f64;
+        let axis = |n: usize| -> Result<Axis> {
+            let out = (n as f64 * scale).ceil() as usize;
+            let m = if self.factor == 1 {
+                nalgebra::DMatrix::identity(n, n)
+            } else {
+                nalgebra::DMatrix::from_row_slice(out, n, &imresize_matrix(n, out, scale))
+            };
+            Axis::new(m)
+        };
+        self.svd
+            .get_or_init(|| {
+                Ok(SrSvd {
+                    h: axis(h)?,
+                    w: axis(w)?,
+                })
+            })
+            .as_ref()
+            .map_err(|e| Error::msg(e.to_string()))
+    }
+
+    /// `m` (nalgebra, column-major) as a tensor in `like`'s dtype and device.
+    fn tensor(m: &nalgebra::DMatrix<f64>, like: &Tensor) -> Result<Tensor> {
+        let rows: Vec<f64> = m.transpose().as_slice().to_vec();
+        Ok(Tensor::from_vec(rows, (m.nrows(), m.ncols()), like.device())?.to_dtype(like.dtype())?)
+    }
+}
+
+/// A = (U_h ⊗ U_w) diag(s_h ⊗ s_w) (V_h ⊗ V_w)ᵀ: spectral coordinates V_hᵀ X V_w in x's shape
+/// `[H, W]`, nonzero s only in the top-left `[H/k, W/k]` block, where Uᵀy = U_hᵀ Y U_w goes.
+impl Svd for SuperResolution {
+    fn apply_vt(&self, x: &Tensor) -> Result<Tensor> {
+        self.check(x)?;
+        let p = self.svd_parts()?;
+        let (vh, vw) = (Self::tensor(&p.h.v, x)?, Self::tensor(&p.w.v, x)?);
+        Self::sandwich(x, &vh.t()?, &vw.t()?)
+    }
+
+    fn apply_v(&self, c: &Tensor) -> Result<Tensor> {
+        self.check(c)?;
+        let p = self.svd_parts()?;
+        Self::sandwich(c, &Self::tensor(&p.h.v, c)?, &Self::tensor(&p.w.v, c)?)
+    }
+
+    fn singular_values(&self, sample: &[usize]) -> Result<Vec<f64>> {
+        let (h, w) = self.in_hw;
+        let [c, sh, sw] = sample else {
+            return Err(Error::msg(format!(
+                "{}: SVD of [C, H, W] samples, got {sample:?}",
+                self.name()
+            )));
+        };
+        if (*sh, *sw) != (h, w) {
+            return Err(Error::config(format!(
+                "{}: SVD of {h}×{w} images, got {sh}×{sw}",
+                self.name()
+            )));
+        }
+        let p = self.svd_parts()?;
+        let plane: Vec<f64> =
+            p.h.s
+                .iter()
+                .flat_map(|a| p.w.s.iter().map(move |b| a * b))
+                .collect();
+        Ok((0..*c).flat_map(|_| plane.iter().copied()).collect())
+    }
+
+    fn project_y(&self, y: &Tensor) -> Result<Tensor> {
+        let p = self.svd_parts()?;
+        let (b, c, _, _) = dims4(y, "super-resolution SVD")?;
+        let (m_h, m_w) = (p.h.u.nrows(), p.w.u.nrows());
+        crate::error::expect_shape("super-resolution measurement", y.dims(), &[b, c, m_h, m_w])?;
+        let t = Self::sandwich(y, &Self::tensor(&p.h.u, y)?.t()?, &Self::tensor(&p.w.u, y)?.t()?)?;
+        let mask: Vec<f64> =
+            p.h.s[..m_h]
+                .iter()
+                .flat_map(|a| p.w.s[..m_w].iter().map(move |b| f64::from(u8::from(a * b > 0.0))))
+                .collect();
+        let mask = Tensor::from_vec(mask, (m_h, m_w), y.device())?.to_dtype(y.dtype())?;
+        let t = t.broadcast_mul(&mask)?;
+        let (h, w) = self.in_hw;
+        Ok(t.pad_with_zeros(2, 0, h - m_h)?.pad_with_zeros(3, 0, w - m_w)?)
     }
 }
 

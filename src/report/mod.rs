@@ -140,10 +140,11 @@ pub fn table(records: &[DemoRecord]) -> String {
         }
     }
     let find = |t: &str, m: &str| records.iter().find(|r| r.task == t && r.method == m);
+    let mw = methods.iter().map(|m| m.chars().count()).max().unwrap_or(0).max(10);
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<16} {:<10} {:>7} {:>5} {:>16} {:>15} {:>9}",
+        "{:<16} {:<mw$} {:>7} {:>5} {:>16} {:>15} {:>9}",
         "task", "method", "digits", "runs", "PSNR ± 95%", "SSIM ± 95%", "seconds"
     );
     for t in &tasks {
@@ -153,7 +154,7 @@ pub fn table(records: &[DemoRecord]) -> String {
             let (q, qc) = mean_ci95(&r.ssim);
             let _ = writeln!(
                 s,
-                "{:<16} {:<10} {:>7} {:>5} {:>9.2} ± {:<4.2} {:>8.3} ± {:.3} {:>9.1}",
+                "{:<16} {:<mw$} {:>7} {:>5} {:>9.2} ± {:<4.2} {:>8.3} ± {:.3} {:>9.1}",
                 t,
                 m,
                 r.digits.len(),
@@ -197,7 +198,7 @@ pub fn table(records: &[DemoRecord]) -> String {
         let q = rs.iter().map(|r| mean_ci95(&r.ssim).0).sum::<f64>() / rs.len() as f64;
         let _ = writeln!(
             s,
-            "  {:<10} PSNR {:>6.2}  SSIM {:.3}  ({} tasks)",
+            "  {:<mw$} PSNR {:>6.2}  SSIM {:.3}  ({} tasks)",
             m,
             p,
             q,

@@ -261,14 +261,14 @@ pub const METHODS: [MethodInfo; 17] = [
     MethodInfo {
         name: "ddrm",
         summary: "Denoising Diffusion Restoration Models: DDIM steps in the SVD basis of A \
-                  (inpainting, average pooling, matrices)",
+                  (inpainting, pooling, bicubic SR, separable blur, matrices)",
         reference: "Kawar et al., NeurIPS 2022 (arXiv 2201.11793)",
         default: || Method::Ddrm(DdrmConfig::default()),
     },
     MethodInfo {
         name: "ddnm",
         summary: "Denoising Diffusion Null-space Model (DDNM+): x̂0 − λA⁺(A x̂0 − y), re-noise \
-                  (inpainting, average pooling, matrices)",
+                  (inpainting, pooling, bicubic SR, separable blur, matrices)",
         reference: "Wang et al., ICLR 2023 (arXiv 2212.00490), README's simplified DDNM+",
         default: || Method::Ddnm(DdnmConfig::default()),
     },
