@@ -46,7 +46,7 @@ pub struct EvalSettings {
     pub batch: usize,
     /// The `--prior` spec (`default`: the built-in digits prior).
     pub prior: String,
-    /// `[task, method]` pairs left out (`--methods all`: methods that cannot solve the task).
+    /// `[task, method]` pairs left out: methods that cannot solve the task.
     #[serde(default)]
     pub excluded: Vec<[String; 2]>,
     /// Posterior samples per image and run (chains of one job); with K ≥ 2 each record also

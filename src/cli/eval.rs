@@ -37,8 +37,9 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     pub tasks: Vec<String>,
     /// Methods, comma-separated: a task preset (`daps-50`, `daps-1k`, `dps-1000`), `dps-N`, a
-    /// method of `daps methods` (its preset section, else its defaults), or `all` (every
-    /// registered method, on the tasks it supports).
+    /// method of `daps methods` (its preset section, else its defaults), each optionally with
+    /// `@KEY=VALUE` overrides, or `all` (every registered method). Each method runs on the tasks
+    /// it supports (the others are listed and skipped); one that supports none is an error.
     #[arg(long, value_delimiter = ',', required = true)]
     pub methods: Vec<String>,
     /// Runs per image: `N` for every task, and/or `TASK=N` (e.g. `1,phase-retrieval=4`).
@@ -140,6 +141,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     let mut plan = Vec::new();
     let mut excluded = Vec::new();
+    let mut first_refusal = std::collections::HashMap::new();
     for name in &task_names {
         let spec = TaskSpec::defaults(name, h, w, &TaskFiles::default())?;
         if spec.is_complex() {
@@ -164,14 +166,21 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                 .with_context(|| format!("method {m} on {name}"))?;
             match method.supports(&problem) {
                 Ok(()) => methods.push((m.clone(), method)),
-                Err(e) if all_methods => {
+                Err(e) => {
                     eprintln!("  skipping {m} on {name}: {e}");
                     excluded.push([name.clone(), m.clone()]);
+                    first_refusal.entry(m.clone()).or_insert(e.to_string());
                 }
-                Err(e) => bail!("method {m} cannot solve {name}: {e}"),
             }
         }
         plan.push(Planned { task, methods });
+    }
+    // A method named explicitly must solve at least one of the tasks.
+    for m in method_names.iter().filter(|_| !all_methods) {
+        if plan.iter().all(|p| p.methods.iter().all(|(n, _)| n != m)) {
+            let e = first_refusal.get(m).cloned().unwrap_or_default();
+            bail!("method {m} cannot solve any of the tasks ({}): {e}", task_names.join(", "));
+        }
     }
     let settings = EvalSettings {
         data: a.data.clone(),
