@@ -225,6 +225,57 @@ fn bad_eval_input_is_refused_before_work() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("not among --tasks"));
+    let mut args = eval_args(&out);
+    let i = args.iter().position(|a| a == "--tasks").unwrap();
+    args[i + 1] = "sr4".into();
+    let i = args.iter().position(|a| a == "--methods").unwrap();
+    args[i + 1] = "daps-50,mcgdiff".into();
+    let o = daps().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("mcgdiff cannot solve any of the tasks (sr4)"),
+        "{err}"
+    );
+    assert!(records(&out).is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A listed method runs on the tasks it supports; the others are skipped and recorded in the
+/// run's settings (`excluded`), so the report knows the gap is not missing work.
+#[test]
+fn methods_run_on_the_tasks_they_support() {
+    let dir = tmp_dir("eval", "supports");
+    let out = dir.join("run");
+    let mut args = eval_args(&out);
+    for (k, v) in [
+        ("--limit", "1"),
+        ("--batch", "1"),
+        ("--methods", "ddrm@steps=2,mcgdiff@steps=2@particles=2"),
+    ] {
+        let i = args.iter().position(|a| a == k).unwrap();
+        args[i + 1] = v.into();
+    }
+    run_ok(daps().args(&args));
+    let names: Vec<String> = records(&out)
+        .iter()
+        .map(|p| {
+            p.strip_prefix(out.join("records"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("sr4/mcgdiff")),
+        "{names:?}"
+    );
+    let settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(
+        settings["excluded"],
+        serde_json::json!([["sr4", "mcgdiff@steps=2@particles=2"]])
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

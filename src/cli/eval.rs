@@ -179,7 +179,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     for m in method_names.iter().filter(|_| !all_methods) {
         if plan.iter().all(|p| p.methods.iter().all(|(n, _)| n != m)) {
             let e = first_refusal.get(m).cloned().unwrap_or_default();
-            bail!("method {m} cannot solve any of the tasks ({}): {e}", task_names.join(", "));
+            bail!(
+                "method {m} cannot solve any of the tasks ({}): {e}",
+                task_names.join(", ")
+            );
         }
     }
     let settings = EvalSettings {

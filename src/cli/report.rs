@@ -174,7 +174,12 @@ fn grid_png(
         for (i, id) in s.images.iter().enumerate().take(n) {
             let y = y0 + i * cell_h;
             draw(&mut canvas, read(&run.truth(id)), label_w, y)?;
-            draw(&mut canvas, read(&run.measurement_preview(task, id)), label_w + col_w, y)?;
+            draw(
+                &mut canvas,
+                read(&run.measurement_preview(task, id)),
+                label_w + col_w,
+                y,
+            )?;
             for (j, m) in s.methods.iter().enumerate() {
                 let x = label_w + (2 + j) * col_w;
                 let Some(r) = rows.iter().find(|r| r.task == *task && r.method == *m) else {

@@ -194,7 +194,7 @@ impl Axis {
             return Err(Error::msg("super-resolution: 1-D SVD did not converge"));
         };
         let v1 = vt.transpose(); // [n, rows]
-        // The null space: eigenvectors of I − V₁V₁ᵀ with eigenvalue 1.
+                                 // The null space: eigenvectors of I − V₁V₁ᵀ with eigenvalue 1.
         let proj = nalgebra::DMatrix::<f64>::identity(n, n) - &v1 * v1.transpose();
         let eig = proj.symmetric_eigen();
         let mut order: Vec<usize> = (0..n).collect();
@@ -247,7 +247,10 @@ impl SuperResolution {
     /// `m` (nalgebra, column-major) as a tensor in `like`'s dtype and device.
     fn tensor(m: &nalgebra::DMatrix<f64>, like: &Tensor) -> Result<Tensor> {
         let rows: Vec<f64> = m.transpose().as_slice().to_vec();
-        Ok(Tensor::from_vec(rows, (m.nrows(), m.ncols()), like.device())?.to_dtype(like.dtype())?)
+        Ok(
+            Tensor::from_vec(rows, (m.nrows(), m.ncols()), like.device())?
+                .to_dtype(like.dtype())?,
+        )
     }
 }
 
@@ -295,16 +298,24 @@ impl Svd for SuperResolution {
         let (b, c, _, _) = dims4(y, "super-resolution SVD")?;
         let (m_h, m_w) = (p.h.u.nrows(), p.w.u.nrows());
         crate::error::expect_shape("super-resolution measurement", y.dims(), &[b, c, m_h, m_w])?;
-        let t = Self::sandwich(y, &Self::tensor(&p.h.u, y)?.t()?, &Self::tensor(&p.w.u, y)?.t()?)?;
-        let mask: Vec<f64> =
-            p.h.s[..m_h]
-                .iter()
-                .flat_map(|a| p.w.s[..m_w].iter().map(move |b| f64::from(u8::from(a * b > 0.0))))
-                .collect();
+        let t = Self::sandwich(
+            y,
+            &Self::tensor(&p.h.u, y)?.t()?,
+            &Self::tensor(&p.w.u, y)?.t()?,
+        )?;
+        let mask: Vec<f64> = p.h.s[..m_h]
+            .iter()
+            .flat_map(|a| {
+                p.w.s[..m_w]
+                    .iter()
+                    .map(move |b| f64::from(u8::from(a * b > 0.0)))
+            })
+            .collect();
         let mask = Tensor::from_vec(mask, (m_h, m_w), y.device())?.to_dtype(y.dtype())?;
         let t = t.broadcast_mul(&mask)?;
         let (h, w) = self.in_hw;
-        Ok(t.pad_with_zeros(2, 0, h - m_h)?.pad_with_zeros(3, 0, w - m_w)?)
+        Ok(t.pad_with_zeros(2, 0, h - m_h)?
+            .pad_with_zeros(3, 0, w - m_w)?)
     }
 }
 

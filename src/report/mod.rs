@@ -140,7 +140,12 @@ pub fn table(records: &[DemoRecord]) -> String {
         }
     }
     let find = |t: &str, m: &str| records.iter().find(|r| r.task == t && r.method == m);
-    let mw = methods.iter().map(|m| m.chars().count()).max().unwrap_or(0).max(10);
+    let mw = methods
+        .iter()
+        .map(|m| m.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     let mut s = String::new();
     let _ = writeln!(
         s,
