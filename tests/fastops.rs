@@ -18,6 +18,8 @@ const CONVS: &[(usize, usize, usize, usize, usize)] = &[
     (3, 1, 1, 5, 3),
     (3, 3, 1, 2, 3),
     (5, 2, 2, 7, 5),
+    (5, 2, 1, 6, 7),
+    (3, 1, 1, 1, 2),
 ];
 
 /// Loss Σ r·conv(x, w) + bias-free; returns (y, dx, dw) for the fast or the candle conv.

@@ -12,8 +12,10 @@
 //! - [`group_norm`] / [`GroupNorm`]: forward and closed-form backward as loops over the
 //!   (batch, group) blocks, in parallel, accumulating in f64:
 //!   dx = (γ g − mean(γ g) − x̂ mean(γ g x̂)) / σ per group, dγ = Σ g x̂, dβ = Σ g.
+//! - [`group_norm_silu`]: SiLU(GroupNorm(x)) in one pass when nothing is tracked (the denoiser
+//!   calls of DAPS's ODE), else the two ops above.
 //! - [`silu`], [`add_channel_bias`], [`scale_shift`] (h·(1 + s) + t), [`upsample2x`]: one pass
-//!   each way.
+//!   each way; f32 SiLU with a polynomial exp that vectorises ([`exp_f32`]).
 //!
 //! All fall back to candle's ops off the CPU or for dtypes other than f32/f64, and give candle's
 //! values up to float rounding (tests/fastops.rs).
@@ -253,10 +255,60 @@ impl SendPtr {
     }
 }
 
+/// [`im2col_rows`] for a stride-1 convolution with Wo = W (a "same" padding): each column row
+/// is the input plane shifted by (ky − pad, kx − pad), so it is one contiguous copy, then zeros
+/// for the rows outside the image and for the |kx − pad| columns that wrapped around.
+fn im2col_rows_same(xb: &[f32], g: Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
+    let (w, hw) = (g.w, g.h * g.w);
+    let tn = (oy1 - oy0) * w;
+    for c in 0..g.c {
+        let xc = &xb[c * hw..][..hw];
+        for ky in 0..g.kh {
+            // Output rows whose input row oy + ky − pad lies inside the image.
+            let lo = oy0.max(g.pad.saturating_sub(ky)).min(oy1);
+            let hi = oy1.min((g.h + g.pad).saturating_sub(ky)).max(lo);
+            for kx in 0..g.kw {
+                let r = (c * g.kh + ky) * g.kw + kx;
+                let dst = &mut col[r * tn..][..tn];
+                dst[..(lo - oy0) * w].fill(0.0);
+                dst[(hi - oy0) * w..].fill(0.0);
+                if lo == hi {
+                    continue;
+                }
+                let out = &mut dst[(lo - oy0) * w..(hi - oy0) * w];
+                let d = kx as isize - g.pad as isize;
+                // out[j] = xc[s0 + j] wherever that index is inside the plane.
+                let s0 = ((lo + ky - g.pad) * w) as isize + d;
+                let n = out.len() as isize;
+                let j0 = (-s0).clamp(0, n) as usize;
+                let j1 = (hw as isize - s0).clamp(j0 as isize, n) as usize;
+                out[..j0].fill(0.0);
+                out[j1..].fill(0.0);
+                let src = (s0 + j0 as isize) as usize;
+                out[j0..j1].copy_from_slice(&xc[src..src + (j1 - j0)]);
+                // Columns ox with ox + d outside 0..W took a neighbouring row's pixel.
+                let bad = if d < 0 {
+                    0..((-d) as usize).min(w)
+                } else {
+                    w - (d as usize).min(w)..w
+                };
+                for ox in bad {
+                    for v in out.iter_mut().skip(ox).step_by(w) {
+                        *v = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// im2col of output rows `oy0..oy1` of one image `xb` `[C, H, W]` into `col`
 /// `[C·kh·kw, (oy1 − oy0)·Wo]` (every entry written, zeros for the padding).
 fn im2col_rows(xb: &[f32], g: Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
     let (_, wo) = g.out();
+    if g.stride == 1 && wo == g.w && g.pad < g.kw && g.pad < g.kh {
+        return im2col_rows_same(xb, g, oy0, oy1, col);
+    }
     let tn = (oy1 - oy0) * wo;
     for c in 0..g.c {
         let xc = &xb[c * g.h * g.w..][..g.h * g.w];
