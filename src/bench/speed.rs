@@ -1,6 +1,8 @@
 //! `daps bench speed`: the machine's GEMM rate, the FFHQ-256 ADM network (random weights)
-//! forward and forward + backward against it, the built-in digits network, and one DAPS
-//! annealing level at 256×256 split into network / operator / x0 step / other.
+//! forward and forward + backward against it, the built-in digits network, one DAPS
+//! annealing level at 256×256 split into network / operator / x0 step / other, and DAPS-1K
+//! levels on 10 held-out digits split the same way ([`digits_daps1k`], which also writes what
+//! scripts/speed-digits-pytorch.py needs to time the official code on the same problem).
 
 use crate::bench::prior::{nfe_seconds_with, random_adm};
 use crate::error::Result;
