@@ -69,6 +69,12 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     daps::nn::reuse_freed_memory();
+    // candle 0.11 runs large elementwise ops on a second, spinning thread pool beside rayon's;
+    // with rayon's threads busy (conv tiles, batch pieces) the two oversubscribe the cores
+    // (DAPS on the digits prior: about 20% less CPU time without it). Parallelism is rayon's.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     // Pool threads get the main thread's stack size (candle's backward pass recurses over the
     // graph). With one thread (RAYON_NUM_THREADS=1) the command runs on it: otherwise every
     // parallel op is handed from the main thread to the pool thread and back, for nothing

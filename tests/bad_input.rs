@@ -217,6 +217,10 @@ fn bad_values_are_named() {
         "steps must be in 1..=",
     );
     refused(&["bench", "speed", "--reps", "0"], "--reps must be ≥ 1");
+    refused(
+        &["bench", "speed", "--digits-levels", "0"],
+        "--digits-levels must be ≥ 1",
+    );
     // A batch too large to allocate is an error, not an abort.
     refused(
         &[

@@ -13,9 +13,20 @@ fn bench_speed_quick_writes_its_keys() {
     let dir = std::env::temp_dir().join(format!("daps-cli-speed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("speed.json");
+    let data = dir.join("digits.safetensors");
     let out = daps()
-        .args(["bench", "speed", "--quick", "--tiny", "--json"])
+        .args([
+            "bench",
+            "speed",
+            "--quick",
+            "--tiny",
+            "--digits-levels",
+            "1",
+            "--json",
+        ])
         .arg(&json)
+        .arg("--digits-data")
+        .arg(&data)
         .output()
         .unwrap();
     assert!(
@@ -37,9 +48,28 @@ fn bench_speed_quick_writes_its_keys() {
         "daps_level_operator_ms",
         "cores",
         "threads",
+        "digits_daps1k_phase_retrieval_level_ms",
+        "digits_daps1k_phase_retrieval_network_ms",
+        "digits_daps1k_gaussian_blur_level_ms",
+        "digits_daps1k_gaussian_blur_operator_ms",
+        "digits_daps1k_gaussian_blur_solve_estimate_s",
     ] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {}", v[k]);
     }
+    assert_eq!(v["digits_daps1k_levels"], 1);
+    // The files for scripts/speed-digits-pytorch.py: digits, measurements, D(x, 1), presets.
+    let t = candle_core::safetensors::load(&data, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(t["x"].dims(), [10, 1, 32, 32]);
+    assert_eq!(t["y_phase-retrieval"].dims(), [10, 1, 48, 48]);
+    assert_eq!(t["d_sigma1"].dims(), [10, 1, 32, 32]);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["presets"]["gaussian-blur"]["mcmc_steps"], 100);
+    let oversample = meta["presets"]["phase-retrieval"]["oversample"]
+        .as_str()
+        .unwrap();
+    assert_eq!(oversample.parse::<f64>().unwrap(), 2.0);
     for k in ["daps_level_x0_step_ms", "daps_level_other_ms"] {
         assert!(v[k].as_f64().unwrap() >= 0.0, "{k}");
     }

@@ -1,6 +1,8 @@
 //! `daps bench speed`: the machine's GEMM rate, the FFHQ-256 ADM network (random weights)
-//! forward and forward + backward against it, the built-in digits network, and one DAPS
-//! annealing level at 256×256 split into network / operator / x0 step / other.
+//! forward and forward + backward against it, the built-in digits network, one DAPS
+//! annealing level at 256×256 split into network / operator / x0 step / other, and DAPS-1K
+//! levels on 10 held-out digits split the same way ([`digits_daps1k`], which also writes what
+//! scripts/speed-digits-pytorch.py needs to time the official code on the same problem).
 
 use crate::bench::prior::{nfe_seconds_with, random_adm};
 use crate::error::Result;
@@ -13,6 +15,8 @@ use crate::sampler::{Observer, Problem, StepInfo};
 use crate::task::{Task, TaskFiles, TaskSpec};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -25,6 +29,10 @@ pub struct SpeedSettings {
     pub tiny: bool,
     /// Timed calls per figure (the best is kept) when not `quick`.
     pub reps: usize,
+    /// Annealing levels timed per task by the digits DAPS-1K figures ([`digits_daps1k`]).
+    pub digits_levels: usize,
+    /// Where [`digits_daps1k`] writes its digits and measurements, if anywhere.
+    pub digits_data: Option<std::path::PathBuf>,
 }
 
 /// The figures; `*_ms` are wall-clock milliseconds, best of the timed calls.
@@ -80,6 +88,8 @@ pub struct SpeedReport {
     pub daps1k_per_image_estimate_s: f64,
     pub mixture_denoiser_ms: f64,
     pub mixture_denoiser_gemm_fraction: f64,
+    #[serde(flatten)]
+    pub digits: DigitsReport,
 }
 
 /// The first `model name` of /proc/cpuinfo ("unknown" elsewhere).
@@ -174,6 +184,7 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
 
     progress("one DAPS annealing level");
     let level = daps_level(&net, side)?;
+    let digits_report = digits_daps1k(s.digits_levels, s.digits_data.as_deref(), progress)?;
 
     let mix = crate::bench::gmm::mixture_prior(80, &dev)?;
     let (mix_ms, mix_frac) = mixture_figure(&mix, gemm_gflops)?;
@@ -226,6 +237,7 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
             * (5.0 * level.network + level.operator + level.x0_step + level.other),
         mixture_denoiser_ms: mix_ms,
         mixture_denoiser_gemm_fraction: mix_frac,
+        digits: digits_report,
     })
 }
 
@@ -325,14 +337,61 @@ impl Operator for TimedOperator<'_> {
     }
 }
 
-/// Records when the first level's x0 step (and its checks) ended.
-struct LevelEnd(Option<Instant>);
+/// Adds, at each level's end, the time since the prior's last call: the x0 step and checks.
+struct LevelEnds<'a> {
+    net: &'a Clock,
+    x0_all: f64,
+}
 
-impl Observer for LevelEnd {
+impl Observer for LevelEnds<'_> {
     fn on_step(&mut self, _: &StepInfo) -> Result<()> {
-        self.0.get_or_insert_with(Instant::now);
+        if let (_, Some(end)) = self.net.get() {
+            self.x0_all += end.elapsed().as_secs_f64();
+        }
         Ok(())
     }
+}
+
+/// Runs DAPS with `cfg` on `measurement` and splits its wall time by part, per level.
+fn split_levels(
+    net: &dyn Denoiser,
+    task: &Task,
+    measurement: &Measurement,
+    cfg: &DapsConfig,
+    shape: &[usize],
+    noise: &mut SeededNoise,
+) -> Result<LevelSplit> {
+    let prior = TimedPrior {
+        inner: net,
+        clock: Clock::default(),
+    };
+    let op = TimedOperator {
+        inner: task,
+        clock: Clock::default(),
+    };
+    let p = Problem {
+        prior: &prior,
+        operator: &op,
+        measurement,
+    };
+    let mut ends = LevelEnds {
+        net: &prior.clock,
+        x0_all: 0.0,
+    };
+    let start = Instant::now();
+    daps(&p, cfg, shape, noise, &mut ends)?;
+    let total = start.elapsed().as_secs_f64();
+    let (network, _) = prior.clock.get();
+    let (operator, _) = op.clock.get();
+    let n = cfg.annealing_steps.max(1) as f64;
+    Ok(LevelSplit {
+        mcmc_steps: cfg.mcmc_steps,
+        total: total / n,
+        network: network / n,
+        operator: operator / n,
+        x0_step: (ends.x0_all - operator).max(0.0) / n,
+        other: (total - network - ends.x0_all).max(0.0) / n,
+    })
 }
 
 /// One annealing level of DAPS-1K's gaussian-blur preset with one Euler step (one network
@@ -345,40 +404,124 @@ fn daps_level(net: &dyn Denoiser, side: usize) -> Result<LevelSplit> {
     let mut noise = SeededNoise::new(7);
     let x = Tensor::rand(-1f32, 1f32, (1, 3, side, side), &Device::Cpu)?;
     let measurement = Measurement::simulate(&task, &x, 0.05, &mut noise)?;
-    let prior = TimedPrior {
-        inner: net,
-        clock: Clock::default(),
-    };
-    let op = TimedOperator {
-        inner: &task,
-        clock: Clock::default(),
-    };
     let cfg = DapsConfig {
         annealing_steps: 1,
         ode_steps: 1,
         ..crate::task::preset::preset("gaussian-blur", "daps-1k")?
     };
-    let p = Problem {
-        prior: &prior,
-        operator: &op,
-        measurement: &measurement,
-    };
-    let mut end = LevelEnd(None);
-    let start = Instant::now();
-    daps(&p, &cfg, &[1, 3, side, side], &mut noise, &mut end)?;
-    let total = start.elapsed().as_secs_f64();
-    let (network, net_end) = prior.clock.get();
-    let (operator, _) = op.clock.get();
-    let x0_all = match (net_end, end.0) {
-        (Some(a), Some(b)) => (b - a).as_secs_f64(),
-        _ => 0.0,
-    };
-    Ok(LevelSplit {
-        mcmc_steps: cfg.mcmc_steps,
-        total,
-        network,
-        operator,
-        x0_step: (x0_all - operator).max(0.0),
-        other: (total - network - x0_all).max(0.0),
+    split_levels(
+        net,
+        &task,
+        &measurement,
+        &cfg,
+        &[1, 3, side, side],
+        &mut noise,
+    )
+}
+
+/// Held-out digits (9000..) solved as one batch by [`digits_daps1k`].
+pub const DIGITS_BATCH: usize = 10;
+/// The tasks of [`digits_daps1k`].
+pub const DIGITS_TASKS: [&str; 2] = ["phase-retrieval", "gaussian-blur"];
+
+/// DAPS-1K on the built-in digits prior, per level: `digits_daps1k_TASK_{level,network,
+/// operator,x0_step,other}_ms` and `_solve_estimate_s` (200 levels).
+#[derive(Debug, Clone, Serialize)]
+pub struct DigitsReport {
+    pub digits_daps1k_digits: usize,
+    pub digits_daps1k_levels: usize,
+    #[serde(flatten)]
+    pub figures: BTreeMap<String, f64>,
+}
+
+/// DAPS-1K (each task's preset: 5 Euler steps and 100 Langevin steps per level) on
+/// [`DIGITS_BATCH`] held-out digits as one batch, with `levels` annealing levels instead of
+/// 200 (same cost per level), timed by part per level. With `data`, writes the digits, each
+/// task's measurement `y_TASK` and D(x, σ = 1) (`d_sigma1`) there, and the presets and task
+/// parameters beside it (same stem, `.json`), for scripts/speed-digits-pytorch.py.
+pub fn digits_daps1k(
+    levels: usize,
+    data: Option<&Path>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DigitsReport> {
+    if levels == 0 {
+        return Err(crate::Error::config(
+            "digits DAPS-1K figures: levels must be ≥ 1",
+        ));
+    }
+    let dev = Device::Cpu;
+    let prior = crate::prior::default::digits(&dev)?;
+    let held = crate::prior::default::HELD_OUT.start;
+    let x = crate::data::mnist_range(held..held + DIGITS_BATCH)?
+        .images()
+        .clone();
+    let shape = x.dims().to_vec();
+    let mut figures = BTreeMap::new();
+    let mut tensors = vec![("x", x.clone())];
+    let mut meta = serde_json::Map::new();
+    for (k, name) in DIGITS_TASKS.iter().enumerate() {
+        progress(&format!(
+            "DAPS-1K on {DIGITS_BATCH} digits, {name}, {levels} level(s)"
+        ));
+        let task = Task::build(
+            TaskSpec::defaults(name, 32, 32, &TaskFiles::default())?,
+            [1, 32, 32],
+        )?;
+        let mut noise = SeededNoise::new(k as u64);
+        let measurement = Measurement::simulate(&task, &x, 0.05, &mut noise)?;
+        let cfg = DapsConfig {
+            annealing_steps: levels,
+            ..crate::task::preset::preset(name, "daps-1k")?
+        };
+        let s = split_levels(&prior, &task, &measurement, &cfg, &shape, &mut noise)?;
+        let key = |part: &str| format!("digits_daps1k_{}_{part}", name.replace('-', "_"));
+        for (part, v) in [
+            ("level_ms", s.total),
+            ("network_ms", s.network),
+            ("operator_ms", s.operator),
+            ("x0_step_ms", s.x0_step),
+            ("other_ms", s.other),
+        ] {
+            figures.insert(key(part), v * 1e3);
+        }
+        figures.insert(key("solve_estimate_s"), 200.0 * s.total);
+        let mut p = serde_json::to_value(&cfg).map_err(|e| crate::Error::msg(e.to_string()))?;
+        for (k, v) in task.spec().params() {
+            p[k] = serde_json::Value::String(v);
+        }
+        meta.insert(name.to_string(), p);
+        tensors.push((name, measurement.y));
+    }
+    if let Some(path) = data {
+        let d = prior.denoise(&x, 1.0)?;
+        let mut named: Vec<(String, Tensor)> = tensors
+            .into_iter()
+            .map(|(n, t)| {
+                (
+                    if n == "x" {
+                        "x".into()
+                    } else {
+                        format!("y_{n}")
+                    },
+                    t,
+                )
+            })
+            .collect();
+        named.push(("d_sigma1".into(), d));
+        let refs: Vec<(&str, Tensor)> =
+            named.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        crate::io::write_safetensors(path, &refs, &BTreeMap::new())?;
+        let side = serde_json::json!({"levels": levels, "tasks": DIGITS_TASKS, "presets": meta});
+        crate::io::atomic_write(
+            path.with_extension("json"),
+            serde_json::to_string_pretty(&side)
+                .map_err(|e| crate::Error::msg(e.to_string()))?
+                .as_bytes(),
+        )?;
+    }
+    Ok(DigitsReport {
+        digits_daps1k_digits: DIGITS_BATCH,
+        digits_daps1k_levels: levels,
+        figures,
     })
 }

@@ -80,6 +80,17 @@ pub struct SpeedArgs {
     /// A tiny 32×32 ADM instead of FFHQ-256 (for tests; the JSON says so).
     #[arg(long, hide = true)]
     pub tiny: bool,
+    /// Annealing levels timed per task for the digits DAPS-1K figures (10 held-out digits as
+    /// one batch; 200 levels in a real solve, each costing the same).
+    #[arg(long, default_value_t = 2)]
+    pub digits_levels: usize,
+    /// Only the digits DAPS-1K figures (no GEMM, FFHQ-256 or mixture figures).
+    #[arg(long)]
+    pub digits_only: bool,
+    /// Also write the digits, their measurements and D(x, σ = 1) to this .safetensors file
+    /// (and the presets to its .json twin) for scripts/speed-digits-pytorch.py.
+    #[arg(long)]
+    pub digits_data: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -304,13 +315,24 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
     if a.reps == 0 {
         bail!("--reps must be ≥ 1");
     }
+    if a.digits_levels == 0 {
+        bail!("--digits-levels must be ≥ 1");
+    }
     if let Some(p) = &a.json {
         super::outputs::file("--json", p, &["json"], &Default::default())?;
+    }
+    if let Some(p) = &a.digits_data {
+        super::outputs::file("--digits-data", p, &["safetensors"], &Default::default())?;
+    }
+    if a.digits_only {
+        return speed_digits(&a);
     }
     let settings = daps::bench::speed::SpeedSettings {
         quick: a.quick,
         tiny: a.tiny,
         reps: a.reps,
+        digits_levels: a.digits_levels,
+        digits_data: a.digits_data.clone(),
     };
     let r = daps::bench::speed::run(&settings, &mut |what| eprintln!("timing {what} …"))?;
     let pct = |f: f64| 100.0 * f;
@@ -382,11 +404,69 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
         r.mixture_denoiser_ms,
         pct(r.mixture_denoiser_gemm_fraction)
     );
+    print_digits(&r.digits);
     if let Some(p) = &a.json {
         daps::io::atomic_write(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
         println!("wrote {}", p.display());
     }
+    if let Some(p) = &a.digits_data {
+        println!("wrote {} (and its .json)", p.display());
+    }
     Ok(())
+}
+
+/// `bench speed --digits-only`: the digits DAPS-1K figures alone.
+fn speed_digits(a: &SpeedArgs) -> Result<()> {
+    use daps::bench::speed::{cpu_model, digits_daps1k};
+    let r = digits_daps1k(a.digits_levels, a.digits_data.as_deref(), &mut |what| {
+        eprintln!("timing {what} …")
+    })?;
+    let threads = rayon::current_num_threads();
+    println!(
+        "{} , {threads} threads; daps {}",
+        cpu_model(),
+        env!("CARGO_PKG_VERSION")
+    );
+    print_digits(&r);
+    if let Some(p) = &a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["cpu_model"] = cpu_model().into();
+        v["threads"] = threads.into();
+        v["version"] = env!("CARGO_PKG_VERSION").into();
+        daps::io::atomic_write(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.digits_data {
+        println!("wrote {} (and its .json)", p.display());
+    }
+    Ok(())
+}
+
+fn print_digits(r: &daps::bench::speed::DigitsReport) {
+    for task in daps::bench::speed::DIGITS_TASKS {
+        let f = |part: &str| {
+            r.figures
+                .get(&format!("digits_daps1k_{}_{part}", task.replace('-', "_")))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let total = f("level_ms");
+        let share = |v: f64| 100.0 * v / total;
+        println!(
+            "digits DAPS-1K, {task}, {} digits, per level (mean of {}): {total:.0} ms = network {:.0} ms ({:.0}%) + operator {:.0} ms ({:.0}%) + x0 step {:.0} ms ({:.0}%) + other {:.0} ms ({:.0}%); 200 levels ≈ {:.0} s",
+            r.digits_daps1k_digits,
+            r.digits_daps1k_levels,
+            f("network_ms"),
+            share(f("network_ms")),
+            f("operator_ms"),
+            share(f("operator_ms")),
+            f("x0_step_ms"),
+            share(f("x0_step_ms")),
+            f("other_ms"),
+            share(f("other_ms")),
+            f("solve_estimate_s")
+        );
+    }
 }
 
 pub fn prior(a: PriorArgs) -> Result<()> {

@@ -12,8 +12,10 @@
 //! - [`group_norm`] / [`GroupNorm`]: forward and closed-form backward as loops over the
 //!   (batch, group) blocks, in parallel, accumulating in f64:
 //!   dx = (γ g − mean(γ g) − x̂ mean(γ g x̂)) / σ per group, dγ = Σ g x̂, dβ = Σ g.
+//! - [`group_norm_silu`]: SiLU(GroupNorm(x)) in one pass when nothing is tracked (the denoiser
+//!   calls of DAPS's ODE), else the two ops above.
 //! - [`silu`], [`add_channel_bias`], [`scale_shift`] (h·(1 + s) + t), [`upsample2x`]: one pass
-//!   each way.
+//!   each way; f32 SiLU with a polynomial exp that vectorises ([`exp_f32`]).
 //!
 //! All fall back to candle's ops off the CPU or for dtypes other than f32/f64, and give candle's
 //! values up to float rounding (tests/fastops.rs).
@@ -253,10 +255,60 @@ impl SendPtr {
     }
 }
 
+/// [`im2col_rows`] for a stride-1 convolution with Wo = W (a "same" padding): each column row
+/// is the input plane shifted by (ky − pad, kx − pad), so it is one contiguous copy, then zeros
+/// for the rows outside the image and for the |kx − pad| columns that wrapped around.
+fn im2col_rows_same(xb: &[f32], g: Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
+    let (w, hw) = (g.w, g.h * g.w);
+    let tn = (oy1 - oy0) * w;
+    for c in 0..g.c {
+        let xc = &xb[c * hw..][..hw];
+        for ky in 0..g.kh {
+            // Output rows whose input row oy + ky − pad lies inside the image.
+            let lo = oy0.max(g.pad.saturating_sub(ky)).min(oy1);
+            let hi = oy1.min((g.h + g.pad).saturating_sub(ky)).max(lo);
+            for kx in 0..g.kw {
+                let r = (c * g.kh + ky) * g.kw + kx;
+                let dst = &mut col[r * tn..][..tn];
+                dst[..(lo - oy0) * w].fill(0.0);
+                dst[(hi - oy0) * w..].fill(0.0);
+                if lo == hi {
+                    continue;
+                }
+                let out = &mut dst[(lo - oy0) * w..(hi - oy0) * w];
+                let d = kx as isize - g.pad as isize;
+                // out[j] = xc[s0 + j] wherever that index is inside the plane.
+                let s0 = ((lo + ky - g.pad) * w) as isize + d;
+                let n = out.len() as isize;
+                let j0 = (-s0).clamp(0, n) as usize;
+                let j1 = (hw as isize - s0).clamp(j0 as isize, n) as usize;
+                out[..j0].fill(0.0);
+                out[j1..].fill(0.0);
+                let src = (s0 + j0 as isize) as usize;
+                out[j0..j1].copy_from_slice(&xc[src..src + (j1 - j0)]);
+                // Columns ox with ox + d outside 0..W took a neighbouring row's pixel.
+                let bad = if d < 0 {
+                    0..((-d) as usize).min(w)
+                } else {
+                    w - (d as usize).min(w)..w
+                };
+                for ox in bad {
+                    for v in out.iter_mut().skip(ox).step_by(w) {
+                        *v = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// im2col of output rows `oy0..oy1` of one image `xb` `[C, H, W]` into `col`
 /// `[C·kh·kw, (oy1 − oy0)·Wo]` (every entry written, zeros for the padding).
 fn im2col_rows(xb: &[f32], g: Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
     let (_, wo) = g.out();
+    if g.stride == 1 && wo == g.w && g.pad < g.kw && g.pad < g.kh {
+        return im2col_rows_same(xb, g, oy0, oy1, col);
+    }
     let tn = (oy1 - oy0) * wo;
     for c in 0..g.c {
         let xc = &xb[c * g.h * g.w..][..g.h * g.w];
@@ -630,6 +682,121 @@ struct GroupNormOp {
     eps: f64,
 }
 
+/// GroupNorm followed by SiLU in one pass, forward only ([`group_norm_silu`]).
+struct GroupNormSilu {
+    groups: usize,
+    eps: f64,
+}
+
+/// Σ f(v) over `x` in f64, in 8 independent lanes (so that the loop vectorises).
+fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for k in 0..8 {
+            acc[k] += f(c[k]);
+        }
+    }
+    chunks.remainder().iter().map(|&v| f(v)).sum::<f64>() + acc.iter().sum::<f64>()
+}
+
+/// f32 GroupNorm forward (statistics in f64), with SiLU applied in the same pass when `act`.
+fn gn_fwd_f32(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    s: usize,
+    groups: usize,
+    eps: f64,
+    act: bool,
+) -> Vec<f32> {
+    let cpg = gamma.len() / groups;
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(cpg * s)
+        .zip(x.par_chunks(cpg * s))
+        .enumerate()
+        .for_each(|(i, (yb, xb))| {
+            let g = i % groups;
+            let n = xb.len() as f64;
+            let mean = sum_lanes(xb, |v| v as f64) / n;
+            let var = sum_lanes(xb, |v| {
+                let d = v as f64 - mean;
+                d * d
+            }) / n;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let m = mean as f32;
+            for cc in 0..cpg {
+                let ch = g * cpg + cc;
+                let (a, b) = ((gamma[ch] as f64 * rstd) as f32, beta[ch]);
+                let (yo, xi) = (&mut yb[cc * s..(cc + 1) * s], &xb[cc * s..(cc + 1) * s]);
+                if act {
+                    for (o, &v) in yo.iter_mut().zip(xi) {
+                        *o = silu1((v - m) * a + b);
+                    }
+                } else {
+                    for (o, &v) in yo.iter_mut().zip(xi) {
+                        *o = (v - m) * a + b;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Forward of GroupNorm (then SiLU when `act`) on CPU storages.
+fn gn_cpu(
+    (sx, lx): (&CpuStorage, &Layout),
+    (sg, lg): (&CpuStorage, &Layout),
+    (sb, lb): (&CpuStorage, &Layout),
+    groups: usize,
+    eps: f64,
+    act: bool,
+) -> Result<(CpuStorage, Shape)> {
+    let s = lx.dims()[2..].iter().product::<usize>();
+    let y = match sx {
+        CpuStorage::F32(_) => CpuStorage::F32(gn_fwd_f32(
+            slice(sx, lx)?,
+            slice(sg, lg)?,
+            slice(sb, lb)?,
+            s,
+            groups,
+            eps,
+            act,
+        )),
+        CpuStorage::F64(_) => {
+            let y = gn_fwd::<f64>(
+                slice(sx, lx)?,
+                slice(sg, lg)?,
+                slice(sb, lb)?,
+                s,
+                groups,
+                eps,
+            );
+            CpuStorage::F64(if act { silu_map(&y) } else { y })
+        }
+        _ => candle_core::bail!("group-norm: unsupported dtype"),
+    };
+    Ok((y, lx.shape().clone()))
+}
+
+impl CustomOp3 for GroupNormSilu {
+    fn name(&self) -> &'static str {
+        "fast-group-norm-silu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        gn_cpu((sx, lx), (sg, lg), (sb, lb), self.groups, self.eps, true)
+    }
+}
+
 /// Mean and 1/σ of one block (two passes, f64).
 fn stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
@@ -762,28 +929,7 @@ impl CustomOp3 for GroupNormOp {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = lx.dims();
-        let s = dims[2..].iter().product::<usize>();
-        let y = match sx {
-            CpuStorage::F32(_) => CpuStorage::F32(gn_fwd::<f32>(
-                slice(sx, lx)?,
-                slice(sg, lg)?,
-                slice(sb, lb)?,
-                s,
-                self.groups,
-                self.eps,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(gn_fwd::<f64>(
-                slice(sx, lx)?,
-                slice(sg, lg)?,
-                slice(sb, lb)?,
-                s,
-                self.groups,
-                self.eps,
-            )),
-            _ => candle_core::bail!("group-norm: unsupported dtype"),
-        };
-        Ok((y, lx.shape().clone()))
+        gn_cpu((sx, lx), (sg, lg), (sb, lb), self.groups, self.eps, false)
     }
 
     fn bwd(
@@ -854,6 +1000,34 @@ pub fn group_norm(
     )
 }
 
+/// SiLU(GroupNorm(x)): one pass on the CPU when no argument is in a graph (the denoiser calls
+/// of DAPS's ODE), else [`silu`] of [`group_norm`] (same values up to float rounding).
+pub fn group_norm_silu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+) -> Result<Tensor> {
+    let tracked = x.track_op() || gamma.track_op() || beta.track_op();
+    let same = gamma.dtype() == x.dtype() && beta.dtype() == x.dtype();
+    let dims = x.dims();
+    if tracked || !cpu_fast(x) || !same || dims.len() < 3 || dims[1] != gamma.elem_count() {
+        return silu(&group_norm(x, gamma, beta, groups, eps)?);
+    }
+    if !dims[1].is_multiple_of(groups) {
+        candle_core::bail!(
+            "group_norm: {groups} groups do not divide {} channels",
+            dims[1]
+        );
+    }
+    x.contiguous()?.apply_op3_no_bwd(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        &GroupNormSilu { groups, eps },
+    )
+}
+
 /// A GroupNorm layer with the parameters of `candle_nn::group_norm` (`weight`, `bias`).
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
@@ -890,6 +1064,13 @@ impl Module for GroupNorm {
     }
 }
 
+impl GroupNorm {
+    /// SiLU of the layer's output ([`group_norm_silu`]).
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        group_norm_silu(x, &self.weight, &self.bias, self.groups, self.eps)
+    }
+}
+
 /// SiLU x·σ(x) with a one-pass backward dx = g·σ(x)·(1 + x·(1 − σ(x))).
 struct Silu;
 
@@ -920,6 +1101,34 @@ fn silu_grad_map<T: WithDType>(x: &[T], g: &[T]) -> Vec<T> {
     d
 }
 
+/// eˣ in f32 without a libm call, so that loops over it vectorise: Cephes' `expf` (range
+/// reduction by ln 2 in two parts, degree-5 polynomial, about 2 ulp), n = round(x·log₂e) by the
+/// 1.5·2²³ trick, 2ⁿ built in the exponent bits. x is clamped to [−87.3, 88.3] (no Inf or
+/// subnormals: e⁸⁸·³ ≈ 2.1e38).
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
+    let x = x.clamp(-87.3, 88.3);
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let z = r * r;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001e-1, the same f32
+    let e = p * z + r + 1.0;
+    let k = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    e * f32::from_bits(((k + 127) << 23) as u32)
+}
+
+#[inline(always)]
+fn silu1(v: f32) -> f32 {
+    v / (1.0 + exp_f32(-v))
+}
+
 /// f32 specialisations (no round trip through f64).
 fn silu_f32(x: &[f32]) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
@@ -927,7 +1136,7 @@ fn silu_f32(x: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(1 << 14))
         .for_each(|(yb, xb)| {
             for (o, &v) in yb.iter_mut().zip(xb) {
-                *o = v / (1.0 + (-v).exp());
+                *o = silu1(v);
             }
         });
     y
@@ -939,7 +1148,7 @@ fn silu_grad_f32(x: &[f32], g: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
         .for_each(|(db, (xb, gb))| {
             for ((o, &v), &gv) in db.iter_mut().zip(xb).zip(gb) {
-                let s = 1.0 / (1.0 + (-v).exp());
+                let s = 1.0 / (1.0 + exp_f32(-v));
                 *o = gv * s * (1.0 + v * (1.0 - s));
             }
         });

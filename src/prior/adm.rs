@@ -535,7 +535,7 @@ impl ResBlock {
 
     /// `emb` is the already SiLU-activated time embedding `[B, E]`.
     fn forward(&self, x: &Tensor, emb: &Tensor) -> candle_core::Result<Tensor> {
-        let h = fastops::silu(&self.in_norm.forward(x)?)?;
+        let h = self.in_norm.forward_silu(x)?;
         let (h, x) = match self.resample {
             Resample::None => (h, x.clone()),
             Resample::Up => (upsample2x(&h)?, upsample2x(x)?),
@@ -916,9 +916,7 @@ impl AdmUnet {
             h = blk.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb_act)?;
             trace(&format!("output_blocks.{i}"), &h);
         }
-        let out = self
-            .out_conv
-            .forward(&fastops::silu(&self.out_norm.forward(&h)?)?)?;
+        let out = self.out_conv.forward(&self.out_norm.forward_silu(&h)?)?;
         trace("out", &out);
         Ok(out)
     }
