@@ -12,6 +12,7 @@ use crate::prior::gmm::{rows_to_tensor, tensor_to_rows};
 use crate::prior::GaussianMixture;
 use crate::sampler::smc::DapsSmcConfig;
 use crate::sampler::tweedie::DapsTweedieConfig;
+use crate::sampler::twisted::TwistedSmcConfig;
 use crate::sampler::{
     self, DapsConfig, DdnmConfig, DdrmConfig, DiffpirConfig, DpsConfig, FpsConfig, McgdiffConfig,
     PigdmConfig, Problem, RedDiffConfig, ScoreAldConfig, Silent,
@@ -130,6 +131,11 @@ pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampl
             annealing_steps: cfg.annealing_steps,
             sigma_max: cfg.sigma_max,
             cg_steps: 4,
+            tau: Some(tau),
+            ..c
+        }),
+        sampler::Method::TwistedSmc(c) => sampler::Method::TwistedSmc(TwistedSmcConfig {
+            particles: cfg.particles.first().copied().unwrap_or(c.particles),
             tau: Some(tau),
             ..c
         }),
@@ -393,7 +399,9 @@ fn table_rows(cfg: &GmmBenchConfig) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &m in &cfg.methods {
         let ks = match m {
-            Method::Sampler("daps-smc" | "mcgdiff" | "fps") if !cfg.particles.is_empty() => {
+            Method::Sampler("daps-smc" | "twisted-smc" | "mcgdiff" | "fps")
+                if !cfg.particles.is_empty() =>
+            {
                 cfg.particles.clone()
             }
             _ => vec![0],
