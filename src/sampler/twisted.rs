@@ -55,13 +55,11 @@ pub struct TwistedSmcConfig {
 
 impl Default for TwistedSmcConfig {
     /// 8 particles × 24 levels × (1 + 4) + 1 + 8 = 969 NFE for d_y ≤ 4, under DAPS-1K's 1000.
-    /// σ_max = 1000: at 100, x_T ~ N(0, σ_max² I) misses the mixture's means (‖μ‖ up to 143 at
-    /// d = 80) and the chain's own prior mode weights are off by a TV of ~0.1 (GMM benchmark).
     fn default() -> Self {
         Self {
             particles: 8,
             steps: 24,
-            sigma_max: 1000.0,
+            sigma_max: 100.0,
             sigma_min: 0.05,
             rho: 7.0,
             eta: 1.0,
