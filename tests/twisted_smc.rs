@@ -64,7 +64,10 @@ fn twisted_smc_mode_weights_match_the_exact_posterior() {
     let (z1, z16) = (z(1), z(16));
     println!("worst mode z beyond the 0.02 allowance: K = 1 {z1:.2}, K = 16 {z16:.2}");
     assert!(z16 <= 4.5, "K = 16: worst mode z {z16}");
-    assert!(z1 > 4.5, "K = 1 passes too (worst mode z {z1}): the test cannot see the weights");
+    assert!(
+        z1 > 4.5,
+        "K = 1 passes too (worst mode z {z1}): the test cannot see the weights"
+    );
 }
 
 #[test]

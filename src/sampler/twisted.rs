@@ -156,7 +156,7 @@ impl TwistedSmcConfig {
 
     /// Whether level `i` computes J Aᵀ.
     fn fresh_jacobian(&self, i: usize) -> bool {
-        i % self.jacobian_every == 0 || i + 1 == self.steps
+        i.is_multiple_of(self.jacobian_every) || i + 1 == self.steps
     }
 }
 
