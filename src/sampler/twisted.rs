@@ -406,5 +406,13 @@ pub fn twisted_smc(
     }
     let x0 = (xpp + (combine(&g, &coef, m)? * (s * s))?)?;
     check_finite(&x0, last, "Tweedie x0 step")?;
+    obs.on_step(&StepInfo {
+        step: last,
+        steps: cfg.steps,
+        sigma: s,
+        x0hat: None,
+        x0: &x0,
+        misfit: mean_misfit(p.operator, p.measurement, &x0)?,
+    })?;
     Ok(x0)
 }
