@@ -16,6 +16,7 @@ use super::latent_daps::{latent_daps, LatentDapsConfig};
 use super::psld::{psld, PsldConfig};
 use super::smc::{daps_smc, DapsSmcConfig};
 use super::tweedie::{daps_tweedie, DapsTweedieConfig};
+use super::twisted::{twisted_smc, TwistedSmcConfig};
 use super::{
     daps, ddnm, ddrm, diffpir, dps, fps, mcgdiff, pigdm, pnp_dm, red_diff, score_ald, Observer,
     Problem, X0Method,
@@ -69,6 +70,7 @@ pub enum Method {
     Dps(DpsConfig),
     DapsTweedie(DapsTweedieConfig),
     DapsSmc(DapsSmcConfig),
+    TwistedSmc(TwistedSmcConfig),
     Mcgdiff(McgdiffConfig),
     Fps(FpsConfig),
     ScoreAld(ScoreAldConfig),
@@ -91,6 +93,7 @@ macro_rules! dispatch {
             Method::Dps($c) => $e,
             Method::DapsTweedie($c) => $e,
             Method::DapsSmc($c) => $e,
+            Method::TwistedSmc($c) => $e,
             Method::Mcgdiff($c) => $e,
             Method::Fps($c) => $e,
             Method::ScoreAld($c) => $e,
@@ -120,6 +123,10 @@ macro_rules! dispatch {
             }
             Method::DapsSmc($c) => {
                 let $wrap = Method::DapsSmc;
+                $e
+            }
+            Method::TwistedSmc($c) => {
+                let $wrap = Method::TwistedSmc;
                 $e
             }
             Method::Mcgdiff($c) => {
@@ -182,7 +189,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 17] = [
+pub const METHODS: [MethodInfo; 18] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -227,6 +234,13 @@ pub const METHODS: [MethodInfo; 17] = [
                   (linear operators)",
         reference: "DAPS decoupled chain; SMC as in DDSMC (2025), FPS (2024), MCGdiff (2024)",
         default: || Method::DapsSmc(DapsSmcConfig::default()),
+    },
+    MethodInfo {
+        name: "twisted-smc",
+        summary: "K particles per measurement on the prior's reverse chain, twisted by the Tweedie \
+                  likelihood N(y; A D(x_t), τ² + σ_t² A J Aᵀ) (linear operators, small y)",
+        reference: "TDS (Wu et al., NeurIPS 2023) with the Tweedie covariance of TMPD (Boys et al. 2023)",
+        default: || Method::TwistedSmc(TwistedSmcConfig::default()),
     },
     MethodInfo {
         name: "dps",
@@ -441,6 +455,56 @@ impl Sampler for DapsTweedieConfig {
     }
     fn supports(&self, p: &Problem) -> Result<()> {
         super::linear_of(p, "daps-tweedie").map(|_| ())
+    }
+}
+
+impl Sampler for TwistedSmcConfig {
+    fn name(&self) -> &'static str {
+        "twisted-smc"
+    }
+    fn nfe(&self) -> usize {
+        TwistedSmcConfig::nfe(self)
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        TwistedSmcConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        twisted_smc(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} particles × {} levels × (1 + d_y ≤ {}) NFE + {} Lanczos, resample at ESS < {}·K, τ {}, σ {} → {}",
+            self.particles,
+            self.steps,
+            self.max_dim_y,
+            self.lanczos_steps,
+            self.ess_threshold,
+            self.tau.map_or("σ_y".to_string(), |t| t.to_string()),
+            self.sigma_max,
+            self.sigma_min
+        )
+    }
+    fn optional_keys(&self) -> &'static [&'static str] {
+        &["tau"]
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        let m = p.measurement.y.elem_count() / p.measurement.y.dim(0)?;
+        if m > self.max_dim_y {
+            return Err(Error::config(format!(
+                "twisted-smc: the measurement has {m} values per chain, more than max_dim_y = {}",
+                self.max_dim_y
+            )));
+        }
+        super::linear_of(p, "twisted-smc").map(|_| ())
     }
 }
 

@@ -22,6 +22,7 @@ pub mod red_diff;
 pub mod score_ald;
 pub mod smc;
 pub mod tweedie;
+pub mod twisted;
 
 use crate::error::{Error, Result};
 use crate::operator::{Linear, Measurement, Operator, Svd};

@@ -227,7 +227,12 @@ pub fn daps_smc(
 /// Systematic resampling of each group of `k` particles whose effective sample size is below
 /// `threshold`·k; resampled groups get equal weights. Returns the ancestor of every particle
 /// (identity outside resampled groups), or `None` when no group was resampled.
-fn resample(logw: &mut [f64], k: usize, threshold: f64, rng: &mut impl Rng) -> Option<Vec<u32>> {
+pub(crate) fn resample(
+    logw: &mut [f64],
+    k: usize,
+    threshold: f64,
+    rng: &mut impl Rng,
+) -> Option<Vec<u32>> {
     let mut ancestors: Vec<u32> = (0..logw.len() as u32).collect();
     let mut any = false;
     for (g, lw) in logw.chunks_mut(k).enumerate() {

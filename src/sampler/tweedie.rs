@@ -190,7 +190,11 @@ fn tweedie_step(
 /// J^{1/2}ξ per chain by `k` Lanczos iterations with full reorthogonalisation: ‖ξ‖·Q f(T) e₁,
 /// f = √ on T's eigenvalues (clipped at 0). A chain whose Krylov space is exhausted (β below
 /// 1e-4 of the largest ‖J q_j‖, far above f32 round-off) stops there.
-fn lanczos_sqrt(jac: &dyn Fn(&Tensor) -> Result<Tensor>, xi: &Tensor, k: usize) -> Result<Tensor> {
+pub(crate) fn lanczos_sqrt(
+    jac: &dyn Fn(&Tensor) -> Result<Tensor>,
+    xi: &Tensor,
+    k: usize,
+) -> Result<Tensor> {
     let b = xi.dim(0)?;
     let beta0: Vec<f64> = chain_dots(xi, xi)?.into_iter().map(f64::sqrt).collect();
     let inv: Vec<f64> = beta0.iter().map(|v| 1.0 / v).collect();
