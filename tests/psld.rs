@@ -15,13 +15,10 @@
 mod common;
 #[path = "common/linear_latent.rs"]
 mod linear_latent;
-use linear_latent::{case, measure, D};
+use linear_latent::{assert_refuses_pixel_prior, measure, supports_on_image};
 
-use candle_core::{Device, Tensor};
-use daps::noise::SeededNoise;
 use daps::operator::resize::AvgPool;
-use daps::operator::Measurement;
-use daps::sampler::{Method, Problem, Silent};
+use daps::sampler::Method;
 
 const CHAINS: usize = 2000;
 const REF_CHAINS: usize = 16000;
@@ -81,38 +78,12 @@ fn psld_bias_with_weights_scaled_to_the_problem() {
 /// Pixel priors and nonlinear operators are refused before any work, naming what is missing.
 #[test]
 fn psld_refuses_pixel_priors_and_nonlinear_operators() {
-    let c = case();
     let m = Method::from_name("psld").unwrap();
-    let p = Problem {
-        prior: &c.prior.gmm,
-        operator: &c.op,
-        measurement: &c.meas,
-    };
-    let e = m.supports(&p).unwrap_err().to_string();
-    assert!(e.contains("psld needs a latent diffusion prior"), "{e}");
-    let e = m
-        .run(&p, &[2, D], &mut SeededNoise::new(1), &mut Silent)
+    assert_refuses_pixel_prior(&m);
+    let e = supports_on_image(&m, &daps::operator::Hdr::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("psld needs a latent diffusion prior"), "{e}");
-    let hdr = daps::operator::Hdr::default();
-    let img = Measurement {
-        y: Tensor::zeros((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap(),
-        sigma_y: 0.05,
-    };
-    let p = Problem {
-        prior: &c.prior,
-        operator: &hdr,
-        measurement: &img,
-    };
-    let e = m.supports(&p).unwrap_err().to_string();
     assert!(e.contains("psld needs a linear operator"), "{e}");
     // A linear image operator is accepted.
-    let pool = AvgPool::new(2).unwrap();
-    let p = Problem {
-        prior: &c.prior,
-        operator: &pool,
-        measurement: &img,
-    };
-    m.supports(&p).unwrap();
+    supports_on_image(&m, &AvgPool::new(2).unwrap()).unwrap();
 }

@@ -14,12 +14,9 @@
 mod common;
 #[path = "common/linear_latent.rs"]
 mod linear_latent;
-use linear_latent::{case, measure, D};
+use linear_latent::{assert_refuses_pixel_prior, measure, supports_on_image};
 
-use candle_core::{Device, Tensor};
-use daps::noise::SeededNoise;
-use daps::operator::Measurement;
-use daps::sampler::{Method, Problem, Silent};
+use daps::sampler::Method;
 
 const CHAINS: usize = 2000;
 const REF_CHAINS: usize = 16000;
@@ -71,29 +68,6 @@ fn resample_counts_its_look_ahead_calls() {
 /// accepted (ReSample needs only A and its VJP).
 #[test]
 fn resample_refuses_pixel_priors() {
-    let c = case();
-    let m = resample();
-    let p = Problem {
-        prior: &c.prior.gmm,
-        operator: &c.op,
-        measurement: &c.meas,
-    };
-    let e = m.supports(&p).unwrap_err().to_string();
-    assert!(e.contains("resample needs a latent diffusion prior"), "{e}");
-    let e = m
-        .run(&p, &[2, D], &mut SeededNoise::new(1), &mut Silent)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("resample needs a latent diffusion prior"), "{e}");
-    let hdr = daps::operator::Hdr::default();
-    let img = Measurement {
-        y: Tensor::zeros((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap(),
-        sigma_y: 0.05,
-    };
-    let p = Problem {
-        prior: &c.prior,
-        operator: &hdr,
-        measurement: &img,
-    };
-    m.supports(&p).unwrap();
+    assert_refuses_pixel_prior(&resample());
+    supports_on_image(&resample(), &daps::operator::Hdr::default()).unwrap();
 }

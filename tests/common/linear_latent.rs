@@ -5,7 +5,7 @@
 use crate::common::{row_tensor, rows, whitened_bias};
 use candle_core::{Device, Tensor};
 use daps::noise::{NoiseSource, SeededNoise};
-use daps::operator::{MatrixOperator, Measurement};
+use daps::operator::{MatrixOperator, Measurement, Operator};
 use daps::prior::latent::LatentPrior;
 use daps::prior::{Denoiser, GaussianMixture};
 use daps::sampler::{Method, Problem, Silent};
@@ -122,3 +122,35 @@ pub fn measure(m: &Method, n: usize, seed: u64) -> (f64, f64, f64, f64) {
     whitened_bias(&out, &c.mean, &c.chol)
 }
 
+/// Asserts that `m` refuses the case's pixel prior (the latent mixture itself) in `supports` and
+/// in `run`, before any work, with "NAME needs a latent diffusion prior".
+pub fn assert_refuses_pixel_prior(m: &Method) {
+    let c = case();
+    let p = Problem {
+        prior: &c.prior.gmm,
+        operator: &c.op,
+        measurement: &c.meas,
+    };
+    let want = format!("{} needs a latent diffusion prior", m.name());
+    let e = m.supports(&p).unwrap_err().to_string();
+    assert!(e.contains(&want), "{e}");
+    let e = m
+        .run(&p, &[2, D], &mut SeededNoise::new(1), &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&want), "{e}");
+}
+
+/// `m.supports` for the case's latent prior with `op` on a 1×4×4 image.
+pub fn supports_on_image(m: &Method, op: &dyn Operator) -> daps::Result<()> {
+    let c = case();
+    let img = Measurement {
+        y: Tensor::zeros((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu)?,
+        sigma_y: 0.05,
+    };
+    m.supports(&Problem {
+        prior: &c.prior,
+        operator: op,
+        measurement: &img,
+    })
+}
