@@ -125,7 +125,7 @@ impl ResampleConfig {
         let n = self.steps;
         let i = n - 1 - k;
         let split = n / 3;
-        if i == 0 || i > n - split || i % self.skip != 0 {
+        if i == 0 || i > n - split || !i.is_multiple_of(self.skip) {
             return None;
         }
         let stage = if i >= split {
