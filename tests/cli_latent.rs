@@ -234,3 +234,71 @@ fn solve_runs_psld_on_the_tiny_ldm() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `solve --method resample` on the tiny LDM (short run: 30 DDIM steps, two pixel-stage
+/// ReSample steps, capped optimisations) for random inpainting and HDR (nonlinear): a 16×16
+/// image; a pixel prior refused by name before any sampling.
+#[test]
+fn solve_runs_resample_on_the_tiny_ldm() {
+    let dir = tmp_dir("cli-latent", "resample");
+    let png = image(&dir, 16);
+    let spec = ldm_spec();
+    for task in ["inpaint-random", "hdr"] {
+        let y = measure(&dir, &png, task);
+        let x = dir.join(format!("x-{task}.png"));
+        let out = daps(&[
+            "solve",
+            "--measurement",
+            s(&y),
+            "--method",
+            "resample",
+            "--prior",
+            &spec,
+            "--set",
+            "steps=30",
+            "--set",
+            "pixel_iters=50",
+            "--set",
+            "latent_iters=20",
+            "--out",
+            s(&x),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{task}: {err}");
+        assert!(
+            err.contains("resample 30 DDIM steps") && err.contains("+ 10 look-ahead NFE"),
+            "{err}"
+        );
+        assert!(text.contains("‖A(x) − y‖: mean"), "{text}");
+        let img = image::open(&x).unwrap();
+        assert_eq!((img.width(), img.height()), (16, 16));
+    }
+    // The built-in digits prior (pixel space, 1×32×32) on a 32×32 grey measurement.
+    let grey = common::load("latent/latent_daps_loop/loop.safetensors")["x_gt"]
+        .mean_keepdim(1)
+        .unwrap()
+        .pad_with_zeros(2, 0, 16)
+        .unwrap()
+        .pad_with_zeros(3, 0, 16)
+        .unwrap();
+    let gpng = dir.join("grey.png");
+    daps::io::write_image(&grey.clamp(-1f32, 1f32).unwrap(), (-1.0, 1.0), &gpng).unwrap();
+    let y = measure(&dir, &gpng, "inpaint-box");
+    let out = daps(&[
+        "solve",
+        "--measurement",
+        s(&y),
+        "--method",
+        "resample",
+        "--out",
+        s(&dir.join("no.png")),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("resample needs a latent diffusion prior"),
+        "{err}"
+    );
+    assert!(!dir.join("no.png").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

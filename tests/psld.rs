@@ -13,129 +13,15 @@
 //! √(1 + n/16000) for the reference's own error.
 
 mod common;
-use common::*;
+#[path = "common/linear_latent.rs"]
+mod linear_latent;
+use linear_latent::{assert_refuses_pixel_prior, measure, supports_on_image};
 
-use candle_core::{Device, Tensor};
-use daps::noise::{NoiseSource, SeededNoise};
 use daps::operator::resize::AvgPool;
-use daps::operator::{MatrixOperator, Measurement};
-use daps::prior::latent::LatentPrior;
-use daps::prior::{Denoiser, GaussianMixture};
-use daps::sampler::{Method, Problem, Silent};
-use nalgebra::{DMatrix, DVector};
+use daps::sampler::Method;
 
-const D: usize = 4;
 const CHAINS: usize = 2000;
 const REF_CHAINS: usize = 16000;
-
-/// A latent prior with a linear decoder: x = M z, encoder z = M⁻¹ x.
-struct LinearLatent {
-    gmm: GaussianMixture,
-    mt: Tensor,
-    mit: Tensor,
-}
-
-impl Denoiser for LinearLatent {
-    fn denoise(&self, x: &Tensor, sigma: f64) -> daps::Result<Tensor> {
-        self.gmm.denoise(x, sigma)
-    }
-    fn device(&self) -> &Device {
-        self.gmm.device()
-    }
-    fn name(&self) -> String {
-        "linear-decoder latent Gaussian".into()
-    }
-    fn sigma_data(&self) -> f64 {
-        self.gmm.sigma_data()
-    }
-    fn sigma_range(&self) -> (f64, f64) {
-        self.gmm.sigma_range()
-    }
-    fn data_range(&self) -> (f64, f64) {
-        (-10.0, 10.0)
-    }
-    fn as_latent(&self) -> Option<&dyn LatentPrior> {
-        Some(self)
-    }
-}
-
-impl LatentPrior for LinearLatent {
-    fn latent_shape(&self, image: &[usize]) -> daps::Result<Vec<usize>> {
-        Ok(image.to_vec())
-    }
-    fn decode(&self, z: &Tensor) -> daps::Result<Tensor> {
-        Ok(z.matmul(&self.mt.to_dtype(z.dtype())?)?)
-    }
-    fn decode_vjp(&self, z: &Tensor, g: &Tensor) -> daps::Result<Tensor> {
-        Ok(g.matmul(&self.mt.t()?.to_dtype(z.dtype())?)?)
-    }
-    fn encode(&self, x: &Tensor, _noise: &mut dyn NoiseSource) -> daps::Result<Tensor> {
-        Ok(x.matmul(&self.mit.to_dtype(x.dtype())?)?)
-    }
-}
-
-struct Case {
-    prior: LinearLatent,
-    op: MatrixOperator,
-    meas: Measurement,
-    mean: DVector<f64>,
-    chol: DMatrix<f64>,
-}
-
-fn mat_tensor(m: &DMatrix<f64>) -> Tensor {
-    let rows: Vec<f64> = m.transpose().as_slice().to_vec();
-    row_tensor(&rows, m.ncols())
-}
-
-fn case() -> Case {
-    let (dy, sy) = (2, 0.2);
-    let mut rng = daps::noise::stream(43, 0, 0);
-    use rand::Rng;
-    let mut n01 = || rng.sample::<f64, _>(rand_distr::StandardNormal);
-    let a = DMatrix::from_fn(dy, D, |_, _| n01() * 0.7);
-    let y = DVector::from_fn(dy, |_, _| n01());
-    // M = I + 0.3·G: invertible, not orthogonal.
-    let m = DMatrix::<f64>::identity(D, D) + DMatrix::from_fn(D, D, |_, _| n01() * 0.3);
-    let mu_z = DVector::from_element(D, 0.3);
-    let gmm = GaussianMixture::isotropic(vec![1.0], vec![mu_z.clone()], 1.0, &Device::Cpu).unwrap();
-    let mi = m.clone().try_inverse().unwrap();
-    // x ~ N(M μ_z, M Mᵀ); posterior precision (M Mᵀ)⁻¹ + AᵀA/σ_y².
-    let prior_prec = (&m * m.transpose()).try_inverse().unwrap();
-    let cov = (&prior_prec + a.transpose() * &a / (sy * sy))
-        .try_inverse()
-        .unwrap();
-    let mean = &cov * (&prior_prec * (&m * &mu_z) + a.transpose() * &y / (sy * sy));
-    Case {
-        prior: LinearLatent {
-            gmm,
-            mt: mat_tensor(&m.transpose()),
-            mit: mat_tensor(&mi.transpose()),
-        },
-        op: MatrixOperator::new(a, &[D], &Device::Cpu).unwrap(),
-        meas: Measurement {
-            y: row_tensor(y.as_slice(), dy),
-            sigma_y: sy,
-        },
-        mean,
-        chol: cov.cholesky().unwrap().l(),
-    }
-}
-
-/// (b, r, SE(b), SE(r)) of `n` chains of PSLD with `steps` steps.
-fn measure(m: &Method, n: usize, seed: u64) -> (f64, f64, f64, f64) {
-    let c = case();
-    let p = Problem {
-        prior: &c.prior,
-        operator: &c.op,
-        measurement: &c.meas,
-    };
-    m.supports(&p).unwrap();
-    let out = rows(
-        &m.run(&p, &[n, D], &mut SeededNoise::new(seed), &mut Silent)
-            .unwrap(),
-    );
-    whitened_bias(&out, &c.mean, &c.chol)
-}
 
 /// PSLD with ω and γ (1000 DDIM steps, η 0).
 fn psld(omega: f64, gamma: f64) -> Method {
@@ -192,38 +78,12 @@ fn psld_bias_with_weights_scaled_to_the_problem() {
 /// Pixel priors and nonlinear operators are refused before any work, naming what is missing.
 #[test]
 fn psld_refuses_pixel_priors_and_nonlinear_operators() {
-    let c = case();
     let m = Method::from_name("psld").unwrap();
-    let p = Problem {
-        prior: &c.prior.gmm,
-        operator: &c.op,
-        measurement: &c.meas,
-    };
-    let e = m.supports(&p).unwrap_err().to_string();
-    assert!(e.contains("psld needs a latent diffusion prior"), "{e}");
-    let e = m
-        .run(&p, &[2, D], &mut SeededNoise::new(1), &mut Silent)
+    assert_refuses_pixel_prior(&m);
+    let e = supports_on_image(&m, &daps::operator::Hdr::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("psld needs a latent diffusion prior"), "{e}");
-    let hdr = daps::operator::Hdr::default();
-    let img = Measurement {
-        y: Tensor::zeros((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap(),
-        sigma_y: 0.05,
-    };
-    let p = Problem {
-        prior: &c.prior,
-        operator: &hdr,
-        measurement: &img,
-    };
-    let e = m.supports(&p).unwrap_err().to_string();
     assert!(e.contains("psld needs a linear operator"), "{e}");
     // A linear image operator is accepted.
-    let pool = AvgPool::new(2).unwrap();
-    let p = Problem {
-        prior: &c.prior,
-        operator: &pool,
-        measurement: &img,
-    };
-    m.supports(&p).unwrap();
+    supports_on_image(&m, &AvgPool::new(2).unwrap()).unwrap();
 }

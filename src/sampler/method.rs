@@ -14,6 +14,7 @@
 
 use super::latent_daps::{latent_daps, LatentDapsConfig};
 use super::psld::{psld, PsldConfig};
+use super::resample::{resample, ResampleConfig};
 use super::smc::{daps_smc, DapsSmcConfig};
 use super::tweedie::{daps_tweedie, DapsTweedieConfig};
 use super::twisted::{twisted_smc, TwistedSmcConfig};
@@ -82,6 +83,7 @@ pub enum Method {
     RedDiff(RedDiffConfig),
     LatentDaps(LatentDapsConfig),
     Psld(PsldConfig),
+    Resample(ResampleConfig),
 }
 
 /// Applies `$e` to the settings `$c` of whichever sampler `$m` is; `$wrap` rebuilds a `Method`
@@ -105,6 +107,7 @@ macro_rules! dispatch {
             Method::RedDiff($c) => $e,
             Method::LatentDaps($c) => $e,
             Method::Psld($c) => $e,
+            Method::Resample($c) => $e,
         }
     };
     ($m:expr, $c:ident, $wrap:ident => $e:expr) => {
@@ -171,6 +174,10 @@ macro_rules! dispatch {
             }
             Method::Psld($c) => {
                 let $wrap = Method::Psld;
+                $e
+            }
+            Method::Resample($c) => {
+                let $wrap = Method::Resample;
                 $e
             }
         }
@@ -319,6 +326,14 @@ pub const METHODS: [MethodInfo; 18] = [
                   (I − AᵀA)Dec ẑ0) − ẑ0‖ through D, decoder and encoder (latent priors, linear A)",
         reference: "Rout et al., NeurIPS 2023 (arXiv 2307.00619); official psld.py",
         default: || Method::Psld(PsldConfig::default()),
+    },
+    MethodInfo {
+        name: "resample",
+        summary: "ReSample: latent DDIM with DPS-style guidance; every 10 steps a look-ahead ẑ0 \
+                  made consistent with y (pixel, then latent AdamW) and z resampled around it \
+                  (latent priors only)",
+        reference: "Song et al., ICLR 2024 (openreview j8hdRqOUhN); official ldm/models/diffusion/ddim.py",
+        default: || Method::Resample(ResampleConfig::default()),
     },
 ];
 
@@ -924,14 +939,50 @@ impl Sampler for PsldConfig {
     }
 }
 
+impl Sampler for ResampleConfig {
+    fn name(&self) -> &'static str {
+        "resample"
+    }
+    fn nfe(&self) -> usize {
+        ResampleConfig::nfe(self)
+    }
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn validate(&self) -> Result<()> {
+        ResampleConfig::validate(self)
+    }
+    fn run(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        noise: &mut dyn NoiseSource,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        resample(p, self, x_shape, noise, obs)
+    }
+    fn describe(&self) -> String {
+        ResampleConfig::describe(self)
+    }
+    fn optional_keys(&self) -> &'static [&'static str] {
+        &["tol"]
+    }
+    fn supports(&self, p: &Problem) -> Result<()> {
+        super::resample::resample_prior(p).map(|_| ())
+    }
+}
+
 impl Method {
     /// A latent prior is solved by the latent samplers only; the error names the mismatch.
     fn fits_prior(&self, p: &Problem) -> Result<()> {
-        if p.prior.as_latent().is_some() && !matches!(self, Method::LatentDaps(_) | Method::Psld(_))
-        {
+        let latent = matches!(
+            self,
+            Method::LatentDaps(_) | Method::Psld(_) | Method::Resample(_)
+        );
+        if p.prior.as_latent().is_some() && !latent {
             return Err(Error::config(format!(
-                "{} works in pixel space; {} is a latent diffusion prior: use --method latent-daps \
-                 or psld",
+                "{} works in pixel space; {} is a latent diffusion prior: use --method latent-daps, \
+                 psld or resample",
                 self.name(),
                 p.prior.name()
             )));

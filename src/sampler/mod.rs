@@ -19,6 +19,7 @@ pub mod pigdm;
 pub mod pnp_dm;
 pub mod psld;
 pub mod red_diff;
+pub mod resample;
 pub mod score_ald;
 pub mod smc;
 pub mod tweedie;
@@ -45,6 +46,7 @@ pub use pigdm::{pigdm, PigdmConfig};
 pub use pnp_dm::{pnp_dm, PnpDmConfig};
 pub use psld::{psld, PsldConfig};
 pub use red_diff::{red_diff, RedDiffConfig};
+pub use resample::{resample, ResampleConfig};
 pub use score_ald::{score_ald, ScoreAldConfig};
 
 /// What a sampler works on.

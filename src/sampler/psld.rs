@@ -96,14 +96,9 @@ pub fn psld(
     z_shape.extend(lat.latent_shape(&x_shape[1..])?);
     let device = p.prior.device().clone();
     let sc = Scale::of(p.prior)?;
-    let cap = p.prior.sigma_range().1;
-    let vp = VpSchedule::ddpm_linear(cfg.steps);
-    let n = vp.alpha_bar.len();
     // Unit-scale σ's (the step factor) and the prior's σ's.
-    let unit: Vec<f64> = (0..n)
-        .map(|k| vp.sigma(k).min(cap / sc.len(1.0)))
-        .chain([0.0])
-        .collect();
+    let unit = ddim_sigmas(p, sc, cfg.steps);
+    let n = cfg.steps;
     let mut guard = Divergence::new(p, sc);
     let mut z = (noise.randn(&z_shape.as_slice().into(), &device)? * sc.len(unit[0]))?;
     for k in 0..n {
@@ -134,12 +129,53 @@ pub fn psld(
     lat.decode(&z)
 }
 
+/// The unit-scale σ's of latent DDIM: DDPM's 1000-step linear schedule respaced to `steps`,
+/// capped at the prior's σ_max, then 0 (× the scale for the prior's σ's).
+pub(crate) fn ddim_sigmas(p: &Problem, sc: Scale, steps: usize) -> Vec<f64> {
+    let cap = p.prior.sigma_range().1;
+    let vp = VpSchedule::ddpm_linear(steps);
+    (0..vp.alpha_bar.len())
+        .map(|k| vp.sigma(k).min(cap / sc.len(1.0)))
+        .chain([0.0])
+        .collect()
+}
+
 /// `t / ‖t‖` per chain (0 where the norm vanishes).
-fn unit_rows(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn unit_rows(t: &Tensor) -> Result<Tensor> {
     let norms = per_chain_sq_norm(t)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
     let mut shape = vec![t.dim(0)?];
     shape.extend(std::iter::repeat_n(1, t.rank() - 1));
     Ok(t.broadcast_div(&norms.reshape(shape)?)?)
+}
+
+/// ẑ0 = D(z, σ) and x̂0 = Dec ẑ0 (both detached), and ∇_z of a loss on (x̂0, ẑ0) whose gradients
+/// `outer(x̂0, ẑ0)` = (g_x, g_ẑ0) gives: J_Dᵀ(J_Decᵀ g_x + g_ẑ0), through D by candle autograd
+/// and the decoder by the prior's pullback. `who` names the sampler in errors.
+pub(crate) fn through_prior(
+    p: &Problem,
+    lat: &dyn LatentPrior,
+    z: &Tensor,
+    sigma: f64,
+    who: &str,
+    outer: impl FnOnce(&Tensor, &Tensor) -> Result<(Tensor, Option<Tensor>)>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let zv = Var::from_tensor(z)?;
+    let z0 = p.prior.denoise(zv.as_tensor(), sigma)?;
+    let z0d = z0.detach();
+    let (x0, pullback) = lat.decode_with_pullback(&z0d)?;
+    let (gx, gz0) = outer(&x0, &z0d)?;
+    let mut gz = pullback(&gx)?;
+    if let Some(g) = gz0 {
+        gz = (gz + g)?;
+    }
+    let grads = (z0 * gz)?.sum_all()?.backward()?;
+    let g = grads.get(zv.as_tensor()).cloned().ok_or_else(|| {
+        Error::msg(format!(
+            "{who}: no gradient flows through the prior {}",
+            p.prior.name()
+        ))
+    })?;
+    Ok((z0d, x0.detach(), g))
 }
 
 /// ẑ0 = D(z, σ) and ∇_z of the PSLD loss (ω and γ included), for the chains of `z`.
@@ -152,37 +188,27 @@ fn gradient(
     sigma: f64,
     noise: &mut dyn NoiseSource,
 ) -> Result<(Tensor, Tensor)> {
-    let zv = Var::from_tensor(z)?;
-    let z0 = p.prior.denoise(zv.as_tensor(), sigma)?;
-    let z0d = z0.detach();
-    let (x0, pullback) = lat.decode_with_pullback(&z0d)?;
-    // ω term: ∇_x ‖A x − y‖ = Aᵀ(r/‖r‖).
-    let r = p.measurement.residual(p.operator, &x0)?;
-    let mut gx = (lin.adjoint(&unit_rows(&r)?)? * cfg.omega)?;
-    let mut gz0 = z0d.zeros_like()?;
-    if cfg.gamma > 0.0 {
+    let (z0, _, g) = through_prior(p, lat, z, sigma, "PSLD", |x0, z0d| {
+        // ω term: ∇_x ‖A x − y‖ = Aᵀ(r/‖r‖).
+        let r = p.measurement.residual(p.operator, x0)?;
+        let mut gx = (lin.adjoint(&unit_rows(&r)?)? * cfg.omega)?;
+        if cfg.gamma == 0.0 {
+            return Ok((gx, None));
+        }
         // γ term: e = Enc(Aᵀy + (I − AᵀA)x); ∇_x = (I − AᵀA) J_Encᵀ u, ∇_ẑ0 = −u, u = (e − ẑ0)/‖·‖.
         let y = p.measurement.y.to_dtype(x0.dtype())?;
         let ata = |v: &Tensor| lin.adjoint(&p.operator.forward(v)?);
-        let glued = lin.adjoint(&y)?.broadcast_add(&(&x0 - ata(&x0)?)?)?;
+        let glued = lin.adjoint(&y)?.broadcast_add(&(x0 - ata(x0)?)?)?;
         let gv = Var::from_tensor(&glued)?;
         let e = lat.encode(gv.as_tensor(), noise)?;
-        let u = unit_rows(&(e.detach() - &z0d)?)?;
+        let u = unit_rows(&(e.detach() - z0d)?)?;
         let grads = (e * &u)?.sum_all()?.backward()?;
         let ge = grads
             .get(gv.as_tensor())
             .cloned()
             .ok_or_else(|| Error::msg("PSLD: no gradient flows through the prior's encoder"))?;
         gx = (gx + ((&ge - ata(&ge)?)? * cfg.gamma)?)?;
-        gz0 = (u * (-cfg.gamma))?;
-    }
-    let gz0 = (pullback(&gx)? + gz0)?;
-    let grads = (z0 * gz0)?.sum_all()?.backward()?;
-    let g = grads.get(zv.as_tensor()).cloned().ok_or_else(|| {
-        Error::msg(format!(
-            "PSLD: no gradient flows through the prior {}",
-            p.prior.name()
-        ))
+        Ok((gx, Some((u * (-cfg.gamma))?)))
     })?;
-    Ok((z0d, g))
+    Ok((z0, g))
 }

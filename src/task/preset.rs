@@ -9,7 +9,7 @@ use crate::sampler::{DapsConfig, Method};
 pub const BUDGETS: [&str; 5] = ["daps-1k", "daps-4k", "daps-100", "daps-50", "dps-1000"];
 /// Optional sections, each named after its sampler and holding its published settings, in the
 /// preset files of the tasks that sampler supports.
-pub const METHOD_PRESETS: [&str; 11] = [
+pub const METHOD_PRESETS: [&str; 12] = [
     "ddrm",
     "ddnm",
     "pigdm",
@@ -21,6 +21,7 @@ pub const METHOD_PRESETS: [&str; 11] = [
     "pnp-dm",
     "latent-daps",
     "psld",
+    "resample",
 ];
 /// The budget `daps solve` uses unless told otherwise.
 pub const DEFAULT_BUDGET: &str = "daps-1k";
