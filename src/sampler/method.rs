@@ -196,7 +196,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 18] = [
+pub const METHODS: [MethodInfo; 19] = [
     MethodInfo {
         name: "daps",
         summary:
