@@ -139,8 +139,18 @@ fn grid_png(
     let tasks: Vec<&str> = s.tasks.iter().map(String::as_str).collect();
     let (cw, ch) = (cell + 2, cell + 2);
     let label_w = tasks.iter().map(|t| text_width(t)).max().unwrap_or(0) + 8;
-    let col_w = s
+    // Column titles: the label without its overrides ("DDRM-100 [steps=100]" → "DDRM-100").
+    let titles: Vec<String> = s
         .methods
+        .iter()
+        .map(|m| {
+            rows.iter()
+                .find(|r| r.method == *m)
+                .map_or(m.as_str(), |r| r.label.split(" [").next().unwrap_or(&r.label))
+                .to_string()
+        })
+        .collect();
+    let col_w = titles
         .iter()
         .map(|m| text_width(m))
         .max()
@@ -156,9 +166,8 @@ fn grid_png(
         label_w + (2 + s.methods.len()) * col_w,
         header + tasks.len() * block,
     );
-    let mut titles = vec!["TRUTH".to_string(), "MEASUREMENT".to_string()];
-    titles.extend(s.methods.iter().cloned());
-    for (j, t) in titles.iter().enumerate() {
+    let heads = ["TRUTH".to_string(), "MEASUREMENT".to_string()];
+    for (j, t) in heads.iter().chain(&titles).enumerate() {
         canvas.text_centred(t, label_w + j * col_w, cw, 3);
     }
     let draw = |c: &mut Canvas, img: Option<candle_core::Tensor>, x: usize, y: usize| {
