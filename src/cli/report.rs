@@ -146,7 +146,9 @@ fn grid_png(
         .map(|m| {
             rows.iter()
                 .find(|r| r.method == *m)
-                .map_or(m.as_str(), |r| r.label.split(" [").next().unwrap_or(&r.label))
+                .map_or(m.as_str(), |r| {
+                    r.label.split(" [").next().unwrap_or(&r.label)
+                })
                 .to_string()
         })
         .collect();
