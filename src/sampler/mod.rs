@@ -313,3 +313,11 @@ pub(crate) fn repeat_rows(y: &Tensor, b: usize, k: usize) -> Result<Tensor> {
     };
     Ok(y.contiguous()?)
 }
+
+/// A config's checks `(ok, field, "must be …" text)`: the first that fails as a config error.
+pub(crate) fn first_failed(checks: &[(bool, &str, String)]) -> Result<()> {
+    match checks.iter().find(|c| !c.0) {
+        Some((_, field, msg)) => Err(Error::config(format!("{field} must be {msg}"))),
+        None => Ok(()),
+    }
+}

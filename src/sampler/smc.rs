@@ -16,7 +16,7 @@ use super::{
     check_finite, likelihood_tau, linear_of, mean_misfit, ode, repeat_rows, Observer, Problem,
     StepInfo,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::noise::{stream, NoiseSource};
 use crate::operator::{per_chain_sq_norm, Measurement};
 use crate::prior::gmm::softmax;
@@ -116,10 +116,7 @@ impl DapsSmcConfig {
                 format!("finite and > 0 when set, got {:?}", self.tau),
             ),
         ];
-        match checks.iter().find(|c| !c.0) {
-            Some((_, field, msg)) => Err(Error::config(format!("{field} must be {msg}"))),
-            None => Ok(()),
-        }
+        super::first_failed(&checks)
     }
 
     /// Network evaluations per output sample (K particles × N levels × M).

@@ -93,10 +93,7 @@ impl DapsTweedieConfig {
                 format!("finite and > 0 when set, got {:?}", self.tau),
             ),
         ];
-        match checks.iter().find(|c| !c.0) {
-            Some((_, field, msg)) => Err(Error::config(format!("{field} must be {msg}"))),
-            None => Ok(()),
-        }
+        super::first_failed(&checks)
     }
 
     /// Network evaluations per chain: per level one forward pass of D and at most

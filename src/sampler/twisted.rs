@@ -140,10 +140,7 @@ impl TwistedSmcConfig {
                 format!("finite and > 0 when set, got {:?}", self.tau),
             ),
         ];
-        match checks.iter().find(|c| !c.0) {
-            Some((_, field, msg)) => Err(Error::config(format!("{field} must be {msg}"))),
-            None => Ok(()),
-        }
+        super::first_failed(&checks)
     }
 
     /// Network evaluations per output sample, at most (d_y = `max_dim_y`): K × (N forward
