@@ -7,6 +7,7 @@
 //! reflect padding.
 
 use super::fft::{cast, fast_len, plan, transpose, Pooled, Real};
+use super::portable::{transpose as transpose64, DeviceCache, SeparableSum};
 use super::{Linear, Operator, Svd};
 use crate::error::{Error, Result};
 use crate::nn::cpu_slice;
@@ -164,13 +165,17 @@ impl Blur {
         self.core.separable.is_some()
     }
 
-    fn apply(&self, x: &Tensor, adjoint: bool) -> Result<Tensor> {
+    /// A (or Aᵀ) of `x`; by the dense products of [`SeparableSum`] when `portable` or off the CPU.
+    fn apply(&self, x: &Tensor, adjoint: bool, portable: bool) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4().map_err(|_| Error::Shape {
             what: format!("{} input [B, C, H, W]", self.label),
             expected: vec![1, 3, 256, 256],
             got: x.dims().to_vec(),
         })?;
         self.core.check(h, w)?;
+        if portable || !x.device().is_cpu() {
+            return self.core.portable(x, h, w, adjoint)?.apply(x);
+        }
         let op = BlurOp {
             core: self.core.clone(),
             adjoint,
@@ -181,12 +186,21 @@ impl Blur {
 
 impl Operator for Blur {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.apply(x, false)
+        self.apply(x, false, false)
     }
 
     fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         crate::error::expect_shape(&format!("{} cotangent", self.label), v.dims(), x.dims())?;
-        self.apply(&v.to_dtype(x.dtype())?, true)
+        self.apply(&v.to_dtype(x.dtype())?, true, false)
+    }
+
+    fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false, true)
+    }
+
+    fn vjp_portable(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        crate::error::expect_shape(&format!("{} cotangent", self.label), v.dims(), x.dims())?;
+        self.apply(&v.to_dtype(x.dtype())?, true, true)
     }
 
     fn name(&self) -> String {
@@ -203,7 +217,7 @@ impl Operator for Blur {
 /// A separable kernel also has an SVD ([`Svd`]), for DDRM and DDNM.
 impl Linear for Blur {
     fn adjoint(&self, v: &Tensor) -> Result<Tensor> {
-        self.apply(v, true)
+        self.apply(v, true, false)
     }
 
     fn svd(&self) -> Option<&dyn Svd> {
@@ -580,6 +594,8 @@ struct Core {
     plans: PlanCache,
     /// Per (H, W): the SVD of a separable kernel.
     svds: Mutex<HashMap<(usize, usize), Arc<Kron>>>,
+    /// Per device, (H, W, adjoint): the dense form for tensors off the CPU.
+    portable: DeviceCache<(usize, usize, bool), SeparableSum>,
 }
 
 impl Core {
@@ -620,6 +636,46 @@ impl Core {
             separable,
             plans: Mutex::new(HashMap::new()),
             svds: Mutex::new(HashMap::new()),
+            portable: DeviceCache::new(),
+        })
+    }
+
+    /// Σ_r B_h(s_r u_r)·X·B_w(v_r)ᵀ over the trimmed kernel's SVD (or the adjoint,
+    /// Σ_r B_hᵀ·X·B_w), B the 1-D correlations with the reflect padding folded in.
+    fn portable(
+        &self,
+        like: &Tensor,
+        h: usize,
+        w: usize,
+        adjoint: bool,
+    ) -> Result<Arc<SeparableSum>> {
+        self.portable.get(like, (h, w, adjoint), || {
+            let geo = self.geometry(h, w)?;
+            let terms = match &self.separable {
+                Some((c, r)) => vec![(c.clone(), r.clone())],
+                None => svd_terms(&self.taps, self.kh, self.kw)?,
+            };
+            let band = |n: usize, taps: &[f64], map: &[usize]| {
+                let mut b = vec![0.0; n * n];
+                for i in 0..n {
+                    for (a, &t) in taps.iter().enumerate() {
+                        b[i * n + map[i + a]] += t;
+                    }
+                }
+                b
+            };
+            let (mut ls, mut ms) = (Vec::new(), Vec::new());
+            for (u, v) in &terms {
+                let (bh, bw) = (band(h, u, &geo.rmap), band(w, v, &geo.cmap));
+                if adjoint {
+                    ls.push(transpose64(&bh, h, h));
+                    ms.push(bw);
+                } else {
+                    ls.push(bh);
+                    ms.push(transpose64(&bw, w, w));
+                }
+            }
+            SeparableSum::new(&ls, &ms, (h, h), (w, w), like)
         })
     }
 
@@ -717,6 +773,25 @@ fn rank_one(k: &[f64], kh: usize, kw: usize) -> Option<(Vec<f64>, Vec<f64>)> {
     let tol = 1e-6 * vmax.abs();
     let ok = (0..kh).all(|a| (0..kw).all(|b| (k[a * kw + b] - col[a] * row[b]).abs() <= tol));
     ok.then_some((col, row))
+}
+
+/// The rank-one terms (s_r·u_r, v_r) of a kh×kw kernel's SVD, singular values below 1e-12 of
+/// the largest dropped (f64 rounding level).
+fn svd_terms(taps: &[f64], kh: usize, kw: usize) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+    let svd = nalgebra::DMatrix::from_row_slice(kh, kw, taps).svd(true, true);
+    let (Some(u), Some(vt)) = (svd.u, svd.v_t) else {
+        return Err(Error::msg("blur: kernel SVD did not converge"));
+    };
+    let s = &svd.singular_values;
+    let top = s.iter().cloned().fold(0.0, f64::max);
+    Ok((0..s.len())
+        .filter(|&r| s[r] > 1e-12 * top)
+        .map(|r| {
+            let col = u.column(r).iter().map(|a| a * s[r]).collect();
+            let row = vt.row(r).iter().copied().collect();
+            (col, row)
+        })
+        .collect())
 }
 
 struct Geometry {

@@ -5,6 +5,7 @@
 //! compose with autograd (to any order). Kernels run on the CPU in f32 or f64; tensors on other
 //! devices are moved there and back.
 
+use super::portable::{dft2, Sandwich};
 use super::Operator;
 use crate::error::{Error, Result};
 use crate::nn::cpu_slice;
@@ -302,12 +303,18 @@ fn check_complex(z: &Tensor, what: &str) -> Result<()> {
 /// `fftshift(fft2(ifftshift(z), norm="ortho"))`. Differentiable.
 pub fn fft2c(z: &Tensor) -> Result<Tensor> {
     check_complex(z, "fft2c")?;
+    if !z.device().is_cpu() {
+        return super::portable::fft2c(z, false);
+    }
     Ok(apply_on_cpu(z, Fft2cOp { inverse: false })?)
 }
 
 /// Inverse of [`fft2c`] (and its adjoint): `fftshift(ifft2(ifftshift(z), norm="ortho"))`.
 pub fn ifft2c(z: &Tensor) -> Result<Tensor> {
     check_complex(z, "ifft2c")?;
+    if !z.device().is_cpu() {
+        return super::portable::fft2c(z, true);
+    }
     Ok(apply_on_cpu(z, Fft2cOp { inverse: true })?)
 }
 
@@ -429,20 +436,67 @@ impl PhaseRetrieval {
     }
 }
 
-impl Operator for PhaseRetrieval {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.check(x)?;
-        Ok(apply_on_cpu(x, PhaseRetrievalOp(*self))?)
+impl PhaseRetrieval {
+    /// The dense 2-D DFT of the padded plane for an H×W input (adjoint: back to H×W).
+    fn dense(&self, like: &Tensor, adjoint: bool) -> Result<Arc<Sandwich>> {
+        let (_, _, h, w) = like.dims4()?;
+        let (ph, pw) = self.padding(h, w);
+        dft2(like, (h + 2 * ph, ph, h), (w + 2 * pw, pw, w), adjoint)
     }
 
-    fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+    /// (Re, Im) of fft2c(pad(x/2 + 1/2)) by dense products (any device).
+    fn spectrum_dense(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let u = x.affine(0.5, 0.5)?;
+        self.dense(x, false)?.apply(&u, None)
+    }
+
+    /// Checks a cotangent's shape against the input's.
+    fn check_cotangent(&self, x: &Tensor, v: &Tensor) -> Result<()> {
         let (h, w) = self.check(x)?;
         let (ph, pw) = self.padding(h, w);
         let mut expected = x.dims().to_vec();
         expected[2] = h + 2 * ph;
         expected[3] = w + 2 * pw;
-        crate::error::expect_shape("phase retrieval cotangent", v.dims(), &expected)?;
+        crate::error::expect_shape("phase retrieval cotangent", v.dims(), &expected)
+    }
+
+    /// ½ Re(Fᴴ(v ⊙ z/|z|)) restricted to the unpadded plane, 0 where z = 0.
+    fn vjp_dense(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (zr, zi) = self.spectrum_dense(x)?;
+        let mag = (zr.sqr()? + zi.sqr()?)?.sqrt()?;
+        let safe = mag.eq(0.0)?.where_cond(&mag.ones_like()?, &mag)?;
+        let s = v.to_dtype(x.dtype())?.div(&safe)?;
+        let (g, _) = self.dense(x, true)?.apply(&(zr * &s)?, Some(&(zi * &s)?))?;
+        Ok(g.affine(0.5, 0.0)?)
+    }
+}
+
+impl Operator for PhaseRetrieval {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check(x)?;
+        if !x.device().is_cpu() {
+            return self.forward_portable(x);
+        }
+        Ok(apply_on_cpu(x, PhaseRetrievalOp(*self))?)
+    }
+
+    fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.check_cotangent(x, v)?;
+        if !x.device().is_cpu() {
+            return self.vjp_dense(x, v);
+        }
         Ok(PhaseRetrievalOp(*self).vjp(x, v)?)
+    }
+
+    fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
+        self.check(x)?;
+        let (zr, zi) = self.spectrum_dense(x)?;
+        Ok((zr.sqr()? + zi.sqr()?)?.sqrt()?)
+    }
+
+    fn vjp_portable(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.check_cotangent(x, v)?;
+        self.vjp_dense(x, v)
     }
 
     fn name(&self) -> String {

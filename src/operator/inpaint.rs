@@ -1,5 +1,6 @@
 //! Inpainting: A(x) = x ⊙ mask with a {0, 1} mask shared by every channel and image.
 
+use super::portable::{on_device_of, DeviceCache};
 use super::structure::check_gamma;
 use super::{Linear, Operator, Svd};
 use crate::error::{Error, Result};
@@ -12,6 +13,7 @@ use std::path::Path;
 pub struct Inpaint {
     pub mask: Tensor,
     label: String,
+    copies: DeviceCache<usize, Tensor>,
 }
 
 impl Inpaint {
@@ -32,6 +34,7 @@ impl Inpaint {
         Ok(Self {
             mask,
             label: format!("inpainting {h}×{w}"),
+            copies: DeviceCache::new(),
         })
     }
 
@@ -110,7 +113,7 @@ impl Inpaint {
                 got: dims.to_vec(),
             });
         }
-        Ok(self.mask.to_device(x.device())?.to_dtype(x.dtype())?)
+        on_device_of(&self.copies, 0, &self.mask, x)
     }
 }
 

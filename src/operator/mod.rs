@@ -15,6 +15,7 @@ pub mod linear;
 pub mod mri;
 pub mod nonlinear_blur;
 pub mod pointwise;
+pub mod portable;
 pub mod resize;
 pub mod structure;
 pub mod toy;
@@ -42,6 +43,18 @@ pub trait Operator: Send + Sync {
             .get(xv.as_tensor())
             .cloned()
             .ok_or_else(|| Error::msg(format!("{}: no gradient reached the input", self.name())))
+    }
+
+    /// A(x) by candle tensor ops only ([`portable`]), so it runs on any device with no host
+    /// copy; operators with CPU kernels take this path in `forward` for tensors off the CPU.
+    /// Default: `forward`, for operators that are tensor ops already.
+    fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x)
+    }
+
+    /// Jᵀv by candle tensor ops only (see [`Operator::forward_portable`]). Default: `vjp`.
+    fn vjp_portable(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.vjp(x, v)
     }
 
     /// A short human-readable description.

@@ -14,6 +14,7 @@
 //! wrapped as custom ops that are each other's backward, so both also work under autograd.
 
 use super::fft::{apply_on_cpu, CenteredFft2, Pooled, Real, Workspace};
+use super::portable::{self, DeviceCache};
 use super::{Linear, Operator};
 use crate::error::{expect_shape, Error, Result};
 use crate::nn::cpu_slice;
@@ -163,6 +164,8 @@ struct Coils {
     maps64: Vec<Complex<f64>>,
     maps32: Vec<Complex<f32>>,
     mask: Vec<bool>,
+    /// Per device: (Re S, Im S) `[C, H, W]` and M `[H, W]` for the dense form.
+    portable: DeviceCache<(), [Tensor; 3]>,
 }
 
 /// The maps in the kernel's precision.
@@ -322,6 +325,7 @@ impl Mri {
                 maps64,
                 maps32,
                 mask: m.iter().map(|&v| v == 1.0).collect(),
+                portable: DeviceCache::new(),
             }),
         })
     }
@@ -382,7 +386,56 @@ impl Mri {
             v.dims(),
             &self.kspace_dims(b),
         )?;
+        if !v.device().is_cpu() {
+            return self.adjoint_dense(v);
+        }
         Ok(apply_on_cpu(v, self.op(true))?)
+    }
+
+    /// (Re S, Im S, M) in `like`'s dtype on its device.
+    fn dense_parts(&self, like: &Tensor) -> Result<std::sync::Arc<[Tensor; 3]>> {
+        let k = &self.coils;
+        k.portable.get(like, (), || {
+            let t = |v: Vec<f64>, shape: &[usize]| -> Result<Tensor> {
+                Ok(Tensor::from_vec(v, shape, &Device::Cpu)?
+                    .to_dtype(like.dtype())?
+                    .to_device(like.device())?)
+            };
+            let shape = [k.coils, k.h, k.w];
+            Ok([
+                t(k.maps64.iter().map(|z| z.re).collect(), &shape)?,
+                t(k.maps64.iter().map(|z| z.im).collect(), &shape)?,
+                t(
+                    k.mask.iter().map(|&m| f64::from(u8::from(m))).collect(),
+                    &[k.h, k.w],
+                )?,
+            ])
+        })
+    }
+
+    /// A x by dense products (any device): M ⊙ fft2c(S_c ⊙ x).
+    fn forward_dense(&self, x: &Tensor) -> Result<Tensor> {
+        let (h, w) = (self.coils.h, self.coils.w);
+        let p = self.dense_parts(x)?;
+        let [sr, si, m] = &*p;
+        let (xr, xi) = (x.narrow(1, 0, 1)?, x.narrow(1, 1, 1)?); // [B, 1, H, W]
+        let pr = (xr.broadcast_mul(sr)? - xi.broadcast_mul(si)?)?;
+        let pi = (xr.broadcast_mul(si)? + xi.broadcast_mul(sr)?)?;
+        let (kr, ki) = portable::dft2(x, (h, 0, h), (w, 0, w), false)?.apply(&pr, Some(&pi))?;
+        portable::join(&kr.broadcast_mul(m)?, &ki.broadcast_mul(m)?)
+    }
+
+    /// Aᴴv by dense products (any device): Σ_c conj(S_c) ⊙ ifft2c(M ⊙ v_c).
+    fn adjoint_dense(&self, v: &Tensor) -> Result<Tensor> {
+        let (h, w) = (self.coils.h, self.coils.w);
+        let (vr, vi) = portable::parts(v)?;
+        let p = self.dense_parts(&vr)?;
+        let [sr, si, m] = &*p;
+        let (vr, vi) = (vr.broadcast_mul(m)?, vi.broadcast_mul(m)?);
+        let (qr, qi) = portable::dft2(&vr, (h, 0, h), (w, 0, w), true)?.apply(&vr, Some(&vi))?;
+        let re = (qr.broadcast_mul(sr)? + qi.broadcast_mul(si)?)?.sum_keepdim(1)?;
+        let im = (qi.broadcast_mul(sr)? - qr.broadcast_mul(si)?)?.sum_keepdim(1)?;
+        Ok(Tensor::cat(&[&re, &im], 1)?)
     }
 
     fn op(&self, adjoint: bool) -> MriOp {
@@ -414,16 +467,31 @@ impl Mri {
 impl Operator for Mri {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.check_image(x)?;
+        if !x.device().is_cpu() {
+            return self.forward_dense(x);
+        }
         Ok(apply_on_cpu(x, self.op(false))?)
     }
 
     fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         let b = self.check_image(x)?;
         expect_shape("MRI cotangent", v.dims(), &self.kspace_dims(b))?;
-        Ok(apply_on_cpu(
-            &v.detach().to_dtype(x.dtype())?,
-            self.op(true),
-        )?)
+        let v = v.detach().to_dtype(x.dtype())?;
+        if !x.device().is_cpu() {
+            return self.adjoint_dense(&v);
+        }
+        Ok(apply_on_cpu(&v, self.op(true))?)
+    }
+
+    fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_image(x)?;
+        self.forward_dense(x)
+    }
+
+    fn vjp_portable(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let b = self.check_image(x)?;
+        expect_shape("MRI cotangent", v.dims(), &self.kspace_dims(b))?;
+        self.adjoint_dense(&v.detach().to_dtype(x.dtype())?)
     }
 
     fn name(&self) -> String {

@@ -1,5 +1,6 @@
 //! Downsampling operators: DAPS super-resolution (antialiased bicubic) and average pooling.
 
+use super::portable::{on_device_of, DeviceCache};
 use super::structure::check_gamma;
 use super::{Linear, Operator, Svd};
 use crate::error::{Error, Result};
@@ -75,6 +76,8 @@ pub struct SuperResolution {
     in_hw: (usize, usize),
     m_h: Tensor,
     m_w: Tensor,
+    /// Copies of M_h, M_w, M_hᵀ, M_wᵀ (keys 0–3) on other devices and dtypes.
+    copies: DeviceCache<usize, Tensor>,
     /// The 1-D SVDs, computed on first use (DDRM, DDNM, MCGdiff).
     svd: std::sync::OnceLock<Result<SrSvd>>,
 }
@@ -104,6 +107,7 @@ impl SuperResolution {
             in_hw: (h, w),
             m_h: matrix(h)?,
             m_w: matrix(w)?,
+            copies: DeviceCache::new(),
             svd: std::sync::OnceLock::new(),
         })
     }
@@ -122,6 +126,19 @@ impl SuperResolution {
         )
     }
 
+    /// M_h·t·M_wᵀ, or M_hᵀ·t·M_w when `adjoint`, with the matrices on `t`'s device.
+    fn apply(&self, t: &Tensor, adjoint: bool) -> Result<Tensor> {
+        let k = if adjoint { 2 } else { 0 };
+        let (a, b) = if adjoint {
+            (self.m_h.t()?.contiguous()?, self.m_w.t()?.contiguous()?)
+        } else {
+            (self.m_h.clone(), self.m_w.clone())
+        };
+        let a = on_device_of(&self.copies, k, &a, t)?;
+        let b = on_device_of(&self.copies, k + 1, &b, t)?;
+        Self::sandwich(t, &a, &b)
+    }
+
     /// M_a·t·M_bᵀ over the last two dims of `t` `[B, C, R, S]`.
     pub(crate) fn sandwich(t: &Tensor, m_a: &Tensor, m_b: &Tensor) -> Result<Tensor> {
         let (b, c, r, s) = t.dims4()?;
@@ -137,7 +154,7 @@ impl SuperResolution {
 impl Operator for SuperResolution {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.check(x)?;
-        Self::sandwich(x, &self.m_h, &self.m_w)
+        self.apply(x, false)
     }
 
     /// M_hᵀ·v·M_w.
@@ -146,8 +163,7 @@ impl Operator for SuperResolution {
         let (b, c, _, _) = x.dims4()?;
         let expected = [b, c, self.m_h.dim(0)?, self.m_w.dim(0)?];
         crate::error::expect_shape("super-resolution cotangent", v.dims(), &expected)?;
-        let v = v.to_dtype(x.dtype())?;
-        Self::sandwich(&v, &self.m_h.t()?, &self.m_w.t()?)
+        self.apply(&v.to_dtype(x.dtype())?, true)
     }
 
     fn name(&self) -> String {
@@ -169,7 +185,7 @@ impl Linear for SuperResolution {
         let (b, c, _, _) = dims4(v, "super-resolution adjoint")?;
         let expected = [b, c, self.m_h.dim(0)?, self.m_w.dim(0)?];
         crate::error::expect_shape("super-resolution adjoint input", v.dims(), &expected)?;
-        Self::sandwich(v, &self.m_h.t()?, &self.m_w.t()?)
+        self.apply(v, true)
     }
 
     fn svd(&self) -> Option<&dyn Svd> {

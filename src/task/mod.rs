@@ -871,6 +871,12 @@ impl Operator for Task {
     fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         self.op.vjp(x, v)
     }
+    fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
+        self.op.forward_portable(x)
+    }
+    fn vjp_portable(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.op.vjp_portable(x, v)
+    }
     fn name(&self) -> String {
         self.describe()
     }
