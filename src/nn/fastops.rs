@@ -604,6 +604,18 @@ impl CustomOp3 for ConvGrad {
 /// `conv2d(x, w, padding, stride)` (no dilation, one group) with the fast backward pass on the
 /// CPU; candle's conv2d elsewhere.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    // candle has no half-precision convolution on the CPU: widen the (already rounded) operands,
+    // accumulate in f32 and round the result, the numerics of a GPU's half GEMM.
+    let half = matches!(x.dtype(), DType::BF16 | DType::F16);
+    if half && x.device().is_cpu() && w.dtype() == x.dtype() {
+        let y = conv2d(
+            &x.to_dtype(DType::F32)?,
+            &w.to_dtype(DType::F32)?,
+            padding,
+            stride,
+        )?;
+        return y.to_dtype(x.dtype());
+    }
     if !cpu_fast(x) || w.dtype() != x.dtype() {
         return x.conv2d(w, padding, stride, 1, 1);
     }

@@ -24,13 +24,19 @@ pub fn config() -> Result<AdmConfig> {
 
 /// The default prior on `device`.
 pub fn digits(device: &Device) -> Result<VpDenoiser<AdmUnet>> {
+    digits_with_dtype(device, DType::F32)
+}
+
+/// The default prior with its network in `dtype` (f32, or bf16/f16 for mixed precision: see
+/// [`super::Precision`]).
+pub fn digits_with_dtype(device: &Device, dtype: DType) -> Result<VpDenoiser<AdmUnet>> {
     let cfg = config()?;
     let tensors = candle_core::safetensors::load_buffer(WEIGHTS, &Device::Cpu)
         .map_err(|e| Error::msg(format!("built-in prior: cannot read its weights: {e}")))?;
     let vb = checkpoint::var_builder(
         tensors,
         &cfg.param_shapes()?,
-        DType::F32,
+        dtype,
         device,
         "of the built-in prior",
     )?;

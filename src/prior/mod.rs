@@ -13,7 +13,7 @@ pub mod vp;
 pub mod vq;
 
 use crate::error::{Error, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 pub use gmm::{Covariance, GaussianMixture};
@@ -194,15 +194,67 @@ pub fn load_with(
     device: &Device,
     text: Option<&latent::TextCondition>,
 ) -> Result<Box<dyn Denoiser>> {
-    match spec {
+    let (base, precision) = match spec {
+        Some(s) => {
+            let (b, p) = Precision::split(s)?;
+            (Some(b).filter(|b| *b != "default"), p)
+        }
+        None => (None, Precision::F32),
+    };
+    match base {
         None if text.is_some() => Err(Error::config(
             "the built-in digits prior is unconditional and takes no prompt",
         )),
-        None => Ok(Box::new(default::digits(device)?)),
-        Some(s) => {
-            let p: spec::PriorSpec = s.parse()?;
-            p.load_with(device, text)
-                .map_err(|e| Error::msg(format!("loading prior {s}: {e}")))
+        None => Ok(Box::new(default::digits_with_dtype(
+            device,
+            precision.dtype(),
+        )?)),
+        Some(b) => {
+            let p: spec::PriorSpec = b.parse()?;
+            p.load_precision(device, text, precision.dtype())
+                .map_err(|e| Error::msg(format!("loading prior {}: {e}", spec.unwrap_or(b))))
+        }
+    }
+}
+
+/// The network's precision, a `@f32` / `@bf16` / `@f16` suffix of the `--prior` spec
+/// (`default@bf16` is the built-in prior). Half precision keeps weights and activations in
+/// bf16/f16 (on a GPU, cuBLAS accumulates in f32; on the CPU candle widens each product to f32
+/// and rounds the result, the same numerics, slower); GroupNorm, softmax and the VP wrapper's
+/// skip connection stay in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    /// Splits `SPEC@PRECISION` into the spec and the precision (f32 without a suffix).
+    pub fn split(spec: &str) -> Result<(&str, Precision)> {
+        match spec.rsplit_once('@') {
+            // An '@' inside a path is not a precision.
+            None => Ok((spec, Precision::F32)),
+            Some((_, p)) if p.contains(['/', '.']) => Ok((spec, Precision::F32)),
+            Some((base, p)) => Ok((
+                base,
+                match p {
+                    "f32" => Precision::F32,
+                    "bf16" => Precision::Bf16,
+                    "f16" => Precision::F16,
+                    _ => return Err(Error::config(format!(
+                        "prior '{spec}': unknown precision '@{p}' (expected @f32, @bf16 or @f16)"
+                    ))),
+                },
+            )),
+        }
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
         }
     }
 }

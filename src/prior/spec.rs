@@ -174,6 +174,23 @@ impl PriorSpec {
         device: &Device,
         text: Option<&TextCondition>,
     ) -> Result<Box<dyn Denoiser>> {
+        self.load_precision(device, text, DType::F32)
+    }
+
+    /// [`PriorSpec::load_with`] with the network in `dtype`: bf16 or f16 (mixed precision, see
+    /// [`super::Precision`]) for ADM networks only; f32 for every kind.
+    pub fn load_precision(
+        &self,
+        device: &Device,
+        text: Option<&TextCondition>,
+        dtype: DType,
+    ) -> Result<Box<dyn Denoiser>> {
+        if dtype != DType::F32 && !matches!(self, PriorSpec::Adm { .. }) {
+            return Err(Error::Unsupported(format!(
+                "{}: half precision (@bf16, @f16) is implemented for ADM networks only",
+                self.path().display()
+            )));
+        }
         match (self, text) {
             (PriorSpec::Sd { dir, size }, text) => {
                 return Ok(Box::new(super::sd::StableDiffusion::from_pretrained(
@@ -191,7 +208,7 @@ impl PriorSpec {
         match self {
             PriorSpec::Adm { path, config, x0 } => {
                 let cfg = adm_config(path, config.as_deref())?;
-                let net = AdmUnet::load(&cfg, path, device)?;
+                let net = AdmUnet::load_with_dtype(&cfg, path, device, dtype)?;
                 let d = VpDenoiser::new(net).with_prediction(prediction(*x0));
                 Ok(match clip_denoised(path, config.as_deref())? {
                     true => Box::new(d.with_clip(1.0)),

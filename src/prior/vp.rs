@@ -193,12 +193,22 @@ impl<N: TimestepNet> VpDenoiser<N> {
         let channels = self.net.in_channels();
         crate::error::expect_shape("VP denoiser input channels", &[c], &[channels])?;
         let out_dtype = x.dtype();
-        let xin = x.to_dtype(self.net.dtype())?;
+        // A half-precision network (mixed precision) gets f32 around it: the skip connection
+        // x − σ·ε cancels at large σ, which half precision cannot carry.
+        let net_dtype = self.net.dtype();
+        let work = match net_dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        };
+        let xin = x.to_dtype(work)?;
         let s = sigma as f32;
         let c_in = self.c_in(s);
         let t = Tensor::full(self.c_noise(s), b, xin.device())?;
         let x_scaled = xin.affine(c_in as f64, 0.0)?;
-        let out = self.net.forward_t(&x_scaled, &t)?;
+        let out = self
+            .net
+            .forward_t(&x_scaled.to_dtype(net_dtype)?, &t)?
+            .to_dtype(work)?;
         let f = out.narrow(1, 0, channels)?;
         let d = match self.prediction {
             Prediction::Epsilon => (&xin - f.affine(s as f64, 0.0)?)?,
