@@ -7,7 +7,9 @@
 //! reflect padding.
 
 use super::fft::{cast, fast_len, plan, transpose, Pooled, Real};
-use super::portable::{transpose as transpose64, DeviceCache, SeparableSum};
+use super::portable::{
+    transpose as transpose64, unit, DeviceCache, FourierFilter, HostCMat, SeparableSum,
+};
 use super::{Linear, Operator, Svd};
 use crate::error::{Error, Result};
 use crate::nn::cpu_slice;
@@ -174,7 +176,10 @@ impl Blur {
         })?;
         self.core.check(h, w)?;
         if portable || !x.device().is_cpu() {
-            return self.core.portable(x, h, w, adjoint)?.apply(x);
+            return match &*self.core.portable(x, h, w, adjoint)? {
+                Dense::Sum(s) => s.apply(x),
+                Dense::Fourier(f) => f.apply(x),
+            };
         }
         let op = BlurOp {
             core: self.core.clone(),
@@ -595,7 +600,7 @@ struct Core {
     /// Per (H, W): the SVD of a separable kernel.
     svds: Mutex<HashMap<(usize, usize), Arc<Kron>>>,
     /// Per device, (H, W, adjoint): the dense form for tensors off the CPU.
-    portable: DeviceCache<(usize, usize, bool), SeparableSum>,
+    portable: DeviceCache<(usize, usize, bool), Dense>,
 }
 
 impl Core {
@@ -642,19 +647,18 @@ impl Core {
 
     /// Σ_r B_h(s_r u_r)·X·B_w(v_r)ᵀ over the trimmed kernel's SVD (or the adjoint,
     /// Σ_r B_hᵀ·X·B_w), B the 1-D correlations with the reflect padding folded in.
-    fn portable(
-        &self,
-        like: &Tensor,
-        h: usize,
-        w: usize,
-        adjoint: bool,
-    ) -> Result<Arc<SeparableSum>> {
+    /// A kernel of rank above [`MAX_SEPARABLE_TERMS`] goes through the Fourier domain instead
+    /// ([`Core::fourier`]).
+    fn portable(&self, like: &Tensor, h: usize, w: usize, adjoint: bool) -> Result<Arc<Dense>> {
         self.portable.get(like, (h, w, adjoint), || {
             let geo = self.geometry(h, w)?;
             let terms = match &self.separable {
                 Some((c, r)) => vec![(c.clone(), r.clone())],
                 None => svd_terms(&self.taps, self.kh, self.kw)?,
             };
+            if terms.len() > MAX_SEPARABLE_TERMS {
+                return Ok(Dense::Fourier(self.fourier(&geo, adjoint, like)?));
+            }
             let band = |n: usize, taps: &[f64], map: &[usize]| {
                 let mut b = vec![0.0; n * n];
                 for i in 0..n {
@@ -675,8 +679,94 @@ impl Core {
                     ms.push(transpose64(&bw, w, w));
                 }
             }
-            SeparableSum::new(&ls, &ms, (h, h), (w, w), like)
+            Ok(Dense::Sum(SeparableSum::new(
+                &ls,
+                &ms,
+                (h, h),
+                (w, w),
+                like,
+            )?))
         })
+    }
+
+    /// The correlation as a circular one on the reflect-padded (n_h = H + kh − 1) ×
+    /// (n_w = W + kw − 1) plane, valid part kept: Y = Re(S_h·(conj K ⊙ (F_h P_h·X·(F_w P_w)ᵀ))·S_wᵀ),
+    /// F the unnormalised DFT, P the padding, K the DFT of the zero-padded taps, S the first H
+    /// (W) rows of the inverse DFT. The adjoint swaps and conjugate-transposes the factors.
+    fn fourier(&self, geo: &Geometry, adjoint: bool, like: &Tensor) -> Result<FourierFilter> {
+        let (h, w, kh, kw) = (geo.h, geo.w, self.kh, self.kw);
+        let (nh, nw) = (h + kh - 1, w + kw - 1);
+        // F·P: [n, n_src], entry (f, q) = Σ_{m: map[m] = q} e^{−2πi f m/n}.
+        let fold = |n: usize, src: usize, map: &[usize]| {
+            let mut re = vec![0.0; n * src];
+            let mut im = vec![0.0; n * src];
+            for f in 0..n {
+                for (m, &q) in map.iter().enumerate() {
+                    let (a, b) = unit((f * m) as i64, n, -1.0);
+                    re[f * src + q] += a;
+                    im[f * src + q] += b;
+                }
+            }
+            HostCMat {
+                re,
+                im,
+                rows: n,
+                cols: src,
+            }
+        };
+        let fph = fold(nh, h, &geo.rmap);
+        let fpw = fold(nw, w, &geo.cmap);
+        // S: [len, n], entry (i, f) = e^{2πi i f/n}/n.
+        let inv = |len: usize, n: usize| {
+            HostCMat::from_fn(len, n, |i, f| {
+                let (a, b) = unit((i * f) as i64, n, 1.0);
+                (a / n as f64, b / n as f64)
+            })
+        };
+        let (sh, sw) = (inv(h, nh), inv(w, nw));
+        // conj K[f, g] = Σ_{a,b} taps[a, b]·e^{+2πi (f a/n_h + g b/n_w)}.
+        let spec = |sign: f64| {
+            HostCMat::from_fn(nh, nw, |f, g| {
+                let (mut re, mut im) = (0.0, 0.0);
+                for a in 0..kh {
+                    let (ca, sa) = unit((f * a) as i64, nh, sign);
+                    for b in 0..kw {
+                        let (cb, sb) = unit((g * b) as i64, nw, sign);
+                        let t = self.taps[a * kw + b];
+                        re += t * (ca * cb - sa * sb);
+                        im += t * (ca * sb + sa * cb);
+                    }
+                }
+                (re, im)
+            })
+        };
+        let transpose = |m: &HostCMat| {
+            HostCMat::from_fn(m.cols, m.rows, |r, c| {
+                (m.re[c * m.cols + r], m.im[c * m.cols + r])
+            })
+        };
+        if adjoint {
+            // Aᵀ V = Re(P_hᵀF_hᴴ·(K ⊙ (S_hᴴ·V·conj(S_w)))·conj(F_w P_w)).
+            let conj = |m: &HostCMat| HostCMat {
+                re: m.re.clone(),
+                im: m.im.iter().map(|v| -v).collect(),
+                rows: m.rows,
+                cols: m.cols,
+            };
+            FourierFilter::new(
+                (&sh.adjoint(), &conj(&sw)),
+                &spec(-1.0),
+                (&fph.adjoint(), &conj(&fpw)),
+                like,
+            )
+        } else {
+            FourierFilter::new(
+                (&fph, &transpose(&fpw)),
+                &spec(1.0),
+                (&sh, &transpose(&sw)),
+                like,
+            )
+        }
     }
 
     /// The SVD of a separable kernel at size H × W (cached).
@@ -773,6 +863,16 @@ fn rank_one(k: &[f64], kh: usize, kw: usize) -> Option<(Vec<f64>, Vec<f64>)> {
     let tol = 1e-6 * vmax.abs();
     let ok = (0..kh).all(|a| (0..kw).all(|b| (k[a * kw + b] - col[a] * row[b]).abs() <= tol));
     ok.then_some((col, row))
+}
+
+/// Above this many SVD terms a dense blur goes through the Fourier domain: a rank-R sum costs
+/// ≈ 4R·n³ per n×n plane, the dense DFT route ≈ 40·n³ (with n_h ≈ n).
+const MAX_SEPARABLE_TERMS: usize = 8;
+
+/// The dense forms of a blur (see [`Core::portable`]).
+enum Dense {
+    Sum(SeparableSum),
+    Fourier(FourierFilter),
 }
 
 /// The rank-one terms (s_r·u_r, v_r) of a kh×kw kernel's SVD, singular values below 1e-12 of

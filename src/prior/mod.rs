@@ -242,9 +242,11 @@ impl Precision {
                     "f32" => Precision::F32,
                     "bf16" => Precision::Bf16,
                     "f16" => Precision::F16,
-                    _ => return Err(Error::config(format!(
+                    _ => {
+                        return Err(Error::config(format!(
                         "prior '{spec}': unknown precision '@{p}' (expected @f32, @bf16 or @f16)"
-                    ))),
+                    )))
+                    }
                 },
             )),
         }
