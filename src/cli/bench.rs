@@ -135,7 +135,7 @@ pub fn latent(a: LatentArgs) -> Result<()> {
     use daps::bench::prior::{latent_times, random_ldm};
     use daps::prior::ldm::{LdmConfig, LdmPrior};
     use daps::prior::spec::PriorSpec;
-    let dev = daps::prior::offload::parse_device(&a.device)?;
+    let dev = daps::device::parse(&a.device)?;
     let prior = match &a.prior {
         None => random_ldm(&LdmConfig::ffhq256(), 0.02, &dev)?,
         Some(s) => match s.parse::<PriorSpec>()? {
@@ -472,7 +472,7 @@ fn print_digits(r: &daps::bench::speed::DigitsReport) {
 pub fn prior(a: PriorArgs) -> Result<()> {
     use daps::bench::prior::{denoising_error, nfe_seconds, random_adm, SIGMAS};
     use daps::data::mnist_range;
-    let dev = daps::prior::offload::parse_device(&a.device)?;
+    let dev = daps::device::parse(&a.device)?;
     let prior = daps::prior::load(a.prior.as_deref(), &dev)?;
     let shape = prior
         .sample_shape()
