@@ -223,6 +223,42 @@ fn daps_on_cuda_agrees_with_the_cpu() {
     );
 }
 
+/// `bench speed --device cuda` on the hidden tiny ADM: the GPU keys exist and are positive (no
+/// timing is asserted).
+#[test]
+fn bench_speed_on_cuda_writes_the_gpu_keys() {
+    let Some(_) = cuda() else { return };
+    let json = tmp_dir("device", "speed").join("speed.json");
+    let o = daps(&[
+        "bench",
+        "speed",
+        "--quick",
+        "--tiny",
+        "--digits-levels",
+        "1",
+        "--device",
+        "cuda",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(!v["gpu_name"].as_str().unwrap().is_empty());
+    for k in [
+        "gpu_ffhq256_forward_ms_b1",
+        "gpu_ffhq256_forward_gflops_b8",
+        "gpu_ffhq256_forward_backward_ms_b8",
+        "gpu_daps_level_total_ms",
+        "gpu_daps_level_network_ms",
+        "gpu_daps1k_per_image_s_b16",
+        "gpu_dps1000_per_image_s_b1",
+    ] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {}", v[k]);
+    }
+}
+
 #[test]
 fn noise_for_the_cpu_is_the_seeded_noise() {
     let mut a = for_device(&Device::Cpu, 4).unwrap();
