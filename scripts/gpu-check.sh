@@ -49,9 +49,10 @@ done
 
 # CUDA 13 libraries: the first folder holding each of them.
 libs=""
-for lib in libcublasLt.so.13 libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
-  d=$(find /usr/local/cuda*/targets/x86_64-linux/lib /usr/local/cuda*/lib64 /usr/lib/x86_64-linux-gnu \
-        /opt /usr/local/lib /usr/lib/python3*/ -name "$lib" 2>/dev/null | head -1)
+# (libcuda.so.1 is the driver's; the binaries were linked against a stub of it.)
+for lib in libcuda.so.1 libcublasLt.so.13 libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
+  d=$(find /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/local/cuda*/targets/x86_64-linux/lib \
+        /usr/local/cuda*/lib64 /opt /usr/local/lib /usr/lib/python3*/ -name "$lib" 2>/dev/null | head -1)
   [ -n "$d" ] && libs="$libs:$(dirname "$d")"
 done
 libs=$(echo "$libs" | tr ':' '\n' | awk 'NF && !seen[$0]++' | paste -sd:)

@@ -30,6 +30,9 @@ pub fn parse(s: &str) -> Result<Device> {
         )));
     }
     Device::new_cuda(ordinal).map_err(|e| {
+        // candle's message may carry a backtrace after its first line
+        let e = e.to_string();
+        let e = e.lines().next().unwrap_or("");
         Error::config(format!(
             "device {s:?}: cannot open CUDA device {ordinal}: {e}"
         ))
