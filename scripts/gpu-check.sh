@@ -12,7 +12,8 @@
 #          → target-cuda/release/daps, target-cuda/release/device-test (sm_90, CUDA 13.0)
 #        scripts/gpu-check.sh pack                # strips and xz-compresses both into gpu-bin/
 #      (gpu-bin/ is in .gitignore; pack checks that it fits the 64 MiB a run may carry.)
-#   2. through the `run` tool (≈ 6 minutes of device time; leave room for a rerun):
+#   2. through the `run` tool (steps capped at 150 + 180 + 150 s; expect ≈ 3–5 minutes plus the
+#      machine's start, of the 15 minutes a task gets: room for one rerun):
 #        run(command="bash scripts/gpu-check.sh", carry=["gpu-bin"], timeout_s=540)
 #      The files come back under the reply's files_at: env.txt, device-tests.txt,
 #      speed-gpu.json, speed-gpu.txt, eval.txt, eval-summary.json.
@@ -76,14 +77,14 @@ step() { # name, timeout (s), command…
 }
 
 # 1. The device tests, one at a time, with their printed lines.
-step device-tests 200 bash -c "$BIN/device-test --test-threads 1 --nocapture > '$OUT/device-tests.txt' 2>&1"
+step device-tests 150 bash -c "$BIN/device-test --test-threads 1 --nocapture > '$OUT/device-tests.txt' 2>&1"
 
 # 2. The speed figures: CPU as always, then the GPU ones (gpu_* keys).
-step speed 240 bash -c "$BIN/daps bench speed --device cuda --quick --json '$OUT/speed-gpu.json' > '$OUT/speed-gpu.txt' 2>&1"
+step speed 180 bash -c "$BIN/daps bench speed --device cuda --quick --json '$OUT/speed-gpu.json' > '$OUT/speed-gpu.txt' 2>&1"
 
 # 3. DAPS-1K on 10 held-out digits, two tasks, on CUDA; the report's table and summary.
 rm -rf /tmp/daps-gpu-eval
-step eval 240 bash -c "$BIN/daps eval --device cuda --tasks gaussian-blur,phase-retrieval --methods daps-1k \
+step eval 150 bash -c "$BIN/daps eval --device cuda --tasks gaussian-blur,phase-retrieval --methods daps-1k \
   --limit 10 --batch 10 --out /tmp/daps-gpu-eval > '$OUT/eval.txt' 2>&1 \
   && $BIN/daps report /tmp/daps-gpu-eval --json '$OUT/eval-summary.json' >> '$OUT/eval.txt' 2>&1"
 cat "$OUT/env.txt"
