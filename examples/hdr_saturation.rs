@@ -12,7 +12,6 @@ use daps::data::mnist_range;
 use daps::metric::image::{psnr, to_unit, IMAGE_RANGE};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
-use daps::prior::load_host as load_host_prior;
 use daps::sampler::{Method, Observer, Problem, StepInfo};
 use daps::task::{preset_method, Task, TaskFiles, TaskSpec};
 
@@ -86,7 +85,7 @@ fn main() -> Result<()> {
         [c, h, w],
     )?;
     let m = Measurement::simulate(&task, &truth, 0.05, &mut SeededNoise::new(7))?;
-    let prior = load_host_prior(None, "cpu")?;
+    let prior = daps::prior::load_on(None, &candle_core::Device::Cpu, None)?;
     // "dps-STEPS" runs DPS instead (the demo's ζ); the x̂0 columns are then its Tweedie estimate
     // and the x0 columns its next state.
     let dps_steps = match budget.strip_prefix("dps-") {

@@ -7,7 +7,8 @@
 #   scripts/cuda-build-from-pypi.sh [TOOLKIT_DIR]        (default /opt/cuda-pypi)
 #
 # The binary is target-cuda/release/daps, for compute capability $CUDA_COMPUTE_CAP (default 90,
-# Hopper). On the GPU machine it needs a CUDA 13.0 runtime (driver ≥ 580):
+# Hopper), and the device tests' binary (tests/device.rs) target-cuda/release/device-test
+# (scripts/gpu-check.sh packs both for a GPU machine). On the GPU machine it needs a CUDA 13.0 runtime (driver ≥ 580):
 #   LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib ./daps train …
 # With a CUDA toolkit installed, plain `cargo build --release --features cuda` does the same.
 set -euo pipefail
@@ -34,4 +35,9 @@ gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$T/stubs/libcuda.so" "$T/stubs/cu
 PATH=$CU/bin:$PATH CUDA_ROOT=$CU CUDA_COMPUTE_CAP=$CAP \
   RUSTFLAGS="-L native=$T/stubs -L native=$CU/lib" \
   cargo build --release --features cuda --bin daps --target-dir target-cuda
-echo "built target-cuda/release/daps (sm_$CAP)"
+PATH=$CU/bin:$PATH CUDA_ROOT=$CU CUDA_COMPUTE_CAP=$CAP \
+  RUSTFLAGS="-L native=$T/stubs -L native=$CU/lib" \
+  cargo test --release --features cuda --test device --no-run --target-dir target-cuda \
+  --message-format=json | grep -o '"executable":"[^"]*device-[^"]*"' | tail -1 | cut -d'"' -f4 \
+  | xargs -I{} cp {} target-cuda/release/device-test
+echo "built target-cuda/release/daps and target-cuda/release/device-test (sm_$CAP)"

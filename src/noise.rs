@@ -3,6 +3,8 @@
 //! [`SeededNoise`] is counter-based: draw `n` of a run is split into fixed chunks, each with its
 //! own ChaCha8 stream derived from (seed, n, chunk). Output is therefore identical for a given seed
 //! whatever the thread count or device (noise is generated on the CPU and moved to the device).
+//! [`DeviceNoise`] draws on a GPU itself (cuRAND through candle), with no host→device copy per
+//! draw; [`for_device`] picks it off the CPU and [`SeededNoise`] on it.
 //! [`ReplayNoise`] plays back recorded draws, so a run can be compared step by step with a
 //! reference implementation.
 
@@ -84,6 +86,55 @@ impl NoiseSource for SeededNoise {
         self.draws += 1;
         Some((self.seed, self.draws - 1))
     }
+}
+
+/// Gaussian draws made on the device itself by its own generator (cuRAND on CUDA), seeded at
+/// creation: the same seed gives the same draws on the same device and candle build, as long as
+/// nothing else draws from that device's generator in between (it is one per device, so two
+/// sources on one device interleave one stream). The values differ from [`SeededNoise`]'s.
+pub struct DeviceNoise {
+    device: Device,
+    seed: u64,
+    draws: u64,
+}
+
+impl DeviceNoise {
+    /// Reseeds `device`'s generator with `seed`; the CPU has none (use [`SeededNoise`]).
+    pub fn new(device: &Device, seed: u64) -> Result<Self> {
+        if device.is_cpu() {
+            return Err(Error::config(
+                "DeviceNoise draws on a GPU; on the CPU use SeededNoise (noise::for_device)",
+            ));
+        }
+        device.set_seed(mix(seed))?;
+        Ok(Self {
+            device: device.clone(),
+            seed,
+            draws: 0,
+        })
+    }
+}
+
+impl NoiseSource for DeviceNoise {
+    fn randn(&mut self, shape: &Shape, device: &Device) -> Result<Tensor> {
+        self.draws += 1;
+        let t = Tensor::randn(0f32, 1f32, shape.clone(), &self.device)?;
+        Ok(t.to_device(device)?)
+    }
+    fn fork(&mut self) -> u64 {
+        self.draws += 1;
+        mix(self.seed ^ mix(self.draws.wrapping_add(0x5EED)))
+    }
+}
+
+/// The noise source for a sampler on `device`: [`SeededNoise`] on the CPU (bit-identical to
+/// earlier runs), [`DeviceNoise`] elsewhere.
+pub fn for_device(device: &Device, seed: u64) -> Result<Box<dyn NoiseSource>> {
+    Ok(if device.is_cpu() {
+        Box::new(SeededNoise::new(seed))
+    } else {
+        Box::new(DeviceNoise::new(device, seed)?)
+    })
 }
 
 /// Plays back a fixed list of draws, in order; a draw of the wrong shape or past the end is an error.

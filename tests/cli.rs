@@ -57,6 +57,12 @@ fn bench_speed_quick_writes_its_keys() {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {}", v[k]);
     }
     assert_eq!(v["digits_daps1k_levels"], 1);
+    // GPU figures only with --device cuda
+    assert!(v
+        .as_object()
+        .unwrap()
+        .keys()
+        .all(|k| !k.starts_with("gpu_")));
     // The files for scripts/speed-digits-pytorch.py: digits, measurements, D(x, 1), presets.
     let t = candle_core::safetensors::load(&data, &candle_core::Device::Cpu).unwrap();
     assert_eq!(t["x"].dims(), [10, 1, 32, 32]);

@@ -3,15 +3,18 @@
 //! annealing level at 256×256 split into network / operator / x0 step / other, and DAPS-1K
 //! levels on 10 held-out digits split the same way ([`digits_daps1k`], which also writes what
 //! scripts/speed-digits-pytorch.py needs to time the official code on the same problem).
+//! With a GPU ([`SpeedSettings::gpu`]) it adds the same network and level figures there, and
+//! DAPS-1K / DPS-1000 per image at batch 1 and 16 ([`GpuReport`], `gpu_*` keys); GPU times are
+//! read after a device synchronize.
 
 use crate::bench::prior::{nfe_seconds_with, random_adm};
 use crate::error::Result;
-use crate::noise::SeededNoise;
+use crate::noise::{for_device, NoiseSource, SeededNoise};
 use crate::operator::{Linear, Measurement, Operator};
 use crate::prior::adm::AdmConfig;
 use crate::prior::{Denoiser, GaussianMixture};
 use crate::sampler::daps::{daps, DapsConfig};
-use crate::sampler::{Observer, Problem, StepInfo};
+use crate::sampler::{Method, Observer, Problem, Silent, StepInfo};
 use crate::task::{Task, TaskFiles, TaskSpec};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -33,6 +36,8 @@ pub struct SpeedSettings {
     pub digits_levels: usize,
     /// Where [`digits_daps1k`] writes its digits and measurements, if anywhere.
     pub digits_data: Option<std::path::PathBuf>,
+    /// A GPU to time as well ([`GpuReport`]); the CPU figures are the same with or without it.
+    pub gpu: Option<Device>,
 }
 
 /// The figures; `*_ms` are wall-clock milliseconds, best of the timed calls.
@@ -90,6 +95,40 @@ pub struct SpeedReport {
     pub mixture_denoiser_gemm_fraction: f64,
     #[serde(flatten)]
     pub digits: DigitsReport,
+    #[serde(flatten)]
+    pub gpu: Option<GpuReport>,
+}
+
+/// The GPU figures: the same architecture and random weights as the CPU ones (`architecture`),
+/// times read after a device synchronize, best of the timed calls after one warm-up call.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuReport {
+    /// The GPU's name from the CUDA driver (else `cuda:N`).
+    pub gpu_name: String,
+    pub gpu_ffhq256_forward_ms_b1: f64,
+    pub gpu_ffhq256_forward_gflops_b1: f64,
+    pub gpu_ffhq256_forward_backward_ms_b1: f64,
+    pub gpu_ffhq256_forward_backward_gflops_b1: f64,
+    pub gpu_ffhq256_forward_ms_b8: f64,
+    pub gpu_ffhq256_forward_gflops_b8: f64,
+    pub gpu_ffhq256_forward_backward_ms_b8: f64,
+    pub gpu_ffhq256_forward_backward_gflops_b8: f64,
+    /// One level as `daps_level_*` (gaussian-blur, 1 network call, 100 Langevin steps), on the GPU.
+    pub gpu_daps_level_total_ms: f64,
+    pub gpu_daps_level_network_ms: f64,
+    pub gpu_daps_level_operator_ms: f64,
+    pub gpu_daps_level_x0_step_ms: f64,
+    pub gpu_daps_level_other_ms: f64,
+    /// The per-image solves below ran this many annealing levels (DAPS-1K has 200) and DPS steps
+    /// (DPS-1000 has 1000), scaled up: every level or step costs the same.
+    pub gpu_solve_levels: usize,
+    pub gpu_dps_steps: usize,
+    /// Gaussian blur on `daps_level_image`, each task preset, whole solves on the GPU, seconds
+    /// per image (batch time / batch).
+    pub gpu_daps1k_per_image_s_b1: f64,
+    pub gpu_daps1k_per_image_s_b16: f64,
+    pub gpu_dps1000_per_image_s_b1: f64,
+    pub gpu_dps1000_per_image_s_b16: f64,
 }
 
 /// The first `model name` of /proc/cpuinfo ("unknown" elsewhere).
@@ -188,6 +227,10 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
 
     let mix = crate::bench::gmm::mixture_prior(80, &dev)?;
     let (mix_ms, mix_frac) = mixture_figure(&mix, gemm_gflops)?;
+    let gpu = match &s.gpu {
+        Some(g) => Some(gpu_figures(s, g, &cfg, progress)?),
+        None => None,
+    };
 
     let gf = |flop: f64, t: f64| flop / t / 1e9;
     let ms = |t: f64| t * 1e3;
@@ -238,7 +281,110 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         mixture_denoiser_ms: mix_ms,
         mixture_denoiser_gemm_fraction: mix_frac,
         digits: digits_report,
+        gpu,
     })
+}
+
+/// [`GpuReport`] on `dev` for the ADM architecture `cfg`.
+fn gpu_figures(
+    s: &SpeedSettings,
+    dev: &Device,
+    cfg: &AdmConfig,
+    progress: &mut dyn FnMut(&str),
+) -> Result<GpuReport> {
+    // One warm-up call even with `quick`: the first call on a GPU loads its kernels.
+    let reps = if s.quick { 1 } else { s.reps.max(1) };
+    let side = cfg.image_size;
+    let macs = cfg.macs(side, side)?;
+    let fwd_flop = macs.forward_flops();
+    let fb_flop = fwd_flop + macs.input_backward_flops();
+    let net = random_adm(cfg, 0.02, dev)?;
+    let shape = [cfg.in_channels, side, side];
+    let mut time_net = |b: usize, bwd: bool| {
+        progress(&format!(
+            "GPU: {}, batch {b}, {}",
+            net.name(),
+            if bwd { "forward+backward" } else { "forward" }
+        ));
+        nfe_seconds_with(&net, &shape, b, 1, reps, bwd)
+    };
+    let (f1, fb1, f8, fb8) = (
+        time_net(1, false)?,
+        time_net(1, true)?,
+        time_net(8, false)?,
+        time_net(8, true)?,
+    );
+    progress("GPU: one DAPS annealing level");
+    let level = daps_level(&net, side)?;
+    let levels = s.digits_levels.max(1);
+    let dps_steps = 5 * levels;
+    let blur = "gaussian-blur";
+    let daps = Method::Daps(DapsConfig {
+        annealing_steps: levels,
+        ..crate::task::preset::preset(blur, "daps-1k")?
+    });
+    let dps = match crate::task::preset_method(blur, "dps-1000")? {
+        Method::Dps(c) => Method::Dps(crate::sampler::DpsConfig {
+            steps: dps_steps,
+            ..c
+        }),
+        m => {
+            return Err(crate::Error::msg(format!(
+                "{blur}'s dps-1000 preset is {}, not dps",
+                m.name()
+            )))
+        }
+    };
+    let mut per_image = |m: &Method, b: usize, scale: f64| -> Result<f64> {
+        progress(&format!("GPU: {} on {b} image(s)", m.label()));
+        Ok(solve_seconds(&net, m, blur, side, b)? * scale / b as f64)
+    };
+    let (daps_scale, dps_scale) = (200.0 / levels as f64, 1000.0 / dps_steps as f64);
+    let gf = |flop: f64, t: f64| flop / t / 1e9;
+    Ok(GpuReport {
+        gpu_name: crate::device::name(dev),
+        gpu_ffhq256_forward_ms_b1: f1 * 1e3,
+        gpu_ffhq256_forward_gflops_b1: gf(fwd_flop, f1),
+        gpu_ffhq256_forward_backward_ms_b1: fb1 * 1e3,
+        gpu_ffhq256_forward_backward_gflops_b1: gf(fb_flop, fb1),
+        gpu_ffhq256_forward_ms_b8: f8 * 1e3,
+        gpu_ffhq256_forward_gflops_b8: gf(8.0 * fwd_flop, f8),
+        gpu_ffhq256_forward_backward_ms_b8: fb8 * 1e3,
+        gpu_ffhq256_forward_backward_gflops_b8: gf(8.0 * fb_flop, fb8),
+        gpu_daps_level_total_ms: level.total * 1e3,
+        gpu_daps_level_network_ms: level.network * 1e3,
+        gpu_daps_level_operator_ms: level.operator * 1e3,
+        gpu_daps_level_x0_step_ms: level.x0_step * 1e3,
+        gpu_daps_level_other_ms: level.other * 1e3,
+        gpu_solve_levels: levels,
+        gpu_dps_steps: dps_steps,
+        gpu_daps1k_per_image_s_b1: per_image(&daps, 1, daps_scale)?,
+        gpu_daps1k_per_image_s_b16: per_image(&daps, 16, daps_scale)?,
+        gpu_dps1000_per_image_s_b1: per_image(&dps, 1, dps_scale)?,
+        gpu_dps1000_per_image_s_b16: per_image(&dps, 16, dps_scale)?,
+    })
+}
+
+/// Wall seconds of one whole solve by `method` of `task` on `batch` random side×side RGB images,
+/// on the prior's device (noise there too), synchronized at the end.
+fn solve_seconds(
+    net: &dyn Denoiser,
+    method: &Method,
+    task: &str,
+    side: usize,
+    batch: usize,
+) -> Result<f64> {
+    let (task, measurement, _) = random_problem(task, side, batch, net.device(), 1)?;
+    let p = Problem {
+        prior: net,
+        operator: &task,
+        measurement: &measurement,
+    };
+    let mut noise = for_device(net.device(), 1)?;
+    let t = Instant::now();
+    method.run(&p, &[batch, 3, side, side], &mut *noise, &mut Silent)?;
+    net.device().synchronize()?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// The mixture denoiser (K = 25, d = 80, 2000 chains): ms per call and the fraction of the
@@ -285,6 +431,12 @@ impl Clock {
     }
 }
 
+/// `out` once `x`'s device has finished its queued work (nothing to wait for on the CPU).
+fn synced(x: &Tensor, out: Result<Tensor>) -> Result<Tensor> {
+    x.device().synchronize()?;
+    out
+}
+
 struct TimedPrior<'a> {
     inner: &'a dyn Denoiser,
     clock: Clock,
@@ -292,7 +444,7 @@ struct TimedPrior<'a> {
 
 impl Denoiser for TimedPrior<'_> {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        self.clock.time(|| self.inner.denoise(x, sigma))
+        self.clock.time(|| synced(x, self.inner.denoise(x, sigma)))
     }
     fn device(&self) -> &Device {
         self.inner.device()
@@ -324,10 +476,10 @@ struct TimedOperator<'a> {
 
 impl Operator for TimedOperator<'_> {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.clock.time(|| self.inner.forward(x))
+        self.clock.time(|| synced(x, self.inner.forward(x)))
     }
     fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-        self.clock.time(|| self.inner.vjp(x, v))
+        self.clock.time(|| synced(x, self.inner.vjp(x, v)))
     }
     fn name(&self) -> String {
         self.inner.name()
@@ -359,7 +511,7 @@ fn split_levels(
     measurement: &Measurement,
     cfg: &DapsConfig,
     shape: &[usize],
-    noise: &mut SeededNoise,
+    noise: &mut dyn NoiseSource,
 ) -> Result<LevelSplit> {
     let prior = TimedPrior {
         inner: net,
@@ -380,6 +532,7 @@ fn split_levels(
     };
     let start = Instant::now();
     daps(&p, cfg, shape, noise, &mut ends)?;
+    net.device().synchronize()?;
     let total = start.elapsed().as_secs_f64();
     let (network, _) = prior.clock.get();
     let (operator, _) = op.clock.get();
@@ -397,13 +550,14 @@ fn split_levels(
 /// One annealing level of DAPS-1K's gaussian-blur preset with one Euler step (one network
 /// call) on a `side`×`side` RGB image.
 fn daps_level(net: &dyn Denoiser, side: usize) -> Result<LevelSplit> {
-    let task = Task::build(
-        TaskSpec::defaults("gaussian-blur", side, side, &TaskFiles::default())?,
-        [3, side, side],
-    )?;
-    let mut noise = SeededNoise::new(7);
-    let x = Tensor::rand(-1f32, 1f32, (1, 3, side, side), &Device::Cpu)?;
-    let measurement = Measurement::simulate(&task, &x, 0.05, &mut noise)?;
+    let dev = net.device();
+    let (task, measurement, noise) = random_problem("gaussian-blur", side, 1, dev, 7)?;
+    // The CPU goes on with the measurement's noise source, as it always has.
+    let mut noise: Box<dyn NoiseSource> = if dev.is_cpu() {
+        Box::new(noise)
+    } else {
+        for_device(dev, 7)?
+    };
     let cfg = DapsConfig {
         annealing_steps: 1,
         ode_steps: 1,
@@ -415,8 +569,31 @@ fn daps_level(net: &dyn Denoiser, side: usize) -> Result<LevelSplit> {
         &measurement,
         &cfg,
         &[1, 3, side, side],
-        &mut noise,
+        &mut *noise,
     )
+}
+
+/// `task` on `batch` random side×side RGB images: the task, its measurement (σ_y 0.05, made on
+/// the CPU with `SeededNoise::new(seed)`, then moved to `dev`) and that noise source.
+fn random_problem(
+    task: &str,
+    side: usize,
+    batch: usize,
+    dev: &Device,
+    seed: u64,
+) -> Result<(Task, Measurement, SeededNoise)> {
+    let task = Task::build(
+        TaskSpec::defaults(task, side, side, &TaskFiles::default())?,
+        [3, side, side],
+    )?;
+    let mut noise = SeededNoise::new(seed);
+    let x = Tensor::rand(-1f32, 1f32, (batch, 3, side, side), &Device::Cpu)?;
+    let m = Measurement::simulate(&task, &x, 0.05, &mut noise)?;
+    let m = Measurement {
+        y: m.y.to_device(dev)?,
+        sigma_y: m.sigma_y,
+    };
+    Ok((task, m, noise))
 }
 
 /// Held-out digits (9000..) solved as one batch by [`digits_daps1k`].

@@ -91,6 +91,11 @@ pub struct SpeedArgs {
     /// (and the presets to its .json twin) for scripts/speed-digits-pytorch.py.
     #[arg(long)]
     pub digits_data: Option<PathBuf>,
+    /// `cuda[:N]` (a `--features cuda` build) adds the GPU figures (`gpu_*` keys) to the CPU
+    /// ones: the FFHQ-256 network at batch 1 and 8, one DAPS level, DAPS-1K and DPS-1000 per
+    /// image at batch 1 and 16 (--digits-levels levels / 5× as many DPS steps, scaled up).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args)]
@@ -135,7 +140,7 @@ pub fn latent(a: LatentArgs) -> Result<()> {
     use daps::bench::prior::{latent_times, random_ldm};
     use daps::prior::ldm::{LdmConfig, LdmPrior};
     use daps::prior::spec::PriorSpec;
-    let dev = daps::prior::offload::parse_device(&a.device)?;
+    let dev = daps::device::parse(&a.device)?;
     let prior = match &a.prior {
         None => random_ldm(&LdmConfig::ffhq256(), 0.02, &dev)?,
         Some(s) => match s.parse::<PriorSpec>()? {
@@ -318,6 +323,14 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
     if a.digits_levels == 0 {
         bail!("--digits-levels must be ≥ 1");
     }
+    let dev = daps::device::parse(&a.device)?;
+    let gpu = (!dev.is_cpu()).then_some(dev);
+    if gpu.is_some() && a.digits_only {
+        bail!(
+            "--device {} times the full run; drop --digits-only",
+            a.device
+        );
+    }
     if let Some(p) = &a.json {
         super::outputs::file("--json", p, &["json"], &Default::default())?;
     }
@@ -333,6 +346,7 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
         reps: a.reps,
         digits_levels: a.digits_levels,
         digits_data: a.digits_data.clone(),
+        gpu,
     };
     let r = daps::bench::speed::run(&settings, &mut |what| eprintln!("timing {what} …"))?;
     let pct = |f: f64| 100.0 * f;
@@ -405,6 +419,9 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
         pct(r.mixture_denoiser_gemm_fraction)
     );
     print_digits(&r.digits);
+    if let Some(g) = &r.gpu {
+        print_gpu(g, &r.architecture);
+    }
     if let Some(p) = &a.json {
         daps::io::atomic_write(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
         println!("wrote {}", p.display());
@@ -442,6 +459,52 @@ fn speed_digits(a: &SpeedArgs) -> Result<()> {
     Ok(())
 }
 
+fn print_gpu(g: &daps::bench::speed::GpuReport, architecture: &str) {
+    println!("GPU {}: {architecture}", g.gpu_name);
+    for (b, f, gf, fb, gfb) in [
+        (
+            1,
+            g.gpu_ffhq256_forward_ms_b1,
+            g.gpu_ffhq256_forward_gflops_b1,
+            g.gpu_ffhq256_forward_backward_ms_b1,
+            g.gpu_ffhq256_forward_backward_gflops_b1,
+        ),
+        (
+            8,
+            g.gpu_ffhq256_forward_ms_b8,
+            g.gpu_ffhq256_forward_gflops_b8,
+            g.gpu_ffhq256_forward_backward_ms_b8,
+            g.gpu_ffhq256_forward_backward_gflops_b8,
+        ),
+    ] {
+        println!(
+            "  batch {b}: forward {f:.1} ms ({gf:.0} GFLOP/s), forward+backward {fb:.1} ms ({gfb:.0} GFLOP/s)"
+        );
+    }
+    let t = g.gpu_daps_level_total_ms;
+    let share = |v: f64| 100.0 * v / t;
+    println!(
+        "  one DAPS level: {t:.1} ms = network {:.1} ms ({:.0}%) + operator {:.1} ms ({:.0}%) + x0 step {:.1} ms ({:.0}%) + other {:.1} ms ({:.0}%)",
+        g.gpu_daps_level_network_ms,
+        share(g.gpu_daps_level_network_ms),
+        g.gpu_daps_level_operator_ms,
+        share(g.gpu_daps_level_operator_ms),
+        g.gpu_daps_level_x0_step_ms,
+        share(g.gpu_daps_level_x0_step_ms),
+        g.gpu_daps_level_other_ms,
+        share(g.gpu_daps_level_other_ms)
+    );
+    println!(
+        "  per image, whole solves ({} levels / {} DPS steps run, scaled): DAPS-1K {:.1} s at batch 1, {:.1} s at batch 16; DPS-1000 {:.1} s / {:.1} s",
+        g.gpu_solve_levels,
+        g.gpu_dps_steps,
+        g.gpu_daps1k_per_image_s_b1,
+        g.gpu_daps1k_per_image_s_b16,
+        g.gpu_dps1000_per_image_s_b1,
+        g.gpu_dps1000_per_image_s_b16
+    );
+}
+
 fn print_digits(r: &daps::bench::speed::DigitsReport) {
     for task in daps::bench::speed::DIGITS_TASKS {
         let f = |part: &str| {
@@ -472,7 +535,7 @@ fn print_digits(r: &daps::bench::speed::DigitsReport) {
 pub fn prior(a: PriorArgs) -> Result<()> {
     use daps::bench::prior::{denoising_error, nfe_seconds, random_adm, SIGMAS};
     use daps::data::mnist_range;
-    let dev = daps::prior::offload::parse_device(&a.device)?;
+    let dev = daps::device::parse(&a.device)?;
     let prior = daps::prior::load(a.prior.as_deref(), &dev)?;
     let shape = prior
         .sample_shape()

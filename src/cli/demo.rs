@@ -16,7 +16,6 @@ use daps::eval::name_hash;
 use daps::metric::image::{psnr, ssim, to_unit, IMAGE_RANGE};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
-use daps::prior::load_host as load_host_prior;
 use daps::prior::Denoiser;
 use daps::report::DemoRecord;
 use daps::sampler::{Method, Problem, Silent, METHODS};
@@ -80,8 +79,8 @@ pub struct DemoArgs {
     /// Prior [default: the built-in digits prior].
     #[arg(long)]
     pub prior: Option<String>,
-    /// Where the prior's network runs: cpu, or cuda[:N] (a `--features cuda` build); the
-    /// operators and the samplers stay on the CPU.
+    /// Where the solves run (prior, operators, noise, samplers): cpu, or cuda[:N] (a
+    /// `--features cuda` build); measurements and metrics are made on the CPU.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -165,10 +164,10 @@ fn restore(
             operator: task,
             measurement: &m,
         };
-        let mut noise = SeededNoise::new(seed.wrapping_mul(1_000_003).wrapping_add(k as u64));
+        let seed = seed.wrapping_mul(1_000_003).wrapping_add(k as u64);
         let shape = [len, c, h, w];
         let x = method
-            .run(&problem, &shape, &mut noise, &mut Silent)
+            .run_on_device(&problem, &shape, seed, &mut Silent)
             .with_context(|| format!("{} on {}", method.label(), task.name()))?;
         out.push(x);
     }
@@ -233,6 +232,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         bail!("--digits, --batch and --pr-runs must be ≥ 1");
     }
     super::check_sigma_y(a.sigma_y)?;
+    let dev = daps::device::parse(&a.device)?;
     let mut inputs = Inputs::default();
     inputs.prior(a.prior.as_deref());
     outputs::file("--out", &a.out, &["png"], &inputs)?;
@@ -259,7 +259,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         Some(t) => t.clone(),
         None => demo_tasks().map(String::from).collect(),
     };
-    let prior = load_host_prior(a.prior.as_deref(), &a.device)?;
+    let prior = daps::prior::load_on(a.prior.as_deref(), &dev, None)?;
     if prior.as_latent().is_some() {
         bail!(
             "daps demo runs on 1×32×32 digits; {} is a latent prior (use daps solve --method latent-daps)",

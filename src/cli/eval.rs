@@ -10,7 +10,6 @@ use daps::eval::{EvalRecord, EvalSettings, Job, RunDir, Shard};
 use daps::io::{write_image, write_unit_image};
 use daps::metric::image::{coverage, psnr, ssim, to_unit, IMAGE_RANGE};
 use daps::metric::lpips::Lpips;
-use daps::noise::SeededNoise;
 use daps::operator::{per_chain_sq_norm, Measurement, Operator};
 use daps::prior::Denoiser;
 use daps::sampler::{Method, Problem, Silent, METHODS};
@@ -65,7 +64,8 @@ pub struct EvalArgs {
     /// Prior [default: the built-in digits prior].
     #[arg(long)]
     pub prior: Option<String>,
-    /// Where the prior's network runs: cpu, or cuda[:N] (a `--features cuda` build).
+    /// Where the solves run (prior, operators, noise, samplers): cpu, or cuda[:N] (a
+    /// `--features cuda` build); measurements, metrics and files stay on the CPU.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// VGG16 LPIPS weights (safetensors, see `daps::metric::lpips`): adds LPIPS to the records.
@@ -92,6 +92,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         None => Shard::WHOLE,
     };
     super::check_sigma_y(a.sigma_y)?;
+    let dev = daps::device::parse(&a.device)?;
     if a.batch == 0 || a.samples == 0 || a.limit == Some(0) {
         bail!("--batch, --samples and --limit must be ≥ 1");
     }
@@ -113,7 +114,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     outputs::writable_dir("--out", &a.out)?;
 
-    let prior = daps::prior::load_host(a.prior.as_deref(), &a.device)?;
+    let prior = daps::prior::load_on(a.prior.as_deref(), &dev, None)?;
     if prior.as_latent().is_some() {
         bail!(
             "daps eval with a latent prior ({}): not yet supported; use daps solve --method latent-daps",
@@ -457,12 +458,7 @@ fn run_job(
     let n = job.images.len();
     let seed = s.job_seed(job);
     let t0 = Instant::now();
-    let all = method.run(
-        &problem,
-        &[n * k, c, h, w],
-        &mut SeededNoise::new(seed),
-        &mut Silent,
-    )?;
+    let all = method.run_on_device(&problem, &[n * k, c, h, w], seed, &mut Silent)?;
     let seconds = t0.elapsed().as_secs_f64() / n as f64;
     let first: Vec<u32> = (0..n).map(|i| (i * k) as u32).collect();
     let x = all.index_select(&Tensor::new(first.as_slice(), all.device())?, 0)?;

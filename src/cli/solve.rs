@@ -17,9 +17,7 @@ use clap::Args;
 use daps::io::{display, read_complex_image, read_image, read_task_image, write_unit_image};
 use daps::metric::image::{psnr, ssim, IMAGE_RANGE};
 use daps::metric::lpips::Lpips;
-use daps::noise::SeededNoise;
 use daps::operator::{per_chain_sq_norm, Operator};
-use daps::prior::load_host_with as load_host_prior;
 use daps::sampler::{Method, Observer, Problem, StepInfo, X0Method};
 use daps::task::{
     self, default_budget, preset_method, MeasurementFile, Task, TaskFiles, TaskSpec, BUDGETS,
@@ -79,8 +77,8 @@ pub struct SolveArgs {
     pub prior: Option<String>,
     #[command(flatten)]
     pub text: super::PromptArgs,
-    /// Where the prior's network runs: cpu, or cuda[:N] (a `--features cuda` build); the
-    /// operator and the sampler stay on the CPU.
+    /// Where the solve runs (prior, operator, noise, sampler): cpu, or cuda[:N] (a `--features
+    /// cuda` build); the result comes back to the CPU for the files and metrics.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Restored image; with --samples N > 1, OUT_0 … OUT_{N−1} and OUT_mean.
@@ -325,8 +323,9 @@ impl Progress {
             return Ok(());
         }
         let frame = |x: &Tensor, p: PathBuf| -> Result<()> {
+            let x = x.to_device(&Device::Cpu)?;
             Ok(write_unit_image(
-                &strip(&display(x, self.complex, IMAGE_RANGE)?)?,
+                &strip(&display(&x, self.complex, IMAGE_RANGE)?)?,
                 &p,
             )?)
         };
@@ -445,6 +444,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
+    let dev = daps::device::parse(&a.device)?;
     let files = TaskFiles {
         weights: a.blur_weights.clone(),
         ..TaskFiles::default()
@@ -477,7 +477,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         Some(p) => Some(Lpips::load(p, &Device::Cpu)?),
         None => None,
     };
-    let prior = load_host_prior(a.prior.as_deref(), &a.device, a.text.condition().as_ref())?;
+    let prior = daps::prior::load_on(a.prior.as_deref(), &dev, a.text.condition().as_ref())?;
     if let Some(l) = prior.as_latent() {
         // A latent prior's own shape is that of its latents.
         l.latent_shape(&[c, h, w])
@@ -566,12 +566,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     };
     let started = Instant::now();
     let shape = [a.samples, c, h, w];
-    let result = method.run(
-        &problem,
-        &shape,
-        &mut SeededNoise::new(a.seed),
-        &mut progress,
-    );
+    let result = method.run_on_device(&problem, &shape, a.seed, &mut progress);
     progress.bar.finish_and_clear();
     let x = match result {
         Ok(x) => x,
@@ -583,7 +578,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
                 )));
             };
             let partial = output_path(&a.out, Some(&format!("partial_step{step:04}")));
-            let kept = write_samples(&x0, &partial, complex)?;
+            let kept = write_samples(&x0.to_device(&Device::Cpu)?, &partial, complex)?;
             return Err(anyhow!(e).context(format!(
                 "{} stopped; the last x0 (annealing step {step}) is in {}",
                 method.name(),

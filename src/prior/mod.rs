@@ -5,7 +5,6 @@ pub mod default;
 pub mod gmm;
 pub mod latent;
 pub mod ldm;
-pub mod offload;
 pub mod sd;
 pub mod spec;
 pub mod unet2d;
@@ -261,25 +260,20 @@ impl Precision {
     }
 }
 
-/// [`load`] for the CPU samplers, with the network on `device` (`cpu` or `cuda[:N]`, see
-/// [`offload`]).
-pub fn load_host(spec: Option<&str>, device: &str) -> Result<Box<dyn Denoiser>> {
-    load_host_with(spec, device, None)
-}
-
-/// [`load_host`] with a text condition ([`load_with`]).
-pub fn load_host_with(
+/// [`load_with`] for a sampler that runs on `device` too (`--device`, [`crate::device::parse`]):
+/// latent priors are refused off the CPU.
+pub fn load_on(
     spec: Option<&str>,
-    device: &str,
+    device: &Device,
     text: Option<&latent::TextCondition>,
 ) -> Result<Box<dyn Denoiser>> {
-    let net_device = offload::parse_device(device)?;
-    let prior = load_with(spec, &net_device, text)?;
-    if prior.as_latent().is_some() && !net_device.is_cpu() {
+    let prior = load_with(spec, device, text)?;
+    if prior.as_latent().is_some() && !device.is_cpu() {
         return Err(Error::Unsupported(format!(
-            "{} on {device}: latent priors run on the CPU only for now (drop --device)",
-            prior.name()
+            "{} on {}: latent priors run on the CPU only for now (drop --device)",
+            prior.name(),
+            crate::device::name(device)
         )));
     }
-    Ok(offload::host_view(prior))
+    Ok(prior)
 }

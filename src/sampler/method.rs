@@ -28,6 +28,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
+use crate::operator::Measurement;
 use candle_core::Tensor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -1057,6 +1058,30 @@ impl Method {
     ) -> Result<Tensor> {
         self.fits_prior(p)?;
         dispatch!(self, c => c.run(p, x_shape, noise, obs))
+    }
+
+    /// [`Method::run`] where the prior is: the measurement is moved to its device, the noise is
+    /// [`crate::noise::for_device`]`(device, seed)` and the samples come back to the CPU. On the
+    /// CPU this is `run` with `SeededNoise::new(seed)`.
+    pub fn run_on_device(
+        &self,
+        p: &Problem,
+        x_shape: &[usize],
+        seed: u64,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        let dev = p.prior.device();
+        let m = Measurement {
+            y: p.measurement.y.to_device(dev)?,
+            sigma_y: p.measurement.sigma_y,
+        };
+        let on_device = Problem {
+            measurement: &m,
+            ..*p
+        };
+        let mut noise = crate::noise::for_device(dev, seed)?;
+        let x = self.run(&on_device, x_shape, &mut *noise, obs)?;
+        Ok(x.to_device(&candle_core::Device::Cpu)?)
     }
 
     /// The settings as a TOML table (without `method`).
