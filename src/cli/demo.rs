@@ -76,7 +76,7 @@ pub struct DemoArgs {
     /// Writes every digit's metrics as JSON (rewritten after each task and method).
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Prior [default: the built-in digits prior].
+    /// Prior [default: the built-in digits prior; `default@f16` / `@bf16` runs it in half precision].
     #[arg(long)]
     pub prior: Option<String>,
     /// Where the solves run (prior, operators, noise, samplers): cpu, or cuda[:N] (a

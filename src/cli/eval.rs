@@ -61,7 +61,7 @@ pub struct EvalArgs {
     /// PSNR, SSIM and the saved picture are of the first sample.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
-    /// Prior [default: the built-in digits prior].
+    /// Prior [default: the built-in digits prior; `default@f16` / `@bf16` runs it in half precision].
     #[arg(long)]
     pub prior: Option<String>,
     /// Where the solves run (prior, operators, noise, samplers): cpu, or cuda[:N] (a

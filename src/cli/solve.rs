@@ -72,7 +72,7 @@ pub struct SolveArgs {
     /// bkse weights for a nonlinear-blur measurement (instead of the path it records).
     #[arg(long)]
     pub blur_weights: Option<PathBuf>,
-    /// Prior as KIND:PATH[:CONFIG]: adm:FILE.pt:ffhq256, adm-x0:…, unet2d:DIR, gmm:FILE.safetensors, sd:DIR.
+    /// Prior as KIND:PATH[:CONFIG]: adm:FILE.pt:ffhq256, adm-x0:…, unet2d:DIR, gmm:FILE.safetensors, sd:DIR; an ADM network (or `default`) takes @bf16 / @f16 for mixed precision.
     #[arg(long)]
     pub prior: Option<String>,
     #[command(flatten)]

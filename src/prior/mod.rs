@@ -277,3 +277,31 @@ pub fn load_on(
     }
     Ok(prior)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Precision;
+
+    #[test]
+    fn precision_suffix_parses_and_refuses_unknown_names() {
+        assert_eq!(
+            Precision::split("default").unwrap(),
+            ("default", Precision::F32)
+        );
+        assert_eq!(
+            Precision::split("default@bf16").unwrap(),
+            ("default", Precision::Bf16)
+        );
+        assert_eq!(
+            Precision::split("adm:m.pt:ffhq256@f16").unwrap(),
+            ("adm:m.pt:ffhq256", Precision::F16)
+        );
+        // An '@' inside a path is part of the path.
+        assert_eq!(
+            Precision::split("adm:/data/run@2/model.pt").unwrap(),
+            ("adm:/data/run@2/model.pt", Precision::F32)
+        );
+        let e = Precision::split("default@x16").unwrap_err().to_string();
+        assert!(e.contains("unknown precision '@x16'"), "{e}");
+    }
+}
