@@ -740,30 +740,19 @@ impl Core {
                 (re, im)
             })
         };
-        let transpose = |m: &HostCMat| {
-            HostCMat::from_fn(m.cols, m.rows, |r, c| {
-                (m.re[c * m.cols + r], m.im[c * m.cols + r])
-            })
-        };
         if adjoint {
             // Aᵀ V = Re(P_hᵀF_hᴴ·(K ⊙ (S_hᴴ·V·conj(S_w)))·conj(F_w P_w)).
-            let conj = |m: &HostCMat| HostCMat {
-                re: m.re.clone(),
-                im: m.im.iter().map(|v| -v).collect(),
-                rows: m.rows,
-                cols: m.cols,
-            };
             FourierFilter::new(
-                (&sh.adjoint(), &conj(&sw)),
+                (&sh.adjoint(), &sw.conj()),
                 &spec(-1.0),
-                (&fph.adjoint(), &conj(&fpw)),
+                (&fph.adjoint(), &fpw.conj()),
                 like,
             )
         } else {
             FourierFilter::new(
-                (&fph, &transpose(&fpw)),
+                (&fph, &fpw.transpose()),
                 &spec(1.0),
-                (&sh, &transpose(&sw)),
+                (&sh, &sw.transpose()),
                 like,
             )
         }

@@ -396,11 +396,7 @@ impl Mri {
     fn dense_parts(&self, like: &Tensor) -> Result<std::sync::Arc<[Tensor; 3]>> {
         let k = &self.coils;
         k.portable.get(like, (), || {
-            let t = |v: Vec<f64>, shape: &[usize]| -> Result<Tensor> {
-                Ok(Tensor::from_vec(v, shape, &Device::Cpu)?
-                    .to_dtype(like.dtype())?
-                    .to_device(like.device())?)
-            };
+            let t = |v, shape: &[usize]| portable::host_tensor(v, shape, like);
             let shape = [k.coils, k.h, k.w];
             Ok([
                 t(k.maps64.iter().map(|z| z.re).collect(), &shape)?,

@@ -24,19 +24,11 @@ pub(crate) struct CMat {
     im: Tensor,
 }
 
-impl CMat {
-    /// From row-major f64 parts `[rows, cols]`.
-    fn new(re: Vec<f64>, im: Vec<f64>, rows: usize, cols: usize, like: &Tensor) -> Result<Self> {
-        let t = |v: Vec<f64>| -> Result<Tensor> {
-            Ok(Tensor::from_vec(v, (rows, cols), &Device::Cpu)?
-                .to_dtype(like.dtype())?
-                .to_device(like.device())?)
-        };
-        Ok(Self {
-            re: t(re)?,
-            im: t(im)?,
-        })
-    }
+/// f64 host values as a tensor of `shape` in `like`'s dtype on its device.
+pub(crate) fn host_tensor(v: Vec<f64>, shape: &[usize], like: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?
+        .to_dtype(like.dtype())?
+        .to_device(like.device())?)
 }
 
 /// The complex map Z ↦ L·Z·M on the last two dimensions of a batch of planes.
@@ -93,24 +85,15 @@ fn left(l: &CMat, xr: &Tensor, xi: Option<&Tensor>) -> Result<(Tensor, Tensor)> 
     Ok((re, im))
 }
 
-/// Centred orthonormal DFT matrix of an n-point axis (conjugated when `inverse`), restricted to
-/// input indices `start..start + len`: `[n, len]` row-major (re, im).
-fn centred_dft(n: usize, start: usize, len: usize, inverse: bool) -> (Vec<f64>, Vec<f64>) {
+/// Centred orthonormal DFT matrix of an n-point axis restricted to input indices
+/// `start..start + len`: `[n, len]`.
+fn centred_dft(n: usize, start: usize, len: usize) -> HostCMat {
     let c = (n / 2) as i64;
-    let sign = if inverse { 1.0 } else { -1.0 };
     let scale = 1.0 / (n as f64).sqrt();
-    let mut re = Vec::with_capacity(n * len);
-    let mut im = Vec::with_capacity(n * len);
-    for k in 0..n as i64 {
-        for m in start as i64..(start + len) as i64 {
-            // Reduce the phase index mod n in integers (exact) before the trigonometry.
-            let p = ((k - c) * (m - c)).rem_euclid(n as i64) as f64;
-            let a = sign * 2.0 * PI * p / n as f64;
-            re.push(a.cos() * scale);
-            im.push(a.sin() * scale);
-        }
-    }
-    (re, im)
+    HostCMat::from_fn(n, len, |k, m| {
+        let (a, b) = unit((k as i64 - c) * ((m + start) as i64 - c), n, -1.0);
+        (a * scale, b * scale)
+    })
 }
 
 pub(crate) fn transpose(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
@@ -165,7 +148,9 @@ pub(crate) fn on_device_of(
         return Ok(t.clone());
     }
     let c = cache.get(like, key, || {
-        Ok(t.to_dtype(like.dtype())?.to_device(like.device())?)
+        Ok(t.to_dtype(like.dtype())?
+            .contiguous()?
+            .to_device(like.device())?)
     })?;
     Ok(Tensor::clone(&c))
 }
@@ -185,28 +170,18 @@ pub(crate) fn dft2(
     adjoint: bool,
 ) -> Result<Arc<Sandwich>> {
     DFT.get(like, (nh, h0, h, nw, w0, w, adjoint), || {
-        let (hr, hi) = centred_dft(nh, h0, h, false); // [nh, h]
-        let (wr, wi) = centred_dft(nw, w0, w, false); // [nw, w]
-        let neg = |v: Vec<f64>| v.into_iter().map(|a| -a).collect::<Vec<_>>();
-        if adjoint {
-            // L = C_hᴴ [h, nh]; M = conj(C_w) [nw, w].
-            Ok(Sandwich {
-                l: CMat::new(
-                    transpose(&hr, nh, h),
-                    neg(transpose(&hi, nh, h)),
-                    h,
-                    nh,
-                    like,
-                )?,
-                m: CMat::new(wr, neg(wi), nw, w, like)?,
-            })
+        let ch = centred_dft(nh, h0, h); // [nh, h]
+        let cw = centred_dft(nw, w0, w); // [nw, w]
+                                         // Forward: L = C_h, M = C_wᵀ; adjoint: L = C_hᴴ, M = conj(C_w).
+        let (l, m) = if adjoint {
+            (ch.adjoint(), cw.conj())
         } else {
-            // L = C_h [nh, h]; M = C_wᵀ [w, nw].
-            Ok(Sandwich {
-                l: CMat::new(hr, hi, nh, h, like)?,
-                m: CMat::new(transpose(&wr, nw, w), transpose(&wi, nw, w), w, nw, like)?,
-            })
-        }
+            (ch, cw.transpose())
+        };
+        Ok(Sandwich {
+            l: l.to(like)?,
+            m: m.to(like)?,
+        })
     })
 }
 
@@ -261,16 +236,31 @@ impl HostCMat {
         Self { re, im, rows, cols }
     }
 
-    /// The conjugate transpose.
-    pub fn adjoint(&self) -> Self {
+    pub fn transpose(&self) -> Self {
         Self::from_fn(self.cols, self.rows, |r, c| {
             let k = c * self.cols + r;
-            (self.re[k], -self.im[k])
+            (self.re[k], self.im[k])
         })
     }
 
+    pub fn conj(&self) -> Self {
+        Self {
+            im: self.im.iter().map(|v| -v).collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The conjugate transpose.
+    pub fn adjoint(&self) -> Self {
+        self.conj().transpose()
+    }
+
     fn to(&self, like: &Tensor) -> Result<CMat> {
-        CMat::new(self.re.clone(), self.im.clone(), self.rows, self.cols, like)
+        let shape = [self.rows, self.cols];
+        Ok(CMat {
+            re: host_tensor(self.re.clone(), &shape, like)?,
+            im: host_tensor(self.im.clone(), &shape, like)?,
+        })
     }
 }
 
@@ -355,14 +345,9 @@ impl SeparableSum {
             })
             .copied()
             .collect();
-        let t = |v: Vec<f64>, shape: (usize, usize)| -> Result<Tensor> {
-            Ok(Tensor::from_vec(v, shape, &Device::Cpu)?
-                .to_dtype(like.dtype())?
-                .to_device(like.device())?)
-        };
         Ok(Self {
-            l: t(l, (h_out, rank * h_in))?,
-            m: t(m, (w_in, rank * w_out))?,
+            l: host_tensor(l, &[h_out, rank * h_in], like)?,
+            m: host_tensor(m, &[w_in, rank * w_out], like)?,
             rank,
         })
     }

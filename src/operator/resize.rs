@@ -129,8 +129,9 @@ impl SuperResolution {
     /// M_h·t·M_wᵀ, or M_hᵀ·t·M_w when `adjoint`, with the matrices on `t`'s device.
     fn apply(&self, t: &Tensor, adjoint: bool) -> Result<Tensor> {
         let k = if adjoint { 2 } else { 0 };
+        // Transposed views (no copy); only a copy for another device or dtype is materialised.
         let (a, b) = if adjoint {
-            (self.m_h.t()?.contiguous()?, self.m_w.t()?.contiguous()?)
+            (self.m_h.t()?, self.m_w.t()?)
         } else {
             (self.m_h.clone(), self.m_w.clone())
         };
