@@ -863,3 +863,155 @@ fn solve_writes_samples_frames_and_metrics() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Mean squared difference of two same-size PNGs, on [0, 1].
+fn png_mse(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (
+        image::open(a).unwrap().to_luma8(),
+        image::open(b).unwrap().to_luma8(),
+    );
+    assert_eq!(a.dimensions(), b.dimensions());
+    let n = a.as_raw().len() as f64;
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&p, &q)| ((p as f64 - q as f64) / 255.0).powi(2))
+        .sum::<f64>()
+        / n
+}
+
+#[test]
+fn solve_a_folder_in_batches_per_operator_and_resume() {
+    let dir = tmp_dir("solve", "folder");
+    let (h, w) = (16, 16);
+    let prior_file = dir.join("prior.safetensors");
+    write_prior(&prior_file, 1, h, w);
+    let prior = format!("gmm:{}", prior_file.display());
+    let (ys, gts) = (dir.join("y"), dir.join("gt"));
+    std::fs::create_dir_all(&ys).unwrap();
+    std::fs::create_dir_all(&gts).unwrap();
+    // Three measurements of one operator (random inpainting, same mask) and one of another.
+    // b is a's negative, so that the images differ on every observed pixel.
+    for (name, task, seed) in [
+        ("a", "inpaint-random", 1),
+        ("b", "inpaint-random", 1),
+        ("c", "inpaint-random", 3),
+        ("d", "inpaint-box", 4),
+    ] {
+        let gt = gts.join(format!("{name}.png"));
+        write_png(&gt, 1, h, w, seed);
+        if name == "b" {
+            let mut img = image::open(&gt).unwrap().to_luma8();
+            image::imageops::invert(&mut img);
+            img.save(&gt).unwrap();
+        }
+        let seed = seed.to_string();
+        let y = ys.join(format!("{name}.safetensors"));
+        ok(&[
+            "measure",
+            "--task",
+            task,
+            "--input",
+            s(&gt),
+            "--out",
+            s(&y),
+            "--seed",
+            &seed,
+        ]);
+    }
+    let out = dir.join("out");
+    let args = [
+        "solve",
+        "--measurement",
+        s(&ys),
+        "--prior",
+        &prior,
+        "--out",
+        s(&out),
+        "--reference",
+        s(&gts),
+        "--preset",
+        "daps-100",
+        "--annealing-steps",
+        "10",
+        "--x0-method",
+        "exact",
+        "--batch",
+        "2",
+    ];
+    let text = ok(&args);
+    assert!(text.contains("done: 4 measurement(s) solved"), "{text}");
+    let record = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join(format!("{name}.json"))).unwrap())
+            .unwrap()
+    };
+    // Batches follow the operator groups in name order: [a, b], [c], [d].
+    for (name, batch) in [
+        ("a", vec!["a", "b"]),
+        ("b", vec!["a", "b"]),
+        ("c", vec!["c"]),
+        ("d", vec!["d"]),
+    ] {
+        let r = record(name);
+        assert_eq!(r["batch"], serde_json::json!(batch), "{name}: {r}");
+        assert!(r["psnr"][0].as_f64().unwrap().is_finite());
+    }
+    assert_eq!(record("a")["seed"], record("b")["seed"]);
+    assert_ne!(record("a")["seed"], record("c")["seed"]);
+    // Each restoration belongs to its own measurement: the observed pixels (30%) pull it to
+    // its own image.
+    for (own, other) in [("a", "b"), ("b", "a"), ("c", "b")] {
+        let x = out.join(format!("{own}.png"));
+        let (m_own, m_other) = (
+            png_mse(&x, &gts.join(format!("{own}.png"))),
+            png_mse(&x, &gts.join(format!("{other}.png"))),
+        );
+        assert!(
+            m_own < m_other,
+            "{own}: mse to own {m_own}, to {other} {m_other}"
+        );
+    }
+    // A rerun resumes: nothing left to do; another seed into the same folder is refused.
+    let stamp = std::fs::metadata(out.join("a.png"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let again = ok(&args);
+    assert!(again.contains("0 measurement(s) solved") && again.contains("(4 already done)"));
+    assert_eq!(
+        std::fs::metadata(out.join("a.png"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        stamp
+    );
+    let mut other_seed = args.to_vec();
+    other_seed.extend(["--seed", "5"]);
+    assert!(fails(&other_seed).contains("holds another solve"));
+    // Bad inputs are named before any work: a broken file, --batch with one file, the
+    // measurement folder as the output.
+    std::fs::write(ys.join("e.safetensors"), b"not a measurement").unwrap();
+    let out2 = dir.join("out2");
+    let mut broken = args.to_vec();
+    broken[6] = s(&out2);
+    let e = fails(&broken);
+    assert!(e.contains("e.safetensors"), "{e}");
+    assert!(!out2.join("solve.json").exists() && !out2.join("a.png").exists());
+    std::fs::remove_file(ys.join("e.safetensors")).unwrap();
+    let e = fails(&[
+        "solve",
+        "--measurement",
+        s(&ys.join("a.safetensors")),
+        "--prior",
+        &prior,
+        "--out",
+        s(&dir.join("x.png")),
+        "--batch",
+        "2",
+    ]);
+    assert!(e.contains("--batch applies to a folder"), "{e}");
+    let mut into_inputs = args.to_vec();
+    into_inputs[6] = s(&ys);
+    assert!(fails(&into_inputs).contains("refusing to overwrite an input"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

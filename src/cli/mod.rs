@@ -8,6 +8,7 @@ pub mod grid;
 pub mod outputs;
 pub mod report;
 pub mod solve;
+pub mod solve_dir;
 pub mod train;
 
 /// The text condition of a text-to-image prior (`--prior sd:DIR`).

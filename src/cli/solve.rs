@@ -18,10 +18,11 @@ use daps::io::{display, read_complex_image, read_image, read_task_image, write_u
 use daps::metric::image::{psnr, ssim, IMAGE_RANGE};
 use daps::metric::lpips::Lpips;
 use daps::operator::{per_chain_sq_norm, Operator};
+use daps::prior::Denoiser;
 use daps::sampler::{Method, Observer, Problem, StepInfo, X0Method};
 use daps::task::{
-    self, default_budget, preset_method, MeasurementFile, Task, TaskFiles, TaskSpec, BUDGETS,
-    DEFAULT_BUDGET, TASKS,
+    self, default_budget, preset_method, Explicit, MeasurementFile, Task, TaskFiles, TaskSpec,
+    BUDGETS, DEFAULT_BUDGET, TASKS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -66,9 +67,15 @@ pub struct MeasureArgs {
 
 #[derive(Args, Debug)]
 pub struct SolveArgs {
-    /// Measurement file written by `daps measure`.
+    /// Measurement file written by `daps measure`, or a folder of them: each NAME.safetensors
+    /// is solved into --out (then a folder) as NAME.png, measurements of one operator batched
+    /// together; rerunning the same command resumes.
     #[arg(long)]
     pub measurement: PathBuf,
+    /// With a folder of measurements: measurements per sampler batch (each with --samples
+    /// chains) [default: 16].
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// bkse weights for a nonlinear-blur measurement (instead of the path it records).
     #[arg(long)]
     pub blur_weights: Option<PathBuf>,
@@ -81,7 +88,9 @@ pub struct SolveArgs {
     /// cuda` build); the result comes back to the CPU for the files and metrics.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Restored image; with --samples N > 1, OUT_0 … OUT_{N−1} and OUT_mean.
+    /// Restored image; with --samples N > 1, OUT_0 … OUT_{N−1} and OUT_mean. With a folder of
+    /// measurements, a folder (NAME.png, or NAME_i.png and NAME_mean.png, and NAME.json with the
+    /// metrics, per measurement).
     #[arg(long)]
     pub out: PathBuf,
     /// Sampler (see `daps methods`) [default: the preset's, else daps].
@@ -98,7 +107,8 @@ pub struct SolveArgs {
     pub samples: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Ground-truth image: prints PSNR, SSIM and ‖A(x) − y‖ per sample.
+    /// Ground-truth image: prints PSNR, SSIM and ‖A(x) − y‖ per sample. With a folder of
+    /// measurements, a folder holding NAME.png (or .jpg, .jpeg) for each NAME.safetensors.
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// VGG16 LPIPS weights (safetensors, see `daps::metric::lpips`): adds LPIPS to the metrics.
@@ -297,12 +307,12 @@ pub fn solve_method(task: &str, a: &SolveArgs) -> Result<Method> {
 }
 
 /// Progress bar, trajectory frames, and the last x0 (kept for a run that fails).
-struct Progress {
-    bar: ProgressBar,
+pub(super) struct Progress {
+    pub(super) bar: ProgressBar,
     complex: bool,
     frames: Option<(PathBuf, usize)>,
-    last: Option<(usize, Tensor)>,
-    misfit: f64,
+    pub(super) last: Option<(usize, Tensor)>,
+    pub(super) misfit: f64,
 }
 
 /// The first (up to) 8 chains of `[N, C, H, W]` side by side, as `[C, H, n·W]`.
@@ -315,6 +325,24 @@ fn strip(x: &Tensor) -> Result<Tensor> {
 }
 
 impl Progress {
+    /// A bar over `steps` sampler steps; `frames`: (folder, every k steps) for trajectory frames.
+    pub(super) fn new(steps: usize, complex: bool, frames: Option<(PathBuf, usize)>) -> Self {
+        let bar = ProgressBar::new(steps as u64).with_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta_precise}  {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        Self {
+            bar,
+            complex,
+            frames,
+            last: None,
+            misfit: f64::NAN,
+        }
+    }
+
     fn save_frames(&self, s: &StepInfo) -> Result<()> {
         let Some((dir, every)) = &self.frames else {
             return Ok(());
@@ -384,7 +412,7 @@ fn output_path(out: &Path, label: Option<&str>) -> PathBuf {
 
 /// Writes every sample and, for several, their mean; returns the paths. Complex samples are
 /// written as their magnitude (the mean is the mean complex image's magnitude).
-fn write_samples(x: &Tensor, out: &Path, complex: bool) -> Result<Vec<PathBuf>> {
+pub(super) fn write_samples(x: &Tensor, out: &Path, complex: bool) -> Result<Vec<PathBuf>> {
     let n = x.dim(0)?;
     let write = |x: &Tensor, p: &Path| {
         write_unit_image(&display(&x.unsqueeze(0)?, complex, IMAGE_RANGE)?, p)
@@ -440,9 +468,57 @@ fn check_solve_outputs(a: &SolveArgs) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `prior` takes images of the measurement's shape (a latent prior: their latents).
+pub(super) fn check_prior_takes(prior: &dyn Denoiser, [c, h, w]: [usize; 3]) -> Result<()> {
+    if let Some(l) = prior.as_latent() {
+        // A latent prior's own shape is that of its latents.
+        l.latent_shape(&[c, h, w])
+            .with_context(|| format!("the measurement is of a {c}×{h}×{w} image"))?;
+    } else if let Some(s) = prior.sample_shape() {
+        if s != [c, h, w] {
+            bail!(
+                "prior {} takes samples of shape {s:?}, but the measurement is of a {c}×{h}×{w} image",
+                prior.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The explicit operator matrix the exact x0 step needs (a Gaussian-mixture prior and a linear
+/// task), or `None` when the sampler runs with the task itself.
+pub(super) fn exact_step_operator<'a>(
+    method: &Method,
+    prior: &dyn Denoiser,
+    task: &'a Task,
+) -> Result<Option<Explicit<'a>>> {
+    if !matches!(method, Method::Daps(c) if c.x0_method == X0Method::Exact) {
+        return Ok(None);
+    }
+    if prior.as_gmm().is_none() {
+        bail!("--x0-method exact needs a Gaussian-mixture prior (--prior gmm:FILE.safetensors)");
+    }
+    if !task.is_linear() {
+        bail!(
+            "--x0-method exact needs a linear task; {} is not",
+            task.name()
+        );
+    }
+    Ok(Some(task.explicit()?))
+}
+
 pub fn solve(a: SolveArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
+    }
+    if a.measurement.is_dir() {
+        return super::solve_dir::solve_dir(&a);
+    }
+    if a.batch.is_some() {
+        bail!(
+            "--batch applies to a folder of measurements; {} is a file",
+            a.measurement.display()
+        );
     }
     let dev = daps::device::parse(&a.device)?;
     let files = TaskFiles {
@@ -478,36 +554,11 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         None => None,
     };
     let prior = daps::prior::load_on(a.prior.as_deref(), &dev, a.text.condition().as_ref())?;
-    if let Some(l) = prior.as_latent() {
-        // A latent prior's own shape is that of its latents.
-        l.latent_shape(&[c, h, w])
-            .with_context(|| format!("the measurement is of a {c}×{h}×{w} image"))?;
-    } else if let Some(s) = prior.sample_shape() {
-        if s != [c, h, w] {
-            bail!(
-                "prior {} takes samples of shape {s:?}, but the measurement is of a {c}×{h}×{w} image",
-                prior.name()
-            );
-        }
-    }
-    let explicit;
-    let exact_step = matches!(&method, Method::Daps(c) if c.x0_method == X0Method::Exact);
-    let op: &dyn Operator = if exact_step {
-        if prior.as_gmm().is_none() {
-            bail!(
-                "--x0-method exact needs a Gaussian-mixture prior (--prior gmm:FILE.safetensors)"
-            );
-        }
-        if !task.is_linear() {
-            bail!(
-                "--x0-method exact needs a linear task; {} is not",
-                task.name()
-            );
-        }
-        explicit = task.explicit()?;
-        &explicit
-    } else {
-        task
+    check_prior_takes(&*prior, task.shape())?;
+    let explicit = exact_step_operator(&method, &*prior, task)?;
+    let op: &dyn Operator = match &explicit {
+        Some(e) => e,
+        None => task,
     };
     let measurement = mf.measurement();
     let problem = Problem {
@@ -549,21 +600,12 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         }
     }
     let steps = method.steps();
-    let bar = ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta_precise}  {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
     let every = a.trajectory_every.unwrap_or((steps / 20).max(1)).max(1);
-    let mut progress = Progress {
-        bar,
+    let mut progress = Progress::new(
+        steps,
         complex,
-        frames: a.save_trajectory.clone().map(|d| (d, every)),
-        last: None,
-        misfit: f64::NAN,
-    };
+        a.save_trajectory.clone().map(|d| (d, every)),
+    );
     let started = Instant::now();
     let shape = [a.samples, c, h, w];
     let result = method.run_on_device(&problem, &shape, a.seed, &mut progress);

@@ -822,6 +822,29 @@ impl Task {
         self.spec.is_linear()
     }
 
+    /// Whether `other` is the same operator: same task, parameters and image shape, and the same
+    /// stored mask, kernel and coil maps value for value. Measurements of the same operator can be
+    /// solved as one batch (`daps solve --measurement DIR`).
+    pub fn same_operator(&self, other: &Task) -> Result<bool> {
+        if self.spec != other.spec || self.shape != other.shape {
+            return Ok(false);
+        }
+        let same = |a: Option<&Tensor>, b: Option<&Tensor>| -> Result<bool> {
+            Ok(match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => {
+                    a.dims() == b.dims()
+                        && a.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?
+                            == b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?
+                }
+                _ => false,
+            })
+        };
+        Ok(same(self.mask(), other.mask())?
+            && same(self.kernel(), other.kernel())?
+            && same(self.maps(), other.maps())?)
+    }
+
     /// One line: the task and its parameters.
     pub fn describe(&self) -> String {
         let [c, h, w] = self.shape;
