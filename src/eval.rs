@@ -201,7 +201,12 @@ impl Shard {
     pub const WHOLE: Shard = Shard { index: 0, count: 1 };
 
     pub fn takes(&self, job: &Job) -> bool {
-        job.index % self.count == self.index
+        self.takes_index(job.index)
+    }
+
+    /// Whether the `i`-th unit of work (counted from 0) is this shard's.
+    pub fn takes_index(&self, i: usize) -> bool {
+        i % self.count == self.index
     }
 }
 

@@ -273,8 +273,7 @@ pub struct Record {
     pub sw_mean: f64,
     pub sw_ci95: f64,
     pub tv_mean: f64,
-    /// Printed in the table; not part of the JSON record.
-    #[serde(skip)]
+    #[serde(default)]
     pub tv_ci95: f64,
     /// Network evaluations per sample (0 for oracle and prior).
     #[serde(default)]
@@ -444,46 +443,87 @@ fn table_rows(cfg: &GmmBenchConfig) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Runs every cell, calling `on_problem(d, d_y, i)` before each problem and `on_record` as each
-/// (d, d_y, method) row completes.
+/// One row of one cell, as [`run`] offers it to its `select`: `index` counts the rows of every
+/// cell in order (d, then d_y, then method), for `--shard k/n`.
+pub struct RowKey<'a> {
+    pub d: usize,
+    pub d_y: usize,
+    pub method: &'a str,
+    /// Network evaluations per sample.
+    pub nfe: usize,
+    pub index: usize,
+}
+
+/// The rows of every cell that `select` takes, calling `on_problem(d, d_y, i)` as each problem
+/// is built and `on_record` as each (d, d_y, method) row completes. A row's numbers depend only on
+/// the problem seeds (from the positions of d and d_y in their lists) and the method's label,
+/// so rows can be run separately (resumed, sharded) and give the same records.
 pub fn run(
     cfg: &GmmBenchConfig,
     device: &Device,
+    select: impl Fn(&RowKey) -> bool,
     mut on_problem: impl FnMut(usize, usize, usize),
     mut on_record: impl FnMut(&Record) -> Result<()>,
 ) -> Result<Vec<Record>> {
     let mut records = Vec::new();
     let rows = table_rows(cfg)?;
+    let mut index = 0;
     for (id, &d) in cfg.dims.iter().enumerate() {
         for (iy, &dy) in cfg.dys.iter().enumerate() {
             if dy > d {
                 return Err(Error::config(format!("d_y = {dy} exceeds d = {d}")));
             }
-            let mut per: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); rows.len()];
+            let chosen: Vec<&Row> = rows
+                .iter()
+                .enumerate()
+                .filter(|(k, row)| {
+                    select(&RowKey {
+                        d,
+                        d_y: dy,
+                        method: &row.label,
+                        nfe: row.nfe,
+                        index: index + k,
+                    })
+                })
+                .map(|(_, row)| row)
+                .collect();
+            index += rows.len();
+            if chosen.is_empty() {
+                continue;
+            }
+            let mut problems = Vec::with_capacity(cfg.problems);
             for i in 0..cfg.problems {
                 on_problem(d, dy, i);
                 let seed = 2u64.pow(id as u32) * 3u64.pow(iy as u32) + i as u64;
-                let p = make_problem(d, dy, seed, device)?;
-                let post = Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone())?;
-                let reference = post.sample(cfg.samples, seed ^ 0xAAAA);
-                for (k, row) in rows.iter().enumerate() {
-                    let (sw, tv, secs) = score(
+                problems.push((seed, make_problem(d, dy, seed, device)?));
+            }
+            let posteriors = problems
+                .iter()
+                .map(|(seed, p)| {
+                    let post = Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone())?;
+                    let reference = post.sample(cfg.samples, seed ^ 0xAAAA);
+                    Ok((post, reference))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for row in chosen {
+                let (mut sws, mut tvs, mut secs) = (Vec::new(), Vec::new(), 0.0);
+                for ((seed, p), (post, reference)) in problems.iter().zip(&posteriors) {
+                    let (sw, tv, s) = score(
                         row.method,
-                        &p,
-                        &post,
-                        &reference,
+                        p,
+                        post,
+                        reference,
                         &row.cfg,
-                        seed.wrapping_mul(31) + k as u64,
+                        seed.wrapping_mul(31)
+                            .wrapping_add(crate::eval::name_hash(&row.label)),
                         device,
                     )?;
-                    per[k].0.push(sw);
-                    per[k].1.push(tv);
-                    per[k].2.push(secs);
+                    sws.push(sw);
+                    tvs.push(tv);
+                    secs += s;
                 }
-            }
-            for (k, row) in rows.iter().enumerate() {
-                let (sw_mean, sw_ci95) = mean_ci95(&per[k].0);
-                let (tv_mean, tv_ci95) = mean_ci95(&per[k].1);
+                let (sw_mean, sw_ci95) = mean_ci95(&sws);
+                let (tv_mean, tv_ci95) = mean_ci95(&tvs);
                 let r = Record {
                     d,
                     d_y: dy,
@@ -492,7 +532,7 @@ pub fn run(
                     sw_ci95,
                     tv_mean,
                     tv_ci95,
-                    seconds_per_problem: per[k].2.iter().sum::<f64>() / cfg.problems as f64,
+                    seconds_per_problem: secs / cfg.problems as f64,
                     nfe: row.nfe,
                     problems: cfg.problems,
                     samples: cfg.samples,

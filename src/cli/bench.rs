@@ -53,6 +53,14 @@ pub struct GmmArgs {
     /// Write the records as a JSON array (rewritten after each completed row).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Keep the rows already in --json (same d, d_y, method, problems, samples and NFE) and run
+    /// only the missing ones: an interrupted run continues where it stopped.
+    #[arg(long, requires = "json")]
+    pub resume: bool,
+    /// `k/n`: run only every n-th row of the table (rows counted over d, d_y, method), starting
+    /// at the k-th, e.g. one Slurm array task each; the shards' records together are the table's.
+    #[arg(long)]
+    pub shard: Option<String>,
 }
 
 #[derive(Args)]
@@ -212,6 +220,21 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
     if let Some(p) = &a.json {
         super::outputs::file("--json", p, &["json"], &Default::default())?;
     }
+    let shard: daps::eval::Shard = match &a.shard {
+        Some(s) => s.parse()?,
+        None => daps::eval::Shard::WHOLE,
+    };
+    // Rows already in --json, kept (and skipped) with --resume.
+    let mut done: Vec<Record> = match (&a.json, a.resume) {
+        (Some(p), true) if p.exists() => {
+            let text = std::fs::read_to_string(p)?;
+            serde_json::from_str(&text).with_context(|| {
+                format!("--resume: {} is not a bench gmm record list", p.display())
+            })?
+        }
+        _ => Vec::new(),
+    };
+    let kept = done.len();
     println!(
         "Gaussian-mixture benchmark: {} problems × {} samples; DAPS {} × {} NFE, {} Langevin steps, lr {}·τ² (min ratio {}); DPS {} steps, ζ = {}",
         cfg.problems, cfg.samples, cfg.annealing_steps, cfg.ode_steps, cfg.mcmc_steps, cfg.lr, cfg.lr_min_ratio,
@@ -222,7 +245,43 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
         "d", "d_y", "method", "SW (±95%)", "mode TV (±95%)", "NFE", "s/problem"
     );
     let started = std::time::Instant::now();
-    let mut done: Vec<Record> = Vec::new();
+    let print = |r: &Record| {
+        println!(
+            "{:>5} {:>4}  {:<13} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>7} {:>12.3}",
+            r.d,
+            r.d_y,
+            r.method,
+            r.sw_mean,
+            r.sw_ci95,
+            r.tv_mean,
+            r.tv_ci95,
+            r.nfe,
+            r.seconds_per_problem
+        );
+        std::io::stdout().flush().ok();
+    };
+    let have: Vec<(usize, usize, String, usize)> = done
+        .iter()
+        .filter(|r| r.problems == cfg.problems && r.samples == cfg.samples)
+        .map(|r| (r.d, r.d_y, r.method.clone(), r.nfe))
+        .collect();
+    let select = |k: &daps::bench::gmm::RowKey| {
+        let resumed = have
+            .iter()
+            .any(|(d, dy, m, n)| *d == k.d && *dy == k.d_y && m == k.method && *n == k.nfe);
+        shard.takes_index(k.index) && !resumed
+    };
+    for r in done.iter() {
+        if have
+            .iter()
+            .any(|(d, dy, m, _)| *d == r.d && *dy == r.d_y && *m == r.method)
+        {
+            print(r);
+        }
+    }
+    if kept > 0 {
+        println!("({kept} row(s) kept from the --json file)");
+    }
     let json = a.json.clone();
     let bar = indicatif::ProgressBar::new((cfg.dims.len() * cfg.dys.len() * cfg.problems) as u64);
     bar.set_style(
@@ -234,6 +293,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
     let result = daps::bench::gmm::run(
         &cfg,
         &Device::Cpu,
+        select,
         |d, dy, i| {
             if i > 0 || d != cfg.dims[0] || dy != cfg.dys[0] {
                 bar.inc(1);
@@ -241,21 +301,7 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
             bar.set_message(format!("d = {d}, d_y = {dy}"));
         },
         |r| {
-            bar.suspend(|| {
-                println!(
-                    "{:>5} {:>4}  {:<13} {:>11.4} ± {:<6.4} {:>11.4} ± {:<6.4} {:>7} {:>12.3}",
-                    r.d,
-                    r.d_y,
-                    r.method,
-                    r.sw_mean,
-                    r.sw_ci95,
-                    r.tv_mean,
-                    r.tv_ci95,
-                    r.nfe,
-                    r.seconds_per_problem
-                );
-                std::io::stdout().flush().ok();
-            });
+            bar.suspend(|| print(r));
             done.push(r.clone());
             if let Some(p) = &json {
                 write_json(p, &done).map_err(|e| daps::Error::msg(format!("{e:#}")))?;
@@ -267,7 +313,11 @@ pub fn gmm(a: GmmArgs) -> Result<()> {
     println!("total wall time {:.1} s", started.elapsed().as_secs_f64());
     if let Err(e) = result {
         if let Some(p) = &json {
-            eprintln!("{} completed rows are in {}", done.len(), p.display());
+            eprintln!(
+                "{} completed rows are in {} (rerun with --resume to continue)",
+                done.len(),
+                p.display()
+            );
         }
         return Err(e.into());
     }
