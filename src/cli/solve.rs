@@ -507,6 +507,17 @@ pub(super) fn exact_step_operator<'a>(
     Ok(Some(task.explicit()?))
 }
 
+/// The explicit matrix when the exact x0 step needs one, else the task.
+pub(super) fn sampler_operator<'a>(
+    explicit: &'a Option<Explicit<'a>>,
+    task: &'a Task,
+) -> &'a dyn Operator {
+    match explicit {
+        Some(e) => e,
+        None => task,
+    }
+}
+
 pub fn solve(a: SolveArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
@@ -556,10 +567,7 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     let prior = daps::prior::load_on(a.prior.as_deref(), &dev, a.text.condition().as_ref())?;
     check_prior_takes(&*prior, task.shape())?;
     let explicit = exact_step_operator(&method, &*prior, task)?;
-    let op: &dyn Operator = match &explicit {
-        Some(e) => e,
-        None => task,
-    };
+    let op = sampler_operator(&explicit, task);
     let measurement = mf.measurement();
     let problem = Problem {
         prior: &*prior,

@@ -12,13 +12,14 @@
 
 use super::outputs::{self, Inputs};
 use super::solve::{
-    check_prior_takes, exact_step_operator, solve_method, write_samples, Progress, SolveArgs,
+    check_prior_takes, exact_step_operator, sampler_operator, solve_method, write_samples,
+    Progress, SolveArgs,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use daps::io::{atomic_write, display, read_task_image};
 use daps::metric::image::{psnr, ssim, IMAGE_RANGE};
-use daps::operator::{per_chain_sq_norm, Measurement, Operator};
+use daps::operator::{per_chain_sq_norm, Measurement};
 use daps::sampler::{Method, Problem};
 use daps::task::{MeasurementFile, TaskFiles};
 use serde::{Deserialize, Serialize};
@@ -205,14 +206,10 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
         check_prior_takes(&*prior, mf.task.shape())
             .with_context(|| format!("{}", paths[g.items[0]].display()))?;
         explicit.push(exact_step_operator(&g.method, &*prior, &mf.task)?);
-        let op: &dyn Operator = explicit
-            .last()
-            .and_then(|e| e.as_ref())
-            .map_or(&mf.task as &dyn Operator, |e| e as &dyn Operator);
         let m = mf.measurement();
         let problem = Problem {
             prior: &*prior,
-            operator: op,
+            operator: sampler_operator(&explicit[explicit.len() - 1], &mf.task),
             measurement: &m,
         };
         g.method.supports(&problem).with_context(|| {
@@ -296,9 +293,7 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
         let group = &groups[g];
         let first = &mfs[items[0]];
         let task = &first.task;
-        let op: &dyn Operator = explicit[g]
-            .as_ref()
-            .map_or(task as &dyn Operator, |e| e as &dyn Operator);
+        let op = sampler_operator(&explicit[g], task);
         let n = items.len();
         let ks = a.samples;
         let ys: Vec<Tensor> = items
