@@ -39,6 +39,9 @@ pub struct TwistedSmcConfig {
     pub rho: f64,
     /// DDIM η of the reverse kernel: 1 is the ancestral step, 0 the deterministic DDIM step.
     pub eta: f64,
+    /// Order of the kernel's mean: 1 the DDIM step with D(x_t); 2 DPM-Solver++(2S), the same
+    /// step with D at its log-σ midpoint (one more network call per particle and level).
+    pub order: usize,
     /// Resample when the effective sample size is below this fraction of K.
     pub ess_threshold: f64,
     /// The most measurement values per chain (each costs one VJP per particle and level
@@ -63,6 +66,7 @@ impl Default for TwistedSmcConfig {
             sigma_min: 0.05,
             rho: 7.0,
             eta: 1.0,
+            order: 1,
             ess_threshold: 0.5,
             max_dim_y: 4,
             jacobian_every: 1,
@@ -78,11 +82,16 @@ pub const MAX_DIM_Y: usize = 64;
 impl TwistedSmcConfig {
     pub fn validate(&self) -> Result<()> {
         let pos = |x: f64| x.is_finite() && x > 0.0;
-        let checks: [(bool, &str, String); 10] = [
+        let checks: [(bool, &str, String); 11] = [
             (
                 self.eta > 0.0 && self.eta <= 1.0,
                 "eta",
                 format!("in (0, 1], got {}", self.eta),
+            ),
+            (
+                (1..=2).contains(&self.order),
+                "order",
+                format!("1 or 2, got {}", self.order),
             ),
             (
                 (1..=super::smc::MAX_PARTICLES).contains(&self.particles),
@@ -143,12 +152,18 @@ impl TwistedSmcConfig {
         super::first_failed(&checks)
     }
 
-    /// Network evaluations per output sample, at most (d_y = `max_dim_y`): K × (N forward
-    /// passes + d_y VJPs at each level that computes J Aᵀ), then 1 + `lanczos_steps` for the
-    /// final x0 draw.
+    /// Network evaluations per output sample, at most (d_y = `max_dim_y`): [`Self::nfe_at`].
     pub fn nfe(&self) -> usize {
+        self.nfe_at(self.max_dim_y)
+    }
+
+    /// Network evaluations per output sample for d_y measurement values: K × (N forward
+    /// passes + d_y VJPs at each level that computes J Aᵀ + (order − 1) midpoint passes at each
+    /// of the N − 1 steps), then 1 + `lanczos_steps` for the final x0 draw.
+    pub fn nfe_at(&self, dim_y: usize) -> usize {
         let jac = (0..self.steps).filter(|&i| self.fresh_jacobian(i)).count();
-        self.particles * (self.steps + jac * self.max_dim_y) + 1 + self.lanczos_steps
+        let mid = (self.order - 1) * (self.steps - 1);
+        self.particles * (self.steps + jac * dim_y + mid) + 1 + self.lanczos_steps
     }
 
     /// Whether level `i` computes J Aᵀ.
@@ -318,7 +333,16 @@ pub fn twisted_smc(
         // μ = D + √(σ_s² − v) (x_t − D)/σ_t (η = 1: the ancestral step).
         let s1 = sig[i + 1];
         let v = cfg.eta * cfg.eta * s1 * s1 * (1.0 - (s1 * s1) / (s * s));
-        let mu = (&mo.d + ((&x - &mo.d)? * ((s1 * s1 - v).sqrt() / s))?)?;
+        let down = (s1 * s1 - v).sqrt();
+        let ddim = |d: &Tensor, to: f64| d + ((&x - d)? * (to / s))?;
+        // Order 2: D at the DDIM point of σ_mid = √(σ_t σ_down) replaces D(x_t) in the step.
+        let dm = if cfg.order == 2 {
+            let mid = (s * down).sqrt();
+            p.prior.denoise(&ddim(&mo.d, mid)?, mid)?
+        } else {
+            mo.d.clone()
+        };
+        let mu = ddim(&dm, down)?;
         let xp = (&mu + (noise.randn(x.shape(), &device)? * v.sqrt())?)?;
         let eta = rows(&noise.randn(&(n, m).into(), &device)?)?;
         // H u = (⟨g_j, u⟩)_j; HHᵀ; H(x' − μ).
