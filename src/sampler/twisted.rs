@@ -44,6 +44,9 @@ pub struct TwistedSmcConfig {
     pub order: usize,
     /// Resample when the effective sample size is below this fraction of K.
     pub ess_threshold: f64,
+    /// With one measurement shared by all outputs: one population of K × outputs particles,
+    /// the outputs drawn from it by systematic resampling (dependent draws); else K per output.
+    pub pool: bool,
     /// The most measurement values per chain (each costs one VJP per particle and level
     /// where J Aᵀ is computed).
     pub max_dim_y: usize,
@@ -68,6 +71,7 @@ impl Default for TwistedSmcConfig {
             eta: 1.0,
             order: 1,
             ess_threshold: 0.5,
+            pool: false,
             max_dim_y: 4,
             jacobian_every: 1,
             lanczos_steps: 8,
@@ -252,6 +256,20 @@ fn combine(g: &[Tensor], c: &[f64], m: usize) -> Result<Tensor> {
     Ok(out)
 }
 
+/// `b` indices drawn from weights `w` by systematic resampling with offset `u` ∈ [0, 1).
+fn systematic(w: &[f64], b: usize, u: f64) -> Vec<u32> {
+    let (mut acc, mut src) = (w[0], 0);
+    (0..b)
+        .map(|j| {
+            while acc < (j as f64 + u) / b as f64 && src + 1 < w.len() {
+                src += 1;
+                acc += w[src];
+            }
+            src as u32
+        })
+        .collect()
+}
+
 /// Runs twisted SMC: `x_shape[0]` output samples, each from its own K particles.
 pub fn twisted_smc(
     p: &Problem,
@@ -275,6 +293,8 @@ pub fn twisted_smc(
             cfg.max_dim_y
         )));
     }
+    // Particles per resampling group: K, or all of them when pooled.
+    let group = if cfg.pool && y1.dim(0)? == 1 { n } else { k };
     let mut shape = x_shape.to_vec();
     shape[0] = n;
     let device = p.prior.device().clone();
@@ -312,7 +332,7 @@ pub fn twisted_smc(
             logp[c] = log_normal(&r, sm)?.0;
             logw[c] += logp[c] - prev[c];
         }
-        if let Some(a) = resample(&mut logw, k, cfg.ess_threshold, &mut rng) {
+        if let Some(a) = resample(&mut logw, group, cfg.ess_threshold, &mut rng) {
             let idx = Tensor::from_vec(a.clone(), n, &device)?;
             x = x.index_select(&idx, 0)?;
             mo.d = mo.d.index_select(&idx, 0)?;
@@ -393,12 +413,16 @@ pub fn twisted_smc(
         })?;
     }
     // One particle per measurement by the final weights; its x0 by the Tweedie x0 step.
-    let pick: Vec<u32> = (0..b)
-        .map(|g| {
-            let w = softmax(&logw[g * k..(g + 1) * k]);
-            (g * k + categorical(&w, rng.random())) as u32
-        })
-        .collect();
+    let pick: Vec<u32> = if group == k {
+        (0..b)
+            .map(|g| {
+                let w = softmax(&logw[g * k..(g + 1) * k]);
+                (g * k + categorical(&w, rng.random())) as u32
+            })
+            .collect()
+    } else {
+        systematic(&softmax(&logw), b, rng.random())
+    };
     let s = sig[last];
     let idx = Tensor::from_vec(pick.clone(), b, &device)?;
     let xs = x.index_select(&idx, 0)?;
