@@ -1,12 +1,14 @@
-//! Twisted SMC: K particles per measurement on the prior's reverse chain (VE ancestral steps
-//! x_s ~ N(x_t + (1 − σ_s²/σ_t²)(D(x_t) − x_t), σ_s²(1 − σ_s²/σ_t²) I)), each level twisted by
-//! the Tweedie likelihood p̃(y | x_t) = N(y; A D(x_t), τ² I + σ_t² A J Aᵀ), J = ∂D/∂x applied by
-//! d_y VJPs (J Aᵀ column by column; J symmetric for an exact denoiser). The proposal is the
-//! ancestral kernel times the twist linearised around the kernel's mean μ (A D(x_s) ≈
-//! A D(x_t) + A J (x_s − μ)), drawn by Matheron's rule; the incremental weight
-//! p̃(y | x_s)·Z / (ℓ(x_s)·p̃(y | x_t)) (ℓ the linearised twist, Z its normaliser) makes the
-//! target of the last level the reverse chain's law times p̃(y | x_N). One particle per
-//! measurement is drawn by the final weights and its x0 from N(D, σ_N² J)·N(y; A x0, τ² I)
+//! Twisted SMC: K particles per measurement on the prior's reverse chain (DDIM-η steps
+//! x_s ~ N(μ, v I), v = η² σ_s² (1 − σ_s²/σ_t²), μ = D̃ + (σ_d/σ_t)(x_t − D̃), σ_d = √(σ_s² − v);
+//! order 1: D̃ = D(x_t), the ancestral step at η = 1; order 2 (DPM-Solver++(2S)): D̃ = D at the
+//! DDIM point of σ_m = √(σ_t σ_d)), each level twisted by the Tweedie likelihood
+//! p̃(y | x_t) = N(y; A D(x_t), τ² I + σ_t² A J Aᵀ), J = ∂D/∂x applied by d_y VJPs (J Aᵀ column
+//! by column; J symmetric for an exact denoiser). The proposal is the kernel times the twist
+//! linearised around μ (A D(x_s) ≈ A D(x_t) + A J (x_s − μ)), drawn by Matheron's rule; the
+//! incremental weight p̃(y | x_s)·Z / (ℓ(x_s)·p̃(y | x_t)) (ℓ the linearised twist, Z its
+//! normaliser) makes the target of the last level the reverse chain's law times p̃(y | x_N).
+//! One particle per output is drawn by the final weights (from its own K, or with `pool` from
+//! the one population of a shared measurement) and its x0 from N(D, σ_N² J)·N(y; A x0, τ² I)
 //! (`daps-tweedie`'s step, whose normaliser is that twist, so no weight changes). As K → ∞ the
 //! output is the posterior of the reverse chain's prior: exact up to the chain's own error (its
 //! N steps, x_T ~ N(0, σ_max² I), the Tweedie x0 law at σ_min). Linear operators, small y only.
@@ -44,8 +46,9 @@ pub struct TwistedSmcConfig {
     pub order: usize,
     /// Resample when the effective sample size is below this fraction of K.
     pub ess_threshold: f64,
-    /// With one measurement shared by all outputs: one population of K × outputs particles,
-    /// the outputs drawn from it by systematic resampling (dependent draws); else K per output.
+    /// With one measurement shared by all outputs: one population of K × outputs particles
+    /// (resampled as one group), the outputs drawn from it by weight (dependent through their
+    /// common ancestors); else K per output, independent outputs.
     pub pool: bool,
     /// The most measurement values per chain (each costs one VJP per particle and level
     /// where J Aᵀ is computed).
@@ -60,16 +63,17 @@ pub struct TwistedSmcConfig {
 }
 
 impl Default for TwistedSmcConfig {
-    /// 8 particles × 24 levels × (1 + 4) + 1 + 8 = 969 NFE for d_y ≤ 4, under DAPS-1K's 1000.
+    /// 8 particles × (20 levels × (1 + 4) + 19 midpoints) + 1 + 8 = 961 NFE for d_y ≤ 4,
+    /// under DAPS-1K's 1000.
     fn default() -> Self {
         Self {
             particles: 8,
-            steps: 24,
+            steps: 20,
             sigma_max: 100.0,
             sigma_min: 0.05,
             rho: 7.0,
             eta: 1.0,
-            order: 1,
+            order: 2,
             ess_threshold: 0.5,
             pool: false,
             max_dim_y: 4,
@@ -170,6 +174,25 @@ impl TwistedSmcConfig {
         self.particles * (self.steps + jac * dim_y + mid) + 1 + self.lanczos_steps
     }
 
+    /// These settings with `max_dim_y` = `dim_y` and the most particles whose
+    /// [`Self::nfe_at`] fits in `budget` NFE per output.
+    pub fn for_budget(&self, budget: usize, dim_y: usize) -> Result<Self> {
+        let one = Self {
+            particles: 1,
+            max_dim_y: dim_y,
+            ..self.clone()
+        };
+        let (fixed, each) = (1 + self.lanczos_steps, one.nfe_at(dim_y) - 1 - self.lanczos_steps);
+        let particles = budget.saturating_sub(fixed) / each;
+        if particles == 0 {
+            return Err(Error::config(format!(
+                "twisted-smc: a budget of {budget} NFE is below one particle's {} at d_y = {dim_y}",
+                fixed + each
+            )));
+        }
+        Ok(Self { particles, ..one })
+    }
+
     /// Whether level `i` computes J Aᵀ.
     fn fresh_jacobian(&self, i: usize) -> bool {
         i.is_multiple_of(self.jacobian_every) || i + 1 == self.steps
@@ -256,16 +279,21 @@ fn combine(g: &[Tensor], c: &[f64], m: usize) -> Result<Tensor> {
     Ok(out)
 }
 
-/// `b` indices drawn from weights `w` by systematic resampling with offset `u` ∈ [0, 1).
-fn systematic(w: &[f64], b: usize, u: f64) -> Vec<u32> {
-    let (mut acc, mut src) = (w[0], 0);
+/// `b` independent draws of an index by weights `w` (multinomial, so the outputs are i.i.d.
+/// given the population, with no stratification below the exact sampler's spread).
+fn multinomial(w: &[f64], b: usize, rng: &mut impl Rng) -> Vec<u32> {
+    let cum: Vec<f64> = w
+        .iter()
+        .scan(0.0, |a, v| {
+            *a += v;
+            Some(*a)
+        })
+        .collect();
+    let last = cum.len() - 1;
     (0..b)
-        .map(|j| {
-            while acc < (j as f64 + u) / b as f64 && src + 1 < w.len() {
-                src += 1;
-                acc += w[src];
-            }
-            src as u32
+        .map(|_| {
+            let u = rng.random::<f64>() * cum[last];
+            cum.partition_point(|&c| c <= u).min(last) as u32
         })
         .collect()
 }
@@ -421,7 +449,7 @@ pub fn twisted_smc(
             })
             .collect()
     } else {
-        systematic(&softmax(&logw), b, rng.random())
+        multinomial(&softmax(&logw), b, &mut rng)
     };
     let s = sig[last];
     let idx = Tensor::from_vec(pick.clone(), b, &device)?;
