@@ -118,3 +118,46 @@ fn twisted_smc_budget_picks_the_most_particles_that_fit() {
     let e = base.for_budget(50, 1).unwrap_err().to_string();
     assert!(e.contains("budget of 50"), "{e}");
 }
+
+/// `pool`: the n = 1000 outputs of one shared measurement as one population of n particles
+/// (K = 1 per output) on the default second-order chain. On the problem above each empirical
+/// mode frequency must lie within 4.5 binomial SE (Bonferroni over 25 modes) plus 0.01: the
+/// chain's own bias at N = 20, measured, not tuned (examples/twisted_gmm.rs, pooled K = 4,
+/// 20000 outputs: largest |p̂_k − w̃_k| 0.006 at SE 0.002, so 0.006 + 2 SE). One particle per
+/// output without pooling (the twisted proposal alone) must fail the same check.
+#[test]
+fn twisted_smc_pooled_population_matches_the_exact_posterior() {
+    let dev = Device::Cpu;
+    let (d, n) = (8, 1000);
+    let prob = make_problem(d, 1, 1, &dev).unwrap();
+    let op = MatrixOperator::new(prob.a.clone(), &[d], &dev).unwrap();
+    let meas = Measurement {
+        y: row_tensor(prob.y.as_slice(), 1),
+        sigma_y: prob.sigma_y,
+    };
+    let p = Problem {
+        prior: &prob.prior,
+        operator: &op,
+        measurement: &meas,
+    };
+    let post = Posterior::new(&prob.prior, &prob.a, prob.sigma_y, prob.y.clone()).unwrap();
+    let z = |pool: bool| {
+        let cfg = TwistedSmcConfig {
+            particles: 1,
+            max_dim_y: 1,
+            pool,
+            ..TwistedSmcConfig::default()
+        };
+        let x = cfg
+            .run(&p, &[n, d], &mut SeededNoise::new(5), &mut Silent)
+            .unwrap();
+        worst_z(&post.weights, &post.assign(&rows(&x)), 0.01)
+    };
+    let (alone, pooled) = (z(false), z(true));
+    println!("worst mode z beyond the 0.01 allowance: alone {alone:.2}, pooled {pooled:.2}");
+    assert!(pooled <= 4.5, "pooled: worst mode z {pooled}");
+    assert!(
+        alone > 4.5,
+        "one particle alone passes too (worst mode z {alone})"
+    );
+}

@@ -182,7 +182,10 @@ impl TwistedSmcConfig {
             max_dim_y: dim_y,
             ..self.clone()
         };
-        let (fixed, each) = (1 + self.lanczos_steps, one.nfe_at(dim_y) - 1 - self.lanczos_steps);
+        let (fixed, each) = (
+            1 + self.lanczos_steps,
+            one.nfe_at(dim_y) - 1 - self.lanczos_steps,
+        );
         let particles = budget.saturating_sub(fixed) / each;
         if particles == 0 {
             return Err(Error::config(format!(
