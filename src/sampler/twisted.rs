@@ -301,7 +301,8 @@ fn multinomial(w: &[f64], b: usize, rng: &mut impl Rng) -> Vec<u32> {
         .collect()
 }
 
-/// Runs twisted SMC: `x_shape[0]` output samples, each from its own K particles.
+/// Runs twisted SMC: `x_shape[0]` output samples, each from its own K particles (or, with
+/// `pool` and one shared measurement, all from one population of `x_shape[0]`·K).
 pub fn twisted_smc(
     p: &Problem,
     cfg: &TwistedSmcConfig,
@@ -443,7 +444,7 @@ pub fn twisted_smc(
             misfit: mean_misfit(p.operator, &meas, &mo.d)?,
         })?;
     }
-    // One particle per measurement by the final weights; its x0 by the Tweedie x0 step.
+    // One particle per output by the final weights; its x0 by the Tweedie x0 step.
     let pick: Vec<u32> = if group == k {
         (0..b)
             .map(|g| {
