@@ -30,7 +30,9 @@ fn main() -> daps::Result<()> {
         [1, 2, 4].iter().position(|&v| v == dy).unwrap_or(0),
     );
     let (mut sw, mut tv, mut osw, mut otv) = (vec![], vec![], vec![], vec![]);
-    for i in 0..problems {
+    // FROM=i: start at problem i (diagnosing one problem).
+    let from: usize = std::env::var("FROM").map_or(0, |v| v.parse().expect("FROM a number"));
+    for i in from..problems {
         let seed = 2u64.pow(id as u32) * 3u64.pow(iy as u32) + i as u64;
         let mut p = make_problem(d, dy, seed, &device)?;
         // TAU=v: a flat likelihood (σ_y = v) to measure the reverse chain's own prior.
@@ -85,6 +87,15 @@ fn main() -> daps::Result<()> {
                 "  problem {i}: σ_y {:.3} oracle {:.3}/{:.3} method {:.3}/{:.3}",
                 p.sigma_y, o.0, o.1, s.0, s.1
             );
+        }
+        if std::env::var("VERBOSE").as_deref() == Ok("2") {
+            let lab = post.assign(&x);
+            for (k, w) in post.weights.iter().enumerate() {
+                let f = lab.iter().filter(|&&l| l == k).count() as f64 / samples as f64;
+                if w.max(f) > 0.01 {
+                    println!("    mode {k:2}: posterior {w:.3} sampled {f:.3}");
+                }
+            }
         }
         sw.push(s.0);
         tv.push(s.1);

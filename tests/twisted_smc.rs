@@ -25,7 +25,7 @@ fn worst_z(weights: &[f64], labels: &[usize], bias: f64) -> f64 {
 }
 
 /// Mode weights on the benchmark's first problem of cell (d = 8, d_y = 1; 25 modes): with
-/// K = 16 particles and N = 24 levels each of the 25 empirical mode frequencies of n = 1000
+/// K = 16 particles, N = 24 levels and the first-order kernel (`order` 1) each of the 25 empirical mode frequencies of n = 1000
 /// independent outputs must lie within 4.5 binomial SE (Bonferroni over 25 modes: two-sided
 /// P ≤ 25·6.8e-6 ≈ 2e-4) plus a bias allowance of 0.02 per mode of its exact posterior weight.
 /// The allowance is the reverse chain's own error, measured, not tuned: with K = 32, N = 48 and
@@ -52,6 +52,7 @@ fn twisted_smc_mode_weights_match_the_exact_posterior() {
         let cfg = TwistedSmcConfig {
             particles: k,
             steps: 24,
+            order: 1,
             max_dim_y: 1,
             ..TwistedSmcConfig::default()
         };
@@ -95,4 +96,68 @@ fn twisted_smc_refuses_a_large_measurement_by_name() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("max_dim_y"), "{e}");
+}
+
+/// The budget rule: the most particles whose NFE at the measurement's d_y fits, named error
+/// when not even one does.
+#[test]
+fn twisted_smc_budget_picks_the_most_particles_that_fit() {
+    let base = TwistedSmcConfig::default();
+    for dy in [1, 2, 4] {
+        let c = base.for_budget(1000, dy).unwrap();
+        let more = TwistedSmcConfig {
+            particles: c.particles + 1,
+            ..c.clone()
+        };
+        assert_eq!(c.max_dim_y, dy);
+        assert!(c.nfe() <= 1000 && more.nfe() > 1000, "d_y {dy}: {c:?}");
+    }
+    // Order 2, N = 20: each particle costs 20·(1 + d_y) + 19 NFE, plus 1 + 8 per output.
+    let k = |dy| base.for_budget(1000, dy).unwrap().particles;
+    assert_eq!((k(1), k(2), k(4)), (16, 12, 8));
+    let e = base.for_budget(50, 1).unwrap_err().to_string();
+    assert!(e.contains("budget of 50"), "{e}");
+}
+
+/// `pool`: the n = 1000 outputs of one shared measurement as one population of n particles
+/// (K = 1 per output) on the default second-order chain. On the problem above each empirical
+/// mode frequency must lie within 4.5 binomial SE (Bonferroni over 25 modes) plus 0.01: the
+/// chain's own bias at N = 20, measured, not tuned (examples/twisted_gmm.rs, pooled K = 4,
+/// 20000 outputs: largest |p̂_k − w̃_k| 0.006 at SE 0.002, so 0.006 + 2 SE). One particle per
+/// output without pooling (the twisted proposal alone) must fail the same check.
+#[test]
+fn twisted_smc_pooled_population_matches_the_exact_posterior() {
+    let dev = Device::Cpu;
+    let (d, n) = (8, 1000);
+    let prob = make_problem(d, 1, 1, &dev).unwrap();
+    let op = MatrixOperator::new(prob.a.clone(), &[d], &dev).unwrap();
+    let meas = Measurement {
+        y: row_tensor(prob.y.as_slice(), 1),
+        sigma_y: prob.sigma_y,
+    };
+    let p = Problem {
+        prior: &prob.prior,
+        operator: &op,
+        measurement: &meas,
+    };
+    let post = Posterior::new(&prob.prior, &prob.a, prob.sigma_y, prob.y.clone()).unwrap();
+    let z = |pool: bool| {
+        let cfg = TwistedSmcConfig {
+            particles: 1,
+            max_dim_y: 1,
+            pool,
+            ..TwistedSmcConfig::default()
+        };
+        let x = cfg
+            .run(&p, &[n, d], &mut SeededNoise::new(5), &mut Silent)
+            .unwrap();
+        worst_z(&post.weights, &post.assign(&rows(&x)), 0.01)
+    };
+    let (alone, pooled) = (z(false), z(true));
+    println!("worst mode z beyond the 0.01 allowance: alone {alone:.2}, pooled {pooled:.2}");
+    assert!(pooled <= 4.5, "pooled: worst mode z {pooled}");
+    assert!(
+        alone > 4.5,
+        "one particle alone passes too (worst mode z {alone})"
+    );
 }

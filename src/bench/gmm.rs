@@ -73,7 +73,7 @@ impl Method {
         };
         let mut out = vec![Method::Oracle, Method::Prior];
         for info in sampler::METHODS {
-            if bench_sampler(info.name, cfg, p.sigma_y)?
+            if bench_sampler(info.name, cfg, p.sigma_y, dy)?
                 .supports(&prob)
                 .is_ok()
             {
@@ -100,16 +100,23 @@ impl Method {
 /// SW 1.56× the oracle's at σ_min = 0.05, 0.95× at 2).
 pub const TWISTED_SIGMA: (f64, f64) = (1000.0, 2.0);
 
-/// The registered sampler `name` at the benchmark's budget for a problem with noise `tau`:
+/// The registered sampler `name` at the benchmark's budget for a problem with noise `tau` and
+/// `dim_y` measurement values:
 /// DAPS with N × M NFE, its Langevin step in units of τ²; DPS with N·M steps and ζ; DAPS-SMC
 /// with the first of `cfg.particles` particles of N × M NFE each; DAPS-Tweedie with N levels,
 /// its default Lanczos steps and 4 CG steps (exact for d_y ≤ 4); Score-ALD with N·M levels of
 /// one step; MCGdiff and FPS with N steps × the first of `cfg.particles` (else
-/// `cfg.filter_particles`); twisted-smc with its default budget, the first of `cfg.particles`
-/// and [`TWISTED_SIGMA`]. Every likelihood σ of the DAPS variants is τ; DDRM,
+/// `cfg.filter_particles`); twisted-smc pooled (one population for the problem's samples), with
+/// [`TWISTED_SIGMA`] and the first of `cfg.particles` per sample, else the most that fit DAPS's
+/// N × M NFE at `dim_y` (`TwistedSmcConfig::for_budget`). Every likelihood σ of the DAPS variants is τ; DDRM,
 /// DDNM, ΠGDM, DiffPIR and RED-diff with N·M steps (at most 1000 for the last two) and their
 /// registered settings.
-pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampler::Method> {
+pub fn bench_sampler(
+    name: &str,
+    cfg: &GmmBenchConfig,
+    tau: f64,
+    dim_y: usize,
+) -> Result<sampler::Method> {
     Ok(match sampler::Method::from_name(name)? {
         sampler::Method::Daps(c) => sampler::Method::Daps(DapsConfig {
             annealing_steps: cfg.annealing_steps,
@@ -143,13 +150,20 @@ pub fn bench_sampler(name: &str, cfg: &GmmBenchConfig, tau: f64) -> Result<sampl
             tau: Some(tau),
             ..c
         }),
-        sampler::Method::TwistedSmc(c) => sampler::Method::TwistedSmc(TwistedSmcConfig {
-            particles: cfg.particles.first().copied().unwrap_or(c.particles),
-            sigma_max: TWISTED_SIGMA.0,
-            sigma_min: TWISTED_SIGMA.1,
-            tau: Some(tau),
-            ..c
-        }),
+        sampler::Method::TwistedSmc(c) => {
+            let c = TwistedSmcConfig {
+                sigma_max: TWISTED_SIGMA.0,
+                sigma_min: TWISTED_SIGMA.1,
+                tau: Some(tau),
+                pool: true,
+                max_dim_y: dim_y,
+                ..c
+            };
+            sampler::Method::TwistedSmc(match cfg.particles.first() {
+                Some(&particles) => TwistedSmcConfig { particles, ..c },
+                None => c.for_budget(cfg.annealing_steps * cfg.ode_steps, dim_y)?,
+            })
+        }
         sampler::Method::ScoreAld(c) => sampler::Method::ScoreAld(ScoreAldConfig {
             levels: cfg.annealing_steps * cfg.ode_steps,
             steps_each: 1,
@@ -367,7 +381,7 @@ pub fn run_method(
             return Ok(Posterior::new(&p.prior, &p.a, p.sigma_y, p.y.clone())?.sample(n, seed))
         }
         Method::Prior => return Ok(p.prior.sample(n, seed).0),
-        Method::Sampler(name) => bench_sampler(name, cfg, p.sigma_y)?.run(
+        Method::Sampler(name) => bench_sampler(name, cfg, p.sigma_y, p.y.len())?.run(
             &prob,
             &[n, d],
             &mut SeededNoise::new(seed),
@@ -396,12 +410,21 @@ pub fn score(
     Ok((sw, tv, secs))
 }
 
-/// One row of the table: a method, the settings it runs with, its label and NFE per sample.
+/// One row of the table: a method, the settings it runs with and its label.
 struct Row {
     method: Method,
     cfg: GmmBenchConfig,
     label: String,
-    nfe: usize,
+}
+
+impl Row {
+    /// NFE per sample at `dim_y` (0 for oracle and prior).
+    fn nfe(&self, dim_y: usize) -> Result<usize> {
+        Ok(match self.method {
+            Method::Sampler(name) => bench_sampler(name, &self.cfg, 1.0, dim_y)?.nfe(),
+            _ => 0,
+        })
+    }
 }
 
 /// Each method once; `daps-smc` once per particle count K (labelled `daps-smc-K`).
@@ -419,24 +442,23 @@ fn table_rows(cfg: &GmmBenchConfig) -> Result<Vec<Row>> {
         for k in ks {
             let mut c = cfg.clone();
             c.particles = if k > 0 { vec![k] } else { Vec::new() };
-            let (label, nfe) = match m {
+            let label = match m {
                 Method::Sampler(name) => {
-                    let s = bench_sampler(name, &c, 1.0)?;
-                    s.validate()?;
-                    let label = if k > 0 {
+                    for &dy in &cfg.dys {
+                        bench_sampler(name, &c, 1.0, dy)?.validate()?;
+                    }
+                    if k > 0 {
                         format!("{name}-{k}")
                     } else {
                         name.to_string()
-                    };
-                    (label, s.nfe())
+                    }
                 }
-                _ => (m.name().to_string(), 0),
+                _ => m.name().to_string(),
             };
             rows.push(Row {
                 method: m,
                 cfg: c,
                 label,
-                nfe,
             });
         }
     }
@@ -473,19 +495,22 @@ pub fn run(
             if dy > d {
                 return Err(Error::config(format!("d_y = {dy} exceeds d = {d}")));
             }
-            let chosen: Vec<&Row> = rows
+            let chosen: Vec<(&Row, usize)> = rows
                 .iter()
                 .enumerate()
-                .filter(|(k, row)| {
+                .map(|(k, row)| Ok((k, row, row.nfe(dy)?)))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .filter(|&(k, row, nfe)| {
                     select(&RowKey {
                         d,
                         d_y: dy,
                         method: &row.label,
-                        nfe: row.nfe,
+                        nfe,
                         index: index + k,
                     })
                 })
-                .map(|(_, row)| row)
+                .map(|(_, row, nfe)| (row, nfe))
                 .collect();
             index += rows.len();
             if chosen.is_empty() {
@@ -505,7 +530,7 @@ pub fn run(
                     Ok((post, reference))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            for row in chosen {
+            for (row, nfe) in chosen {
                 let (mut sws, mut tvs, mut secs) = (Vec::new(), Vec::new(), 0.0);
                 for ((seed, p), (post, reference)) in problems.iter().zip(&posteriors) {
                     let (sw, tv, s) = score(
@@ -533,7 +558,7 @@ pub fn run(
                     tv_mean,
                     tv_ci95,
                     seconds_per_problem: secs / cfg.problems as f64,
-                    nfe: row.nfe,
+                    nfe,
                     problems: cfg.problems,
                     samples: cfg.samples,
                 };

@@ -46,8 +46,9 @@ pub struct GmmArgs {
     /// every sampler that supports the problems [default: oracle, prior, daps-exact, daps, dps].
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
-    /// Particle counts K of daps-smc, mcgdiff and fps (comma-separated; one row each)
-    /// [default: daps-smc 4; mcgdiff, fps 64, --quick 32].
+    /// Particle counts K of daps-smc, twisted-smc (per sample), mcgdiff and fps (comma-separated;
+    /// one row each) [default: daps-smc 4; twisted-smc the most within N × M NFE at each d_y;
+    /// mcgdiff, fps 64, --quick 32].
     #[arg(long, value_delimiter = ',')]
     pub particles: Option<Vec<usize>>,
     /// Write the records as a JSON array (rewritten after each completed row).

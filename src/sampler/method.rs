@@ -498,10 +498,13 @@ impl Sampler for TwistedSmcConfig {
     }
     fn describe(&self) -> String {
         format!(
-            "{} particles × {} levels × (1 + d_y ≤ {}) NFE + {} Lanczos, resample at ESS < {}·K, τ {}, σ {} → {}",
+            "{} particles{} × {} levels × (1 + d_y ≤ {}) NFE, order {} (+{} NFE per step), + {} Lanczos, resample at ESS < {}·K, τ {}, σ {} → {}",
             self.particles,
+            if self.pool { " per output, pooled" } else { "" },
             self.steps,
             self.max_dim_y,
+            self.order,
+            self.order - 1,
             self.lanczos_steps,
             self.ess_threshold,
             self.tau.map_or("σ_y".to_string(), |t| t.to_string()),

@@ -1,12 +1,14 @@
-//! Twisted SMC: K particles per measurement on the prior's reverse chain (VE ancestral steps
-//! x_s ~ N(x_t + (1 − σ_s²/σ_t²)(D(x_t) − x_t), σ_s²(1 − σ_s²/σ_t²) I)), each level twisted by
-//! the Tweedie likelihood p̃(y | x_t) = N(y; A D(x_t), τ² I + σ_t² A J Aᵀ), J = ∂D/∂x applied by
-//! d_y VJPs (J Aᵀ column by column; J symmetric for an exact denoiser). The proposal is the
-//! ancestral kernel times the twist linearised around the kernel's mean μ (A D(x_s) ≈
-//! A D(x_t) + A J (x_s − μ)), drawn by Matheron's rule; the incremental weight
-//! p̃(y | x_s)·Z / (ℓ(x_s)·p̃(y | x_t)) (ℓ the linearised twist, Z its normaliser) makes the
-//! target of the last level the reverse chain's law times p̃(y | x_N). One particle per
-//! measurement is drawn by the final weights and its x0 from N(D, σ_N² J)·N(y; A x0, τ² I)
+//! Twisted SMC: K particles per measurement on the prior's reverse chain (DDIM-η steps
+//! x_s ~ N(μ, v I), v = η² σ_s² (1 − σ_s²/σ_t²), μ = D̃ + (σ_d/σ_t)(x_t − D̃), σ_d = √(σ_s² − v);
+//! order 1: D̃ = D(x_t), the ancestral step at η = 1; order 2 (DPM-Solver++(2S)): D̃ = D at the
+//! DDIM point of σ_m = √(σ_t σ_d)), each level twisted by the Tweedie likelihood
+//! p̃(y | x_t) = N(y; A D(x_t), τ² I + σ_t² A J Aᵀ), J = ∂D/∂x applied by d_y VJPs (J Aᵀ column
+//! by column; J symmetric for an exact denoiser). The proposal is the kernel times the twist
+//! linearised around μ (A D(x_s) ≈ A D(x_t) + A J (x_s − μ)), drawn by Matheron's rule; the
+//! incremental weight p̃(y | x_s)·Z / (ℓ(x_s)·p̃(y | x_t)) (ℓ the linearised twist, Z its
+//! normaliser) makes the target of the last level the reverse chain's law times p̃(y | x_N).
+//! One particle per output is drawn by the final weights (from its own K, or with `pool` from
+//! the one population of a shared measurement) and its x0 from N(D, σ_N² J)·N(y; A x0, τ² I)
 //! (`daps-tweedie`'s step, whose normaliser is that twist, so no weight changes). As K → ∞ the
 //! output is the posterior of the reverse chain's prior: exact up to the chain's own error (its
 //! N steps, x_T ~ N(0, σ_max² I), the Tweedie x0 law at σ_min). Linear operators, small y only.
@@ -39,8 +41,15 @@ pub struct TwistedSmcConfig {
     pub rho: f64,
     /// DDIM η of the reverse kernel: 1 is the ancestral step, 0 the deterministic DDIM step.
     pub eta: f64,
+    /// Order of the kernel's mean: 1 the DDIM step with D(x_t); 2 DPM-Solver++(2S), the same
+    /// step with D at its log-σ midpoint (one more network call per particle and level).
+    pub order: usize,
     /// Resample when the effective sample size is below this fraction of K.
     pub ess_threshold: f64,
+    /// With one measurement shared by all outputs: one population of K × outputs particles
+    /// (resampled as one group), the outputs drawn from it by weight (dependent through their
+    /// common ancestors); else K per output, independent outputs.
+    pub pool: bool,
     /// The most measurement values per chain (each costs one VJP per particle and level
     /// where J Aᵀ is computed).
     pub max_dim_y: usize,
@@ -54,16 +63,19 @@ pub struct TwistedSmcConfig {
 }
 
 impl Default for TwistedSmcConfig {
-    /// 8 particles × 24 levels × (1 + 4) + 1 + 8 = 969 NFE for d_y ≤ 4, under DAPS-1K's 1000.
+    /// 8 particles × (20 levels × (1 + 4) + 19 midpoints) + 1 + 8 = 961 NFE for d_y ≤ 4,
+    /// under DAPS-1K's 1000.
     fn default() -> Self {
         Self {
             particles: 8,
-            steps: 24,
+            steps: 20,
             sigma_max: 100.0,
             sigma_min: 0.05,
             rho: 7.0,
             eta: 1.0,
+            order: 2,
             ess_threshold: 0.5,
+            pool: false,
             max_dim_y: 4,
             jacobian_every: 1,
             lanczos_steps: 8,
@@ -78,11 +90,16 @@ pub const MAX_DIM_Y: usize = 64;
 impl TwistedSmcConfig {
     pub fn validate(&self) -> Result<()> {
         let pos = |x: f64| x.is_finite() && x > 0.0;
-        let checks: [(bool, &str, String); 10] = [
+        let checks: [(bool, &str, String); 11] = [
             (
                 self.eta > 0.0 && self.eta <= 1.0,
                 "eta",
                 format!("in (0, 1], got {}", self.eta),
+            ),
+            (
+                (1..=2).contains(&self.order),
+                "order",
+                format!("1 or 2, got {}", self.order),
             ),
             (
                 (1..=super::smc::MAX_PARTICLES).contains(&self.particles),
@@ -143,12 +160,40 @@ impl TwistedSmcConfig {
         super::first_failed(&checks)
     }
 
-    /// Network evaluations per output sample, at most (d_y = `max_dim_y`): K × (N forward
-    /// passes + d_y VJPs at each level that computes J Aᵀ), then 1 + `lanczos_steps` for the
-    /// final x0 draw.
+    /// Network evaluations per output sample, at most (d_y = `max_dim_y`): [`Self::nfe_at`].
     pub fn nfe(&self) -> usize {
+        self.nfe_at(self.max_dim_y)
+    }
+
+    /// Network evaluations per output sample for d_y measurement values: K × (N forward
+    /// passes + d_y VJPs at each level that computes J Aᵀ + (order − 1) midpoint passes at each
+    /// of the N − 1 steps), then 1 + `lanczos_steps` for the final x0 draw.
+    pub fn nfe_at(&self, dim_y: usize) -> usize {
         let jac = (0..self.steps).filter(|&i| self.fresh_jacobian(i)).count();
-        self.particles * (self.steps + jac * self.max_dim_y) + 1 + self.lanczos_steps
+        let mid = (self.order - 1) * (self.steps - 1);
+        self.particles * (self.steps + jac * dim_y + mid) + 1 + self.lanczos_steps
+    }
+
+    /// These settings with `max_dim_y` = `dim_y` and the most particles whose
+    /// [`Self::nfe_at`] fits in `budget` NFE per output.
+    pub fn for_budget(&self, budget: usize, dim_y: usize) -> Result<Self> {
+        let one = Self {
+            particles: 1,
+            max_dim_y: dim_y,
+            ..self.clone()
+        };
+        let (fixed, each) = (
+            1 + self.lanczos_steps,
+            one.nfe_at(dim_y) - 1 - self.lanczos_steps,
+        );
+        let particles = budget.saturating_sub(fixed) / each;
+        if particles == 0 {
+            return Err(Error::config(format!(
+                "twisted-smc: a budget of {budget} NFE is below one particle's {} at d_y = {dim_y}",
+                fixed + each
+            )));
+        }
+        Ok(Self { particles, ..one })
     }
 
     /// Whether level `i` computes J Aᵀ.
@@ -237,7 +282,27 @@ fn combine(g: &[Tensor], c: &[f64], m: usize) -> Result<Tensor> {
     Ok(out)
 }
 
-/// Runs twisted SMC: `x_shape[0]` output samples, each from its own K particles.
+/// `b` independent draws of an index by weights `w` (multinomial, so the outputs are i.i.d.
+/// given the population, with no stratification below the exact sampler's spread).
+fn multinomial(w: &[f64], b: usize, rng: &mut impl Rng) -> Vec<u32> {
+    let cum: Vec<f64> = w
+        .iter()
+        .scan(0.0, |a, v| {
+            *a += v;
+            Some(*a)
+        })
+        .collect();
+    let last = cum.len() - 1;
+    (0..b)
+        .map(|_| {
+            let u = rng.random::<f64>() * cum[last];
+            cum.partition_point(|&c| c <= u).min(last) as u32
+        })
+        .collect()
+}
+
+/// Runs twisted SMC: `x_shape[0]` output samples, each from its own K particles (or, with
+/// `pool` and one shared measurement, all from one population of `x_shape[0]`·K).
 pub fn twisted_smc(
     p: &Problem,
     cfg: &TwistedSmcConfig,
@@ -260,6 +325,8 @@ pub fn twisted_smc(
             cfg.max_dim_y
         )));
     }
+    // Particles per resampling group: K, or all of them when pooled.
+    let group = if cfg.pool && y1.dim(0)? == 1 { n } else { k };
     let mut shape = x_shape.to_vec();
     shape[0] = n;
     let device = p.prior.device().clone();
@@ -297,7 +364,7 @@ pub fn twisted_smc(
             logp[c] = log_normal(&r, sm)?.0;
             logw[c] += logp[c] - prev[c];
         }
-        if let Some(a) = resample(&mut logw, k, cfg.ess_threshold, &mut rng) {
+        if let Some(a) = resample(&mut logw, group, cfg.ess_threshold, &mut rng) {
             let idx = Tensor::from_vec(a.clone(), n, &device)?;
             x = x.index_select(&idx, 0)?;
             mo.d = mo.d.index_select(&idx, 0)?;
@@ -318,7 +385,16 @@ pub fn twisted_smc(
         // μ = D + √(σ_s² − v) (x_t − D)/σ_t (η = 1: the ancestral step).
         let s1 = sig[i + 1];
         let v = cfg.eta * cfg.eta * s1 * s1 * (1.0 - (s1 * s1) / (s * s));
-        let mu = (&mo.d + ((&x - &mo.d)? * ((s1 * s1 - v).sqrt() / s))?)?;
+        let down = (s1 * s1 - v).sqrt();
+        let ddim = |d: &Tensor, to: f64| d + ((&x - d)? * (to / s))?;
+        // Order 2: D at the DDIM point of σ_mid = √(σ_t σ_down) replaces D(x_t) in the step.
+        let dm = if cfg.order == 2 {
+            let mid = (s * down).sqrt();
+            p.prior.denoise(&ddim(&mo.d, mid)?, mid)?
+        } else {
+            mo.d.clone()
+        };
+        let mu = ddim(&dm, down)?;
         let xp = (&mu + (noise.randn(x.shape(), &device)? * v.sqrt())?)?;
         let eta = rows(&noise.randn(&(n, m).into(), &device)?)?;
         // H u = (⟨g_j, u⟩)_j; HHᵀ; H(x' − μ).
@@ -368,13 +444,17 @@ pub fn twisted_smc(
             misfit: mean_misfit(p.operator, &meas, &mo.d)?,
         })?;
     }
-    // One particle per measurement by the final weights; its x0 by the Tweedie x0 step.
-    let pick: Vec<u32> = (0..b)
-        .map(|g| {
-            let w = softmax(&logw[g * k..(g + 1) * k]);
-            (g * k + categorical(&w, rng.random())) as u32
-        })
-        .collect();
+    // One particle per output by the final weights; its x0 by the Tweedie x0 step.
+    let pick: Vec<u32> = if group == k {
+        (0..b)
+            .map(|g| {
+                let w = softmax(&logw[g * k..(g + 1) * k]);
+                (g * k + categorical(&w, rng.random())) as u32
+            })
+            .collect()
+    } else {
+        multinomial(&softmax(&logw), b, &mut rng)
+    };
     let s = sig[last];
     let idx = Tensor::from_vec(pick.clone(), b, &device)?;
     let xs = x.index_select(&idx, 0)?;
