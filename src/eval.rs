@@ -348,6 +348,65 @@ pub fn read_settings(dir: &Path) -> Result<EvalSettings> {
     })
 }
 
+/// Several runs of the same images, seed, σ_y and prior (so the same measurements) with
+/// different methods, as one run: tasks in first-seen order, methods in run order, records and
+/// missing counts together. A task in several runs must have the same runs per image there;
+/// a method may appear in one run only.
+pub fn read_runs(dirs: &[PathBuf]) -> Result<(EvalSettings, Vec<EvalRecord>, usize)> {
+    let Some((first, rest)) = dirs.split_first() else {
+        return Err(Error::config("no run folder given"));
+    };
+    let (mut merged, mut recs, mut missing) = read_run(first)?;
+    for dir in rest {
+        let (s, r, m) = read_run(dir)?;
+        let differs = [
+            ("data", s.data != merged.data),
+            ("images", s.images != merged.images),
+            ("seed", s.seed != merged.seed),
+            ("sigma_y", s.sigma_y != merged.sigma_y),
+            ("prior", s.prior != merged.prior),
+            ("best_of", s.best_of != merged.best_of),
+        ];
+        if let Some((what, _)) = differs.iter().find(|(_, d)| *d) {
+            return Err(Error::config(format!(
+                "{} and {} differ in {what}: only runs of the same images, seed, σ_y and prior \
+                 (the same measurements) are reported together",
+                first.display(),
+                dir.display()
+            )));
+        }
+        if let Some(m) = s.methods.iter().find(|m| merged.methods.contains(m)) {
+            return Err(Error::config(format!(
+                "method {m} is in {} and in an earlier run: give each method once",
+                dir.display()
+            )));
+        }
+        for (t, task) in s.tasks.iter().enumerate() {
+            match merged.tasks.iter().position(|x| x == task) {
+                Some(u) if merged.runs[u] != s.runs[t] => {
+                    return Err(Error::config(format!(
+                        "task {task}: {} runs per image in {}, {} in {}",
+                        s.runs[t],
+                        dir.display(),
+                        merged.runs[u],
+                        first.display()
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    merged.tasks.push(task.clone());
+                    merged.runs.push(s.runs[t]);
+                }
+            }
+        }
+        merged.methods.extend(s.methods);
+        merged.excluded.extend(s.excluded);
+        recs.extend(r);
+        missing += m;
+    }
+    Ok((merged, recs, missing))
+}
+
 /// Every whole record of the run in `dir`, in job order, and the number of missing ones.
 pub fn read_run(dir: &Path) -> Result<(EvalSettings, Vec<EvalRecord>, usize)> {
     let s = read_settings(dir)?;

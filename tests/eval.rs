@@ -315,3 +315,70 @@ fn samples_give_coverage_and_overrides_are_rows() {
     assert!(text.contains("nominal 60.0%"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Runs of the same images and seed (so the same measurements) with different methods report
+/// as one table, paired across runs; runs of other measurements, or a method given twice, are
+/// refused.
+#[test]
+fn runs_of_the_same_measurements_report_together() {
+    let dir = tmp_dir("eval", "together");
+    let run = |name: &str, tasks: &str, methods: &str, seed: &str| {
+        let out = dir.join(name);
+        let mut args = eval_args(&out);
+        for (k, v) in [
+            ("--limit", "2"),
+            ("--batch", "2"),
+            ("--tasks", tasks),
+            ("--methods", methods),
+        ] {
+            let i = args.iter().position(|a| a == k).unwrap();
+            args[i + 1] = v.into();
+        }
+        args.extend(["--seed".into(), seed.into()]);
+        run_ok(daps().args(&args));
+        out
+    };
+    let a = run("a", "sr4", "daps-50", "0");
+    let b = run("b", "sr4,inpaint-box", "ddrm@steps=2", "0");
+    let json = dir.join("both.json");
+    let text = run_ok(
+        daps()
+            .arg("report")
+            .args([&a, &b])
+            .args(["--baseline", "daps-50", "--json"])
+            .arg(&json),
+    );
+    assert!(
+        text.contains("paired PSNR daps-50 − ddrm@steps=2"),
+        "{text}"
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let row = |task: &str, m: &str| {
+        rows.iter()
+            .find(|r| r["task"] == task && r["method"] == m)
+            .unwrap_or_else(|| panic!("no row {task} {m}: {v}"))
+            .clone()
+    };
+    assert_eq!(rows.len(), 3, "sr4 × 2 methods, inpaint-box × ddrm");
+    assert_eq!(row("sr4", "ddrm@steps=2")["paired"]["images"], 2);
+    assert!(row("inpaint-box", "ddrm@steps=2")["paired"].is_null());
+    // The rows are each run's own.
+    let alone = merged(&b);
+    let own = alone["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == "sr4")
+        .unwrap()
+        .clone();
+    assert_eq!(row("sr4", "ddrm@steps=2")["psnr"], own["psnr"]);
+    // Other measurements (another seed), or one method twice: refused.
+    let c = run("c", "sr4", "ddrm@steps=2", "1");
+    let e = daps().arg("report").args([&a, &c]).output().unwrap();
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("differ in seed"));
+    let e = daps().arg("report").args([&b, &b]).output().unwrap();
+    assert!(String::from_utf8_lossy(&e.stderr).contains("give each method once"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -4,15 +4,17 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use daps::eval::{read_run, RunDir};
+use daps::eval::{read_runs, RunDir};
 use daps::report::eval::{aggregate, MethodRow, Summary};
 use daps::report::{merge, read_records, table, write_records};
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
-    /// A `daps eval` run folder, or JSON files written by `daps demo --json` (records of the
-    /// same task and method are merged; a digit may appear once per task and method).
+    /// A `daps eval` run folder (or several, of the same images, seed, σ_y and prior, hence the
+    /// same measurements, with different methods: one table, paired across runs), or JSON files
+    /// written by `daps demo --json` (records of the same task and method are merged; a digit
+    /// may appear once per task and method).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Writes the summary as JSON (for demo files: the merged records, in their format).
@@ -48,8 +50,11 @@ pub fn report(a: ReportArgs) -> Result<()> {
         super::outputs::file("--png", p, &["png"], &inputs)?;
     }
     if a.files.iter().any(|f| f.is_dir()) {
-        if a.files.len() != 1 {
-            bail!("give one `daps eval` run folder, or `daps demo --json` files");
+        if !a.files.iter().all(|f| f.is_dir()) {
+            bail!("give `daps eval` run folders, or `daps demo --json` files, not both");
+        }
+        if a.files.len() > 1 && (a.html.is_some() || a.png.is_some()) {
+            bail!("--html and --png take one run folder (its pictures); the table and --json take several");
         }
         return eval_report(&a);
     }
@@ -70,10 +75,10 @@ pub fn report(a: ReportArgs) -> Result<()> {
 
 fn eval_report(a: &ReportArgs) -> Result<()> {
     let dir = &a.files[0];
-    let (settings, recs, missing) = read_run(dir)?;
+    let (settings, recs, missing) = read_runs(&a.files)?;
     let baseline = match &a.baseline {
         Some(b) if !settings.methods.contains(b) => bail!(
-            "--baseline {b} is not a method of this run ({})",
+            "--baseline {b} is not a method of the run(s) ({})",
             settings.methods.join(", ")
         ),
         Some(b) => b.clone(),
