@@ -1,10 +1,19 @@
 //! The `daps` binary end to end.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn daps() -> Command {
     Command::new(env!("CARGO_BIN_EXE_daps"))
+}
+
+/// Fails the test with the command's stderr unless it succeeded.
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `bench speed --quick --json` on the hidden tiny ADM (seconds): the documented keys exist
@@ -30,11 +39,7 @@ fn bench_speed_quick_writes_its_keys() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for k in [
@@ -100,11 +105,7 @@ fn bench_gmm_quick_writes_the_documented_records() {
         .arg(&json)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("daps-exact") && text.contains("oracle"),
@@ -164,11 +165,7 @@ fn bench_gmm_rows_resume_and_shard_to_the_same_records() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let read = |json: &Path| -> Vec<serde_json::Value> {
@@ -259,11 +256,7 @@ fn solve_runs_dps_by_name() {
         .arg(&y)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let x = dir.join("x.png");
     let out = daps()
         .args([

@@ -24,16 +24,9 @@ fn worst_z(weights: &[f64], labels: &[usize], bias: f64) -> f64 {
     z
 }
 
-/// Mode weights on the benchmark's first problem of cell (d = 8, d_y = 1; 25 modes): with
-/// K = 16 particles, N = 24 levels and the first-order kernel (`order` 1) each of the 25 empirical mode frequencies of n = 1000
-/// independent outputs must lie within 4.5 binomial SE (Bonferroni over 25 modes: two-sided
-/// P ≤ 25·6.8e-6 ≈ 2e-4) plus a bias allowance of 0.02 per mode of its exact posterior weight.
-/// The allowance is the reverse chain's own error, measured, not tuned: with K = 32, N = 48 and
-/// 2000 samples (examples/twisted_gmm.rs) the mode TV is 0.019 against the oracle's 0.002. One
-/// particle (the twisted proposal alone, no reweighting) measured TV 0.098 there: it must fail
-/// the same check, which shows that the weights, not the proposal, fix the mode weights.
-#[test]
-fn twisted_smc_mode_weights_match_the_exact_posterior() {
+/// [`worst_z`] of n = 1000 outputs of `cfg` on the benchmark's first problem of cell (d = 8,
+/// d_y = 1; 25 modes), seeded by `seed`.
+fn mode_z(cfg: &TwistedSmcConfig, seed: u64, bias: f64) -> f64 {
     let dev = Device::Cpu;
     let (d, n) = (8, 1000);
     let prob = make_problem(d, 1, 1, &dev).unwrap();
@@ -48,6 +41,22 @@ fn twisted_smc_mode_weights_match_the_exact_posterior() {
         measurement: &meas,
     };
     let post = Posterior::new(&prob.prior, &prob.a, prob.sigma_y, prob.y.clone()).unwrap();
+    let x = cfg
+        .run(&p, &[n, d], &mut SeededNoise::new(seed), &mut Silent)
+        .unwrap();
+    worst_z(&post.weights, &post.assign(&rows(&x)), bias)
+}
+
+/// Mode weights on the benchmark's first problem of cell (d = 8, d_y = 1; 25 modes): with
+/// K = 16 particles, N = 24 levels and the first-order kernel (`order` 1) each of the 25 empirical mode frequencies of n = 1000
+/// independent outputs must lie within 4.5 binomial SE (Bonferroni over 25 modes: two-sided
+/// P ≤ 25·6.8e-6 ≈ 2e-4) plus a bias allowance of 0.02 per mode of its exact posterior weight.
+/// The allowance is the reverse chain's own error, measured, not tuned: with K = 32, N = 48 and
+/// 2000 samples (examples/twisted_gmm.rs) the mode TV is 0.019 against the oracle's 0.002. One
+/// particle (the twisted proposal alone, no reweighting) measured TV 0.098 there: it must fail
+/// the same check, which shows that the weights, not the proposal, fix the mode weights.
+#[test]
+fn twisted_smc_mode_weights_match_the_exact_posterior() {
     let z = |k: usize| {
         let cfg = TwistedSmcConfig {
             particles: k,
@@ -57,10 +66,7 @@ fn twisted_smc_mode_weights_match_the_exact_posterior() {
             ..TwistedSmcConfig::default()
         };
         assert_eq!(cfg.nfe(), k * 24 * 2 + 1 + 8);
-        let x = cfg
-            .run(&p, &[n, d], &mut SeededNoise::new(3), &mut Silent)
-            .unwrap();
-        worst_z(&post.weights, &post.assign(&rows(&x)), 0.02)
+        mode_z(&cfg, 3, 0.02)
     };
     let (z1, z16) = (z(1), z(16));
     println!("worst mode z beyond the 0.02 allowance: K = 1 {z1:.2}, K = 16 {z16:.2}");
@@ -127,20 +133,6 @@ fn twisted_smc_budget_picks_the_most_particles_that_fit() {
 /// output without pooling (the twisted proposal alone) must fail the same check.
 #[test]
 fn twisted_smc_pooled_population_matches_the_exact_posterior() {
-    let dev = Device::Cpu;
-    let (d, n) = (8, 1000);
-    let prob = make_problem(d, 1, 1, &dev).unwrap();
-    let op = MatrixOperator::new(prob.a.clone(), &[d], &dev).unwrap();
-    let meas = Measurement {
-        y: row_tensor(prob.y.as_slice(), 1),
-        sigma_y: prob.sigma_y,
-    };
-    let p = Problem {
-        prior: &prob.prior,
-        operator: &op,
-        measurement: &meas,
-    };
-    let post = Posterior::new(&prob.prior, &prob.a, prob.sigma_y, prob.y.clone()).unwrap();
     let z = |pool: bool| {
         let cfg = TwistedSmcConfig {
             particles: 1,
@@ -148,10 +140,7 @@ fn twisted_smc_pooled_population_matches_the_exact_posterior() {
             pool,
             ..TwistedSmcConfig::default()
         };
-        let x = cfg
-            .run(&p, &[n, d], &mut SeededNoise::new(5), &mut Silent)
-            .unwrap();
-        worst_z(&post.weights, &post.assign(&rows(&x)), 0.01)
+        mode_z(&cfg, 5, 0.01)
     };
     let (alone, pooled) = (z(false), z(true));
     println!("worst mode z beyond the 0.01 allowance: alone {alone:.2}, pooled {pooled:.2}");

@@ -153,7 +153,7 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
         for w in &mf.warnings {
             eprintln!("warning: {}: {w}", p.display());
         }
-        daps::task::check_batch(batch * a.samples, mf.task.shape())
+        daps::task::check_batch(batch.saturating_mul(a.samples), mf.task.shape())
             .context("--batch × --samples")?;
         mfs.push(mf);
     }
