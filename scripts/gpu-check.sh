@@ -18,6 +18,16 @@
 #      The files come back under the reply's files_at: env.txt, device-tests.txt,
 #      speed-gpu.json, speed-gpu.txt, eval.txt, eval-summary.json.
 #
+# A second mode for the rest of the device time, after the check:
+#        run(command="bash scripts/gpu-check.sh tables", carry=["gpu-bin"], timeout_s=480)
+#      issue 12's equal-NFE accuracy table on 100 held-out digits (DAPS-1K, DPS-1000, DAPS-1K with
+#      τ = σ_y; every task, phase retrieval best of 4) as three resumable `daps eval` runs on CUDA,
+#      batch 100; each method under its own time limit, so a slow one still leaves the others.
+#      Back: tables.txt, equal-nfe.json and run.tar.xz (the run's records and measurements:
+#      unpack it into runs/ here: `daps report` reads it, the same eval command on the CPU continues it). The
+#      measurements are seeded per task and digit, so digits 9000–9009 see the same y as the
+#      CPU runs in runs/equal-nfe-10 (m1 DPS-1000, m2 DAPS-1K, m3 DAPS-1K τ = σ_y).
+#
 # Each step has its own timeout; a failed step is reported and the next one still runs. The
 # binaries need a CUDA 13 runtime (driver ≥ 580) and cuBLAS / cuRAND / NVRTC 13: the script
 # looks for them in the usual CUDA folders and in Python's nvidia-* wheels (PyTorch's).
@@ -75,6 +85,21 @@ step() { # name, timeout (s), command…
   local rc=$?
   echo "== $name: exit $rc in $((SECONDS - t0)) s" | tee -a "$OUT/env.txt"
 }
+
+if [ "${1:-}" = tables ]; then
+  RUN=/tmp/daps-gpu-tables
+  # One run folder per method (an eval folder holds one method list); reported together.
+  i=0
+  for m in dps-1000 daps-1k "daps-1k@tau_rule=measurement@lr_rule=stable@lr=1"; do
+    i=$((i + 1))
+    step "eval $m" "${TABLE_STEP_S:-140}" bash -c "$BIN/daps eval --device cuda --data digits --limit 100 \
+      --tasks all --methods '$m' --runs 1,phase-retrieval=4 --batch 100 --out $RUN/m$i >> '$OUT/tables.txt' 2>&1"
+  done
+  $BIN/daps report $RUN/m1 $RUN/m2 $RUN/m3 --baseline dps-1000 --json "$OUT/equal-nfe.json" >> "$OUT/tables.txt" 2>&1
+  tar -C /tmp -cJf "$OUT/run.tar.xz" daps-gpu-tables
+  cat "$OUT/env.txt"
+  exit 0
+fi
 
 # 1. The device tests, one at a time, with their printed lines.
 step device-tests 150 bash -c "$BIN/device-test --test-threads 1 --nocapture > '$OUT/device-tests.txt' 2>&1"
