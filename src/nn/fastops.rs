@@ -6,7 +6,9 @@
 //! is a scalar loop. Here:
 //! - [`conv2d`] / [`Conv2d`]: y = W·col. In f32, col is built for cache-sized tiles of output
 //!   rows only (none for 1×1), each multiplied with `gemm` straight into the output, in
-//!   parallel; in f64, one im2col + a batched candle matmul. Backward (only for tracked
+//!   parallel; 3×3 stride-1 padding-1 convs where it pays ([`ConvPath`]) by Winograd F(4,3)
+//!   (`nn::winograd`, off by [`set_winograd`]); in f64, one im2col + a batched candle
+//!   matmul. Backward (only for tracked
 //!   arguments): dx for stride 1 in f32 is the same conv with the flipped, transposed kernel,
 //!   otherwise col2im(Wᵀ·g); dW = Σ_b g·colᵀ (col recomputed). Any stride and padding.
 //! - [`group_norm`] / [`GroupNorm`]: forward and closed-form backward as loops over the
@@ -244,14 +246,14 @@ const TILE: usize = 1 << 18;
 
 /// A pointer to the output that the parallel tiles write to, each its own block.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: the tiles write disjoint blocks of one buffer that outlives the parallel loop.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// A method, so that closures capture the whole (Send + Sync) wrapper, not its field.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

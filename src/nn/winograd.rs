@@ -9,6 +9,7 @@
 //! in cache; blocks run in parallel. Rounding: the transforms have entries up to 8 (Aᵀ) and 5
 //! (Bᵀ), so the error is a small multiple of im2col's (tests/fastops.rs measures it).
 
+use super::fastops::SendPtr;
 use rayon::prelude::*;
 
 /// Tiles (or kernels) transformed together, one per SIMD lane.
@@ -236,18 +237,6 @@ fn output_block(m: &[f32], g: Tiles, o: usize, t0: usize, n: usize, y: *mut f32)
 /// Tiles per block: V and M of a block take about `budget` f32, at least 32 tiles.
 fn block_tiles(c: usize, o: usize, budget: usize) -> usize {
     (budget / (36 * (c + o))).max(32)
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: blocks write disjoint output tiles of one buffer that outlives the parallel loop.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 thread_local! {
