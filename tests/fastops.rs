@@ -518,7 +518,7 @@ fn winograd_matches_im2col_and_f64() {
     assert!(e.to_string().contains("stride 2"), "{e}");
 }
 
-/// 64 channels and ≥ 32 tiles (`winograd_pays` in src/nn/fastops.rs), so that the forward and
+/// 64 channels and ≥ 32 4×4 tiles (`winograd_pays` in src/nn/fastops.rs), so that the forward and
 /// the input gradient (the same conv with the flipped kernel) take the Winograd path by
 /// default: both match candle's autograd.
 /// y and dx are sums of 9C and 9O products; with the 8100 growth of

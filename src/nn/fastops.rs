@@ -488,19 +488,19 @@ pub fn winograd() -> bool {
 }
 
 /// Whether Winograd beats im2col for a 3×3 "same" conv of `[B, C, H, W]` to O channels, as
-/// timed on one thread: 1.2–1.8× faster from 64 channels on images up to 64×64 (the
-/// transforms cost O(C + O) per tile against a GEMM saving of O(C·O)); about even at 32
-/// channels; slower on 128+ px images (im2col's long GEMMs run near peak while the transforms
-/// are memory-bound) and when there are too few tiles for the 36 GEMMs to be wide.
+/// timed on one thread: 1.1–1.7× faster from 16 input and output channels (up to 256×256
+/// images and 512 channels) given at least 32 4×4 tiles in the batch; slower with fewer tiles
+/// (the weight transform, O·C·36 values, and 36 narrow GEMMs dominate: 0.2–0.8× at 4–16
+/// tiles) or with a few channels on one side (the RGB in and out convs: 0.3–0.9×).
 fn winograd_pays(b: usize, c: usize, o: usize, h: usize, w: usize) -> bool {
-    c.min(o) >= 64 && h * w <= 64 * 64 && b * h.div_ceil(4) * w.div_ceil(4) >= 32
+    c.min(o) >= 16 && b * h.div_ceil(4) * w.div_ceil(4) >= 32
 }
 
 /// Which f32 algorithm [`conv2d_forward`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
-    /// Winograd where it applies and pays (64+ channels, images up to 64×64; unless turned
-    /// off by [`set_winograd`]), else im2col.
+    /// Winograd where it applies and pays (16+ channels each side, 32+ tiles of 4×4 pixels in
+    /// the batch; unless turned off by [`set_winograd`]), else im2col.
     Auto,
     /// im2col tiles + gemm.
     Im2col,

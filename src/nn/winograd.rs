@@ -66,18 +66,6 @@ fn gt(g: [Lanes; 3]) -> [Lanes; 6] {
     o
 }
 
-/// The 6×6 transform P = X d Xᵀ of lane-wise 6×6 `d` by `f` (X d for each column, then the
-/// rows).
-#[inline(always)]
-fn two_sided<const R: usize>(
-    d: &[[Lanes; 6]; 6],
-    f: impl Fn([Lanes; 6]) -> [Lanes; R],
-) -> [[Lanes; R]; R] {
-    use std::array::from_fn;
-    let cols: [[Lanes; R]; 6] = from_fn(|s| f(from_fn(|r| d[r][s])));
-    from_fn(|r| f(from_fn(|s| cols[s][r])))
-}
-
 /// The stride between the 36 blocks of `len` values in U, V and M: padded by a cache line so
 /// that the 36 streams written or read together do not all map to the same cache set (block
 /// sizes are often multiples of 4 KiB).
@@ -146,19 +134,31 @@ fn input_block(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
             *a = (bi * g.c * h * w, y0, x0, inside);
         }
         let all_inside = nl == L && at.iter().all(|a| a.3);
+        let mut d = [[ZERO; 6]; 6];
         for ch in 0..g.c {
-            let d = if all_inside {
+            if all_inside {
                 // No zero padding: gather the lanes directly.
-                let p: [&[f32]; L] = std::array::from_fn(|l| {
-                    let (base, y0, x0, _) = at[l];
-                    &x[base + ch * h * w + y0 as usize * w + x0 as usize..]
-                });
-                std::array::from_fn(|r| std::array::from_fn(|s| p.map(|pl| pl[r * w + s])))
+                for (l, &(base, y0, x0, _)) in at.iter().enumerate() {
+                    let p = &x[base + ch * h * w + y0 as usize * w + x0 as usize..];
+                    for (r, dr) in d.iter_mut().enumerate() {
+                        let row = &p[r * w..][..6];
+                        for s in 0..6 {
+                            dr[s][l] = row[s];
+                        }
+                    }
+                }
             } else {
-                patches(x, g, &at[..nl], ch)
-            };
-            for (r, row) in two_sided(&d, bt).iter().enumerate() {
-                for (s, val) in row.iter().enumerate() {
+                patches(x, g, &at[..nl], ch, &mut d);
+            }
+            // Bᵀ d (columns, in place), then · B (rows) into V.
+            for s in 0..6 {
+                let col = bt([d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]]);
+                for (r, dr) in d.iter_mut().enumerate() {
+                    dr[s] = col[r];
+                }
+            }
+            for (r, dr) in d.iter().enumerate() {
+                for (s, val) in bt(*dr).iter().enumerate() {
                     v[(r * 6 + s) * cn + ch * nn + j0..][..L].copy_from_slice(val);
                 }
             }
@@ -167,10 +167,16 @@ fn input_block(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
 }
 
 /// The 6×6 input patches of channel `ch` for tiles at (item offset, top row, left column,
-/// inside), lane by lane, zero outside the image and for missing lanes.
-fn patches(x: &[f32], g: Tiles, at: &[(usize, isize, isize, bool)], ch: usize) -> [[Lanes; 6]; 6] {
+/// inside) into `d`, lane by lane, zero outside the image and for missing lanes.
+fn patches(
+    x: &[f32],
+    g: Tiles,
+    at: &[(usize, isize, isize, bool)],
+    ch: usize,
+    d: &mut [[Lanes; 6]; 6],
+) {
     let (h, w) = (g.h, g.w);
-    let mut d = [[ZERO; 6]; 6];
+    *d = [[ZERO; 6]; 6];
     for (l, &(base, y0, x0, inside)) in at.iter().enumerate() {
         let xc = &x[base + ch * h * w..][..h * w];
         if inside {
@@ -196,7 +202,6 @@ fn patches(x: &[f32], g: Tiles, at: &[(usize, isize, isize, bool)], ch: usize) -
             }
         }
     }
-    d
 }
 
 /// Writes tiles `t0..t0 + n` of `y` `[B, O, H, W]` from M `[36, O, nn]` (block stride
@@ -207,24 +212,37 @@ fn output_block(m: &[f32], g: Tiles, o: usize, t0: usize, n: usize, y: *mut f32)
     let on = stride36(o * nn);
     for j0 in (0..n).step_by(L) {
         let nl = L.min(n - j0);
+        // Per lane: the offset of the tile's top-left pixel in output channel 0, rows, columns.
+        let mut pos = [(0usize, 0usize, 0usize); L];
+        for (l, p) in pos.iter_mut().enumerate().take(nl) {
+            let (bi, ty, tx) = g.at(t0 + j0 + l);
+            let (y0, x0) = (4 * ty, 4 * tx);
+            *p = ((bi * o * h + y0) * w + x0, (h - y0).min(4), (w - x0).min(4));
+        }
         for oc in 0..o {
-            let mm: [[Lanes; 6]; 6] = std::array::from_fn(|r| {
-                std::array::from_fn(|s| {
-                    let i = (r * 6 + s) * on + oc * nn + j0;
-                    m[i..i + L].try_into().expect("L values")
-                })
-            });
-            let out = two_sided(&mm, at);
-            for l in 0..nl {
-                let (bi, ty, tx) = g.at(t0 + j0 + l);
-                let (y0, x0) = (4 * ty, 4 * tx);
-                let (rows, cols) = ((h - y0).min(4), (w - x0).min(4));
-                for (r, orow) in out.iter().enumerate().take(rows) {
-                    // SAFETY: the pixels of output tile (bi, ty, tx), cropped to the image,
-                    // lie inside `y` ([B, O, H, W]) and are written by this tile only.
+            let base = oc * nn + j0;
+            // Aᵀ M (columns), then · A (rows).
+            let mut t = [[ZERO; 6]; 4];
+            for s in 0..6 {
+                let mut col = [ZERO; 6];
+                for (r, cr) in col.iter_mut().enumerate() {
+                    cr.copy_from_slice(&m[(r * 6 + s) * on + base..][..L]);
+                }
+                for (r, v) in at(col).into_iter().enumerate() {
+                    t[r][s] = v;
+                }
+            }
+            for (r, tr) in t.iter().enumerate() {
+                let out = at(*tr);
+                for (l, &(off, rows, cols)) in pos.iter().enumerate().take(nl) {
+                    if r >= rows {
+                        continue;
+                    }
+                    // SAFETY: the pixels of this lane's output tile, cropped to the image, lie
+                    // inside `y` ([B, O, H, W]) and are written by this tile only.
                     unsafe {
-                        let dst = y.add(((bi * o + oc) * h + y0 + r) * w + x0);
-                        for (q, v) in orow.iter().enumerate().take(cols) {
+                        let dst = y.add(off + (oc * h + r) * w);
+                        for (q, v) in out.iter().enumerate().take(cols) {
                             dst.add(q).write(v[l]);
                         }
                     }
