@@ -464,3 +464,83 @@ fn conv_chunked_batch_matches_candle_autograd() {
         );
     }
 }
+
+/// (batch, C, O, H, W) for the Winograd checks: odd sizes (partial 4×4 tiles, 1×1 images,
+/// fewer rows than a tile) and channel counts below and above the `Auto` threshold.
+const WINO: &[(usize, usize, usize, usize, usize)] = &[
+    (2, 3, 5, 7, 9),
+    (3, 17, 4, 1, 1),
+    (2, 8, 16, 13, 5),
+    (1, 33, 31, 12, 16),
+    (2, 20, 24, 4, 4),
+    (4, 16, 16, 3, 2),
+    (1, 70, 9, 6, 11),
+];
+
+/// Winograd F(4,3) and im2col, both f32, against the f64 conv. Tolerance: a 4×4 output tile is
+/// Aᵀ[Σ_c (G g Gᵀ) ⊙ (Bᵀ d B)]A; the largest row sums of |Bᵀ|, |G|, |Aᵀ| are 10, 1/2 and 18,
+/// so rounding errors of the transformed values are amplified by at most 10²·(1/2)²·18² = 8100
+/// over those of a direct sum, whose random-walk error is about ε·√(9C)·max|x|·max|w|. A wrong
+/// transform gives errors of the size of y itself, ~√(9C)·|x|·|w|, 1/(8100 ε) ≈ 2000× larger.
+#[test]
+fn winograd_matches_im2col_and_f64() {
+    use fastops::ConvPath;
+    for (i, &(b, c, o, h, wd)) in WINO.iter().enumerate() {
+        let x = rand(&[b, c, h, wd], 300 + i as u64, DType::F32);
+        let w = rand(&[o, c, 3, 3], 310 + i as u64, DType::F32);
+        let exact = vec64(
+            &x.to_dtype(DType::F64)
+                .unwrap()
+                .conv2d(&w.to_dtype(DType::F64).unwrap(), 1, 1, 1, 1)
+                .unwrap(),
+        );
+        let max = |t: &Tensor| vec64(t).iter().fold(0f64, |m, v| m.max(v.abs()));
+        let tol = 8100.0 * f32::EPSILON as f64 * ((9 * c) as f64).sqrt() * max(&x) * max(&w);
+        let err = |p: ConvPath| {
+            let y = fastops::conv2d_forward(&x, &w, 1, 1, p).unwrap();
+            assert_eq!(y.dims(), &[b, o, h, wd]);
+            vec64(&y)
+                .iter()
+                .zip(&exact)
+                .fold(0f64, |m, (a, e)| m.max((a - e).abs()))
+        };
+        let (ew, ei) = (err(ConvPath::Winograd), err(ConvPath::Im2col));
+        eprintln!("{b}x{c}->{o} {h}x{wd}: winograd {ew:.2e} im2col {ei:.2e} tol {tol:.2e}");
+        assert!(
+            ew < tol && ei < tol,
+            "{b}x{c}->{o} {h}x{wd}: winograd {ew:e} im2col {ei:e} tol {tol:e}"
+        );
+    }
+    // The Winograd path refuses other geometries by name.
+    let x = rand(&[1, 2, 5, 5], 1, DType::F32);
+    let w = rand(&[2, 2, 3, 3], 2, DType::F32);
+    let e = fastops::conv2d_forward(&x, &w, 1, 2, ConvPath::Winograd).unwrap_err();
+    assert!(e.to_string().contains("stride 2"), "{e}");
+}
+
+/// 64 channels and ≥ 32 4×4 tiles (`winograd_pays` in src/nn/fastops.rs), so that the forward and
+/// the input gradient (the same conv with the flipped kernel) take the Winograd path by
+/// default: both match candle's autograd.
+/// y and dx are sums of 9C and 9O products; with the 8100 growth of
+/// [`winograd_matches_im2col_and_f64`] the bound relative to max|y| is ≲ 8100 ε ≈ 1e-3 in the
+/// worst case; typical errors are ~1e-6, so 1e-4 still catches any wrong tile or border.
+#[test]
+fn winograd_conv_gradient_matches_candle_autograd() {
+    for (i, &(h, wd)) in [(17, 13), (16, 16), (9, 30)].iter().enumerate() {
+        let x = rand(&[2, 64, h, wd], 400 + i as u64, DType::F32);
+        let w = rand(&[64, 64, 3, 3], 410 + i as u64, DType::F32);
+        let r = rand(&[2, 64, h, wd], 420 + i as u64, DType::F32);
+        let (yf, dxf, dwf) = conv_grads(&x, &w, &r, 1, 1, true);
+        let (yc, dxc, dwc) = conv_grads(&x, &w, &r, 1, 1, false);
+        let (ey, ex, ew) = (
+            rel_diff(&yf, &yc),
+            rel_diff(&dxf, &dxc),
+            rel_diff(&dwf, &dwc),
+        );
+        eprintln!("{h}x{wd}: y {ey:.2e} dx {ex:.2e} dw {ew:.2e}");
+        assert!(
+            ey < 1e-4 && ex < 1e-4 && ew < 1e-5,
+            "{h}x{wd}: y {ey:e} dx {ex:e} dw {ew:e}"
+        );
+    }
+}

@@ -9,6 +9,7 @@
 
 use crate::bench::prior::{nfe_seconds_with, random_adm};
 use crate::error::Result;
+use crate::nn::fastops;
 use crate::noise::{for_device, NoiseSource, SeededNoise};
 use crate::operator::{Linear, Measurement, Operator};
 use crate::prior::adm::AdmConfig;
@@ -71,10 +72,17 @@ pub struct SpeedReport {
     pub ffhq256_forward_gflops_b8: Option<f64>,
     pub ffhq256_forward_backward_ms_b8: Option<f64>,
     pub ffhq256_forward_backward_gflops_b8: Option<f64>,
+    /// FFHQ-256 forward at batch 1 with the Winograd path of 3×3 convs on, then off
+    /// (`nn::fastops::set_winograd`), timed one after the other.
+    pub ffhq256_forward_ms_b1_winograd: f64,
+    pub ffhq256_forward_ms_b1_im2col: f64,
     pub digits_forward_ms_b1: f64,
     pub digits_forward_backward_ms_b1: f64,
     pub digits_forward_ms_b16: f64,
     pub digits_forward_backward_ms_b16: f64,
+    /// The digits network forward at batch 10 (the DAPS-1K digits batch), Winograd on / off.
+    pub digits_forward_ms_b10_winograd: f64,
+    pub digits_forward_ms_b10_im2col: f64,
     /// One level of DAPS-1K's gaussian-blur preset (τ, lr, 100 Langevin steps) with one
     /// network evaluation (`daps_level_nfe`), on `daps_level_image`.
     pub daps_level_task: String,
@@ -158,6 +166,17 @@ pub fn best_seconds(warmup: usize, reps: usize, f: &mut dyn FnMut() -> Result<()
     Ok(best)
 }
 
+/// `time()` with the Winograd path of 3×3 convs on, then off; the switch is restored.
+fn winograd_on_off(time: &mut dyn FnMut() -> Result<f64>) -> Result<(f64, f64)> {
+    let was = fastops::winograd();
+    fastops::set_winograd(true);
+    let on = time();
+    fastops::set_winograd(false);
+    let off = time();
+    fastops::set_winograd(was);
+    Ok((on?, off?))
+}
+
 /// The tiny stand-in for FFHQ-256 (`--tiny`): 32×32, the FFHQ block structure at 32 channels.
 fn tiny_config() -> AdmConfig {
     AdmConfig {
@@ -204,6 +223,7 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         nfe_seconds_with(prior, shape, b, warmup, reps, bwd)
     };
     let f1 = time_net(&net, &shape, 1, false)?;
+    let (f1w, f1i) = winograd_on_off(&mut || time_net(&net, &shape, 1, false))?;
     let fb1 = time_net(&net, &shape, 1, true)?;
     let (f8, fb8) = if s.quick {
         (None, None)
@@ -220,6 +240,7 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
     let dfb1 = time_net(&digits, &dshape, 1, true)?;
     let df16 = time_net(&digits, &dshape, 16, false)?;
     let dfb16 = time_net(&digits, &dshape, 16, true)?;
+    let (df10w, df10i) = winograd_on_off(&mut || time_net(&digits, &dshape, 10, false))?;
 
     progress("one DAPS annealing level");
     let level = daps_level(&net, side)?;
@@ -263,10 +284,14 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         ffhq256_forward_gflops_b8: f8.map(|t| gf(8.0 * fwd_flop, t)),
         ffhq256_forward_backward_ms_b8: fb8.map(ms),
         ffhq256_forward_backward_gflops_b8: fb8.map(|t| gf(8.0 * fb_flop, t)),
+        ffhq256_forward_ms_b1_winograd: ms(f1w),
+        ffhq256_forward_ms_b1_im2col: ms(f1i),
         digits_forward_ms_b1: ms(df1),
         digits_forward_backward_ms_b1: ms(dfb1),
         digits_forward_ms_b16: ms(df16),
         digits_forward_backward_ms_b16: ms(dfb16),
+        digits_forward_ms_b10_winograd: ms(df10w),
+        digits_forward_ms_b10_im2col: ms(df10i),
         daps_level_task: "gaussian-blur".into(),
         daps_level_image: shape.to_vec(),
         daps_level_nfe: 1,

@@ -96,6 +96,10 @@ pub struct SpeedArgs {
     /// Only the digits DAPS-1K figures (no GEMM, FFHQ-256 or mixture figures).
     #[arg(long)]
     pub digits_only: bool,
+    /// Turn the Winograd path of 3×3 convolutions off for the whole run (the default-path
+    /// figures then time im2col; the `*_winograd` keys still time Winograd).
+    #[arg(long)]
+    pub no_winograd: bool,
     /// Also write the digits, their measurements and D(x, σ = 1) to this .safetensors file
     /// (and the presets to its .json twin) for scripts/speed-digits-pytorch.py.
     #[arg(long)]
@@ -388,6 +392,7 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
     if let Some(p) = &a.digits_data {
         super::outputs::file("--digits-data", p, &["safetensors"], &Default::default())?;
     }
+    daps::nn::fastops::set_winograd(!a.no_winograd);
     if a.digits_only {
         return speed_digits(&a);
     }
@@ -442,6 +447,15 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
         r.digits_forward_backward_ms_b1,
         r.digits_forward_ms_b16,
         r.digits_forward_backward_ms_b16
+    );
+    println!(
+        "3×3 convs by Winograd F(4,3) vs im2col: digits batch 10 forward {:.1} vs {:.1} ms ({:.2}×), FFHQ-256 batch 1 forward {:.0} vs {:.0} ms ({:.2}×)",
+        r.digits_forward_ms_b10_winograd,
+        r.digits_forward_ms_b10_im2col,
+        r.digits_forward_ms_b10_im2col / r.digits_forward_ms_b10_winograd,
+        r.ffhq256_forward_ms_b1_winograd,
+        r.ffhq256_forward_ms_b1_im2col,
+        r.ffhq256_forward_ms_b1_im2col / r.ffhq256_forward_ms_b1_winograd
     );
     let share = |v: f64| pct(v / r.daps_level_total_ms);
     println!(

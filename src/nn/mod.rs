@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod fastops;
+mod winograd;
 
 use candle_core::{CpuStorage, Layout, WithDType};
 
