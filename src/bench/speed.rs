@@ -223,6 +223,7 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         nfe_seconds_with(prior, shape, b, warmup, reps, bwd)
     };
     let f1 = time_net(&net, &shape, 1, false)?;
+    // After f1, which also takes the first call's costs (page faults, buffers) off these two.
     let (f1w, f1i) = winograd_on_off(&mut || time_net(&net, &shape, 1, false))?;
     let fb1 = time_net(&net, &shape, 1, true)?;
     let (f8, fb8) = if s.quick {

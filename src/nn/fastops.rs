@@ -258,6 +258,56 @@ impl SendPtr {
     }
 }
 
+/// How `jobs` independent products share the threads: the jobs in parallel, each gemm on one
+/// thread, when there are enough of them; else one job at a time, gemm splitting each.
+pub(super) fn gemm_parallelism(jobs: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if jobs >= 4 * threads || threads == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    }
+}
+
+/// dst `[m, n]` = lhs `[m, k]` · rhs `[k, n]`, row-major f32 blocks given as (pointer, row
+/// stride) with unit column stride; dst is written without being read.
+///
+/// # Safety
+/// Each pointer addresses a block of that shape and row stride, alive for the call, and no one
+/// else touches dst's block meanwhile.
+pub(super) unsafe fn gemm_rows(
+    [m, n, k]: [usize; 3],
+    (dst, dst_rs): (*mut f32, usize),
+    (lhs, lhs_rs): (*const f32, usize),
+    (rhs, rhs_rs): (*const f32, usize),
+    par: gemm::Parallelism,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs,
+            1,
+            lhs_rs as isize,
+            rhs,
+            1,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 /// [`im2col_rows`] for a stride-1 convolution with Wo = W (a "same" padding): each column row
 /// is the input plane shifted by (ky − pad, kx − pad), so it is one contiguous copy, then zeros
 /// for the rows outside the image and for the |kx − pad| columns that wrapped around.
@@ -367,12 +417,7 @@ fn conv2d_tiled(x: &[f32], w: &[f32], b: usize, o: usize, g: Geom) -> Vec<f32> {
     }
     let rows = (TILE / (ck * wo).max(1)).clamp(1, ho);
     let per_item = ho.div_ceil(rows);
-    let threads = rayon::current_num_threads();
-    let inner = if b * per_item >= 4 * threads || threads == 1 {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(threads)
-    };
+    let inner = gemm_parallelism(b * per_item);
     let yp = SendPtr(y.as_mut_ptr());
     let tile = |col: &mut Vec<f32>, t: usize| {
         let (bi, ti) = (t / per_item, t % per_item);
@@ -380,35 +425,21 @@ fn conv2d_tiled(x: &[f32], w: &[f32], b: usize, o: usize, g: Geom) -> Vec<f32> {
         let tn = (oy1 - oy0) * wo;
         let xb = &x[bi * g.c * hw_in..][..g.c * hw_in];
         let (rhs, rhs_rs) = if g.pointwise() {
-            (xb[oy0 * wo..].as_ptr(), hw_in as isize)
+            (xb[oy0 * wo..].as_ptr(), hw_in)
         } else {
             col.resize(ck * tn, 0.0);
             im2col_rows(xb, g, oy0, oy1, col);
-            (col.as_ptr(), tn as isize)
+            (col.as_ptr(), tn)
         };
         // SAFETY: `dst` is the [O, tn] block (row stride Ho·Wo) of item `bi` at column
         // oy0·Wo, inside `y` and written by this tile only; `w` is [O, ck] row-major and
         // `rhs` [ck, tn] with row stride `rhs_rs`, both alive for the call.
         unsafe {
-            gemm::gemm(
-                o,
-                tn,
-                ck,
-                yp.get().add(bi * o * hw_out + oy0 * wo),
-                1,
-                hw_out as isize,
-                false,
-                w.as_ptr(),
-                1,
-                ck as isize,
-                rhs,
-                1,
-                rhs_rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+            gemm_rows(
+                [o, tn, ck],
+                (yp.get().add(bi * o * hw_out + oy0 * wo), hw_out),
+                (w.as_ptr(), ck),
+                (rhs, rhs_rs),
                 inner,
             );
         }
@@ -426,14 +457,20 @@ fn conv2d_tiled(x: &[f32], w: &[f32], b: usize, o: usize, g: Geom) -> Vec<f32> {
     y
 }
 
-/// [`conv2d_tiled`] as a graph-less custom op on (x, w).
-struct TiledConv {
+/// The f32 forward conv as a graph-less custom op on (x, w): [`conv2d_tiled`], or
+/// [`super::winograd::conv3x3`] (3×3, stride 1, padding 1 only).
+struct ForwardConv {
     g: Geom,
+    winograd: bool,
 }
 
-impl candle_core::CustomOp2 for TiledConv {
+impl candle_core::CustomOp2 for ForwardConv {
     fn name(&self) -> &'static str {
-        "tiled-conv2d"
+        if self.winograd {
+            "winograd-conv2d"
+        } else {
+            "tiled-conv2d"
+        }
     }
 
     fn cpu_fwd(
@@ -443,34 +480,15 @@ impl candle_core::CustomOp2 for TiledConv {
         sw: &CpuStorage,
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, o) = (lx.dims()[0], lw.dims()[0]);
-        let (ho, wo) = self.g.out();
-        let y = conv2d_tiled(slice(sx, lx)?, slice(sw, lw)?, b, o, self.g);
-        Ok((CpuStorage::F32(y), (b, o, ho, wo).into()))
-    }
-}
-
-/// [`super::winograd::conv3x3`] as a graph-less custom op on (x, w).
-struct WinogradConv;
-
-impl candle_core::CustomOp2 for WinogradConv {
-    fn name(&self) -> &'static str {
-        "winograd-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sx: &CpuStorage,
-        lx: &Layout,
-        sw: &CpuStorage,
-        lw: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let &[b, c, h, w] = lx.dims() else {
-            candle_core::bail!("winograd conv2d: x must be [B, C, H, W]")
+        let (b, o, g) = (lx.dims()[0], lw.dims()[0], self.g);
+        let (ho, wo) = g.out();
+        let (x, w) = (slice(sx, lx)?, slice(sw, lw)?);
+        let y = if self.winograd {
+            super::winograd::conv3x3(x, w, [b, g.c, o, g.h, g.w], TILE)
+        } else {
+            conv2d_tiled(x, w, b, o, g)
         };
-        let o = lw.dims()[0];
-        let y = super::winograd::conv3x3(slice(sx, lx)?, slice(sw, lw)?, [b, c, o, h, w], TILE);
-        Ok((CpuStorage::F32(y), (b, o, h, w).into()))
+        Ok((CpuStorage::F32(y), (b, o, ho, wo).into()))
     }
 }
 
@@ -535,15 +553,9 @@ pub fn conv2d_forward(
         ConvPath::Im2col => false,
         ConvPath::Auto => fits && winograd() && winograd_pays(x.dim(0)?, g.c, o, g.h, g.w),
     };
-    if wino {
-        return x
-            .contiguous()?
-            .apply_op2_no_bwd(&w.contiguous()?, &WinogradConv);
-    }
     if f32s {
-        return x
-            .contiguous()?
-            .apply_op2_no_bwd(&w.contiguous()?, &TiledConv { g });
+        let op = ForwardConv { g, winograd: wino };
+        return x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op);
     }
     let (b, o) = (x.dim(0)?, w.dim(0)?);
     let (ho, wo) = g.out();

@@ -10,7 +10,7 @@
 //! on 8 tiles at a time, one per SIMD lane. Rounding: their entries go up to 8 (Aᵀ) and 5 (Bᵀ);
 //! the f32 error against f64 measures 5–10× im2col's (tests/fastops.rs).
 
-use super::fastops::SendPtr;
+use super::fastops::{gemm_parallelism, gemm_rows, SendPtr};
 use rayon::prelude::*;
 
 /// Tiles (or kernels) transformed together, one per SIMD lane.
@@ -294,12 +294,7 @@ pub(super) fn conv3x3(x: &[f32], w: &[f32], dims: [usize; 5], budget: usize) -> 
     let u = weights(w, o, c);
     let bt_n = block_tiles(c, o, budget).min(tiles);
     let blocks = tiles.div_ceil(bt_n);
-    let threads = rayon::current_num_threads();
-    let inner = if blocks >= 4 * threads || threads == 1 {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(threads)
-    };
+    let inner = gemm_parallelism(blocks);
     let yp = SendPtr(y.as_mut_ptr());
     let block = |i: usize| {
         let t0 = i * bt_n;
@@ -315,25 +310,11 @@ pub(super) fn conv3x3(x: &[f32], w: &[f32], dims: [usize; 5], budget: usize) -> 
             // SAFETY: M_k [O, n], U_k [O, C] and V_k [C, n] are row-major blocks of
             // buffers of 36 such blocks each, alive for the call.
             unsafe {
-                gemm::gemm(
-                    o,
-                    n,
-                    c,
-                    m.as_mut_ptr().add(k * ms),
-                    1,
-                    nn as isize,
-                    false,
-                    u.as_ptr().add(k * us),
-                    1,
-                    c as isize,
-                    v.as_ptr().add(k * vs),
-                    1,
-                    nn as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                gemm_rows(
+                    [o, n, c],
+                    (m.as_mut_ptr().add(k * ms), nn),
+                    (u.as_ptr().add(k * us), c),
+                    (v.as_ptr().add(k * vs), nn),
                     inner,
                 );
             }
