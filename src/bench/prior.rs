@@ -82,9 +82,21 @@ pub fn nfe_seconds(
     shape: &[usize],
     batch: usize,
     reps: usize,
-    backward: bool,
+    pass: Pass,
 ) -> Result<f64> {
-    nfe_seconds_with(prior, shape, batch, 1, reps, backward)
+    nfe_seconds_with(prior, shape, batch, 1, reps, pass)
+}
+
+/// What one timed denoiser call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// D(x, σ) alone.
+    Forward,
+    /// D(x, σ) and one pullback through [`Denoiser::denoise_vjp`] (what DPS pays per step).
+    Vjp,
+    /// D(x, σ) with candle's autograd graph and one `backward()` (the default pullback, for
+    /// comparison with a hand-written one).
+    Autograd,
 }
 
 /// [`nfe_seconds`] with `warmup` untimed calls.
@@ -94,18 +106,25 @@ pub fn nfe_seconds_with(
     batch: usize,
     warmup: usize,
     reps: usize,
-    backward: bool,
+    pass: Pass,
 ) -> Result<f64> {
     let mut dims = vec![batch];
     dims.extend_from_slice(shape);
     let x = Tensor::randn(0f32, 1f32, dims, prior.device())?;
     let mut once = || -> Result<()> {
-        if backward {
-            let xv = Var::from_tensor(&x)?;
-            let d = prior.denoise(xv.as_tensor(), 1.0)?;
-            d.sqr()?.sum_all()?.backward()?;
-        } else {
-            prior.denoise(&x, 1.0)?;
+        match pass {
+            Pass::Forward => {
+                prior.denoise(&x, 1.0)?;
+            }
+            Pass::Vjp => {
+                let (d, pullback) = prior.denoise_vjp(&x, 1.0)?;
+                pullback(&d)?;
+            }
+            Pass::Autograd => {
+                let xv = Var::from_tensor(&x)?;
+                let d = prior.denoise(xv.as_tensor(), 1.0)?;
+                d.sqr()?.sum_all()?.backward()?;
+            }
         }
         prior.device().synchronize()?;
         Ok(())

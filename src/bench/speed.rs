@@ -7,13 +7,13 @@
 //! DAPS-1K / DPS-1000 per image at batch 1 and 16 ([`GpuReport`], `gpu_*` keys); GPU times are
 //! read after a device synchronize.
 
-use crate::bench::prior::{nfe_seconds_with, random_adm};
+use crate::bench::prior::{nfe_seconds_with, random_adm, Pass};
 use crate::error::Result;
 use crate::nn::fastops;
 use crate::noise::{for_device, NoiseSource, SeededNoise};
 use crate::operator::{Linear, Measurement, Operator};
 use crate::prior::adm::AdmConfig;
-use crate::prior::{Denoiser, GaussianMixture};
+use crate::prior::{Denoiser, GaussianMixture, Pullback};
 use crate::sampler::daps::{daps, DapsConfig};
 use crate::sampler::{Method, Observer, Problem, Silent, StepInfo};
 use crate::task::{Task, TaskFiles, TaskSpec};
@@ -68,6 +68,8 @@ pub struct SpeedReport {
     pub ffhq256_forward_backward_ms_b1: f64,
     pub ffhq256_forward_backward_gflops_b1: f64,
     pub ffhq256_forward_backward_gemm_fraction_b1: f64,
+    /// The same pass through candle's autograd graph instead of the network's own pullback.
+    pub ffhq256_forward_backward_ms_b1_autograd: f64,
     pub ffhq256_forward_ms_b8: Option<f64>,
     pub ffhq256_forward_gflops_b8: Option<f64>,
     pub ffhq256_forward_backward_ms_b8: Option<f64>,
@@ -80,6 +82,8 @@ pub struct SpeedReport {
     pub digits_forward_backward_ms_b1: f64,
     pub digits_forward_ms_b16: f64,
     pub digits_forward_backward_ms_b16: f64,
+    /// The same pass through candle's autograd graph instead of the network's own pullback.
+    pub digits_forward_backward_ms_b16_autograd: f64,
     /// The digits network forward at batch 10 (the DAPS-1K digits batch), Winograd on / off.
     pub digits_forward_ms_b10_winograd: f64,
     pub digits_forward_ms_b10_im2col: f64,
@@ -214,34 +218,41 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
     let fb_flop = fwd_flop + macs.input_backward_flops();
     let net = random_adm(&cfg, 0.02, &dev)?;
     let shape = [cfg.in_channels, side, side];
-    let mut time_net = |prior: &dyn Denoiser, shape: &[usize], b: usize, bwd: bool| {
+    let mut time_net = |prior: &dyn Denoiser, shape: &[usize], b: usize, pass: Pass| {
         progress(&format!(
             "{}, batch {b}, {}",
             prior.name(),
-            if bwd { "forward+backward" } else { "forward" }
+            match pass {
+                Pass::Forward => "forward",
+                Pass::Vjp => "forward+backward",
+                Pass::Autograd => "forward+backward by candle's autograd",
+            }
         ));
-        nfe_seconds_with(prior, shape, b, warmup, reps, bwd)
+        nfe_seconds_with(prior, shape, b, warmup, reps, pass)
     };
-    let f1 = time_net(&net, &shape, 1, false)?;
+    use Pass::{Autograd, Forward, Vjp};
+    let f1 = time_net(&net, &shape, 1, Forward)?;
     // After f1, which also takes the first call's costs (page faults, buffers) off these two.
-    let (f1w, f1i) = winograd_on_off(&mut || time_net(&net, &shape, 1, false))?;
-    let fb1 = time_net(&net, &shape, 1, true)?;
+    let (f1w, f1i) = winograd_on_off(&mut || time_net(&net, &shape, 1, Forward))?;
+    let fb1 = time_net(&net, &shape, 1, Vjp)?;
+    let fb1a = time_net(&net, &shape, 1, Autograd)?;
     let (f8, fb8) = if s.quick {
         (None, None)
     } else {
         (
-            Some(time_net(&net, &shape, 8, false)?),
-            Some(time_net(&net, &shape, 8, true)?),
+            Some(time_net(&net, &shape, 8, Forward)?),
+            Some(time_net(&net, &shape, 8, Vjp)?),
         )
     };
 
     let digits = crate::prior::default::digits(&dev)?;
     let dshape = [1, 32, 32];
-    let df1 = time_net(&digits, &dshape, 1, false)?;
-    let dfb1 = time_net(&digits, &dshape, 1, true)?;
-    let df16 = time_net(&digits, &dshape, 16, false)?;
-    let dfb16 = time_net(&digits, &dshape, 16, true)?;
-    let (df10w, df10i) = winograd_on_off(&mut || time_net(&digits, &dshape, 10, false))?;
+    let df1 = time_net(&digits, &dshape, 1, Forward)?;
+    let dfb1 = time_net(&digits, &dshape, 1, Vjp)?;
+    let df16 = time_net(&digits, &dshape, 16, Forward)?;
+    let dfb16 = time_net(&digits, &dshape, 16, Vjp)?;
+    let dfb16a = time_net(&digits, &dshape, 16, Autograd)?;
+    let (df10w, df10i) = winograd_on_off(&mut || time_net(&digits, &dshape, 10, Forward))?;
 
     progress("one DAPS annealing level");
     let level = daps_level(&net, side)?;
@@ -281,6 +292,7 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         ffhq256_forward_backward_ms_b1: ms(fb1),
         ffhq256_forward_backward_gflops_b1: gf(fb_flop, fb1),
         ffhq256_forward_backward_gemm_fraction_b1: gf(fb_flop, fb1) / gemm_gflops,
+        ffhq256_forward_backward_ms_b1_autograd: ms(fb1a),
         ffhq256_forward_ms_b8: f8.map(ms),
         ffhq256_forward_gflops_b8: f8.map(|t| gf(8.0 * fwd_flop, t)),
         ffhq256_forward_backward_ms_b8: fb8.map(ms),
@@ -291,6 +303,7 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
         digits_forward_backward_ms_b1: ms(dfb1),
         digits_forward_ms_b16: ms(df16),
         digits_forward_backward_ms_b16: ms(dfb16),
+        digits_forward_backward_ms_b16_autograd: ms(dfb16a),
         digits_forward_ms_b10_winograd: ms(df10w),
         digits_forward_ms_b10_im2col: ms(df10i),
         daps_level_task: "gaussian-blur".into(),
@@ -326,19 +339,23 @@ fn gpu_figures(
     let fb_flop = fwd_flop + macs.input_backward_flops();
     let net = random_adm(cfg, 0.02, dev)?;
     let shape = [cfg.in_channels, side, side];
-    let mut time_net = |b: usize, bwd: bool| {
+    let mut time_net = |b: usize, pass: Pass| {
         progress(&format!(
             "GPU: {}, batch {b}, {}",
             net.name(),
-            if bwd { "forward+backward" } else { "forward" }
+            if pass == Pass::Forward {
+                "forward"
+            } else {
+                "forward+backward"
+            }
         ));
-        nfe_seconds_with(&net, &shape, b, 1, reps, bwd)
+        nfe_seconds_with(&net, &shape, b, 1, reps, pass)
     };
     let (f1, fb1, f8, fb8) = (
-        time_net(1, false)?,
-        time_net(1, true)?,
-        time_net(8, false)?,
-        time_net(8, true)?,
+        time_net(1, Pass::Forward)?,
+        time_net(1, Pass::Vjp)?,
+        time_net(8, Pass::Forward)?,
+        time_net(8, Pass::Vjp)?,
     );
     progress("GPU: one DAPS annealing level");
     let level = daps_level(&net, side)?;
@@ -471,6 +488,9 @@ struct TimedPrior<'a> {
 impl Denoiser for TimedPrior<'_> {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         self.clock.time(|| synced(x, self.inner.denoise(x, sigma)))
+    }
+    fn denoise_vjp(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Pullback<'_>)> {
+        self.inner.denoise_vjp(x, sigma)
     }
     fn device(&self) -> &Device {
         self.inner.device()

@@ -598,7 +598,7 @@ fn print_digits(r: &daps::bench::speed::DigitsReport) {
 }
 
 pub fn prior(a: PriorArgs) -> Result<()> {
-    use daps::bench::prior::{denoising_error, nfe_seconds, random_adm, SIGMAS};
+    use daps::bench::prior::{denoising_error, nfe_seconds, random_adm, Pass, SIGMAS};
     use daps::data::mnist_range;
     let dev = daps::device::parse(&a.device)?;
     let prior = daps::prior::load(a.prior.as_deref(), &dev)?;
@@ -638,8 +638,8 @@ pub fn prior(a: PriorArgs) -> Result<()> {
     }
     println!("time per network evaluation (best of {}):", a.reps);
     for b in [1usize, 16] {
-        let f = nfe_seconds(&*prior, &shape, b, a.reps, false)?;
-        let fb = nfe_seconds(&*prior, &shape, b, a.reps, true)?;
+        let f = nfe_seconds(&*prior, &shape, b, a.reps, Pass::Forward)?;
+        let fb = nfe_seconds(&*prior, &shape, b, a.reps, Pass::Vjp)?;
         println!(
             "  batch {b:>2}: forward {:8.2} ms ({:.2} ms/image), forward+backward {:8.2} ms",
             f * 1e3,
@@ -650,7 +650,7 @@ pub fn prior(a: PriorArgs) -> Result<()> {
     if a.ffhq {
         let cfg = daps::prior::adm::AdmConfig::ffhq256();
         let net = random_adm(&cfg, 0.02, &dev)?;
-        let f = nfe_seconds(&net, &[3, 256, 256], 1, a.reps.min(3), false)?;
+        let f = nfe_seconds(&net, &[3, 256, 256], 1, a.reps.min(3), Pass::Forward)?;
         println!(
             "  FFHQ-256 ADM ({} parameters, random weights), batch 1: forward {:.2} s",
             cfg.num_params()?,

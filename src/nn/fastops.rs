@@ -639,46 +639,16 @@ impl CustomOp3 for ConvGrad {
             .to_dtype(x.dtype())?
             .reshape((b, o, ho * wo))?
             .contiguous()?;
-        let w2 = w.reshape((o, ck))?;
         let chunks = batch_chunks(b, g);
-        let dx = if want_x
-            && self.stride == 1
-            && x.dtype() == DType::F32
-            && g.kh == g.kw
-            && self.padding < g.kh
-        {
-            // Stride 1: dx = conv2d(g, w with O and C swapped and the kernel flipped), padded
-            // by k − 1 − pad: the tiled forward conv, no full-size column buffer.
-            let k = g.kh;
-            let rev = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, w.device())?;
-            let wf = w
-                .transpose(0, 1)?
-                .contiguous()?
-                .index_select(&rev, 2)?
-                .index_select(&rev, 3)?;
-            let g4 = g3.reshape((b, o, ho, wo))?;
-            Some(conv2d_forward(
-                &g4,
-                &wf,
-                k - 1 - self.padding,
-                1,
-                ConvPath::Auto,
+        let dx = if want_x {
+            Some(conv_input_grad(
+                &g3,
+                &w,
+                g,
+                self.padding,
+                self.stride,
+                None,
             )?)
-        } else if want_x {
-            // dx = col2im(wᵀ g)
-            let w2t = w2.t()?;
-            let parts = chunks
-                .iter()
-                .map(|&(s, n)| {
-                    let dcol = w2t.broadcast_left(n)?.matmul(&g3.narrow(0, s, n)?)?;
-                    if g.pointwise() {
-                        dcol.reshape((n, g.c, g.h, g.w))
-                    } else {
-                        dcol.apply_op1_no_bwd(&Cols { g, adjoint: true })
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Some(cat0(parts)?)
         } else {
             None
         };
@@ -710,6 +680,56 @@ impl CustomOp3 for ConvGrad {
         };
         Ok((dx, dw, None))
     }
+}
+
+/// The kernel of a stride-1 input gradient: `w` `[O, C, k, k]` with O and C swapped and the
+/// kernel flipped, `[C, O, k, k]`.
+fn flipped_kernel(w: &Tensor) -> Result<Tensor> {
+    let k = w.dim(2)?;
+    let rev = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, w.device())?;
+    w.transpose(0, 1)?
+        .contiguous()?
+        .index_select(&rev, 2)?
+        .index_select(&rev, 3)
+}
+
+/// dx of `y = conv2d(x, w)` for `g3` = dy as `[B, O, Ho·Wo]` (`flipped`: [`flipped_kernel`]
+/// of `w` when the caller keeps it).
+fn conv_input_grad(
+    g3: &Tensor,
+    w: &Tensor,
+    g: Geom,
+    padding: usize,
+    stride: usize,
+    flipped: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, o, _) = g3.dims3()?;
+    let (ho, wo) = g.out();
+    if stride == 1 && w.dtype() == DType::F32 && g.kh == g.kw && padding < g.kh {
+        // Stride 1: dx = conv2d(g, w with O and C swapped and the kernel flipped), padded
+        // by k − 1 − pad: the tiled forward conv, no full-size column buffer.
+        let k = g.kh;
+        let wf = match flipped {
+            Some(f) => f.clone(),
+            None => flipped_kernel(w)?,
+        };
+        let g4 = g3.reshape((b, o, ho, wo))?;
+        return conv2d_forward(&g4, &wf, k - 1 - padding, 1, ConvPath::Auto);
+    }
+    // dx = col2im(wᵀ g)
+    let w2t = w.reshape((o, g.c * g.kh * g.kw))?.t()?;
+    let parts = batch_chunks(b, g)
+        .iter()
+        .map(|&(s, n)| {
+            let dcol = w2t.broadcast_left(n)?.matmul(&g3.narrow(0, s, n)?)?;
+            if g.pointwise() {
+                dcol.reshape((n, g.c, g.h, g.w))
+            } else {
+                dcol.apply_op1_no_bwd(&Cols { g, adjoint: true })
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    cat0(parts)
 }
 
 /// `conv2d(x, w, padding, stride)` (no dilation, one group) with the fast backward pass on the
@@ -745,6 +765,8 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     padding: usize,
     stride: usize,
+    /// [`flipped_kernel`] of `weight`, made by the first [`Conv2d::input_grad`].
+    flipped: std::sync::OnceLock<Tensor>,
 }
 
 impl Conv2d {
@@ -754,6 +776,7 @@ impl Conv2d {
             bias,
             padding,
             stride,
+            flipped: std::sync::OnceLock::new(),
         }
     }
 
@@ -786,6 +809,47 @@ impl Conv2d {
 
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    /// The gradient with respect to the input of [`Module::forward`] on an input of shape
+    /// `x_dims`, for the output gradient `gy` (graph-less; the weights are constants). Stride-1
+    /// convolutions keep their flipped kernel for the next call.
+    pub fn input_grad(&self, gy: &Tensor, x_dims: (usize, usize, usize, usize)) -> Result<Tensor> {
+        let w = &self.weight;
+        let g = geom(x_dims, w, self.padding, self.stride)?;
+        let (ho, wo) = g.out();
+        let (b, o) = (x_dims.0, w.dim(0)?);
+        if gy.dims() != [b, o, ho, wo] {
+            candle_core::bail!(
+                "conv input_grad: output gradient {:?} for an input {x_dims:?} (expected {:?})",
+                gy.dims(),
+                [b, o, ho, wo]
+            );
+        }
+        if !cpu_fast(gy) || gy.dtype() != w.dtype() {
+            // Elsewhere: candle's autograd through its own convolution.
+            let xv = candle_core::Var::zeros(x_dims, gy.dtype(), gy.device())?;
+            let y = xv.as_tensor().conv2d(w, self.padding, self.stride, 1, 1)?;
+            let grads = (y * gy.detach())?.sum_all()?.backward()?;
+            return grads
+                .get(xv.as_tensor())
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("conv input_grad: no gradient".into()));
+        }
+        let g3 = gy.reshape((b, o, ho * wo))?.contiguous()?;
+        let flipped = if self.stride == 1 && g.kh == g.kw && self.padding < g.kh {
+            Some(match self.flipped.get() {
+                Some(f) => f.clone(),
+                None => {
+                    let f = flipped_kernel(w)?;
+                    let _ = self.flipped.set(f.clone());
+                    f
+                }
+            })
+        } else {
+            None
+        };
+        conv_input_grad(&g3, w, g, self.padding, self.stride, flipped.as_ref())
     }
 }
 
@@ -1094,6 +1158,76 @@ impl CustomOp3 for GroupNormOp {
     }
 }
 
+/// dx of GroupNorm for the output gradient, graph-less: (x, γ, dy) ↦ dx.
+struct GroupNormInputGrad {
+    groups: usize,
+    eps: f64,
+}
+
+impl CustomOp3 for GroupNormInputGrad {
+    fn name(&self) -> &'static str {
+        "fast-group-norm-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sy: &CpuStorage,
+        ly: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = lx.dims()[2..].iter().product::<usize>();
+        let (g, e) = (self.groups, self.eps);
+        let dx = match sx {
+            CpuStorage::F32(_) => CpuStorage::F32(
+                gn_bwd::<f32>(slice(sx, lx)?, slice(sg, lg)?, slice(sy, ly)?, s, g, e).0,
+            ),
+            CpuStorage::F64(_) => CpuStorage::F64(
+                gn_bwd::<f64>(slice(sx, lx)?, slice(sg, lg)?, slice(sy, ly)?, s, g, e).0,
+            ),
+            _ => candle_core::bail!("group-norm: unsupported dtype"),
+        };
+        Ok((dx, lx.shape().clone()))
+    }
+}
+
+/// The input gradient of [`group_norm`] (`silu`: of [`group_norm_silu`]) at `x` for the output
+/// gradient `gy`, without a graph (γ and β are constants). CPU f32/f64.
+pub fn group_norm_input_grad(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    gy: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    if !cpu_fast(x) || gy.dims() != x.dims() || gy.dtype() != x.dtype() {
+        candle_core::bail!(
+            "group_norm_input_grad: CPU f32/f64 input and gradient of one shape, got {:?} {:?} \
+             and {:?} {:?}",
+            x.dims(),
+            x.dtype(),
+            gy.dims(),
+            gy.dtype()
+        );
+    }
+    let x = x.detach().contiguous()?;
+    let gy = if silu {
+        let pre = group_norm(&x, gamma, beta, groups, eps)?;
+        silu_grad(&pre, gy)?
+    } else {
+        gy.detach().contiguous()?
+    };
+    x.apply_op3_no_bwd(
+        &gamma.contiguous()?,
+        &gy,
+        &GroupNormInputGrad { groups, eps },
+    )
+}
+
 /// GroupNorm of `x` `[B, C, ...]` (`groups` groups, affine `gamma`, `beta` `[C]`), as
 /// `candle_nn::GroupNorm` computes it, with the closed-form backward on the CPU.
 pub fn group_norm(
@@ -1191,6 +1325,12 @@ impl GroupNorm {
     /// SiLU of the layer's output ([`group_norm_silu`]).
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         group_norm_silu(x, &self.weight, &self.bias, self.groups, self.eps)
+    }
+
+    /// The input gradient of [`Module::forward`] (`silu`: of [`GroupNorm::forward_silu`]) at
+    /// `x` for the output gradient `gy`, graph-less.
+    pub fn input_grad(&self, x: &Tensor, gy: &Tensor, silu: bool) -> Result<Tensor> {
+        group_norm_input_grad(x, &self.weight, &self.bias, gy, self.groups, self.eps, silu)
     }
 }
 
@@ -1329,6 +1469,16 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
         return x.silu();
     }
     x.contiguous()?.apply_op1(Silu)
+}
+
+/// dx of SiLU at `x` for the output gradient `g`, graph-less (CPU f32/f64).
+pub fn silu_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if !cpu_fast(x) || g.dims() != x.dims() || g.dtype() != x.dtype() {
+        candle_core::bail!("silu_grad: CPU f32/f64 input and gradient of one shape");
+    }
+    x.detach()
+        .contiguous()?
+        .apply_op2_no_bwd(&g.detach().contiguous()?, &SiluGrad)
 }
 
 /// `y` `[B, C, ...]` + `b` `[C]`, with db = Σ g over batch and space in one pass.
@@ -1504,6 +1654,14 @@ impl candle_core::CustomOp1 for Upsample2xGrad {
         };
         Ok((d, (b, c, h, w).into()))
     }
+}
+
+/// The input gradient of [`upsample2x`]: each 2×2 block of `g` summed, graph-less (CPU f32/f64).
+pub fn upsample2x_grad(g: &Tensor) -> Result<Tensor> {
+    if !cpu_fast(g) {
+        candle_core::bail!("upsample2x_grad: CPU f32/f64 only");
+    }
+    g.detach().contiguous()?.apply_op1_no_bwd(&Upsample2xGrad)
 }
 
 /// Nearest ×2 upsampling of `[B, C, H, W]`. On the CPU a custom op whose backward sums the 2×2

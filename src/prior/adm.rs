@@ -14,6 +14,10 @@ use candle_nn::{Linear, VarBuilder};
 use serde_json::Value;
 use std::path::Path;
 
+mod pullback;
+
+use pullback::{AttnSaved, ResSaved, Saved, Tape};
+
 const GN_GROUPS: usize = 32;
 const GN_EPS: f64 = 1e-5;
 
@@ -533,29 +537,50 @@ impl ResBlock {
         })
     }
 
-    /// `emb` is the already SiLU-activated time embedding `[B, E]`.
-    fn forward(&self, x: &Tensor, emb: &Tensor) -> candle_core::Result<Tensor> {
+    /// `emb` is the already SiLU-activated time embedding `[B, E]`. With `tape`, what the
+    /// input gradient needs is pushed on it ([`pullback`]).
+    fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        tape: Option<&mut Vec<Saved>>,
+    ) -> candle_core::Result<Tensor> {
         let h = self.in_norm.forward_silu(x)?;
-        let (h, x) = match self.resample {
+        let (h, xr) = match self.resample {
             Resample::None => (h, x.clone()),
             Resample::Up => (upsample2x(&h)?, upsample2x(x)?),
             Resample::Down => (h.avg_pool2d(2)?, x.avg_pool2d(2)?),
         };
+        let conv_in = h.dims4()?;
         let h = self.in_conv.forward(&h)?;
         let e = self.emb.forward(emb)?;
-        let h = if self.scale_shift {
+        let (normed, pre, scale) = if self.scale_shift {
             let scale = e.narrow(1, 0, self.out_ch)?;
             let shift = e.narrow(1, self.out_ch, self.out_ch)?;
-            fastops::scale_shift(&self.out_norm.forward(&h)?, &scale, &shift)?
+            let pre = fastops::scale_shift(&self.out_norm.forward(&h)?, &scale, &shift)?;
+            (h, pre, Some(scale))
         } else {
-            self.out_norm
-                .forward(&h.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?)?
+            let h = h.broadcast_add(&e.unsqueeze(2)?.unsqueeze(3)?)?;
+            let pre = self.out_norm.forward(&h)?;
+            (h, pre, None)
         };
-        let h = self.out_conv.forward(&fastops::silu(&h)?)?;
-        match &self.skip {
-            Some(s) => s.forward(&x)? + h,
-            None => x + h,
+        let h = self.out_conv.forward(&fastops::silu(&pre)?)?;
+        let skip_in = xr.dims4()?;
+        let out = match &self.skip {
+            Some(s) => s.forward(&xr)? + h,
+            None => xr + h,
+        }?;
+        if let Some(tape) = tape {
+            tape.push(Saved::Res(ResSaved {
+                x: x.clone(),
+                conv_in,
+                normed,
+                pre,
+                scale,
+                skip_in,
+            }));
         }
+        Ok(out)
     }
 }
 
@@ -583,6 +608,12 @@ impl Conv1x1 {
             .matmul(&x.contiguous()?)?
             .broadcast_add(&self.b)
     }
+
+    /// Wᵀ·g, the input gradient of [`Conv1x1::forward`].
+    fn input_grad(&self, g: &Tensor) -> candle_core::Result<Tensor> {
+        let bsz = g.dim(0)?;
+        self.w.t()?.broadcast_left(bsz)?.matmul(&g.contiguous()?)
+    }
 }
 
 #[derive(Debug)]
@@ -605,7 +636,7 @@ impl AttentionBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, tape: Option<&mut Vec<Saved>>) -> candle_core::Result<Tensor> {
         let (b, c, hh, ww) = x.dims4()?;
         let t = hh * ww;
         let x = x.reshape((b, c, t))?;
@@ -636,9 +667,21 @@ impl AttentionBlock {
             }
             _ => candle_nn::ops::softmax(&w, D::Minus1)?,
         };
-        let a = v.contiguous()?.matmul(&w.transpose(1, 2)?)?; // [bh, ch, t]
+        let v = v.contiguous()?;
+        let a = v.matmul(&w.transpose(1, 2)?)?; // [bh, ch, t]
         let h = self.proj_out.forward(&a.reshape((b, c, t))?)?;
-        (x + h)?.reshape((b, c, hh, ww))
+        let out = (&x + h)?.reshape((b, c, hh, ww))?;
+        if let Some(tape) = tape {
+            tape.push(Saved::Attn(AttnSaved {
+                x,
+                q,
+                k,
+                v,
+                w,
+                scale,
+            }));
+        }
+        Ok(out)
     }
 }
 
@@ -654,12 +697,17 @@ enum Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, emb: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Layer::Conv(c) => c.forward(x),
-            Layer::Res(r) => r.forward(x, emb),
-            Layer::Attn(a) => a.forward(x),
-            Layer::Down(Some(c)) => c.forward(x),
+    fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        mut tape: Option<&mut Vec<Saved>>,
+    ) -> candle_core::Result<Tensor> {
+        let shape = Saved::Shape(x.dims4()?);
+        let out = match self {
+            Layer::Res(r) => return r.forward(x, emb, tape),
+            Layer::Attn(a) => return a.forward(x, tape),
+            Layer::Conv(c) | Layer::Down(Some(c)) => c.forward(x),
             Layer::Down(None) => x.avg_pool2d(2),
             Layer::Up(c) => {
                 let h = upsample2x(x)?;
@@ -668,7 +716,11 @@ impl Layer {
                     None => Ok(h),
                 }
             }
+        }?;
+        if let Some(tape) = tape.as_deref_mut() {
+            tape.push(shape);
         }
+        Ok(out)
     }
 }
 
@@ -677,10 +729,15 @@ impl Layer {
 struct Block(Vec<Layer>);
 
 impl Block {
-    fn forward(&self, x: &Tensor, emb: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        mut tape: Option<&mut Vec<Saved>>,
+    ) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for l in &self.0 {
-            h = l.forward(&h, emb)?;
+            h = l.forward(&h, emb, tape.as_deref_mut())?;
         }
         Ok(h)
     }
@@ -866,6 +923,29 @@ impl AdmUnet {
         &self.device
     }
 
+    /// Checks the input `x` and returns the sinusoidal embedding of `t` and the time
+    /// embedding MLP's output, one row per image.
+    fn embedding(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (b, c, h, w) = x.dims4()?;
+        let div = self.cfg.spatial_divisor();
+        if c != self.cfg.in_channels || h % div != 0 || w % div != 0 {
+            candle_core::bail!(
+                "ADM UNet: input {:?} needs {} channels and H, W divisible by {div}",
+                x.dims(),
+                self.cfg.in_channels
+            );
+        }
+        let t = timesteps_for_batch(t, b)?.to_device(&self.device)?;
+        let temb = timestep_embedding(&t, self.cfg.model_channels)?;
+        let emb = self.time_embed_2.forward(
+            &self
+                .time_embed_0
+                .forward(&temb.to_dtype(self.dtype)?)?
+                .silu()?,
+        )?;
+        Ok((temb, emb))
+    }
+
     /// `model(x, timesteps)`: `x` `[B, in_channels, H, W]`, `t` `[B]`, `[1]` or 0-dim (any
     /// numeric dtype; fractional values allowed).
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
@@ -880,43 +960,51 @@ impl AdmUnet {
         t: &Tensor,
         trace: &mut dyn FnMut(&str, &Tensor),
     ) -> candle_core::Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let div = self.cfg.spatial_divisor();
-        if c != self.cfg.in_channels || h % div != 0 || w % div != 0 {
-            candle_core::bail!(
-                "ADM UNet: input {:?} needs {} channels and H, W divisible by {div}",
-                x.dims(),
-                self.cfg.in_channels
-            );
-        }
-        let t = timesteps_for_batch(t, b)?.to_device(&self.device)?;
-        let temb = timestep_embedding(&t, self.cfg.model_channels)?;
+        let (temb, emb) = self.embedding(x, t)?;
         trace("timestep_embedding_sinusoidal", &temb);
-        let emb = self.time_embed_2.forward(
-            &self
-                .time_embed_0
-                .forward(&temb.to_dtype(self.dtype)?)?
-                .silu()?,
-        )?;
         trace("emb", &emb);
         // Every ResBlock starts its emb_layers with SiLU.
         let emb_act = emb.silu()?;
+        self.body(x, &emb_act, trace, None)
+    }
+
+    /// The network after the time embedding (`emb_act`: its SiLU); with `tape`, each block's
+    /// saved values for the pullback.
+    fn body(
+        &self,
+        x: &Tensor,
+        emb_act: &Tensor,
+        trace: &mut dyn FnMut(&str, &Tensor),
+        mut tape: Option<&mut Tape>,
+    ) -> candle_core::Result<Tensor> {
         let mut h = x.to_dtype(self.dtype)?;
         let mut hs = Vec::with_capacity(self.input_blocks.len());
         for (i, blk) in self.input_blocks.iter().enumerate() {
-            h = blk.forward(&h, &emb_act)?;
+            h = blk.forward(&h, emb_act, tape.as_deref_mut().map(|t| t.push()))?;
             trace(&format!("input_blocks.{i}"), &h);
             hs.push(h.clone());
         }
-        h = self.middle_block.forward(&h, &emb_act)?;
+        h = self
+            .middle_block
+            .forward(&h, emb_act, tape.as_deref_mut().map(|t| t.push()))?;
         trace("middle_block", &h);
         for (i, blk) in self.output_blocks.iter().enumerate() {
             // Invariant: one skip per output block was pushed (see `new`).
             let skip = hs.pop().expect("skip");
-            h = blk.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb_act)?;
+            if let Some(t) = tape.as_deref_mut() {
+                t.splits.push(h.dim(1)?);
+            }
+            h = blk.forward(
+                &Tensor::cat(&[&h, &skip], 1)?,
+                emb_act,
+                tape.as_deref_mut().map(|t| t.push()),
+            )?;
             trace(&format!("output_blocks.{i}"), &h);
         }
         let out = self.out_conv.forward(&self.out_norm.forward_silu(&h)?)?;
+        if let Some(t) = tape {
+            t.head = Some(h);
+        }
         trace("out", &out);
         Ok(out)
     }
@@ -937,6 +1025,13 @@ impl TimestepNet for AdmUnet {
     }
     fn image_size(&self) -> Option<usize> {
         Some(self.cfg.image_size)
+    }
+    fn forward_t_vjp(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+    ) -> Result<(Tensor, crate::prior::Pullback<'_>)> {
+        self.forward_pullback(x, t)
     }
     fn describe(&self) -> String {
         format!(

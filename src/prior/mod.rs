@@ -17,11 +17,42 @@ use rayon::prelude::*;
 
 pub use gmm::{Covariance, GaussianMixture};
 
+/// v ↦ (∂f/∂x)ᵀ v at the point where it was made ([`Denoiser::denoise_vjp`]): `v` has the
+/// output's shape, the result the input's. It may be called more than once.
+pub type Pullback<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'a>;
+
+/// f(x) (detached) and its pullback by candle's autograd: `f` runs on a variable copy of `x`.
+pub fn autograd_vjp<'a>(
+    x: &Tensor,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Pullback<'a>)> {
+    let xv = candle_core::Var::from_tensor(x)?;
+    let y = f(xv.as_tensor())?;
+    let out = y.detach();
+    let pullback = move |v: &Tensor| -> Result<Tensor> {
+        let grads = (&y * v.to_dtype(y.dtype())?.detach())?
+            .sum_all()?
+            .backward()?;
+        grads.get(xv.as_tensor()).cloned().ok_or_else(|| {
+            Error::msg("no gradient reaches the input through candle's autograd".to_string())
+        })
+    };
+    Ok((out, Box::new(pullback)))
+}
+
 /// An EDM denoiser. `x` is `[B, ...]`; one σ is shared by the whole batch.
 pub trait Denoiser: Send + Sync {
     /// D(x, σ) = E[x0 | x_σ = x], same shape as `x`. Must be differentiable in `x` through candle
     /// autograd for gradient-through-denoiser methods such as DPS.
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor>;
+
+    /// D(x, σ) (detached) and its pullback v ↦ (∂D/∂x)ᵀ v, for the samplers that guide through
+    /// the denoiser (DPS, ΠGDM, twisted SMC, Tweedie covariances). The default records candle's
+    /// autograd graph; a network with a hand-written reverse pass (the ADM UNet on the CPU)
+    /// overrides it with the same values up to float rounding.
+    fn denoise_vjp(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Pullback<'_>)> {
+        autograd_vjp(x, |x| self.denoise(x, sigma))
+    }
 
     /// The score ∇ log p_σ(x) = (D(x,σ) − x)/σ². Priors with a closed form may override it,
     /// and may then accept σ = 0 (the clean prior's score).

@@ -4,7 +4,7 @@
 //! D(x, σ) = x − σ·ε_θ(c_in·x, c_noise)[:, :C] (learned-σ channels dropped).
 
 use crate::error::{Error, Result};
-use crate::prior::Denoiser;
+use crate::prior::{autograd_vjp, Denoiser, Pullback};
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
@@ -24,11 +24,19 @@ pub trait TimestepNet: Send + Sync {
         None
     }
     fn describe(&self) -> String;
+    /// The output of [`TimestepNet::forward_t`] and its pullback with respect to `x` (`t` is a
+    /// constant). The default records candle's autograd graph.
+    fn forward_t_vjp(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Pullback<'_>)> {
+        autograd_vjp(x, |x| self.forward_t(x, t))
+    }
 }
 
 impl<N: TimestepNet + ?Sized> TimestepNet for Box<N> {
     fn forward_t(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         (**self).forward_t(x, t)
+    }
+    fn forward_t_vjp(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Pullback<'_>)> {
+        (**self).forward_t_vjp(x, t)
     }
     fn device(&self) -> &Device {
         (**self).device()
@@ -50,6 +58,9 @@ impl<N: TimestepNet + ?Sized> TimestepNet for Box<N> {
 impl<N: TimestepNet + ?Sized> TimestepNet for Arc<N> {
     fn forward_t(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         (**self).forward_t(x, t)
+    }
+    fn forward_t_vjp(&self, x: &Tensor, t: &Tensor) -> Result<(Tensor, Pullback<'_>)> {
+        (**self).forward_t_vjp(x, t)
     }
     fn device(&self) -> &Device {
         (**self).device()
@@ -228,7 +239,62 @@ impl<N: TimestepNet> VpDenoiser<N> {
     }
 }
 
+impl<N: TimestepNet> VpDenoiser<N> {
+    /// D(x, σ) and its pullback through the network's own ([`TimestepNet::forward_t_vjp`]):
+    /// for ε-prediction with the network's dtype, D = clamp(x − σ·ε(c_in·x)), so
+    /// (∂D/∂x)ᵀ v = m·v − σ·c_in·J_εᵀ(m·v), m the mask of unclamped pixels.
+    fn denoise_vjp_eps(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Pullback<'_>)> {
+        let (b, c, h, w) = x.dims4()?;
+        let channels = self.net.in_channels();
+        crate::error::expect_shape("VP denoiser input channels", &[c], &[channels])?;
+        let s = sigma as f32;
+        let c_in = self.c_in(s);
+        let t = Tensor::full(self.c_noise(s), b, x.device())?;
+        let xin = x.detach();
+        let x_scaled = xin.affine(c_in as f64, 0.0)?;
+        let (out, net_pullback) = self.net.forward_t_vjp(&x_scaled, &t)?;
+        let extra = out.dim(1)? - channels;
+        let f = out.narrow(1, 0, channels)?;
+        let d = (&xin - f.affine(s as f64, 0.0)?)?;
+        let (d, mask) = match self.clip {
+            Some(cl) => {
+                let inside = (d.ge(-cl as f64)? * d.le(cl as f64)?)?.to_dtype(d.dtype())?;
+                (d.clamp(-cl, cl)?, Some(inside))
+            }
+            None => (d, None),
+        };
+        let pullback = move |v: &Tensor| -> Result<Tensor> {
+            let v = v.to_dtype(xin.dtype())?;
+            let v = match &mask {
+                Some(m) => (v * m)?,
+                None => v,
+            };
+            let gf = v.affine(-(s as f64), 0.0)?;
+            let gout = if extra > 0 {
+                let z = Tensor::zeros((b, extra, h, w), gf.dtype(), gf.device())?;
+                Tensor::cat(&[&gf, &z], 1)?
+            } else {
+                gf
+            };
+            let gx = net_pullback(&gout)?;
+            Ok((v + gx.affine(c_in as f64, 0.0)?)?)
+        };
+        Ok((d, Box::new(pullback)))
+    }
+}
+
 impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
+    fn denoise_vjp(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Pullback<'_>)> {
+        if sigma.is_nan() || sigma < 0.0 || sigma.is_infinite() {
+            return Err(Error::config(format!("VP denoiser: invalid σ = {sigma}")));
+        }
+        if self.prediction == Prediction::Epsilon && x.dtype() == self.net.dtype() {
+            self.denoise_vjp_eps(x, sigma)
+        } else {
+            autograd_vjp(x, |x| self.denoise(x, sigma))
+        }
+    }
+
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         if sigma.is_nan() || sigma < 0.0 || sigma.is_infinite() {
             return Err(Error::config(format!("VP denoiser: invalid σ = {sigma}")));

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use crate::prior::Scale;
 use crate::schedule::VpSchedule;
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,11 +129,9 @@ pub fn dps(
 /// x̂0 = D(x/√ᾱ, σ) and ∇_x Σ_b ‖A(x̂0_b) − y_b‖ = J_Dᵀ · J_Aᵀ r/‖r‖ (J_Aᵀ from the operator's
 /// own VJP), for the chains of `x`.
 fn guidance(p: &Problem, x: &Tensor, ab: f64, sigma: f64) -> Result<(Tensor, Tensor)> {
-    let xv = Var::from_tensor(x)?;
-    let x0hat = p
+    let (x0d, pullback) = p
         .prior
-        .denoise(&xv.as_tensor().affine(1.0 / ab.sqrt(), 0.0)?, sigma)?;
-    let x0d = x0hat.detach();
+        .denoise_vjp(&x.affine(1.0 / ab.sqrt(), 0.0)?, sigma)?;
     let r = p.measurement.residual(p.operator, &x0d)?;
     let b = r.dim(0)?;
     let norms = crate::operator::per_chain_sq_norm(&r)?
@@ -143,12 +141,14 @@ fn guidance(p: &Problem, x: &Tensor, ab: f64, sigma: f64) -> Result<(Tensor, Ten
     nshape.extend(std::iter::repeat_n(1, r.rank() - 1));
     let unit = r.broadcast_div(&norms.reshape(nshape)?)?;
     let v = p.operator.vjp(&x0d, &unit)?;
-    let grads = (x0hat * v)?.sum_all()?.backward()?;
-    let g = grads.get(xv.as_tensor()).cloned().ok_or_else(|| {
-        Error::msg(format!(
-            "DPS: no gradient flows through the prior {}",
-            p.prior.name()
-        ))
-    })?;
+    // x̂0 = D(x/√ᾱ): the chain rule's 1/√ᾱ.
+    let g = pullback(&v)
+        .map_err(|e| {
+            Error::msg(format!(
+                "DPS: no gradient through the prior {}: {e}",
+                p.prior.name()
+            ))
+        })?
+        .affine(1.0 / ab.sqrt(), 0.0)?;
     Ok((x0d, g))
 }

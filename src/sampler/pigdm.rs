@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::noise::NoiseSource;
 use crate::prior::Scale;
 use crate::schedule::geometric_grid;
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,9 +88,7 @@ pub fn pigdm(
 /// x̂0 = D(x, σ) and J_Dᵀ v for the chains of `x` (`sd`: σ_d).
 fn guidance(p: &Problem, x: &Tensor, sigma: f64, sd: f64) -> Result<(Tensor, Tensor)> {
     let lin = linear_of(p, "pigdm")?;
-    let xv = Var::from_tensor(x)?;
-    let x0hat = p.prior.denoise(xv.as_tensor(), sigma)?;
-    let x0 = x0hat.detach();
+    let (x0, pullback) = p.prior.denoise_vjp(x, sigma)?;
     let sy = p.measurement.sigma_y;
     let v = if sy > 0.0 {
         let r2 = sigma * sigma * sd * sd / (sigma * sigma + sd * sd);
@@ -98,12 +96,9 @@ fn guidance(p: &Problem, x: &Tensor, sigma: f64, sd: f64) -> Result<(Tensor, Ten
     } else {
         lin.pinv(&p.measurement.residual(p.operator, &x0)?)?.neg()?
     };
-    let grads = (x0hat * v.to_dtype(x0.dtype())?.detach())?
-        .sum_all()?
-        .backward()?;
-    let g = grads.get(xv.as_tensor()).cloned().ok_or_else(|| {
+    let g = pullback(&v.to_dtype(x0.dtype())?).map_err(|e| {
         Error::msg(format!(
-            "ΠGDM: no gradient flows through the prior {}",
+            "ΠGDM: no gradient through the prior {}: {e}",
             p.prior.name()
         ))
     })?;

@@ -16,7 +16,7 @@ use crate::noise::NoiseSource;
 use crate::operator::structure::{chain_dots, chain_scalars};
 use crate::operator::{cg, CgOptions, Linear};
 use crate::schedule::{annealing_sigmas, Discretization};
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use nalgebra::{DMatrix, SymmetricEigen};
 use serde::{Deserialize, Serialize};
 
@@ -156,16 +156,11 @@ fn tweedie_step(
     cfg: &DapsTweedieConfig,
     noise: &mut dyn NoiseSource,
 ) -> Result<Tensor> {
-    let xv = Var::from_tensor(&xt.detach())?;
-    let d = p.prior.denoise(xv.as_tensor(), s)?;
-    let m = d.detach();
-    // J v (= Jᵀv, the VJP through D's graph).
+    let (m, pullback) = p.prior.denoise_vjp(&xt.detach(), s)?;
+    // J v (= Jᵀv, the denoiser's VJP).
     let jac = |v: &Tensor| -> Result<Tensor> {
-        let grads = (&d * v.detach())?.sum_all()?.backward()?;
-        grads
-            .get(xv.as_tensor())
-            .cloned()
-            .ok_or_else(|| Error::msg(format!("{}: no gradient reached x_t", p.prior.name())))
+        pullback(v)
+            .map_err(|e| Error::msg(format!("{}: no gradient reached x_t: {e}", p.prior.name())))
     };
     let xi = noise.randn(xt.shape(), xt.device())?;
     let xp = (&m + (lanczos_sqrt(&jac, &xi, cfg.lanczos_steps)? * s)?)?;

@@ -24,7 +24,7 @@ use crate::operator::structure::{chain_dots, chain_scalars};
 use crate::operator::{Linear, Measurement};
 use crate::prior::gmm::{categorical, softmax};
 use crate::schedule::poly_grid;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 use nalgebra::{DMatrix, DVector};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -222,18 +222,14 @@ fn moments(
 ) -> Result<Moments> {
     let n = x.dim(0)?;
     let m = if jac { y.elem_count() / n } else { 0 };
-    let xv = Var::from_tensor(&x.detach())?;
-    let d = p.prior.denoise(xv.as_tensor(), s)?;
+    let (d, pullback) = p.prior.denoise_vjp(&x.detach(), s)?;
     let mut g = Vec::with_capacity(m);
     let mut ajat = vec![0.0; n * m * m];
     for j in 0..m {
         let e: Vec<f32> = (0..n * m).map(|i| (i % m == j) as u8 as f32).collect();
         let e = Tensor::from_vec(e, y.shape(), y.device())?.to_dtype(y.dtype())?;
-        let grads = (&d * lin.adjoint(&e)?.detach())?.sum_all()?.backward()?;
-        let gj = grads
-            .get(xv.as_tensor())
-            .cloned()
-            .ok_or_else(|| Error::msg(format!("{}: no gradient reached x_t", p.prior.name())))?;
+        let gj = pullback(&lin.adjoint(&e)?)
+            .map_err(|e| Error::msg(format!("{}: no gradient reached x_t: {e}", p.prior.name())))?;
         let col = rows(&lin.forward(&gj)?)?;
         for c in 0..n {
             for r in 0..m {
@@ -463,17 +459,13 @@ pub fn twisted_smc(
             .map(|gj| gj.index_select(&idx, 0))
             .collect::<candle_core::Result<_>>()?;
     let yb = repeat_rows(y1, b, 1)?;
-    let xv = Var::from_tensor(&xs.detach())?;
-    let d = p.prior.denoise(xv.as_tensor(), s)?;
+    let (d, pullback) = p.prior.denoise_vjp(&xs.detach(), s)?;
     let jac = |u: &Tensor| -> Result<Tensor> {
-        let grads = (&d * u.detach())?.sum_all()?.backward()?;
-        grads
-            .get(xv.as_tensor())
-            .cloned()
-            .ok_or_else(|| Error::msg(format!("{}: no gradient reached x_t", p.prior.name())))
+        pullback(u)
+            .map_err(|e| Error::msg(format!("{}: no gradient reached x_t: {e}", p.prior.name())))
     };
     let xi = noise.randn(xs.shape(), &device)?;
-    let xpp = (d.detach() + (lanczos_sqrt(&jac, &xi, cfg.lanczos_steps)? * s)?)?;
+    let xpp = (d.clone() + (lanczos_sqrt(&jac, &xi, cfg.lanczos_steps)? * s)?)?;
     let r = rows(&((&yb + (noise.randn(yb.shape(), &device)? * tau)?)? - lin.forward(&xpp)?)?)?;
     let mut coef = vec![0.0; b * m];
     for (c, &pc) in pick.iter().enumerate() {
