@@ -405,7 +405,14 @@ fn im2col_rows(xb: &[f32], g: Geom, oy0: usize, oy1: usize, col: &mut [f32]) {
 /// multiplied by `w` with `gemm` straight into its block of the output, so no full-size
 /// column buffer is built. Tiles run in parallel; when there are too few of them, gemm
 /// splits each product over the threads instead.
-fn conv2d_tiled(x: &[f32], w: &[f32], b: usize, o: usize, g: Geom) -> Vec<f32> {
+fn conv2d_tiled(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    b: usize,
+    o: usize,
+    g: Geom,
+) -> Vec<f32> {
     let (ho, wo) = g.out();
     let (hw_in, hw_out) = (g.h * g.w, ho * wo);
     let ck = g.c * g.kh * g.kw;
@@ -442,6 +449,15 @@ fn conv2d_tiled(x: &[f32], w: &[f32], b: usize, o: usize, g: Geom) -> Vec<f32> {
                 (rhs, rhs_rs),
                 inner,
             );
+            if let Some(bias) = bias {
+                // While the block is in cache.
+                let dst = yp.get().add(bi * o * hw_out + oy0 * wo);
+                for (oc, &bv) in bias.iter().enumerate() {
+                    for v in std::slice::from_raw_parts_mut(dst.add(oc * hw_out), tn) {
+                        *v += bv;
+                    }
+                }
+            }
         }
     };
     if matches!(inner, gemm::Parallelism::None) {
@@ -458,10 +474,12 @@ fn conv2d_tiled(x: &[f32], w: &[f32], b: usize, o: usize, g: Geom) -> Vec<f32> {
 }
 
 /// The f32 forward conv as a graph-less custom op on (x, w): [`conv2d_tiled`], or
-/// [`super::winograd::conv3x3`] (3×3, stride 1, padding 1 only).
+/// [`super::winograd::conv3x3`] (3×3, stride 1, padding 1 only); a bias `[O]`, if any, is added
+/// as the output is written (no separate pass).
 struct ForwardConv {
     g: Geom,
     winograd: bool,
+    bias: Option<Vec<f32>>,
 }
 
 impl candle_core::CustomOp2 for ForwardConv {
@@ -483,10 +501,17 @@ impl candle_core::CustomOp2 for ForwardConv {
         let (b, o, g) = (lx.dims()[0], lw.dims()[0], self.g);
         let (ho, wo) = g.out();
         let (x, w) = (slice(sx, lx)?, slice(sw, lw)?);
+        let bias = self.bias.as_deref();
+        if bias.is_some_and(|v| v.len() != o) {
+            candle_core::bail!(
+                "conv2d: bias of {} values for {o} output channels",
+                bias.map_or(0, |v| v.len())
+            );
+        }
         let y = if self.winograd {
-            super::winograd::conv3x3(x, w, [b, g.c, o, g.h, g.w], TILE)
+            super::winograd::conv3x3(x, w, bias, [b, g.c, o, g.h, g.w], TILE)
         } else {
-            conv2d_tiled(x, w, b, o, g)
+            conv2d_tiled(x, w, bias, b, o, g)
         };
         Ok((CpuStorage::F32(y), (b, o, ho, wo).into()))
     }
@@ -537,6 +562,18 @@ pub fn conv2d_forward(
     stride: usize,
     path: ConvPath,
 ) -> Result<Tensor> {
+    conv2d_forward_bias(x, w, None, pad, stride, path)
+}
+
+/// [`conv2d_forward`] plus a per-channel `bias` `[O]`: for f32, added as the output is written.
+pub fn conv2d_forward_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    pad: usize,
+    stride: usize,
+    path: ConvPath,
+) -> Result<Tensor> {
     let g = geom(x.dims4()?, w, pad, stride)?;
     let f32s = x.dtype() == DType::F32 && w.dtype() == DType::F32 && x.device().is_cpu();
     let fits = f32s && g.kh == 3 && g.kw == 3 && pad == 1 && stride == 1;
@@ -553,9 +590,20 @@ pub fn conv2d_forward(
         ConvPath::Im2col => false,
         ConvPath::Auto => fits && winograd() && winograd_pays(x.dim(0)?, g.c, o, g.h, g.w),
     };
-    if f32s {
-        let op = ForwardConv { g, winograd: wino };
+    if f32s && bias.is_none_or(|b| b.dtype() == DType::F32) {
+        let bias = bias
+            .map(|b| b.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        let op = ForwardConv {
+            g,
+            winograd: wino,
+            bias,
+        };
         return x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op);
+    }
+    if let Some(b) = bias {
+        let y = conv2d_forward_bias(x, w, None, pad, stride, path)?;
+        return add_channel_bias(&y, b);
     }
     let (b, o) = (x.dim(0)?, w.dim(0)?);
     let (ho, wo) = g.out();
@@ -855,6 +903,21 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(b) = &self.bias {
+            // No graph to keep: the bias goes in as the convolution writes its output.
+            let w = &self.weight;
+            let f32s = [x, w, b].iter().all(|t| t.dtype() == DType::F32);
+            if f32s && x.device().is_cpu() && ![x, w, b].iter().any(|t| t.track_op()) {
+                return conv2d_forward_bias(
+                    &x.detach(),
+                    &w.detach(),
+                    Some(b),
+                    self.padding,
+                    self.stride,
+                    ConvPath::Auto,
+                );
+            }
+        }
         let y = conv2d(x, &self.weight, self.padding, self.stride)?;
         match &self.bias {
             None => Ok(y),

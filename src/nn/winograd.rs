@@ -207,7 +207,15 @@ fn patches(
 
 /// Writes tiles `t0..t0 + n` of `y` `[B, O, H, W]` from M `[36, O, nn]` (block stride
 /// [`stride36`], `nn` as in [`input_block`]).
-fn output_block(m: &[f32], g: Tiles, o: usize, t0: usize, n: usize, y: *mut f32) {
+fn output_block(
+    m: &[f32],
+    g: Tiles,
+    bias: Option<&[f32]>,
+    o: usize,
+    t0: usize,
+    n: usize,
+    y: *mut f32,
+) {
     let (h, w) = (g.h, g.w);
     let nn = n.next_multiple_of(L);
     let on = stride36(o * nn);
@@ -221,6 +229,7 @@ fn output_block(m: &[f32], g: Tiles, o: usize, t0: usize, n: usize, y: *mut f32)
             *p = ((bi * o * h + y0) * w + x0, (h - y0).min(4), (w - x0).min(4));
         }
         for oc in 0..o {
+            let bv = bias.map_or(0.0, |b| b[oc]);
             let base = oc * nn + j0;
             // Aᵀ M (columns), then · A (rows).
             let mut t = [[ZERO; 6]; 4];
@@ -244,7 +253,7 @@ fn output_block(m: &[f32], g: Tiles, o: usize, t0: usize, n: usize, y: *mut f32)
                     unsafe {
                         let dst = y.add(off + (oc * h + r) * w);
                         for (q, v) in out.iter().enumerate().take(cols) {
-                            dst.add(q).write(v[l]);
+                            dst.add(q).write(v[l] + bv);
                         }
                     }
                 }
@@ -274,9 +283,15 @@ fn grow(v: &mut Vec<f32>, n: usize) {
     }
 }
 
-/// `x` `[B, C, H, W]` * `w` `[O, C, 3, 3]` with stride 1 and padding 1 → `[B, O, H, W]`.
-/// `dims` = [B, C, O, H, W]; blocks of tiles hold about `budget` f32 of V and M.
-pub(super) fn conv3x3(x: &[f32], w: &[f32], dims: [usize; 5], budget: usize) -> Vec<f32> {
+/// `x` `[B, C, H, W]` * `w` `[O, C, 3, 3]` (+ `bias` `[O]`) with stride 1 and padding 1 →
+/// `[B, O, H, W]`. `dims` = [B, C, O, H, W]; blocks of tiles hold about `budget` f32 of V and M.
+pub(super) fn conv3x3(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    dims: [usize; 5],
+    budget: usize,
+) -> Vec<f32> {
     let [b, c, o, h, wd] = dims;
     let len = b * o * h * wd;
     let mut y: Vec<f32> = Vec::with_capacity(len);
@@ -319,7 +334,7 @@ pub(super) fn conv3x3(x: &[f32], w: &[f32], dims: [usize; 5], budget: usize) -> 
                 );
             }
         }
-        output_block(m, g, o, t0, n, yp.get());
+        output_block(m, g, bias, o, t0, n, yp.get());
         BUFS.set(bufs);
     };
     if matches!(inner, gemm::Parallelism::None) {
