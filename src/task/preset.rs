@@ -23,6 +23,9 @@ pub const METHOD_PRESETS: [&str; 12] = [
     "psld",
     "resample",
 ];
+/// Optional sections holding settings tuned on the training digits (0..9000, never the
+/// held-out ones), in the preset files of the tasks that were tuned.
+pub const TUNED_PRESETS: [&str; 1] = ["daps-tuned"];
 /// The budget `daps solve` uses unless told otherwise.
 pub const DEFAULT_BUDGET: &str = "daps-1k";
 
@@ -55,11 +58,13 @@ fn preset_table(task: &str) -> Result<toml::Table> {
         .map_err(|e| Error::config(format!("preset file of {task}: {e}")))
 }
 
-/// The presets of a task: every [`BUDGETS`] entry, then the [`METHOD_PRESETS`] it has.
+/// The presets of a task: every [`BUDGETS`] entry, then the [`TUNED_PRESETS`] and
+/// [`METHOD_PRESETS`] it has.
 pub fn budgets(task: &str) -> Result<Vec<&'static str>> {
     let table = preset_table(task)?;
-    let own = METHOD_PRESETS
+    let own = TUNED_PRESETS
         .into_iter()
+        .chain(METHOD_PRESETS)
         .filter(|b| table.contains_key(*b));
     Ok(BUDGETS.into_iter().chain(own).collect())
 }

@@ -479,3 +479,24 @@ fn previews_are_images_of_the_image_size() {
         assert!(v.iter().all(|v| (0.0..=1.0).contains(v)), "{name}");
     }
 }
+
+/// `daps-tuned` (settings chosen on training digits) exists for every demo task, is a DAPS
+/// variant at DAPS-1K's budget, is listed among the task's presets and resolves by name.
+#[test]
+fn tuned_presets_are_daps_at_the_daps_1k_budget() {
+    for t in demo_tasks() {
+        let m = preset_method(t, "daps-tuned").unwrap();
+        assert!(
+            matches!(m, crate::sampler::Method::Daps(_)),
+            "{t}: {}",
+            m.name()
+        );
+        assert_eq!(m.nfe(), preset_method(t, "daps-1k").unwrap().nfe(), "{t}");
+        assert!(budgets(t).unwrap().contains(&"daps-tuned"), "{t}");
+        assert_eq!(
+            resolve_method(t, "daps-tuned").unwrap().name(),
+            m.name(),
+            "{t}"
+        );
+    }
+}
