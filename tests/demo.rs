@@ -261,7 +261,6 @@ fn half_precision_prior_denoises_like_f32() {
     // the RMSE of D_f32 against the clean digits, at every σ. Measured on 8 held-out digits at
     // σ = 0.2 / 1 / 10: bf16 0.0014 / 0.0028 / 0.026 against errors 0.047 / 0.145 / 0.452
     // (3–6%); f16 under 1%.
-    use daps::prior::Denoiser;
     let dev = candle_core::Device::Cpu;
     let full = daps::prior::load(None, &dev).unwrap();
     let held = daps::prior::default::HELD_OUT;
