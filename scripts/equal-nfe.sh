@@ -6,7 +6,8 @@
 #
 # 1. accuracy: 100 held-out digits × every 32×32 task, phase retrieval best of 4 runs, at
 #    1000 network evaluations per sample: DAPS-1K as the paper (τ = 0.01), DAPS-1K with the true
-#    likelihood τ = σ_y (and a stable step size), DPS-1000; baseline DPS-1000.
+#    likelihood τ = σ_y (and a stable step size), each task's daps-tuned preset (settings chosen
+#    on training digits), DPS-1000; baseline DPS-1000.
 # 2. calibration: the first DIGITS_COVERAGE (20) of them with 16 posterior samples each
 #    (`--samples 16`): the fraction of true pixels inside the samples' per-pixel interval
 #    [x₍₁₎, x₍₁₆₎], whose nominal coverage for a calibrated sampler is 15/17 = 88.2%.
@@ -21,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/equal-nfe}
 OUT=${OUT:-results/digits/equal-nfe}
-METHODS=${METHODS:-dps-1000,daps-1k,daps-1k@tau_rule=measurement@lr_rule=stable@lr=1}
+METHODS=${METHODS:-dps-1000,daps-1k,daps-1k@tau_rule=measurement@lr_rule=stable@lr=1,daps-tuned}
 [ -n "${DAPS_BIN:-}" ] || cargo build --release --bin daps
 D=${DAPS_BIN:-./target/release/daps}
 run() {
