@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Methods of a `daps eval` report against a DPS-1000 baseline on the same digits.
 
-    scripts/equal-nfe-compare.py EVAL_REPORT.json BASELINE.json
+    scripts/equal-nfe-compare.py EVAL_REPORT.json BASELINE.json [BASELINE_METHOD]
 
 EVAL_REPORT.json is `daps report RUN --json` of an eval run on held-out digits. BASELINE.json is
 either another eval report (its `dps-1000` rows; an eval run with the same seed, digits and tasks
@@ -10,7 +10,8 @@ results/digits/dps1000.json (per-digit DPS-1000 on digits 9000–9099, best of 4
 retrieval), whose measurement noise draws are its own: then the per-digit differences pair
 images, not noise, and their spread includes two noise draws. Prints, per task and eval method:
 mean PSNR/SSIM on the common digits, the baseline's, the paired mean difference with a 95%
-interval (1.96 SE) and wins.
+interval (1.96 SE) and wins. BASELINE_METHOD (default dps-1000) picks another method of an eval
+report as the baseline, e.g. `daps-1k` of results/digits/equal-nfe-100/daps1k.json.
 """
 import json
 import math
@@ -26,21 +27,22 @@ def ci(d):
     return m, 1.96 * sd / math.sqrt(n)
 
 
-def main(report, dps):
+def main(report, dps, method="dps-1000"):
     rep = json.load(open(report))
     base = {}
     b = json.load(open(dps))
     if isinstance(b, dict):  # an eval report
         for r in b["rows"]:
-            if r["method"] == "dps-1000":
+            if r["method"] == method:
                 base[r["task"]] = {int(s["image"].split("-")[1]): (s["psnr"], s["ssim"])
                                    for s in r["scores"]}
     else:
         for r in b:
             if r["method"] == "DPS-1000":
                 base[r["task"]] = {d: (p, s) for d, p, s in zip(r["digits"], r["psnr"], r["ssim"])}
-    print(f"{'task':16} {'method':44} {'n':>3} {'PSNR':>6} {'DPS-1000':>8} "
-          f"{'Δ PSNR ± 95%':>15} {'wins':>5} {'SSIM':>6} {'DPS':>6}")
+    name = "DPS-1000" if method == "dps-1000" else method
+    print(f"{'task':16} {'method':44} {'n':>3} {'PSNR':>6} {name:>8} "
+          f"{'Δ PSNR ± 95%':>15} {'wins':>5} {'SSIM':>6} {'base':>6}")
     means = {}
     for row in rep["rows"]:
         t, m = row["task"], row["method"]
@@ -67,10 +69,10 @@ def main(report, dps):
     for m, v in means.items():
         a = sum(x for x, _ in v) / len(v)
         c = sum(y for _, y in v) / len(v)
-        print(f"mean over {len(v)} tasks, {m}: {a:.2f} dB vs DPS-1000 {c:.2f} dB ({a - c:+.2f})")
+        print(f"mean over {len(v)} tasks, {m}: {a:.2f} dB vs {name} {c:.2f} dB ({a - c:+.2f})")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])
