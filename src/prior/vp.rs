@@ -283,11 +283,18 @@ impl<N: TimestepNet> VpDenoiser<N> {
     }
 }
 
+/// A VP denoiser takes any finite σ ≥ 0.
+fn check_sigma(sigma: f64) -> Result<()> {
+    if sigma.is_finite() && sigma >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::config(format!("VP denoiser: invalid σ = {sigma}")))
+    }
+}
+
 impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
     fn denoise_vjp(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Pullback<'_>)> {
-        if sigma.is_nan() || sigma < 0.0 || sigma.is_infinite() {
-            return Err(Error::config(format!("VP denoiser: invalid σ = {sigma}")));
-        }
+        check_sigma(sigma)?;
         if self.prediction == Prediction::Epsilon && x.dtype() == self.net.dtype() {
             self.denoise_vjp_eps(x, sigma)
         } else {
@@ -296,9 +303,7 @@ impl<N: TimestepNet> Denoiser for VpDenoiser<N> {
     }
 
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        if sigma.is_nan() || sigma < 0.0 || sigma.is_infinite() {
-            return Err(Error::config(format!("VP denoiser: invalid σ = {sigma}")));
-        }
+        check_sigma(sigma)?;
         // Without a graph to keep, a CPU batch runs in fixed-size pieces in parallel (see
         // `par_batches`).
         let b = x.dim(0)?;
