@@ -317,8 +317,8 @@ fn samples_give_coverage_and_overrides_are_rows() {
 }
 
 /// Runs of the same images and seed (so the same measurements) with different methods report
-/// as one table, paired across runs; runs of other measurements, or a method given twice, are
-/// refused.
+/// as one table, paired across runs, and so do their `--json` summaries; runs of other
+/// measurements, or a method given twice, are refused.
 #[test]
 fn runs_of_the_same_measurements_report_together() {
     let dir = tmp_dir("eval", "together");
@@ -380,5 +380,42 @@ fn runs_of_the_same_measurements_report_together() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("differ in seed"));
     let e = daps().arg("report").args([&b, &b]).output().unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("give each method once"));
+
+    // The runs' own summaries merge into the same rows as the folders (runs made apart, their
+    // folders gone); `--as` reports a spec under another name; other measurements are refused.
+    let summary = |run: &Path| {
+        let json = run.with_extension("json");
+        run_ok(daps().arg("report").arg(run).arg("--json").arg(&json));
+        json
+    };
+    let (sa, sb, sc) = (summary(&a), summary(&b), summary(&c));
+    let merged_json = dir.join("merged.json");
+    let text = run_ok(
+        daps()
+            .arg("report")
+            .args([&sa, &sb])
+            .args(["--baseline", "daps-50", "--json"])
+            .arg(&merged_json),
+    );
+    assert!(
+        text.contains("paired PSNR daps-50 − ddrm@steps=2"),
+        "{text}"
+    );
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&merged_json).unwrap()).unwrap();
+    let mut f = v.clone();
+    strip_times(&mut m);
+    strip_times(&mut f);
+    assert_eq!(m["rows"], f["rows"], "summaries merge as their folders do");
+    let text = run_ok(
+        daps()
+            .arg("report")
+            .args([&sa, &sb])
+            .args(["--as", "ddrm2=ddrm@steps=2"]),
+    );
+    assert!(text.contains("paired PSNR daps-50 − ddrm2:"), "{text}");
+    assert!(!text.contains("ddrm@steps=2"), "{text}");
+    let e = daps().arg("report").args([&sa, &sc]).output().unwrap();
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("differ in seed"));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,22 +1,31 @@
 //! `daps report`: the summary of a `daps eval` run folder (a table with 95% intervals and
-//! paired differences from a baseline, a JSON summary, a self-contained HTML page), or the merge
-//! of `daps demo --json` files (say, one per range of digits).
+//! paired differences from a baseline, a JSON summary, a self-contained HTML page), the merge of
+//! such summaries (runs of the same measurements made apart), or the merge of `daps demo --json`
+//! files (say, one per range of digits).
 
 use anyhow::{bail, Result};
 use clap::Args;
 use daps::eval::{read_runs, RunDir};
-use daps::report::eval::{aggregate, MethodRow, Summary};
-use daps::report::{merge, read_records, table, write_records};
+use daps::report::eval::{
+    aggregate, alias, is_summary, merge_summaries, parse_aliases, read_summary, MethodRow, Summary,
+};
+use daps::report::{merge, read_records, table, table_against, write_records};
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
     /// A `daps eval` run folder (or several, of the same images, seed, σ_y and prior, hence the
-    /// same measurements, with different methods: one table, paired across runs), or JSON files
+    /// same measurements, with different methods: one table, paired across runs); or summaries
+    /// that `daps report RUN --json` wrote, of runs with the same seed, σ_y and prior (paired by
+    /// image; a `--samples` run's coverage joins the rows of its task and method); or JSON files
     /// written by `daps demo --json` (records of the same task and method are merged; a digit
     /// may appear once per task and method).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// Eval runs and summaries: report method SPEC under the name NAME (repeatable), e.g. the
+    /// per-task specs that a preset stands for under the preset's name.
+    #[arg(long = "as", value_name = "NAME=SPEC")]
+    pub aliases: Vec<String>,
     /// Writes the summary as JSON (for demo files: the merged records, in their format).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -58,8 +67,18 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
         return eval_report(&a);
     }
-    if a.html.is_some() || a.baseline.is_some() || a.png.is_some() {
-        bail!("--html, --png and --baseline need a `daps eval` run folder");
+    let summaries = a.files.iter().filter(|f| is_summary(f)).count();
+    if summaries > 0 {
+        if summaries < a.files.len() {
+            bail!("give `daps report --json` summaries, or `daps demo --json` files, not both");
+        }
+        if a.html.is_some() || a.png.is_some() {
+            bail!("--html and --png need a `daps eval` run folder (its pictures)");
+        }
+        return summary_report(&a);
+    }
+    if a.html.is_some() || a.baseline.is_some() || a.png.is_some() || !a.aliases.is_empty() {
+        bail!("--html, --png, --baseline and --as need `daps eval` run folders or their summaries");
     }
     let mut lists = Vec::new();
     for f in &a.files {
@@ -73,9 +92,63 @@ pub fn report(a: ReportArgs) -> Result<()> {
     Ok(())
 }
 
+fn summary_report(a: &ReportArgs) -> Result<()> {
+    let aliases = parse_aliases(&a.aliases)?;
+    let mut files = Vec::new();
+    for f in &a.files {
+        files.push((f.clone(), read_summary(f)?));
+    }
+    let (settings, rows, missing) = merge_summaries(&files, &aliases, a.baseline.as_deref())?;
+    if let Some(p) = &a.json {
+        let summary = Summary::new(&settings, &rows, missing);
+        let text = serde_json::to_string_pretty(&summary)?;
+        daps::io::atomic_write(p, text.as_bytes())?;
+    }
+    print_rows(&rows, &settings, 0);
+    for (f, s) in &files {
+        if s.missing_records > 0 {
+            println!(
+                "incomplete: {} lacks {} record(s) of its run",
+                f.display(),
+                s.missing_records
+            );
+        }
+    }
+    Ok(())
+}
+
 fn eval_report(a: &ReportArgs) -> Result<()> {
     let dir = &a.files[0];
-    let (settings, recs, missing) = read_runs(&a.files)?;
+    let (mut settings, mut recs, missing) = read_runs(&a.files)?;
+    let aliases = parse_aliases(&a.aliases)?;
+    if !aliases.is_empty() {
+        // Two specs under one name: fine where no task has records of both.
+        let mut specs = std::collections::HashMap::new();
+        for r in &recs {
+            let name = alias(&aliases, &r.method);
+            let first = specs
+                .entry((r.task.clone(), name.to_string()))
+                .or_insert_with(|| r.method.clone());
+            if *first != r.method {
+                bail!(
+                    "--as {name}: task {} has records of {first} and of {}",
+                    r.task,
+                    r.method
+                );
+            }
+        }
+        for r in &mut recs {
+            r.method = alias(&aliases, &r.method).to_string();
+        }
+        let mut methods: Vec<String> = Vec::new();
+        for m in &settings.methods {
+            let m = alias(&aliases, m).to_string();
+            if !methods.contains(&m) {
+                methods.push(m);
+            }
+        }
+        settings.methods = methods;
+    }
     let baseline = match &a.baseline {
         Some(b) if !settings.methods.contains(b) => bail!(
             "--baseline {b} is not a method of the run(s) ({})",
@@ -97,20 +170,33 @@ fn eval_report(a: &ReportArgs) -> Result<()> {
     if let Some(p) = &a.png {
         grid_png(&rows, &settings, &RunDir(dir.clone()), a.png_images, p)?;
     }
+    print_rows(&rows, &settings, missing);
+    Ok(())
+}
+
+/// The table, the coverage lines and the count of missing records.
+fn print_rows(rows: &[MethodRow], settings: &daps::eval::EvalSettings, missing: usize) {
     let demo: Vec<_> = rows.iter().map(MethodRow::as_demo).collect();
-    print!("{}", table(&demo));
+    let baseline = rows
+        .iter()
+        .find_map(|r| r.paired.as_ref().map(|p| p.baseline.as_str()));
+    print!("{}", table_against(&demo, baseline));
+    let samples = settings.samples;
     if rows.iter().any(|r| r.coverage.is_some()) {
         println!(
             "coverage: fraction of true pixels inside the per-pixel interval of {} samples \
              (a calibrated sampler: the nominal value)",
-            settings.samples
+            samples
         );
-        for r in &rows {
+        for r in rows {
             if let (Some(c), Some(n)) = (&r.coverage, r.coverage_nominal) {
+                let over = r
+                    .coverage_images
+                    .map_or(String::new(), |k| format!(", over {k} images"));
                 println!(
-                    "  {:<18} {:<28} {:5.1}% ± {:4.1}  (nominal {:.1}%)",
+                    "  {:<18} {:<28} {:5.1}% ± {:4.1}  (nominal {:.1}%{over})",
                     r.task,
-                    r.label,
+                    r.method,
                     100.0 * c.mean,
                     100.0 * c.ci95,
                     100.0 * n
@@ -123,7 +209,6 @@ fn eval_report(a: &ReportArgs) -> Result<()> {
             "incomplete: {missing} record(s) missing (rerun the `daps eval` command to finish)"
         );
     }
-    Ok(())
 }
 
 /// Per task (in the run's order) its first `n` images: truth | measurement | each method of

@@ -129,8 +129,16 @@ pub fn paired_psnr(a: &DemoRecord, b: &DemoRecord) -> Vec<f64> {
 /// The report's text: per task, each method's PSNR ± 95% / SSIM ± 95% (digits, seconds), then
 /// each later method's paired PSNR difference from the first; the mean over tasks at the end.
 pub fn table(records: &[DemoRecord]) -> String {
+    table_against(records, None)
+}
+
+/// [`table`] with the paired differences taken from `baseline` (default: the first method).
+pub fn table_against(records: &[DemoRecord], baseline: Option<&str>) -> String {
     let mut tasks: Vec<&str> = Vec::new();
     let mut methods: Vec<&str> = Vec::new();
+    if let Some(b) = baseline.filter(|b| records.iter().any(|r| r.method == *b)) {
+        methods.push(b);
+    }
     for r in records {
         if !tasks.contains(&r.task.as_str()) {
             tasks.push(&r.task);
@@ -209,6 +217,25 @@ pub fn table(records: &[DemoRecord]) -> String {
             q,
             rs.len()
         );
+    }
+    // Where the methods ran different tasks, also the means over the tasks they all ran.
+    let common: Vec<&str> = tasks
+        .iter()
+        .copied()
+        .filter(|t| methods.iter().all(|m| find(t, m).is_some()))
+        .collect();
+    if methods.len() > 1 && !common.is_empty() && common.len() < tasks.len() {
+        let _ = writeln!(
+            s,
+            "mean over the tasks every method ran ({}):",
+            common.join(", ")
+        );
+        for m in &methods {
+            let rs: Vec<&DemoRecord> = common.iter().filter_map(|t| find(t, m)).collect();
+            let p = rs.iter().map(|r| mean_ci95(&r.psnr).0).sum::<f64>() / rs.len() as f64;
+            let q = rs.iter().map(|r| mean_ci95(&r.ssim).0).sum::<f64>() / rs.len() as f64;
+            let _ = writeln!(s, "  {:<mw$} PSNR {:>6.2}  SSIM {:.3}", m, p, q);
+        }
     }
     s
 }
