@@ -126,7 +126,9 @@ fn conv_matches_finite_differences_f64() {
 
 /// A layer with a bias and no graph adds the bias as the convolution writes its output: equal
 /// to candle's layer, and bit for bit to the convolution followed by the separate bias pass, on
-/// the im2col path (3×3, 1×1, stride 2) and the Winograd path (16 channels, 32 tiles), and in f64.
+/// the im2col path (3×3, 1×1, stride 2) and the Winograd path (16 channels, 32 tiles), and in f64;
+/// later calls through the layer's kept Winograd weights give the same bits as fresh ones, and
+/// weights that are a variable are not kept (a change counts).
 #[test]
 fn conv_layer_with_bias_and_no_grad_path() {
     let cases: &[([usize; 4], [usize; 4], usize, usize, DType)] = &[
@@ -158,7 +160,34 @@ fn conv_layer_with_bias_and_no_grad_path() {
         )
         .unwrap();
         assert_eq!(vec64(&y), vec64(&two_pass), "case {i}");
+        // A second input: the layer's kept Winograd weights give what fresh ones give.
+        let x2 = rand(&xs, 40 + i as u64, dt);
+        let again = fastops::conv2d_forward_bias(
+            &x2,
+            &w,
+            Some(&b),
+            padding,
+            stride,
+            fastops::ConvPath::Auto,
+        )
+        .unwrap();
+        assert_eq!(
+            vec64(&layer.forward(&x2).unwrap()),
+            vec64(&again),
+            "case {i}"
+        );
     }
+    // Weights that are a variable are never kept: after a change, the new weights count.
+    let (xs, ws) = ([2, 16, 16, 16], [17, 16, 3, 3]);
+    let x = rand(&xs, 50, DType::F32);
+    let wv = Var::from_tensor(&rand(&ws, 51, DType::F32)).unwrap();
+    let b = rand(&[ws[0]], 52, DType::F32);
+    let layer = fastops::Conv2d::new(wv.as_tensor().clone(), Some(b.clone()), 1, 1);
+    layer.forward(&x).unwrap();
+    let w2 = rand(&ws, 53, DType::F32);
+    wv.set(&w2).unwrap();
+    let fresh = fastops::Conv2d::new(w2, Some(b), 1, 1).forward(&x).unwrap();
+    assert!(rel_diff(&layer.forward(&x).unwrap(), &fresh) < 1e-6);
 }
 
 /// Loss Σ r·GN(x); returns (y, dx, dγ, dβ).

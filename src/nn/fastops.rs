@@ -480,6 +480,8 @@ struct ForwardConv {
     g: Geom,
     winograd: bool,
     bias: Option<Vec<f32>>,
+    /// The Winograd transform of the weights, when the layer keeps it.
+    u: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl candle_core::CustomOp2 for ForwardConv {
@@ -509,7 +511,8 @@ impl candle_core::CustomOp2 for ForwardConv {
             );
         }
         let y = if self.winograd {
-            super::winograd::conv3x3(x, w, bias, [b, g.c, o, g.h, g.w], TILE)
+            let u = self.u.as_deref().map(Vec::as_slice);
+            super::winograd::conv3x3(x, w, u, bias, [b, g.c, o, g.h, g.w], TILE)
         } else {
             conv2d_tiled(x, w, bias, b, o, g)
         };
@@ -574,6 +577,23 @@ pub fn conv2d_forward_bias(
     stride: usize,
     path: ConvPath,
 ) -> Result<Tensor> {
+    conv2d_forward_kept(x, w, bias, pad, stride, path, None)
+}
+
+/// The Winograd transform of a layer's weights, made by its first Winograd forward and kept
+/// (only for weights that are not variables: a variable can change between calls).
+type KeptU = std::sync::OnceLock<std::sync::Arc<Vec<f32>>>;
+
+/// [`conv2d_forward_bias`] with the layer's [`KeptU`].
+fn conv2d_forward_kept(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    pad: usize,
+    stride: usize,
+    path: ConvPath,
+    kept: Option<&KeptU>,
+) -> Result<Tensor> {
     let g = geom(x.dims4()?, w, pad, stride)?;
     let f32s = x.dtype() == DType::F32 && w.dtype() == DType::F32 && x.device().is_cpu();
     let fits = f32s && g.kh == 3 && g.kw == 3 && pad == 1 && stride == 1;
@@ -594,10 +614,21 @@ pub fn conv2d_forward_bias(
         let bias = bias
             .map(|b| b.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
+        let u = match kept {
+            Some(k) if wino && !w.is_variable() => {
+                if k.get().is_none() {
+                    let wv = w.flatten_all()?.to_vec1::<f32>()?;
+                    let _ = k.set(std::sync::Arc::new(super::winograd::weights(&wv, o, g.c)));
+                }
+                k.get().cloned()
+            }
+            _ => None,
+        };
         let op = ForwardConv {
             g,
             winograd: wino,
             bias,
+            u,
         };
         return x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op);
     }
@@ -815,6 +846,8 @@ pub struct Conv2d {
     stride: usize,
     /// [`flipped_kernel`] of `weight`, made by the first [`Conv2d::input_grad`].
     flipped: std::sync::OnceLock<Tensor>,
+    /// The Winograd transform of `weight`, made by the first graph-less Winograd forward.
+    winograd_u: KeptU,
 }
 
 impl Conv2d {
@@ -825,6 +858,7 @@ impl Conv2d {
             padding,
             stride,
             flipped: std::sync::OnceLock::new(),
+            winograd_u: KeptU::new(),
         }
     }
 
@@ -908,13 +942,14 @@ impl Module for Conv2d {
             let w = &self.weight;
             let f32s = [x, w, b].iter().all(|t| t.dtype() == DType::F32);
             if f32s && x.device().is_cpu() && ![x, w, b].iter().any(|t| t.track_op()) {
-                return conv2d_forward_bias(
+                return conv2d_forward_kept(
                     &x.detach(),
-                    &w.detach(),
+                    w,
                     Some(b),
                     self.padding,
                     self.stride,
                     ConvPath::Auto,
+                    Some(&self.winograd_u),
                 );
             }
         }

@@ -74,8 +74,9 @@ fn stride36(len: usize) -> usize {
     len + 16
 }
 
-/// U `[36, O, C]` (block stride [`stride36`]) from `w` `[O, C, 3, 3]`, L kernels at a time.
-fn weights(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+/// U `[36, O, C]` (block stride [`stride36`]) from `w` `[O, C, 3, 3]`, L kernels at a time:
+/// what [`conv3x3`] takes as `u` (a layer with constant weights keeps it between calls).
+pub(super) fn weights(w: &[f32], o: usize, c: usize) -> Vec<f32> {
     let n = o * c;
     let ks = stride36(n);
     let mut u = vec![0f32; 36 * ks];
@@ -285,9 +286,11 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 
 /// `x` `[B, C, H, W]` * `w` `[O, C, 3, 3]` (+ `bias` `[O]`) with stride 1 and padding 1 →
 /// `[B, O, H, W]`. `dims` = [B, C, O, H, W]; blocks of tiles hold about `budget` f32 of V and M.
+/// `u`, if given, is [`weights`] of `w` (made here otherwise).
 pub(super) fn conv3x3(
     x: &[f32],
     w: &[f32],
+    u: Option<&[f32]>,
     bias: Option<&[f32]>,
     dims: [usize; 5],
     budget: usize,
@@ -306,7 +309,14 @@ pub(super) fn conv3x3(
         tw: wd.div_ceil(4),
     };
     let tiles = b * g.th * g.tw;
-    let u = weights(w, o, c);
+    let made;
+    let u = match u {
+        Some(u) if u.len() == 36 * stride36(o * c) => u,
+        _ => {
+            made = weights(w, o, c);
+            &made[..]
+        }
+    };
     let bt_n = block_tiles(c, o, budget).min(tiles);
     let blocks = tiles.div_ceil(bt_n);
     let inner = gemm_parallelism(blocks);
