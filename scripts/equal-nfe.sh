@@ -12,7 +12,8 @@
 #    (`--samples 16`): the fraction of true pixels inside the samples' per-pixel interval
 #    [x₍₁₎, x₍₁₆₎], whose nominal coverage for a calibrated sampler is 15/17 = 88.2%.
 #
-# Writes OUT/{equal-nfe.json,equal-nfe.txt,coverage.json,coverage.txt,report.html}
+# Writes OUT/{equal-nfe.json,equal-nfe.txt,coverage.json,coverage.txt,report.html} and
+# OUT/table.{json,txt}: both summaries merged (each row with its coverage on the first digits)
 # (OUT default results/digits/equal-nfe). About 1.4k DPS-1000 and DAPS-1K solves of 32×32 digits
 # plus 16× that for the coverage run on 20 digits: GPU hours (DEVICE=cuda) or days on 2 CPU cores.
 #
@@ -41,3 +42,5 @@ mkdir -p "$OUT"
 "$D" report "$RUN/accuracy" --baseline dps-1000 --json "$OUT/equal-nfe.json" \
   --html "$OUT/report.html" | tee "$OUT/equal-nfe.txt"
 "$D" report "$RUN/coverage" --baseline dps-1000 --json "$OUT/coverage.json" | tee "$OUT/coverage.txt"
+"$D" report "$OUT/equal-nfe.json" "$OUT/coverage.json" --baseline dps-1000 \
+  --json "$OUT/table.json" | tee "$OUT/table.txt"
