@@ -22,7 +22,7 @@ use daps::prior::Denoiser;
 use daps::sampler::{Method, Observer, Problem, StepInfo, X0Method};
 use daps::task::{
     self, default_budget, preset_method, Explicit, MeasurementFile, Task, TaskFiles, TaskSpec,
-    BUDGETS, DEFAULT_BUDGET, TASKS,
+    BUDGETS, TASKS,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -98,8 +98,9 @@ pub struct SolveArgs {
     pub method: Option<String>,
     /// Sampler budget: daps-1k, daps-4k, daps-100, daps-50, dps-1000, or a sampler's own section
     /// (ddrm, ddnm, pigdm, diffpir, red-diff, mcgdiff, fps, score-ald, pnp-dm, where the task has
-    /// one) (values per task in presets/) [default: daps-1k; dps-1000 with --method dps; its own
-    /// section with --method NAME].
+    /// one), daps-tuned (values per task in presets/) [default: the task's winner of the digits
+    /// equal-NFE table (`daps tasks` marks it), else daps-1k; daps-1k with --method daps,
+    /// dps-1000 with --method dps; its own section with --method NAME].
     #[arg(long)]
     pub preset: Option<String>,
     /// Independent samples (chains, run as one batch).
@@ -243,7 +244,7 @@ pub fn solve_method(task: &str, a: &SolveArgs) -> Result<Method> {
     let budget = match (&a.preset, &a.method) {
         (Some(p), _) => p.as_str(),
         (None, Some(m)) => default_budget(m),
-        (None, None) => DEFAULT_BUDGET,
+        (None, None) => task::solve_default(task),
     };
     // A sampler without settings for this task runs with its registered defaults.
     let mut m = match (&a.preset, &a.method) {
@@ -576,6 +577,13 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     };
     method.supports(&problem)?;
     let settings = method.describe();
+    if a.preset.is_none() && a.method.is_none() {
+        eprintln!(
+            "preset {} (this task's default: the winner of the digits equal-NFE table, see \
+             README; choose with --preset or --method)",
+            task::solve_default(task.name())
+        );
+    }
     eprintln!(
         "{}; σ_y {}; prior {}; {} {settings}; {} sample(s), seed {}",
         task.describe(),
@@ -591,7 +599,12 @@ pub fn solve(a: SolveArgs) -> Result<()> {
         } else if a.set.iter().any(|s| s.trim_start().starts_with("tau")) {
             "--set".to_string()
         } else {
-            format!("preset {}", a.preset.as_deref().unwrap_or(DEFAULT_BUDGET))
+            format!(
+                "preset {}",
+                a.preset
+                    .as_deref()
+                    .unwrap_or(task::solve_default(mf.task.name()))
+            )
         };
         if cfg.tau_rule == daps::sampler::TauRule::Measurement && mf.sigma_y > 0.0 {
             eprintln!(
@@ -768,9 +781,15 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
         println!("{:<16} parameters: {}", "", params.join(", "));
         println!("{:<16} y for a {ch}×{s}×{s} image: {shape}", "");
         let budgets = task::budgets(t.name)?;
+        let default = task::solve_default(t.name);
         for b in &budgets {
             let m = preset_method(t.name, b)?;
-            println!("{:<16} {b:<11} {}", "", m.describe());
+            let mark = if *b == default {
+                " (solve's default)"
+            } else {
+                ""
+            };
+            println!("{:<16} {b:<11} {}{mark}", "", m.describe());
         }
         // Other sections named after a sampler (`--method NAME` uses them).
         for info in daps::sampler::METHODS {

@@ -60,7 +60,8 @@ pub use explicit::{explicit_matrix, Explicit, MAX_EXPLICIT_DIM};
 pub use file::{MeasurementFile, FORMAT, FORMAT_VERSION};
 pub use preset::{
     budgets, default_budget, has_preset, preset, preset_method, preset_source, resolve_method,
-    set_config, BUDGETS, DEFAULT_BUDGET, METHOD_PRESETS, TUNED_PRESETS,
+    set_config, solve_default, BUDGETS, DEFAULT_BUDGET, METHOD_PRESETS, SOLVE_DEFAULTS,
+    TUNED_PRESETS,
 };
 
 use crate::error::{Error, Result};

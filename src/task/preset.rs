@@ -26,8 +26,31 @@ pub const METHOD_PRESETS: [&str; 12] = [
 /// Optional sections holding settings tuned on the training digits (0..9000, never the
 /// held-out ones), in the preset files of the tasks that were tuned.
 pub const TUNED_PRESETS: [&str; 1] = ["daps-tuned"];
-/// The budget `daps solve` uses unless told otherwise.
+/// The budget `daps solve` uses unless told otherwise, on a task without a [`SOLVE_DEFAULTS`]
+/// entry (and `daps solve --method daps` without `--preset`).
 pub const DEFAULT_BUDGET: &str = "daps-1k";
+/// What `daps solve` runs on a demo task given neither `--preset` nor `--method`: the winner of
+/// the held-out equal-NFE table (`results/digits/equal-nfe.txt`: 100 digits, the built-in
+/// prior, 1000 network evaluations per sample, DAPS-1K / DPS-1000 / daps-tuned on the same
+/// measurements), by mean PSNR; where the paired difference's 95% interval contains 0, the
+/// cheaper (DAPS: no backpropagation through the network). Measured on digits only.
+pub const SOLVE_DEFAULTS: [(&str, &str); 7] = [
+    ("sr4", "daps-tuned"),
+    ("inpaint-box", "dps-1000"),
+    ("inpaint-random", "daps-tuned"),
+    ("gaussian-blur", "daps-tuned"),
+    ("motion-blur", "dps-1000"),
+    ("phase-retrieval", "daps-tuned"),
+    ("hdr", "dps-1000"),
+];
+
+/// The preset `daps solve` runs on `task` without `--preset` and `--method`.
+pub fn solve_default(task: &str) -> &'static str {
+    SOLVE_DEFAULTS
+        .into_iter()
+        .find(|(t, _)| *t == task)
+        .map_or(DEFAULT_BUDGET, |(_, p)| p)
+}
 
 /// The budget `daps solve --method NAME` uses without `--preset`.
 pub fn default_budget(method: &str) -> &'static str {

@@ -203,6 +203,20 @@ fn every_task_has_every_budget_and_a_dps_preset() {
     assert_eq!(default_budget("daps"), DEFAULT_BUDGET);
 }
 
+/// `daps solve`'s per-task default is a preset each demo task has, at most DAPS-1K's budget;
+/// other tasks keep DAPS-1K.
+#[test]
+fn solve_defaults_are_presets_at_the_equal_nfe_budget() {
+    for task in demo_tasks() {
+        let p = solve_default(task);
+        assert!(has_preset(task, p), "{task}: {p}");
+        let m = preset_method(task, p).unwrap();
+        assert!(m.nfe() <= 1000, "{task}: {p} takes {} NFE", m.nfe());
+    }
+    assert_eq!(SOLVE_DEFAULTS.len(), demo_tasks().count());
+    assert_eq!(solve_default("mri-4x"), DEFAULT_BUDGET);
+}
+
 /// Each sampler's own section names that sampler, and a task has the SVD samplers' sections
 /// exactly when its operator has an SVD, the linear ones' when it is linear; red-diff everywhere.
 #[test]
