@@ -727,6 +727,7 @@ impl CustomOp3 for ConvGrad {
                 self.padding,
                 self.stride,
                 None,
+                None,
             )?)
         } else {
             None
@@ -781,6 +782,7 @@ fn conv_input_grad(
     padding: usize,
     stride: usize,
     flipped: Option<&Tensor>,
+    kept: Option<&KeptU>,
 ) -> Result<Tensor> {
     let (b, o, _) = g3.dims3()?;
     let (ho, wo) = g.out();
@@ -793,7 +795,8 @@ fn conv_input_grad(
             None => flipped_kernel(w)?,
         };
         let g4 = g3.reshape((b, o, ho, wo))?;
-        return conv2d_forward(&g4, &wf, k - 1 - padding, 1, ConvPath::Auto);
+        let kept = kept.filter(|_| !w.is_variable());
+        return conv2d_forward_kept(&g4, &wf, None, k - 1 - padding, 1, ConvPath::Auto, kept);
     }
     // dx = col2im(wᵀ g)
     let w2t = w.reshape((o, g.c * g.kh * g.kw))?.t()?;
@@ -848,6 +851,8 @@ pub struct Conv2d {
     flipped: std::sync::OnceLock<Tensor>,
     /// The Winograd transform of `weight`, made by the first graph-less Winograd forward.
     winograd_u: KeptU,
+    /// That of the flipped kernel, made by the first [`Conv2d::input_grad`] that takes Winograd.
+    flipped_u: KeptU,
 }
 
 impl Conv2d {
@@ -859,6 +864,7 @@ impl Conv2d {
             stride,
             flipped: std::sync::OnceLock::new(),
             winograd_u: KeptU::new(),
+            flipped_u: KeptU::new(),
         }
     }
 
@@ -931,7 +937,15 @@ impl Conv2d {
         } else {
             None
         };
-        conv_input_grad(&g3, w, g, self.padding, self.stride, flipped.as_ref())
+        conv_input_grad(
+            &g3,
+            w,
+            g,
+            self.padding,
+            self.stride,
+            flipped.as_ref(),
+            Some(&self.flipped_u),
+        )
     }
 }
 
