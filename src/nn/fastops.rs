@@ -999,6 +999,25 @@ fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     chunks.remainder().iter().map(|&v| f(v)).sum::<f64>() + acc.iter().sum::<f64>()
 }
 
+/// `n` values not yet written: for outputs that a pass writes whole, without zeroing them first
+/// (a memset per GroupNorm/SiLU output was ≈ 3% of a DPS step on digits).
+fn unwritten<T>(n: usize) -> Vec<std::mem::MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit values need no initialisation.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The values of `v` once every one has been written.
+///
+/// # Safety
+/// Every element of `v` must have been written.
+unsafe fn written<T>(v: Vec<std::mem::MaybeUninit<T>>) -> Vec<T> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: MaybeUninit<T> has T's layout, and the caller guarantees initialisation.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
+}
+
 /// f32 GroupNorm forward (statistics in f64), with SiLU applied in the same pass when `act`.
 fn gn_fwd_f32(
     x: &[f32],
@@ -1010,7 +1029,7 @@ fn gn_fwd_f32(
     act: bool,
 ) -> Vec<f32> {
     let cpg = gamma.len() / groups;
-    let mut y = vec![0f32; x.len()];
+    let mut y = unwritten::<f32>(x.len());
     y.par_chunks_mut(cpg * s)
         .zip(x.par_chunks(cpg * s))
         .enumerate()
@@ -1030,16 +1049,17 @@ fn gn_fwd_f32(
                 let (yo, xi) = (&mut yb[cc * s..(cc + 1) * s], &xb[cc * s..(cc + 1) * s]);
                 if act {
                     for (o, &v) in yo.iter_mut().zip(xi) {
-                        *o = silu1((v - m) * a + b);
+                        o.write(silu1((v - m) * a + b));
                     }
                 } else {
                     for (o, &v) in yo.iter_mut().zip(xi) {
-                        *o = (v - m) * a + b;
+                        o.write((v - m) * a + b);
                     }
                 }
             }
         });
-    y
+    // SAFETY: each chunk is one (item, group): its cpg channels × s values are all written.
+    unsafe { written(y) }
 }
 
 /// Forward of GroupNorm (then SiLU when `act`) on CPU storages.
@@ -1155,7 +1175,7 @@ fn gn_bwd<T: WithDType>(
     let c = gamma.len();
     let cpg = c / groups;
     let nb = x.len() / (c * s).max(1);
-    let mut dx = vec![T::zero(); x.len()];
+    let mut dx = unwritten::<T>(x.len());
     // Per (b, channel) partial sums of g·x̂ and g.
     let mut part = vec![(0f64, 0f64); nb * c];
     dx.par_chunks_mut(cpg * s)
@@ -1195,7 +1215,7 @@ fn gn_bwd<T: WithDType>(
                     .zip(&gb[cc * s..(cc + 1) * s])
                 {
                     let xh = (xv.to_f64() - mean) * rstd;
-                    *o = T::from_f64(rstd * (ga * gv.to_f64() - m1 - xh * m2));
+                    o.write(T::from_f64(rstd * (ga * gv.to_f64() - m1 - xh * m2)));
                 }
             }
         });
@@ -1208,7 +1228,8 @@ fn gn_bwd<T: WithDType>(
         }
     }
     (
-        dx,
+        // SAFETY: each chunk is one (item, group), and its cpg channels × s values are written.
+        unsafe { written(dx) },
         dgamma.into_iter().map(T::from_f64).collect(),
         dbeta.into_iter().map(T::from_f64).collect(),
     )
@@ -1506,28 +1527,30 @@ fn silu1(v: f32) -> f32 {
 
 /// f32 specialisations (no round trip through f64).
 fn silu_f32(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = unwritten::<f32>(x.len());
     y.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
         .for_each(|(yb, xb)| {
             for (o, &v) in yb.iter_mut().zip(xb) {
-                *o = silu1(v);
+                o.write(silu1(v));
             }
         });
-    y
+    // SAFETY: the chunks of y and x match one to one and every value is written.
+    unsafe { written(y) }
 }
 
 fn silu_grad_f32(x: &[f32], g: &[f32]) -> Vec<f32> {
-    let mut d = vec![0f32; x.len()];
+    let mut d = unwritten::<f32>(x.len());
     d.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
         .for_each(|(db, (xb, gb))| {
             for ((o, &v), &gv) in db.iter_mut().zip(xb).zip(gb) {
                 let s = 1.0 / (1.0 + exp_f32(-v));
-                *o = gv * s * (1.0 + v * (1.0 - s));
+                o.write(gv * s * (1.0 + v * (1.0 - s)));
             }
         });
-    d
+    // SAFETY: as in silu_f32 (x and g have the same length).
+    unsafe { written(d) }
 }
 
 impl candle_core::CustomOp1 for Silu {
