@@ -1163,6 +1163,94 @@ fn gn_fwd<T: WithDType>(
     y
 }
 
+/// Σ a·b in eight f64 lanes (each product exact in f64).
+fn dot_lanes(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..8 {
+            acc[k] += x[k] as f64 * y[k] as f64;
+        }
+    }
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum();
+    tail + acc.iter().sum::<f64>()
+}
+
+/// [`gn_bwd`] for f32: the block sums in f64 lanes (Σ g·x̂ = rstd·(Σ g·x − mean·Σ g)), the
+/// per-value pass in f32 as the forward's, dx = rstd·γ·g − rstd·m1 − x̂·rstd·m2.
+fn gn_bwd_f32(
+    x: &[f32],
+    gamma: &[f32],
+    gy: &[f32],
+    s: usize,
+    groups: usize,
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = gamma.len();
+    let cpg = c / groups;
+    let nb = x.len() / (c * s).max(1);
+    let mut dx = unwritten::<f32>(x.len());
+    let mut part = vec![(0f64, 0f64); nb * c];
+    dx.par_chunks_mut(cpg * s)
+        .zip(x.par_chunks(cpg * s))
+        .zip(gy.par_chunks(cpg * s))
+        .zip(part.par_chunks_mut(cpg))
+        .enumerate()
+        .for_each(|(i, (((db, xb), gb), pb))| {
+            let g = i % groups;
+            let n = xb.len() as f64;
+            let mean = sum_lanes(xb, |v| v as f64) / n;
+            let var = sum_lanes(xb, |v| {
+                let d = v as f64 - mean;
+                d * d
+            }) / n;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let (mut m1, mut m2) = (0f64, 0f64);
+            for cc in 0..cpg {
+                let ga = gamma[g * cpg + cc] as f64;
+                let (xc, gc) = (&xb[cc * s..(cc + 1) * s], &gb[cc * s..(cc + 1) * s]);
+                let sg = sum_lanes(gc, |v| v as f64);
+                let sgx = rstd * (dot_lanes(gc, xc) - mean * sg);
+                pb[cc] = (sgx, sg);
+                m1 += ga * sg;
+                m2 += ga * sgx;
+            }
+            m1 /= n;
+            m2 /= n;
+            let (m, r) = (mean as f32, rstd as f32);
+            let (k1, k2) = ((rstd * m1) as f32, (rstd * m2) as f32);
+            for cc in 0..cpg {
+                let a = (rstd * gamma[g * cpg + cc] as f64) as f32;
+                for ((o, &xv), &gv) in db[cc * s..(cc + 1) * s]
+                    .iter_mut()
+                    .zip(&xb[cc * s..(cc + 1) * s])
+                    .zip(&gb[cc * s..(cc + 1) * s])
+                {
+                    o.write(a * gv - k1 - (xv - m) * r * k2);
+                }
+            }
+        });
+    let mut dgamma = vec![0f64; c];
+    let mut dbeta = vec![0f64; c];
+    for b in 0..nb {
+        for ch in 0..c {
+            dgamma[ch] += part[b * c + ch].0;
+            dbeta[ch] += part[b * c + ch].1;
+        }
+    }
+    (
+        // SAFETY: each chunk is one (item, group), and its cpg channels × s values are written.
+        unsafe { written(dx) },
+        dgamma.into_iter().map(|v| v as f32).collect(),
+        dbeta.into_iter().map(|v| v as f32).collect(),
+    )
+}
+
 /// Returns (dx, dγ, dβ) for the output gradient `gy`.
 fn gn_bwd<T: WithDType>(
     x: &[T],
@@ -1282,7 +1370,18 @@ impl CustomOp3 for GroupNormOp {
             ))
         }
         let (dx, dg, db) = match x.dtype() {
-            DType::F32 => run::<f32>(x, gamma, &gy, s, self)?,
+            DType::F32 => {
+                let xv = x.flatten_all()?.to_vec1::<f32>()?;
+                let gv = gamma.flatten_all()?.to_vec1::<f32>()?;
+                let gyv = gy.flatten_all()?.to_vec1::<f32>()?;
+                let (dx, dg, db) = gn_bwd_f32(&xv, &gv, &gyv, s, self.groups, self.eps);
+                let dev = x.device();
+                (
+                    Tensor::from_vec(dx, x.shape(), dev)?,
+                    Tensor::from_vec(dg, gamma.shape(), dev)?,
+                    Tensor::from_vec(db, gamma.shape(), dev)?,
+                )
+            }
             DType::F64 => run::<f64>(x, gamma, &gy, s, self)?,
             d => candle_core::bail!("group-norm: unsupported dtype {d:?}"),
         };
@@ -1315,7 +1414,7 @@ impl CustomOp3 for GroupNormInputGrad {
         let (g, e) = (self.groups, self.eps);
         let dx = match sx {
             CpuStorage::F32(_) => CpuStorage::F32(
-                gn_bwd::<f32>(slice(sx, lx)?, slice(sg, lg)?, slice(sy, ly)?, s, g, e).0,
+                gn_bwd_f32(slice(sx, lx)?, slice(sg, lg)?, slice(sy, ly)?, s, g, e).0,
             ),
             CpuStorage::F64(_) => CpuStorage::F64(
                 gn_bwd::<f64>(slice(sx, lx)?, slice(sg, lg)?, slice(sy, ly)?, s, g, e).0,

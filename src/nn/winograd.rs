@@ -119,9 +119,34 @@ impl Tiles {
     }
 }
 
+/// Whether this CPU runs the AVX2 + FMA builds of the transforms (x86-64; checked once).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// [`input_block_body`], built for AVX2 (one 8-lane register per [`Lanes`]) where the CPU has
+/// it: the crate is built for baseline x86-64, whose SSE2 takes two instructions per lane op.
+fn input_block(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { input_block_avx2(x, g, t0, n, v) };
+    }
+    input_block_body(x, g, t0, n, v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_block_avx2(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
+    input_block_body(x, g, t0, n, v)
+}
+
 /// V `[36, C, nn]` (block stride [`stride36`]) for tiles `t0..t0 + n`, `nn` = n rounded up
 /// to a multiple of L (the extra columns are zero).
-fn input_block(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
+#[inline(always)]
+fn input_block_body(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
     let (h, w) = (g.h, g.w);
     let nn = n.next_multiple_of(L);
     let cn = stride36(g.c * nn);
@@ -170,6 +195,7 @@ fn input_block(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
 
 /// The 6×6 input patches of channel `ch` for tiles at (item offset, top row, left column,
 /// inside) into `d`, lane by lane, zero outside the image and for missing lanes.
+#[inline(always)]
 fn patches(
     x: &[f32],
     g: Tiles,
@@ -206,9 +232,42 @@ fn patches(
     }
 }
 
+/// [`output_block_body`], built for AVX2 where the CPU has it (as [`input_block`]).
+fn output_block(
+    m: &[f32],
+    g: Tiles,
+    bias: Option<&[f32]>,
+    o: usize,
+    t0: usize,
+    n: usize,
+    y: *mut f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); `y` as for the body.
+        return unsafe { output_block_avx2(m, g, bias, o, t0, n, y) };
+    }
+    output_block_body(m, g, bias, o, t0, n, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_block_avx2(
+    m: &[f32],
+    g: Tiles,
+    bias: Option<&[f32]>,
+    o: usize,
+    t0: usize,
+    n: usize,
+    y: *mut f32,
+) {
+    output_block_body(m, g, bias, o, t0, n, y)
+}
+
 /// Writes tiles `t0..t0 + n` of `y` `[B, O, H, W]` from M `[36, O, nn]` (block stride
 /// [`stride36`], `nn` as in [`input_block`]).
-fn output_block(
+#[inline(always)]
+fn output_block_body(
     m: &[f32],
     g: Tiles,
     bias: Option<&[f32]>,
