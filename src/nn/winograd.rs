@@ -134,19 +134,71 @@ fn input_block(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
         return unsafe { input_block_avx2(x, g, t0, n, v) };
     }
-    input_block_body(x, g, t0, n, v)
+    input_block_body::<false>(x, g, t0, n, v)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn input_block_avx2(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
-    input_block_body(x, g, t0, n, v)
+    input_block_body::<true>(x, g, t0, n, v)
+}
+
+/// Rows `0..6` of the eight 6×6 patches at `ptrs` (row stride `w`) into `d` (`d[r][s]` = lane
+/// per patch): per row, eight 8-wide loads and an 8×8 transpose, instead of 48 scalar moves.
+///
+/// # Safety
+/// The CPU has AVX2, and `ptrs[l] + r·w + 8` values are readable for every l and r < 6.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn patch_rows_avx2(ptrs: &[*const f32; L], w: usize, d: &mut [[Lanes; 6]; 6]) {
+    use std::arch::x86_64::*;
+    for (r, dr) in d.iter_mut().enumerate() {
+        // SAFETY: readable as the caller guarantees.
+        let (v0, v1, v2, v3, v4, v5, v6, v7) = unsafe {
+            (
+                _mm256_loadu_ps(ptrs[0].add(r * w)),
+                _mm256_loadu_ps(ptrs[1].add(r * w)),
+                _mm256_loadu_ps(ptrs[2].add(r * w)),
+                _mm256_loadu_ps(ptrs[3].add(r * w)),
+                _mm256_loadu_ps(ptrs[4].add(r * w)),
+                _mm256_loadu_ps(ptrs[5].add(r * w)),
+                _mm256_loadu_ps(ptrs[6].add(r * w)),
+                _mm256_loadu_ps(ptrs[7].add(r * w)),
+            )
+        };
+        let (t0, t1) = (_mm256_unpacklo_ps(v0, v1), _mm256_unpackhi_ps(v0, v1));
+        let (t2, t3) = (_mm256_unpacklo_ps(v2, v3), _mm256_unpackhi_ps(v2, v3));
+        let (t4, t5) = (_mm256_unpacklo_ps(v4, v5), _mm256_unpackhi_ps(v4, v5));
+        let (t6, t7) = (_mm256_unpacklo_ps(v6, v7), _mm256_unpackhi_ps(v6, v7));
+        let q0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let q1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let q2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let q3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let q4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let q5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let q6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let q7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let cols = [
+            _mm256_permute2f128_ps::<0x20>(q0, q4),
+            _mm256_permute2f128_ps::<0x20>(q1, q5),
+            _mm256_permute2f128_ps::<0x20>(q2, q6),
+            _mm256_permute2f128_ps::<0x20>(q3, q7),
+            _mm256_permute2f128_ps::<0x31>(q0, q4),
+            _mm256_permute2f128_ps::<0x31>(q1, q5),
+        ];
+        for (ds, c) in dr.iter_mut().zip(cols) {
+            // SAFETY: a Lanes is 8 f32.
+            unsafe { _mm256_storeu_ps(ds.as_mut_ptr(), c) };
+        }
+    }
 }
 
 /// V `[36, C, nn]` (block stride [`stride36`]) for tiles `t0..t0 + n`, `nn` = n rounded up
 /// to a multiple of L (the extra columns are zero).
+/// `WIDE`: the CPU has AVX2 (patches gathered by [`patch_rows_avx2`]).
 #[inline(always)]
-fn input_block_body(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
+fn input_block_body<const WIDE: bool>(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
     let (h, w) = (g.h, g.w);
     let nn = n.next_multiple_of(L);
     let cn = stride36(g.c * nn);
@@ -161,9 +213,27 @@ fn input_block_body(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
             *a = (bi * g.c * h * w, y0, x0, inside);
         }
         let all_inside = nl == L && at.iter().all(|a| a.3);
+        // 8-wide row loads stay inside x (all but the last item's bottom-right tiles).
+        let wide = WIDE
+            && all_inside
+            && at.iter().all(|&(base, y0, x0, _)| {
+                base + (g.c - 1) * h * w + (y0 as usize + 5) * w + x0 as usize + 8 <= x.len()
+            });
         let mut d = [[ZERO; 6]; 6];
         for ch in 0..g.c {
-            if all_inside {
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                let ptrs: [*const f32; L] = std::array::from_fn(|l| {
+                    let (base, y0, x0, _) = at[l];
+                    x[base + ch * h * w + y0 as usize * w + x0 as usize..].as_ptr()
+                });
+                // SAFETY: WIDE only where the CPU has AVX2 (input_block), and `wide` checked
+                // that every row's 8 values lie inside x.
+                unsafe { patch_rows_avx2(&ptrs, w, &mut d) };
+            }
+            if wide {
+                // Gathered above.
+            } else if all_inside {
                 // No zero padding: gather the lanes directly.
                 for (l, &(base, y0, x0, _)) in at.iter().enumerate() {
                     let p = &x[base + ch * h * w + y0 as usize * w + x0 as usize..];
