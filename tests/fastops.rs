@@ -521,6 +521,7 @@ const WINO: &[(usize, usize, usize, usize, usize)] = &[
     (2, 20, 24, 4, 4),
     (4, 16, 16, 3, 2),
     (1, 70, 9, 6, 11),
+    (2, 9, 10, 32, 30),
 ];
 
 /// Winograd F(4,3) and im2col, both f32, against the f64 conv. Tolerance: a 4×4 output tile is
