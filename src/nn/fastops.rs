@@ -26,6 +26,7 @@ use super::cpu_slice as slice;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, WithDType};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 fn cpu_fast(t: &Tensor) -> bool {
@@ -988,6 +989,7 @@ struct GroupNormSilu {
 }
 
 /// Σ f(v) over `x` in f64, in 8 independent lanes (so that the loop vectorises).
+#[inline(always)]
 fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut acc = [0f64; 8];
     let mut chunks = x.chunks_exact(8);
@@ -999,9 +1001,40 @@ fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     chunks.remainder().iter().map(|&v| f(v)).sum::<f64>() + acc.iter().sum::<f64>()
 }
 
+/// `fn NAME(args) -> R` running `BODY(args)` built for AVX2 + FMA where the CPU has it (the
+/// crate targets baseline x86-64, whose SSE2 does half as many lanes per instruction). For the
+/// per-chunk kernels of parallel loops: a closure that rayon calls is not built with the
+/// features of the function that made it.
+macro_rules! avx2_dispatch {
+    ($name:ident, $avx:ident, $body:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
+        fn $name($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            if super::winograd::avx2() {
+                // SAFETY: the CPU has AVX2 and FMA (checked).
+                return unsafe { $avx($($a),*) };
+            }
+            $body($($a),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx($($a: $t),*) -> $r {
+            $body($($a),*)
+        }
+    };
+}
+
+avx2_dispatch!(gn_fwd_chunk, gn_fwd_chunk_avx2, gn_fwd_chunk_body,
+    (yb: &mut [MaybeUninit<f32>], xb: &[f32], gb: &[f32], bb: &[f32], s: usize, eps: f64, act: bool) -> ());
+avx2_dispatch!(gn_bwd_chunk, gn_bwd_chunk_avx2, gn_bwd_chunk_body,
+    (db: &mut [MaybeUninit<f32>], xb: &[f32], gyb: &[f32], pb: &mut [(f64, f64)], gb: &[f32], s: usize, eps: f64) -> ());
+avx2_dispatch!(silu_chunk, silu_chunk_avx2, silu_chunk_body, (yb: &mut [MaybeUninit<f32>], xb: &[f32]) -> ());
+avx2_dispatch!(silu_grad_chunk, silu_grad_chunk_avx2, silu_grad_chunk_body,
+    (db: &mut [MaybeUninit<f32>], xb: &[f32], gb: &[f32]) -> ());
+
 /// `n` values not yet written: for outputs that a pass writes whole, without zeroing them first
 /// (a memset per GroupNorm/SiLU output was ≈ 3% of a DPS step on digits).
-fn unwritten<T>(n: usize) -> Vec<std::mem::MaybeUninit<T>> {
+fn unwritten<T>(n: usize) -> Vec<MaybeUninit<T>> {
     let mut v = Vec::with_capacity(n);
     // SAFETY: MaybeUninit values need no initialisation.
     unsafe { v.set_len(n) };
@@ -1012,7 +1045,7 @@ fn unwritten<T>(n: usize) -> Vec<std::mem::MaybeUninit<T>> {
 ///
 /// # Safety
 /// Every element of `v` must have been written.
-unsafe fn written<T>(v: Vec<std::mem::MaybeUninit<T>>) -> Vec<T> {
+unsafe fn written<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     let mut v = std::mem::ManuallyDrop::new(v);
     // SAFETY: MaybeUninit<T> has T's layout, and the caller guarantees initialisation.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
@@ -1034,32 +1067,45 @@ fn gn_fwd_f32(
         .zip(x.par_chunks(cpg * s))
         .enumerate()
         .for_each(|(i, (yb, xb))| {
-            let g = i % groups;
-            let n = xb.len() as f64;
-            let mean = sum_lanes(xb, |v| v as f64) / n;
-            let var = sum_lanes(xb, |v| {
-                let d = v as f64 - mean;
-                d * d
-            }) / n;
-            let rstd = 1.0 / (var + eps).sqrt();
-            let m = mean as f32;
-            for cc in 0..cpg {
-                let ch = g * cpg + cc;
-                let (a, b) = ((gamma[ch] as f64 * rstd) as f32, beta[ch]);
-                let (yo, xi) = (&mut yb[cc * s..(cc + 1) * s], &xb[cc * s..(cc + 1) * s]);
-                if act {
-                    for (o, &v) in yo.iter_mut().zip(xi) {
-                        o.write(silu1((v - m) * a + b));
-                    }
-                } else {
-                    for (o, &v) in yo.iter_mut().zip(xi) {
-                        o.write((v - m) * a + b);
-                    }
-                }
-            }
+            let ch = (i % groups) * cpg..(i % groups + 1) * cpg;
+            gn_fwd_chunk(yb, xb, &gamma[ch.clone()], &beta[ch], s, eps, act);
         });
     // SAFETY: each chunk is one (item, group): its cpg channels × s values are all written.
     unsafe { written(y) }
+}
+
+/// One (item, group) of [`gn_fwd_f32`]: `gb`, `bb` its channels' γ and β.
+#[inline(always)]
+fn gn_fwd_chunk_body(
+    yb: &mut [MaybeUninit<f32>],
+    xb: &[f32],
+    gb: &[f32],
+    bb: &[f32],
+    s: usize,
+    eps: f64,
+    act: bool,
+) {
+    let n = xb.len() as f64;
+    let mean = sum_lanes(xb, |v| v as f64) / n;
+    let var = sum_lanes(xb, |v| {
+        let d = v as f64 - mean;
+        d * d
+    }) / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    let m = mean as f32;
+    for cc in 0..gb.len() {
+        let (a, b) = ((gb[cc] as f64 * rstd) as f32, bb[cc]);
+        let (yo, xi) = (&mut yb[cc * s..(cc + 1) * s], &xb[cc * s..(cc + 1) * s]);
+        if act {
+            for (o, &v) in yo.iter_mut().zip(xi) {
+                o.write(silu1((v - m) * a + b));
+            }
+        } else {
+            for (o, &v) in yo.iter_mut().zip(xi) {
+                o.write((v - m) * a + b);
+            }
+        }
+    }
 }
 
 /// Forward of GroupNorm (then SiLU when `act`) on CPU storages.
@@ -1164,6 +1210,7 @@ fn gn_fwd<T: WithDType>(
 }
 
 /// Σ a·b in eight f64 lanes (each product exact in f64).
+#[inline(always)]
 fn dot_lanes(a: &[f32], b: &[f32]) -> f64 {
     let mut acc = [0f64; 8];
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -1201,39 +1248,9 @@ fn gn_bwd_f32(
         .zip(gy.par_chunks(cpg * s))
         .zip(part.par_chunks_mut(cpg))
         .enumerate()
-        .for_each(|(i, (((db, xb), gb), pb))| {
+        .for_each(|(i, (((db, xb), gyb), pb))| {
             let g = i % groups;
-            let n = xb.len() as f64;
-            let mean = sum_lanes(xb, |v| v as f64) / n;
-            let var = sum_lanes(xb, |v| {
-                let d = v as f64 - mean;
-                d * d
-            }) / n;
-            let rstd = 1.0 / (var + eps).sqrt();
-            let (mut m1, mut m2) = (0f64, 0f64);
-            for cc in 0..cpg {
-                let ga = gamma[g * cpg + cc] as f64;
-                let (xc, gc) = (&xb[cc * s..(cc + 1) * s], &gb[cc * s..(cc + 1) * s]);
-                let sg = sum_lanes(gc, |v| v as f64);
-                let sgx = rstd * (dot_lanes(gc, xc) - mean * sg);
-                pb[cc] = (sgx, sg);
-                m1 += ga * sg;
-                m2 += ga * sgx;
-            }
-            m1 /= n;
-            m2 /= n;
-            let (m, r) = (mean as f32, rstd as f32);
-            let (k1, k2) = ((rstd * m1) as f32, (rstd * m2) as f32);
-            for cc in 0..cpg {
-                let a = (rstd * gamma[g * cpg + cc] as f64) as f32;
-                for ((o, &xv), &gv) in db[cc * s..(cc + 1) * s]
-                    .iter_mut()
-                    .zip(&xb[cc * s..(cc + 1) * s])
-                    .zip(&gb[cc * s..(cc + 1) * s])
-                {
-                    o.write(a * gv - k1 - (xv - m) * r * k2);
-                }
-            }
+            gn_bwd_chunk(db, xb, gyb, pb, &gamma[g * cpg..(g + 1) * cpg], s, eps);
         });
     let mut dgamma = vec![0f64; c];
     let mut dbeta = vec![0f64; c];
@@ -1249,6 +1266,51 @@ fn gn_bwd_f32(
         dgamma.into_iter().map(|v| v as f32).collect(),
         dbeta.into_iter().map(|v| v as f32).collect(),
     )
+}
+
+/// One (item, group) of [`gn_bwd_f32`]: dx into `db`, per channel (Σ g·x̂, Σ g) into `pb`;
+/// `gb` its channels' γ.
+#[inline(always)]
+fn gn_bwd_chunk_body(
+    db: &mut [MaybeUninit<f32>],
+    xb: &[f32],
+    gyb: &[f32],
+    pb: &mut [(f64, f64)],
+    gb: &[f32],
+    s: usize,
+    eps: f64,
+) {
+    let n = xb.len() as f64;
+    let mean = sum_lanes(xb, |v| v as f64) / n;
+    let var = sum_lanes(xb, |v| {
+        let d = v as f64 - mean;
+        d * d
+    }) / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    let (mut m1, mut m2) = (0f64, 0f64);
+    for cc in 0..gb.len() {
+        let ga = gb[cc] as f64;
+        let (xc, gc) = (&xb[cc * s..(cc + 1) * s], &gyb[cc * s..(cc + 1) * s]);
+        let sg = sum_lanes(gc, |v| v as f64);
+        let sgx = rstd * (dot_lanes(gc, xc) - mean * sg);
+        pb[cc] = (sgx, sg);
+        m1 += ga * sg;
+        m2 += ga * sgx;
+    }
+    m1 /= n;
+    m2 /= n;
+    let (m, r) = (mean as f32, rstd as f32);
+    let (k1, k2) = ((rstd * m1) as f32, (rstd * m2) as f32);
+    for cc in 0..gb.len() {
+        let a = (rstd * gb[cc] as f64) as f32;
+        for ((o, &xv), &gv) in db[cc * s..(cc + 1) * s]
+            .iter_mut()
+            .zip(&xb[cc * s..(cc + 1) * s])
+            .zip(&gyb[cc * s..(cc + 1) * s])
+        {
+            o.write(a * gv - k1 - (xv - m) * r * k2);
+        }
+    }
 }
 
 /// Returns (dx, dγ, dβ) for the output gradient `gy`.
@@ -1629,27 +1691,33 @@ fn silu_f32(x: &[f32]) -> Vec<f32> {
     let mut y = unwritten::<f32>(x.len());
     y.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
-        .for_each(|(yb, xb)| {
-            for (o, &v) in yb.iter_mut().zip(xb) {
-                o.write(silu1(v));
-            }
-        });
+        .for_each(|(yb, xb)| silu_chunk(yb, xb));
     // SAFETY: the chunks of y and x match one to one and every value is written.
     unsafe { written(y) }
+}
+
+#[inline(always)]
+fn silu_chunk_body(yb: &mut [MaybeUninit<f32>], xb: &[f32]) {
+    for (o, &v) in yb.iter_mut().zip(xb) {
+        o.write(silu1(v));
+    }
 }
 
 fn silu_grad_f32(x: &[f32], g: &[f32]) -> Vec<f32> {
     let mut d = unwritten::<f32>(x.len());
     d.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
-        .for_each(|(db, (xb, gb))| {
-            for ((o, &v), &gv) in db.iter_mut().zip(xb).zip(gb) {
-                let s = 1.0 / (1.0 + exp_f32(-v));
-                o.write(gv * s * (1.0 + v * (1.0 - s)));
-            }
-        });
+        .for_each(|(db, (xb, gb))| silu_grad_chunk(db, xb, gb));
     // SAFETY: as in silu_f32 (x and g have the same length).
     unsafe { written(d) }
+}
+
+#[inline(always)]
+fn silu_grad_chunk_body(db: &mut [MaybeUninit<f32>], xb: &[f32], gb: &[f32]) {
+    for ((o, &v), &gv) in db.iter_mut().zip(xb).zip(gb) {
+        let s = 1.0 / (1.0 + exp_f32(-v));
+        o.write(gv * s * (1.0 + v * (1.0 - s)));
+    }
 }
 
 impl candle_core::CustomOp1 for Silu {

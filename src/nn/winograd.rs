@@ -121,7 +121,7 @@ impl Tiles {
 
 /// Whether this CPU runs the AVX2 + FMA builds of the transforms (x86-64; checked once).
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
+pub(super) fn avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
