@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The equal-NFE digits table (issue 12) from the stored per-run summaries in
+# results/digits/equal-nfe-100/ (each `daps report RUN --json` of a `daps eval` run with
+# --seed 0 on digits 9000–9099, so every run solved the same measurements): one table, DPS-1000
+# the baseline of the paired differences, the `daps-tuned` rows under that name (they ran
+# under the explicit specs the preset holds), coverage runs joined to their rows.
+#
+#   scripts/equal-nfe-table.sh            writes results/digits/equal-nfe.{json,txt}
+#
+# Env: DAPS_BIN (default ./target/release/daps, built when unset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -n "${DAPS_BIN:-}" ] || cargo build --release --bin daps
+D=${DAPS_BIN:-./target/release/daps}
+R=results/digits/equal-nfe-100
+files=()
+for f in daps1k dps1000-same-y tuned tuned-motion-blur tuned-hdr coverage-gaussian-blur \
+  coverage-dps-gaussian-blur; do
+  [ -f "$R/$f.json" ] && files+=("$R/$f.json")
+done
+"$D" report "${files[@]}" --baseline dps-1000 \
+  --as 'daps-tuned=daps-gaussian@sigma_min=0.01@sigma_min_ode=0.002' \
+  --as 'daps-tuned=daps-1k@sigma_min=0.01@sigma_min_ode=0.002' \
+  --json results/digits/equal-nfe.json | tee results/digits/equal-nfe.txt
