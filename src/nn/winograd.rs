@@ -317,7 +317,7 @@ fn output_block(
         // SAFETY: the CPU has AVX2 and FMA (checked above); `y` as for the body.
         return unsafe { output_block_avx2(m, g, bias, o, t0, n, y) };
     }
-    output_block_body(m, g, bias, o, t0, n, y)
+    output_block_body::<false>(m, g, bias, o, t0, n, y)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -331,13 +331,52 @@ unsafe fn output_block_avx2(
     n: usize,
     y: *mut f32,
 ) {
-    output_block_body(m, g, bias, o, t0, n, y)
+    output_block_body::<true>(m, g, bias, o, t0, n, y)
+}
+
+/// Row `out` (4 values × 8 lanes) of eight whole output tiles, plus `bias`, to `dst[l]`: a 4×8
+/// transpose and one 4-wide store per lane instead of 32 scalar stores.
+///
+/// # Safety
+/// The CPU has AVX2; `dst[l] .. dst[l] + 4` are writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn tile_row_avx2(out: &[Lanes; 4], bias: f32, dst: &[*mut f32; L]) {
+    use std::arch::x86_64::*;
+    let b = _mm256_set1_ps(bias);
+    // SAFETY: a Lanes is 8 f32.
+    let (o0, o1, o2, o3) = unsafe {
+        (
+            _mm256_add_ps(_mm256_loadu_ps(out[0].as_ptr()), b),
+            _mm256_add_ps(_mm256_loadu_ps(out[1].as_ptr()), b),
+            _mm256_add_ps(_mm256_loadu_ps(out[2].as_ptr()), b),
+            _mm256_add_ps(_mm256_loadu_ps(out[3].as_ptr()), b),
+        )
+    };
+    let (t0, t1) = (_mm256_unpacklo_ps(o0, o1), _mm256_unpackhi_ps(o0, o1));
+    let (t2, t3) = (_mm256_unpacklo_ps(o2, o3), _mm256_unpackhi_ps(o2, o3));
+    // Lanes (0, 4), (1, 5), (2, 6), (3, 7): low and high halves.
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t0, t2),
+        _mm256_shuffle_ps::<0xEE>(t0, t2),
+        _mm256_shuffle_ps::<0x44>(t1, t3),
+        _mm256_shuffle_ps::<0xEE>(t1, t3),
+    ];
+    for (k, uk) in u.into_iter().enumerate() {
+        // SAFETY: writable as the caller guarantees.
+        unsafe {
+            _mm_storeu_ps(dst[k], _mm256_castps256_ps128(uk));
+            _mm_storeu_ps(dst[k + 4], _mm256_extractf128_ps::<1>(uk));
+        }
+    }
 }
 
 /// Writes tiles `t0..t0 + n` of `y` `[B, O, H, W]` from M `[36, O, nn]` (block stride
 /// [`stride36`], `nn` as in [`input_block`]).
+/// `WIDE`: the CPU has AVX2 (whole tiles stored by [`tile_row_avx2`]).
 #[inline(always)]
-fn output_block_body(
+fn output_block_body<const WIDE: bool>(
     m: &[f32],
     g: Tiles,
     bias: Option<&[f32]>,
@@ -358,6 +397,7 @@ fn output_block_body(
             let (y0, x0) = (4 * ty, 4 * tx);
             *p = ((bi * o * h + y0) * w + x0, (h - y0).min(4), (w - x0).min(4));
         }
+        let whole = WIDE && nl == L && pos.iter().all(|&(_, rows, cols)| rows == 4 && cols == 4);
         for oc in 0..o {
             let bv = bias.map_or(0.0, |b| b[oc]);
             let base = oc * nn + j0;
@@ -374,6 +414,17 @@ fn output_block_body(
             }
             for (r, tr) in t.iter().enumerate() {
                 let out = at(*tr);
+                #[cfg(target_arch = "x86_64")]
+                if whole {
+                    // SAFETY: WIDE only where the CPU has AVX2 (output_block); the eight tiles
+                    // are whole, so their row r lies inside `y`, written by this tile only.
+                    unsafe {
+                        let dst: [*mut f32; L] =
+                            std::array::from_fn(|l| y.add(pos[l].0 + (oc * h + r) * w));
+                        tile_row_avx2(&out, bv, &dst);
+                    }
+                    continue;
+                }
                 for (l, &(off, rows, cols)) in pos.iter().enumerate().take(nl) {
                     if r >= rows {
                         continue;
