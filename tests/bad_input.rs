@@ -181,6 +181,8 @@ fn bad_values_are_named() {
             s(&y),
             "--out",
             s(&x),
+            "--preset",
+            "daps-1k",
             "--lr",
             "-1",
         ],
