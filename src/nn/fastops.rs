@@ -1238,10 +1238,25 @@ fn gn_bwd_f32(
     groups: usize,
     eps: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    gn_bwd_with(x, gamma, gy, s, groups, |db, xb, gyb, pb, gb| {
+        gn_bwd_chunk(db, xb, gyb, pb, gb, s, eps)
+    })
+}
+
+/// The GroupNorm backward over (item, group) chunks, `chunk(dx, x, gy, partial sums, γ)` per
+/// chunk (dx whole; per channel (Σ g·x̂, Σ g)); then dγ, dβ as the sums over items.
+fn gn_bwd_with<T: WithDType>(
+    x: &[T],
+    gamma: &[T],
+    gy: &[T],
+    s: usize,
+    groups: usize,
+    chunk: impl Fn(&mut [MaybeUninit<T>], &[T], &[T], &mut [(f64, f64)], &[T]) + Sync + Send,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let c = gamma.len();
     let cpg = c / groups;
     let nb = x.len() / (c * s).max(1);
-    let mut dx = unwritten::<f32>(x.len());
+    let mut dx = unwritten::<T>(x.len());
     let mut part = vec![(0f64, 0f64); nb * c];
     dx.par_chunks_mut(cpg * s)
         .zip(x.par_chunks(cpg * s))
@@ -1250,7 +1265,7 @@ fn gn_bwd_f32(
         .enumerate()
         .for_each(|(i, (((db, xb), gyb), pb))| {
             let g = i % groups;
-            gn_bwd_chunk(db, xb, gyb, pb, &gamma[g * cpg..(g + 1) * cpg], s, eps);
+            chunk(db, xb, gyb, pb, &gamma[g * cpg..(g + 1) * cpg]);
         });
     let mut dgamma = vec![0f64; c];
     let mut dbeta = vec![0f64; c];
@@ -1261,10 +1276,10 @@ fn gn_bwd_f32(
         }
     }
     (
-        // SAFETY: each chunk is one (item, group), and its cpg channels × s values are written.
+        // SAFETY: every chunk kernel writes its whole chunk of dx.
         unsafe { written(dx) },
-        dgamma.into_iter().map(|v| v as f32).collect(),
-        dbeta.into_iter().map(|v| v as f32).collect(),
+        dgamma.into_iter().map(T::from_f64).collect(),
+        dbeta.into_iter().map(T::from_f64).collect(),
     )
 }
 
@@ -1313,7 +1328,7 @@ fn gn_bwd_chunk_body(
     }
 }
 
-/// Returns (dx, dγ, dβ) for the output gradient `gy`.
+/// Returns (dx, dγ, dβ) for the output gradient `gy` (any float type, per value in f64).
 fn gn_bwd<T: WithDType>(
     x: &[T],
     gamma: &[T],
@@ -1322,67 +1337,41 @@ fn gn_bwd<T: WithDType>(
     groups: usize,
     eps: f64,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let c = gamma.len();
-    let cpg = c / groups;
-    let nb = x.len() / (c * s).max(1);
-    let mut dx = unwritten::<T>(x.len());
-    // Per (b, channel) partial sums of g·x̂ and g.
-    let mut part = vec![(0f64, 0f64); nb * c];
-    dx.par_chunks_mut(cpg * s)
-        .zip(x.par_chunks(cpg * s))
-        .zip(gy.par_chunks(cpg * s))
-        .zip(part.par_chunks_mut(cpg))
-        .enumerate()
-        .for_each(|(i, (((db, xb), gb), pb))| {
-            let g = i % groups;
-            let (mean, rstd) = stats(xb, eps);
-            let n = (cpg * s) as f64;
-            // mean(γ g) and mean(γ g x̂) over the block.
-            let (mut m1, mut m2) = (0f64, 0f64);
-            for cc in 0..cpg {
-                let ga = gamma[g * cpg + cc].to_f64();
-                let (mut sg, mut sgx) = (0f64, 0f64);
-                for (xv, gv) in xb[cc * s..(cc + 1) * s]
-                    .iter()
-                    .zip(&gb[cc * s..(cc + 1) * s])
-                {
-                    let xh = (xv.to_f64() - mean) * rstd;
-                    let gv = gv.to_f64();
-                    sg += gv;
-                    sgx += gv * xh;
-                }
-                pb[cc] = (sgx, sg);
-                m1 += ga * sg;
-                m2 += ga * sgx;
+    gn_bwd_with(x, gamma, gy, s, groups, |db, xb, gb, pb, gam| {
+        let (mean, rstd) = stats(xb, eps);
+        let n = xb.len() as f64;
+        // mean(γ g) and mean(γ g x̂) over the block.
+        let (mut m1, mut m2) = (0f64, 0f64);
+        for (cc, ga) in gam.iter().enumerate() {
+            let ga = ga.to_f64();
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for (xv, gv) in xb[cc * s..(cc + 1) * s]
+                .iter()
+                .zip(&gb[cc * s..(cc + 1) * s])
+            {
+                let xh = (xv.to_f64() - mean) * rstd;
+                let gv = gv.to_f64();
+                sg += gv;
+                sgx += gv * xh;
             }
-            m1 /= n;
-            m2 /= n;
-            for cc in 0..cpg {
-                let ga = gamma[g * cpg + cc].to_f64();
-                for ((o, xv), gv) in db[cc * s..(cc + 1) * s]
-                    .iter_mut()
-                    .zip(&xb[cc * s..(cc + 1) * s])
-                    .zip(&gb[cc * s..(cc + 1) * s])
-                {
-                    let xh = (xv.to_f64() - mean) * rstd;
-                    o.write(T::from_f64(rstd * (ga * gv.to_f64() - m1 - xh * m2)));
-                }
-            }
-        });
-    let mut dgamma = vec![0f64; c];
-    let mut dbeta = vec![0f64; c];
-    for b in 0..nb {
-        for ch in 0..c {
-            dgamma[ch] += part[b * c + ch].0;
-            dbeta[ch] += part[b * c + ch].1;
+            pb[cc] = (sgx, sg);
+            m1 += ga * sg;
+            m2 += ga * sgx;
         }
-    }
-    (
-        // SAFETY: each chunk is one (item, group), and its cpg channels × s values are written.
-        unsafe { written(dx) },
-        dgamma.into_iter().map(T::from_f64).collect(),
-        dbeta.into_iter().map(T::from_f64).collect(),
-    )
+        m1 /= n;
+        m2 /= n;
+        for (cc, ga) in gam.iter().enumerate() {
+            let ga = ga.to_f64();
+            for ((o, xv), gv) in db[cc * s..(cc + 1) * s]
+                .iter_mut()
+                .zip(&xb[cc * s..(cc + 1) * s])
+                .zip(&gb[cc * s..(cc + 1) * s])
+            {
+                let xh = (xv.to_f64() - mean) * rstd;
+                o.write(T::from_f64(rstd * (ga * gv.to_f64() - m1 - xh * m2)));
+            }
+        }
+    })
 }
 
 impl CustomOp3 for GroupNormOp {
