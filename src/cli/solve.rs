@@ -256,6 +256,11 @@ pub fn solve_method(task: &str, a: &SolveArgs) -> Result<Method> {
         (m, Some(name)) if m.name() == name => {}
         (Method::Daps(c), Some("daps-exact")) => c.x0_method = X0Method::Exact,
         (Method::Daps(c), Some("daps-gaussian")) => c.x0_method = X0Method::Gaussian,
+        (Method::Daps(c), Some("daps-guided")) => {
+            if let Method::Daps(d) = Method::from_name("daps-guided")? {
+                c.guidance = d.guidance;
+            }
+        }
         // A sampler without presets of its own: its registered defaults.
         (m, Some(name)) if a.preset.is_none() => *m = Method::from_name(name)?,
         (m, Some(name)) => bail!(

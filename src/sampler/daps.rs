@@ -75,6 +75,11 @@ pub struct DapsConfig {
     pub prior_term: PriorTerm,
     pub tau_rule: TauRule,
     pub lr_rule: LrRule,
+    /// ζ of a DPS-guided PF-ODE (`daps-guided`; 0 = the paper's DAPS): every Euler step of
+    /// the x̂0 estimate also moves x by −ζ·s·(1 + σ²/s²)·∇_x‖y − A(D(x, σ))‖, DPS's step
+    /// (Chung et al. 2023) in EDM coordinates, the gradient through the denoiser (one VJP per
+    /// network evaluation).
+    pub guidance: f64,
 }
 
 /// The largest number of annealing, ODE or MCMC steps a configuration may ask for.
@@ -101,6 +106,7 @@ impl Default for DapsConfig {
             prior_term: PriorTerm::Gaussian,
             tau_rule: TauRule::Fixed,
             lr_rule: LrRule::Absolute,
+            guidance: 0.0,
         }
     }
 }
@@ -174,6 +180,14 @@ impl DapsConfig {
                     return bad("prior_term.sigma", "finite and ≥ 0", &sigma);
                 }
             }
+        }
+        if !(self.guidance.is_finite() && self.guidance >= 0.0) {
+            return bad("guidance", "finite and ≥ 0", &self.guidance);
+        }
+        if self.guidance > 0.0 && self.x0_method == X0Method::Exact {
+            return Err(Error::config(
+                "guidance acts on the PF-ODE, which the exact x0 step does not run",
+            ));
         }
         if matches!(self.x0_method, X0Method::Mh | X0Method::Gaussian)
             && self.prior_term != PriorTerm::Gaussian
@@ -256,7 +270,11 @@ pub fn daps(
                     cfg.rho,
                     cfg.discretization,
                 );
-                let h = ode::euler(p.prior, &x, &grid)?;
+                let h = if cfg.guidance > 0.0 {
+                    ode::guided_euler(p, &x, &grid, cfg.guidance * sc.len(1.0), sc.len(1.0))?
+                } else {
+                    ode::euler(p.prior, &x, &grid)?
+                };
                 check_finite(&h, i, "PF-ODE estimate x̂0")?;
                 Some(h)
             }

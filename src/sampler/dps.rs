@@ -128,7 +128,7 @@ pub fn dps(
 
 /// x̂0 = D(x/√ᾱ, σ) and ∇_x Σ_b ‖A(x̂0_b) − y_b‖ = J_Dᵀ · J_Aᵀ r/‖r‖ (J_Aᵀ from the operator's
 /// own VJP), for the chains of `x`.
-fn guidance(p: &Problem, x: &Tensor, ab: f64, sigma: f64) -> Result<(Tensor, Tensor)> {
+pub(crate) fn guidance(p: &Problem, x: &Tensor, ab: f64, sigma: f64) -> Result<(Tensor, Tensor)> {
     let (x0d, pullback) = p
         .prior
         .denoise_vjp(&x.affine(1.0 / ab.sqrt(), 0.0)?, sigma)?;

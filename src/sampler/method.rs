@@ -197,7 +197,7 @@ pub struct MethodInfo {
 }
 
 /// Every sampler, in the order `daps methods` lists them.
-pub const METHODS: [MethodInfo; 19] = [
+pub const METHODS: [MethodInfo; 20] = [
     MethodInfo {
         name: "daps",
         summary:
@@ -225,6 +225,18 @@ pub const METHODS: [MethodInfo; 19] = [
             Method::Daps(DapsConfig {
                 x0_method: X0Method::Gaussian,
                 ..DapsConfig::measured()
+            })
+        },
+    },
+    MethodInfo {
+        name: "daps-guided",
+        summary: "DAPS whose PF-ODE estimate x̂0 takes DPS's measurement step at every Euler step \
+                  (gradient through the denoiser; one VJP per network evaluation)",
+        reference: "Zhang et al., CVPR 2025, Eq. 9, with the guidance of Chung et al., ICLR 2023",
+        default: || {
+            Method::Daps(DapsConfig {
+                guidance: 1.0,
+                ..DapsConfig::default()
             })
         },
     },
@@ -357,6 +369,7 @@ impl Sampler for DapsConfig {
         match self.x0_method {
             X0Method::Exact => "daps-exact",
             X0Method::Gaussian => "daps-gaussian",
+            _ if self.guidance > 0.0 => "daps-guided",
             _ => "daps",
         }
     }
@@ -394,7 +407,11 @@ impl Sampler for DapsConfig {
             },
             self.sigma_max,
             self.sigma_min
-        )
+        ) + &if self.guidance > 0.0 {
+            format!(", ODE guidance ζ {}", self.guidance)
+        } else {
+            String::new()
+        }
     }
 }
 
