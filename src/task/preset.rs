@@ -25,7 +25,7 @@ pub const METHOD_PRESETS: [&str; 12] = [
 ];
 /// Optional sections holding settings tuned on the training digits (0..9000, never the
 /// held-out ones), in the preset files of the tasks that were tuned.
-pub const TUNED_PRESETS: [&str; 1] = ["daps-tuned"];
+pub const TUNED_PRESETS: [&str; 2] = ["daps-tuned", "daps-guided"];
 /// The budget `daps solve` uses unless told otherwise, on a task without a [`SOLVE_DEFAULTS`]
 /// entry (and `daps solve --method daps` without `--preset`).
 pub const DEFAULT_BUDGET: &str = "daps-1k";
@@ -56,6 +56,7 @@ pub fn solve_default(task: &str) -> &'static str {
 pub fn default_budget(method: &str) -> &'static str {
     match method {
         "dps" => "dps-1000",
+        "daps-guided" => "daps-guided",
         m => METHOD_PRESETS
             .into_iter()
             .find(|p| *p == m)
