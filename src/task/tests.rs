@@ -514,3 +514,25 @@ fn tuned_presets_are_daps_at_the_daps_1k_budget() {
         );
     }
 }
+
+/// `daps-guided` sections (ζ chosen on training digits) are the `daps-guided` sampler with
+/// ζ > 0 at DAPS-1K's budget, listed among the task's presets; `--methods daps-guided` takes
+/// the section where a task has one and the registered defaults elsewhere.
+#[test]
+fn guided_presets_are_guided_daps_at_the_daps_1k_budget() {
+    let mut with = 0;
+    for t in demo_tasks() {
+        let m = resolve_method(t, "daps-guided").unwrap();
+        assert_eq!(m.name(), "daps-guided", "{t}");
+        let crate::sampler::Method::Daps(c) = &m else {
+            panic!("{t}: {}", m.name())
+        };
+        assert!(c.guidance > 0.0, "{t}");
+        assert_eq!(m.nfe(), preset_method(t, "daps-1k").unwrap().nfe(), "{t}");
+        if budgets(t).unwrap().contains(&"daps-guided") {
+            with += 1;
+            assert_eq!(m, preset_method(t, "daps-guided").unwrap(), "{t}");
+        }
+    }
+    assert!(with >= 6, "{with} demo tasks have a daps-guided section");
+}
