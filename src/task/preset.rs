@@ -31,16 +31,16 @@ pub const TUNED_PRESETS: [&str; 2] = ["daps-tuned", "daps-guided"];
 pub const DEFAULT_BUDGET: &str = "daps-1k";
 /// What `daps solve` runs on a demo task given neither `--preset` nor `--method`: the winner by
 /// mean PSNR of the held-out equal-NFE table (`results/digits/equal-nfe.txt`: 100 digits, the
-/// built-in prior, 1000 network evaluations per sample, DAPS-1K / daps-tuned / DPS-1000 on the
-/// same measurements; phase retrieval against the stored DPS-1000 run). Measured on digits
-/// only; sr4 and random inpainting are within their paired intervals.
+/// built-in prior, 1000 network evaluations per sample, DAPS-1K / daps-tuned / daps-guided /
+/// DPS-1000 on the same measurements). Measured on digits only; sr4 and box inpainting are
+/// within their paired intervals.
 pub const SOLVE_DEFAULTS: [(&str, &str); 7] = [
     ("sr4", "dps-1000"),
     ("inpaint-box", "dps-1000"),
-    ("inpaint-random", "dps-1000"),
+    ("inpaint-random", "daps-guided"),
     ("gaussian-blur", "daps-tuned"),
     ("motion-blur", "dps-1000"),
-    ("phase-retrieval", "daps-tuned"),
+    ("phase-retrieval", "daps-guided"),
     ("hdr", "dps-1000"),
 ];
 
