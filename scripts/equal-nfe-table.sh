@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 D=${DAPS_BIN:-./target/release/daps}
 R=results/digits/equal-nfe-100
 files=()
-for f in daps1k dps1000-same-y tuned tuned-motion-blur tuned-hdr guided coverage-gaussian-blur coverage-guided-inpaint-random coverage-dps-inpaint-random coverage-guided-motion-blur coverage-dps-sr4 coverage-guided-sr4 \
-  coverage-dps-gaussian-blur coverage-tuned-motion-blur coverage-dps-motion-blur; do
+for f in daps1k dps1000-same-y tuned tuned-motion-blur tuned-hdr guided \
+  coverage-gaussian-blur coverage-dps-gaussian-blur coverage-tuned-motion-blur \
+  coverage-dps-motion-blur coverage-guided-motion-blur coverage-guided-inpaint-random \
+  coverage-dps-inpaint-random coverage-guided-sr4 coverage-dps-sr4; do
   [ -f "$R/$f.json" ] && files+=("$R/$f.json")
 done
 "$D" report "${files[@]}" --baseline dps-1000 \

@@ -271,7 +271,7 @@ pub fn daps(
                     cfg.discretization,
                 );
                 let h = if cfg.guidance > 0.0 {
-                    ode::guided_euler(p, &x, &grid, cfg.guidance * sc.len(1.0), sc.len(1.0))?
+                    ode::guided_euler(p, &x, &grid, cfg.guidance, sc.len(1.0))?
                 } else {
                     ode::euler(p.prior, &x, &grid)?
                 };

@@ -17,10 +17,9 @@ pub fn euler(prior: &dyn Denoiser, x: &Tensor, sigmas: &[f64]) -> Result<Tensor>
     Ok(x)
 }
 
-/// [`euler`] with DPS's measurement step after each Euler step: x ← x − ζ·(1 + σ²/s²)·
-/// ∇_x‖y − A(D(x, σ))‖ (`zeta` already multiplied by the prior's scale s). (1 + σ²/s²) is
-/// 1/ᾱ: DPS's constant step on its VP state x√ᾱ seen in EDM coordinates. One denoiser VJP per
-/// step.
+/// [`euler`] with DPS's measurement step after each Euler step: x ← x − ζ·s·(1 + σ²/s²)·
+/// ∇_x‖y − A(D(x, σ))‖, s the prior's scale (`scale`). (1 + σ²/s²) is 1/ᾱ: DPS's constant
+/// step on its VP state x√ᾱ seen in EDM coordinates. One denoiser VJP per step.
 pub fn guided_euler(
     p: &Problem,
     x: &Tensor,
@@ -34,7 +33,7 @@ pub fn guided_euler(
         let (d, g) = per_piece(p, &x, |part, xs| super::dps::guidance(part, xs, 1.0, s))?;
         let slope = ((&x - d)? / s)?;
         let inv_ab = 1.0 + (s / scale) * (s / scale);
-        x = ((x + (slope * (s_next - s))?)? - (g * (zeta * inv_ab))?)?.detach();
+        x = ((x + (slope * (s_next - s))?)? - (g * (zeta * scale * inv_ab))?)?.detach();
     }
     Ok(x)
 }
