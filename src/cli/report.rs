@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 use daps::eval::{read_runs, RunDir};
 use daps::report::eval::{
-    aggregate, alias, is_summary, merge_summaries, parse_aliases, read_summary, MethodRow, Summary,
+    aggregate, alias, is_summary, keep_first, merge_summaries, parse_aliases, read_summary,
+    MethodRow, Summary,
 };
 use daps::report::{merge, read_records, table, table_against, write_records};
 use std::path::PathBuf;
@@ -42,6 +43,11 @@ pub struct ReportArgs {
     /// Images per task in the `--png` grid.
     #[arg(long, default_value_t = 3)]
     pub png_images: usize,
+    /// Eval runs and summaries: only the first N images (of the merged list), means, intervals
+    /// and paired differences recomputed; e.g. a 20-image run beside 100-image ones on the
+    /// images they share.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub first: Option<u64>,
 }
 
 pub fn report(a: ReportArgs) -> Result<()> {
@@ -77,8 +83,16 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
         return summary_report(&a);
     }
-    if a.html.is_some() || a.baseline.is_some() || a.png.is_some() || !a.aliases.is_empty() {
-        bail!("--html, --png, --baseline and --as need `daps eval` run folders or their summaries");
+    if a.html.is_some()
+        || a.baseline.is_some()
+        || a.png.is_some()
+        || !a.aliases.is_empty()
+        || a.first.is_some()
+    {
+        bail!(
+            "--html, --png, --baseline, --as and --first need `daps eval` run folders or their \
+             summaries"
+        );
     }
     let mut lists = Vec::new();
     for f in &a.files {
@@ -98,7 +112,15 @@ fn summary_report(a: &ReportArgs) -> Result<()> {
     for f in &a.files {
         files.push((f.clone(), read_summary(f)?));
     }
-    let (settings, rows, missing) = merge_summaries(&files, &aliases, a.baseline.as_deref())?;
+    let (mut settings, mut rows, missing) =
+        merge_summaries(&files, &aliases, a.baseline.as_deref())?;
+    if let Some(n) = a.first {
+        let baseline = a
+            .baseline
+            .clone()
+            .unwrap_or_else(|| settings.methods[0].clone());
+        keep_first(&mut settings, &mut rows, n as usize, &baseline);
+    }
     if let Some(p) = &a.json {
         let summary = Summary::new(&settings, &rows, missing);
         let text = serde_json::to_string_pretty(&summary)?;
@@ -157,7 +179,10 @@ fn eval_report(a: &ReportArgs) -> Result<()> {
         Some(b) => b.clone(),
         None => settings.methods[0].clone(),
     };
-    let rows: Vec<MethodRow> = aggregate(&settings, &recs, &baseline);
+    let mut rows: Vec<MethodRow> = aggregate(&settings, &recs, &baseline);
+    if let Some(n) = a.first {
+        keep_first(&mut settings, &mut rows, n as usize, &baseline);
+    }
     let summary = Summary::new(&settings, &rows, missing);
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&summary)?;

@@ -79,6 +79,23 @@ pub struct MethodRow {
 }
 
 impl MethodRow {
+    /// Recomputes the means and intervals from `scores` (coverage too, unless it was joined
+    /// from a `--samples` run of other images).
+    fn restat(&mut self) {
+        let col = |f: fn(&ImageScore) -> f64| self.scores.iter().map(f).collect::<Vec<f64>>();
+        self.psnr = Interval::of(&col(|s| s.psnr));
+        self.ssim = Interval::of(&col(|s| s.ssim));
+        let lpips: Option<Vec<f64>> = self.scores.iter().map(|s| s.lpips).collect();
+        self.lpips = lpips.filter(|v| !v.is_empty()).map(|v| Interval::of(&v));
+        self.misfit = Interval::of(&col(|s| s.misfit));
+        self.seconds_per_image =
+            col(|s| s.seconds).iter().sum::<f64>() / self.scores.len().max(1) as f64;
+        if self.coverage_images.is_none() {
+            let coverage: Option<Vec<f64>> = self.scores.iter().map(|s| s.coverage).collect();
+            self.coverage = coverage.filter(|v| !v.is_empty()).map(|v| Interval::of(&v));
+        }
+    }
+
     /// As a [`DemoRecord`] (image positions for digits), for [`super::table`].
     pub fn as_demo(&self) -> DemoRecord {
         DemoRecord {
@@ -114,27 +131,25 @@ pub fn aggregate(s: &EvalSettings, recs: &[EvalRecord], baseline: &str) -> Vec<M
                     scores.push(sc);
                 }
             }
-            let col = |f: fn(&ImageScore) -> f64| scores.iter().map(f).collect::<Vec<f64>>();
-            let lpips: Option<Vec<f64>> = scores.iter().map(|s| s.lpips).collect();
-            let coverage: Option<Vec<f64>> = scores.iter().map(|s| s.coverage).collect();
-            rows.push(MethodRow {
+            let mut row = MethodRow {
                 task: task.clone(),
                 method: (*method).clone(),
                 label: first.label.clone(),
                 nfe: first.nfe,
                 runs: s.runs[t],
-                psnr: Interval::of(&col(|s| s.psnr)),
-                ssim: Interval::of(&col(|s| s.ssim)),
-                lpips: lpips.filter(|v| !v.is_empty()).map(|v| Interval::of(&v)),
-                misfit: Interval::of(&col(|s| s.misfit)),
-                seconds_per_image: col(|s| s.seconds).iter().sum::<f64>()
-                    / scores.len().max(1) as f64,
-                coverage: coverage.filter(|v| !v.is_empty()).map(|v| Interval::of(&v)),
+                psnr: Interval::of(&[]),
+                ssim: Interval::of(&[]),
+                lpips: None,
+                misfit: Interval::of(&[]),
+                seconds_per_image: 0.0,
+                coverage: None,
                 coverage_nominal: first.coverage_nominal,
                 coverage_images: None,
                 paired: None,
                 scores,
-            });
+            };
+            row.restat();
+            rows.push(row);
         }
     }
     pair(&mut rows, baseline);
@@ -288,6 +303,25 @@ pub fn alias<'a>(aliases: &'a [(String, String)], spec: &'a str) -> &'a str {
         .iter()
         .find(|(_, s)| s == spec)
         .map_or(spec, |(n, _)| n.as_str())
+}
+
+/// Only the first `n` images of the list (`daps report --first N`): rows keep the scores of
+/// those images, their means, intervals and paired differences recomputed; rows left without
+/// a score are dropped. Compares runs of different lengths (say 100 and 20 images) on the
+/// images they share.
+pub fn keep_first(
+    settings: &mut EvalSettings,
+    rows: &mut Vec<MethodRow>,
+    n: usize,
+    baseline: &str,
+) {
+    settings.images.truncate(n);
+    for r in rows.iter_mut() {
+        r.scores.retain(|s| s.index < n);
+        r.restat();
+    }
+    rows.retain(|r| !r.scores.is_empty());
+    pair(rows, baseline);
 }
 
 /// Reports of runs with the same data, seed, σ_y and prior (hence the same measurement of each
@@ -577,5 +611,30 @@ mod tests {
         assert!(parse_aliases(&["=spec".into()]).is_err());
         let e = merge_summaries(&files(vec![one()]), &[], Some("zzz")).unwrap_err();
         assert!(e.to_string().contains("--baseline zzz"), "{e}");
+    }
+
+    #[test]
+    fn first_images_restrict_means_and_pairs_to_the_shared_images() {
+        // a on four images, b on the first two only (a shorter run of the same measurements).
+        let f = files(vec![
+            summary(
+                &["w", "x", "y", "z"],
+                &[("a", &[10.0, 12.0, 30.0, 40.0])],
+                1,
+            ),
+            summary(&["w", "x"], &[("b", &[11.0, 15.0])], 1),
+            summary(&["y"], &[("c", &[1.0])], 1),
+        ]);
+        let (mut s, mut rows, _) = merge_summaries(&f, &[], Some("a")).unwrap();
+        assert_eq!(rows[0].psnr.mean, 23.0, "before: a over its four images");
+        keep_first(&mut s, &mut rows, 2, "a");
+        assert_eq!(s.images, ["w", "x"]);
+        assert_eq!(rows.len(), 2, "c had no score among the first two images");
+        assert_eq!(rows[0].psnr.mean, 11.0);
+        assert_eq!(rows[0].scores.len(), 2);
+        let p = rows[1].paired.as_ref().unwrap();
+        assert_eq!(p.images, 2);
+        assert!((p.psnr_difference.mean - 2.0).abs() < 1e-12);
+        assert_eq!(rows[1].psnr.mean, 13.0);
     }
 }
