@@ -56,7 +56,7 @@ fn daps_tweedie_samples_the_exact_posterior_of_a_gaussian_prior() {
 }
 
 #[test]
-fn daps_tweedie_and_smc_refuse_a_nonlinear_operator_by_name() {
+fn daps_tweedie_smc_gaussian_and_exact_refuse_a_nonlinear_operator_by_name() {
     let gmm = daps::bench::toy2d::prior(&Device::Cpu).unwrap();
     let op = TrapOperator::default();
     let meas = Measurement {
@@ -68,7 +68,7 @@ fn daps_tweedie_and_smc_refuse_a_nonlinear_operator_by_name() {
         operator: &op as &dyn Operator,
         measurement: &meas,
     };
-    for name in ["daps-tweedie", "daps-smc"] {
+    for name in ["daps-tweedie", "daps-smc", "daps-gaussian"] {
         let m = Method::from_name(name).unwrap();
         let e = m.supports(&p).unwrap_err().to_string();
         assert!(e.contains(name) && e.contains("linear operator"), "{e}");
@@ -78,6 +78,16 @@ fn daps_tweedie_and_smc_refuse_a_nonlinear_operator_by_name() {
             .to_string();
         assert!(e.contains("linear operator"), "{e}");
     }
+    // The exact x0 step needs a matrix: refused before any work, by name.
+    let e = Method::from_name("daps-exact")
+        .unwrap()
+        .supports(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("daps-exact") && e.contains("matrix operator"),
+        "{e}"
+    );
     // σ_y = 0 with no τ set: named before any work.
     let a = DMatrix::from_row_slice(1, 2, &[1.0, 0.0]);
     let op = MatrixOperator::new(a, &[2], &Device::Cpu).unwrap();

@@ -97,14 +97,24 @@ pub struct Toy2dRow {
     pub skipped: Option<String>,
 }
 
-/// The samplers of the table: DAPS and DPS at the notebook's settings, DAPS-Tweedie and
-/// DAPS-SMC on DAPS's annealing with τ = σ_y (both need a linear operator, so they report why
-/// they cannot run here).
+/// The samplers of the table: DAPS and DPS at the notebook's settings; daps-guided (DAPS's
+/// settings with DPS's ζ as its guidance); daps-gaussian, DAPS-Tweedie and DAPS-SMC on DAPS's
+/// annealing with τ = σ_y (these three need a linear operator, so they report why they cannot
+/// run here).
 fn samplers(cfg: &Toy2dConfig) -> Vec<sampler::Method> {
     let d = &cfg.daps;
     vec![
         sampler::Method::Daps(d.clone()),
         sampler::Method::Dps(cfg.dps.clone()),
+        sampler::Method::Daps(DapsConfig {
+            guidance: cfg.dps.zeta,
+            ..d.clone()
+        }),
+        sampler::Method::Daps(DapsConfig {
+            x0_method: sampler::X0Method::Gaussian,
+            tau_rule: sampler::TauRule::Measurement,
+            ..d.clone()
+        }),
         sampler::Method::DapsTweedie(DapsTweedieConfig {
             annealing_steps: d.annealing_steps,
             sigma_max: d.sigma_max,
