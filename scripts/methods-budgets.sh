@@ -29,8 +29,9 @@ RUNS=("smc|inpaint-box,inpaint-random|mcgdiff,fps"
 W=${WORKERS:-1}
 for r in "${RUNS[@]}"; do
   IFS='|' read -r name tasks methods <<<"$r"
-  ARGS=(eval --data digits --limit "$N" --seed 0 --batch 10 --runs 1,phase-retrieval=4
-    --device "${DEVICE:-cpu}" --tasks "$tasks" --methods "$methods" --out "$RUN/$name")
+  ARGS=(eval --data digits --limit "$N" --seed 0 --batch 10 --device "${DEVICE:-cpu}"
+    --tasks "$tasks" --methods "$methods" --out "$RUN/$name")
+  case $tasks in *phase-retrieval*) ARGS+=(--runs 1,phase-retrieval=4) ;; esac
   if [ "$W" -gt 1 ]; then
     for k in $(seq 1 "$W"); do RAYON_NUM_THREADS=1 "$D" "${ARGS[@]}" --shard "$k/$W" & done
     wait
