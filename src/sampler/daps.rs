@@ -330,16 +330,24 @@ struct ExactStep<'a> {
     ys: Vec<DVector<f64>>,
 }
 
+/// Whether the exact x0 step (`daps-exact`) can solve `p`: a Gaussian-mixture prior and a
+/// matrix operator, else an error naming both.
+pub(crate) fn exact_supported(p: &Problem) -> Result<()> {
+    if p.prior.as_gmm().is_some() && p.operator.matrix().is_some() {
+        return Ok(());
+    }
+    Err(Error::Unsupported(format!(
+        "daps-exact (the exact x0 step) needs a Gaussian-mixture prior and a matrix operator; \
+         {} with this prior is not one",
+        p.operator.name()
+    )))
+}
+
 impl<'a> ExactStep<'a> {
     fn new(p: &Problem<'a>) -> Result<Self> {
-        let why = "the exact x0 step needs a Gaussian-mixture prior and a matrix operator";
-        p.prior
-            .as_gmm()
-            .ok_or_else(|| Error::Unsupported(why.into()))?;
-        let a = p
-            .operator
-            .matrix()
-            .ok_or_else(|| Error::Unsupported(why.into()))?;
+        exact_supported(p)?;
+        // Invariant: `exact_supported` checked that the operator has a matrix.
+        let a = p.operator.matrix().expect("checked");
         let (yv, b, dy) = tensor_to_rows(&p.measurement.y)?;
         if dy != a.nrows() {
             return Err(Error::Shape {

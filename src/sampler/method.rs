@@ -394,15 +394,7 @@ impl Sampler for DapsConfig {
     fn supports(&self, p: &Problem) -> Result<()> {
         match self.x0_method {
             super::X0Method::Gaussian => super::linear_of(p, "daps-gaussian").map(|_| ()),
-            super::X0Method::Exact
-                if p.prior.as_gmm().is_none() || p.operator.matrix().is_none() =>
-            {
-                Err(Error::Unsupported(format!(
-                    "daps-exact needs a Gaussian-mixture prior and a matrix operator; {} with \
-                     this prior is not one",
-                    p.operator.name()
-                )))
-            }
+            super::X0Method::Exact => super::daps::exact_supported(p),
             _ => Ok(()),
         }
     }
