@@ -62,6 +62,17 @@ fn one() -> usize {
 
 impl EvalSettings {
     /// Checks the settings' own consistency.
+    /// Whether `s` is these settings with images appended (`--limit` raised on a run): the
+    /// only change to a run's settings that keeps its records.
+    pub fn extended_by(&self, s: &EvalSettings) -> bool {
+        s.images.len() > self.images.len()
+            && s.images.starts_with(&self.images)
+            && EvalSettings {
+                images: self.images.clone(),
+                ..s.clone()
+            } == *self
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.images.is_empty() || self.tasks.is_empty() || self.methods.is_empty() {
             return Err(Error::config(
@@ -284,6 +295,13 @@ impl RunDir {
         let path = self.settings();
         if path.exists() {
             let have = read_settings(&self.0)?;
+            if have.extended_by(s) {
+                // more images on the same settings: the finished records stay valid (a job's
+                // seed and block of images do not depend on how many images follow)
+                let text =
+                    serde_json::to_string_pretty(s).map_err(|e| Error::msg(e.to_string()))?;
+                return crate::io::atomic_write(&path, text.as_bytes());
+            }
             if have != *s {
                 return Err(Error::config(format!(
                     "{} holds another evaluation ({}); rerun with the same settings to resume, or \
@@ -521,5 +539,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("given twice"));
+    }
+
+    #[test]
+    fn a_run_extends_to_more_images_and_keeps_its_finished_jobs() {
+        let dir = std::env::temp_dir().join(format!("daps-eval-extend-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let run = RunDir(dir.clone());
+        let mut s = settings();
+        s.images.truncate(4);
+        run.claim(&s).unwrap();
+        let mut more = settings();
+        more.images.push("digit-9005".into());
+        assert!(s.extended_by(&more) && !more.extended_by(&s) && !s.extended_by(&s));
+        // the first two blocks of two images are the same jobs, with the same seeds
+        let (old, new) = (s.jobs(), more.jobs());
+        for (a, b) in old.iter().zip(&new).take(2) {
+            assert_eq!((&a.images, s.job_seed(a)), (&b.images, more.job_seed(b)));
+        }
+        run.claim(&more).unwrap();
+        assert_eq!(read_settings(&dir).unwrap(), more);
+        // fewer images, another order, or another setting with more images: refused
+        let e = run.claim(&s).unwrap_err().to_string();
+        assert!(e.contains("holds another evaluation"), "{e}");
+        let mut swapped = more.clone();
+        swapped.images.swap(0, 1);
+        assert!(run.claim(&swapped).is_err());
+        let mut other = more.clone();
+        other.images.push("digit-9006".into());
+        other.seed = 1;
+        assert!(run.claim(&other).is_err());
+        assert_eq!(read_settings(&dir).unwrap(), more);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

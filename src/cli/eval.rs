@@ -23,7 +23,8 @@ pub struct EvalArgs {
     /// resized and centre-cropped to the prior's image size).
     #[arg(long, default_value = "digits")]
     pub data: String,
-    /// Images to evaluate [default: 100 digits, or every image of the folder].
+    /// Images to evaluate [default: 100 digits, or every image of the folder]. Raising it on an
+    /// existing run extends that run (its finished records are kept).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Offset into the images (for digits: into the split).
