@@ -59,6 +59,8 @@ fn bench_speed_quick_writes_its_keys() {
         "digits_daps1k_gaussian_blur_level_ms",
         "digits_daps1k_gaussian_blur_operator_ms",
         "digits_daps1k_gaussian_blur_solve_estimate_s",
+        "digits_daps1k_gaussian_blur_network_gflops",
+        "digits_gflop_forward",
     ] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {}", v[k]);
     }

@@ -680,6 +680,12 @@ pub fn digits_daps1k(
         .clone();
     let shape = x.dims().to_vec();
     let mut figures = BTreeMap::new();
+    // The network's GFLOP per image, counted as for FFHQ-256 (direct convolution; Winograd
+    // does fewer multiplies), so the level's network part reads as a rate.
+    let net_flop = crate::prior::default::config()?
+        .macs(32, 32)?
+        .forward_flops();
+    figures.insert("digits_gflop_forward".into(), net_flop / 1e9);
     let mut tensors = vec![("x", x.clone())];
     let mut meta = serde_json::Map::new();
     for (k, name) in DIGITS_TASKS.iter().enumerate() {
@@ -708,6 +714,8 @@ pub fn digits_daps1k(
             figures.insert(key(part), v * 1e3);
         }
         figures.insert(key("solve_estimate_s"), 200.0 * s.total);
+        let calls = (cfg.ode_steps * DIGITS_BATCH) as f64;
+        figures.insert(key("network_gflops"), calls * net_flop / s.network / 1e9);
         let mut p = serde_json::to_value(&cfg).map_err(|e| crate::Error::msg(e.to_string()))?;
         for (k, v) in task.spec().params() {
             p[k] = serde_json::Value::String(v);

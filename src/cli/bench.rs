@@ -581,11 +581,12 @@ fn print_digits(r: &daps::bench::speed::DigitsReport) {
         let total = f("level_ms");
         let share = |v: f64| 100.0 * v / total;
         println!(
-            "digits DAPS-1K, {task}, {} digits, per level (mean of {}): {total:.0} ms = network {:.0} ms ({:.0}%) + operator {:.0} ms ({:.0}%) + x0 step {:.0} ms ({:.0}%) + other {:.0} ms ({:.0}%); 200 levels ≈ {:.0} s",
+            "digits DAPS-1K, {task}, {} digits, per level (mean of {}): {total:.0} ms = network {:.0} ms ({:.0}%, {:.1} GFLOP/s) + operator {:.0} ms ({:.0}%) + x0 step {:.0} ms ({:.0}%) + other {:.0} ms ({:.0}%); 200 levels ≈ {:.0} s",
             r.digits_daps1k_digits,
             r.digits_daps1k_levels,
             f("network_ms"),
             share(f("network_ms")),
+            f("network_gflops"),
             f("operator_ms"),
             share(f("operator_ms")),
             f("x0_step_ms"),
