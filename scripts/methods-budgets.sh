@@ -8,8 +8,10 @@
 #
 #   scripts/methods-budgets.sh [RUN_DIR]        (default runs/budgets; rerun to resume)
 #
-# ≈ 1 h on 2 cores (WORKERS=2 one-thread shards). Writes OUT/budgets.{txt,json} (OUT default
-# results/digits/methods). Env: DIGITS (20), WORKERS, DEVICE, DAPS_BIN.
+# ≈ 1.3 h on 2 cores for 20 digits (WORKERS=2 one-thread shards), ≈ 4.7 CPU-hours more per 40
+# digits. A larger DIGITS on the same RUN_DIR extends its runs (finished jobs are kept). Writes
+# OUT/budgets.{txt,json} (OUT default results/digits/methods). Env: DIGITS (20), WORKERS,
+# DEVICE, DAPS_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/budgets}
@@ -22,10 +24,14 @@ M1000=ddrm@steps=1000,ddnm@steps=1000,diffpir@steps=1000,mcgdiff@steps=250@parti
 M1000=$M1000,fps@steps=250@particles=4,daps-smc@particles=2@annealing_steps=100@ode_steps=5
 M1000=$M1000,pigdm@steps=1000
 # name | tasks | methods
-RUNS=("smc|inpaint-box,inpaint-random|mcgdiff,fps"
-  "pnp|sr4,gaussian-blur,motion-blur,phase-retrieval|pnp-dm"
+# name | tasks | methods. Score-ALD (default 1000 levels × 3 = 3000 NFE) at 333 levels × 3 =
+# 999 NFE, PnP-DM (3573 NFE; 3023 for phase retrieval) on a 28-point EDM grid: 976 / 857 NFE.
+RUNS=("nfe1000b|$ALL|score-ald@levels=333"
+  "nfe1000c|sr4,gaussian-blur,motion-blur,phase-retrieval|pnp-dm@grid_steps=28"
   "red|$ALL|red-diff"
-  "nfe1000|$ALL|$M1000")
+  "nfe1000|$ALL|$M1000"
+  "smc|inpaint-box,inpaint-random|mcgdiff,fps"
+  "pnp|sr4,gaussian-blur,motion-blur,phase-retrieval|pnp-dm")
 W=${WORKERS:-1}
 for r in "${RUNS[@]}"; do
   IFS='|' read -r name tasks methods <<<"$r"
@@ -43,5 +49,6 @@ done
 mkdir -p "$OUT"
 E=results/digits/equal-nfe-100
 "$D" report "$E/dps1000-same-y.json" "$E/daps1k.json" "$E/guided.json" "$OUT/methods.json" \
-  "$RUN/red.json" "$RUN/pnp.json" "$RUN/smc.json" "$RUN/nfe1000.json" \
+  "$RUN/red.json" "$RUN/pnp.json" "$RUN/smc.json" "$RUN/nfe1000.json" "$RUN/nfe1000b.json" \
+  "$RUN/nfe1000c.json" \
   --baseline dps-1000 --first "$N" --json "$OUT/budgets.json" | tee "$OUT/budgets.txt"
