@@ -2,7 +2,7 @@
 
 use daps::bench::mean_ci95;
 use daps::report::DemoRecord;
-use daps::report::{merge, paired_psnr, read_records, table};
+use daps::report::{markdown, merge, paired_psnr, read_records, table};
 use std::path::PathBuf;
 
 fn rec(method: &str, digits: &[usize], psnr: &[f64]) -> DemoRecord {
@@ -82,4 +82,29 @@ fn a_file_that_is_not_demo_json_is_named() {
     assert!(e.to_string().contains("2 digits but 1 PSNR"), "{e}");
     assert!(read_records(&dir.join("missing.json")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn markdown_table_marks_the_best_the_short_rows_and_the_missing_tasks() {
+    let mut sr4 = rec("dps-1000", &[0, 1], &[20.0, 22.0]);
+    sr4.task = "sr4".into();
+    sr4.nfe = 1000;
+    let records = vec![
+        rec("dps-1000", &[0, 1], &[28.0, 30.0]), // hdr 29
+        rec("red-diff", &[0], &[31.0]),          // hdr 31 on one image
+        sr4,                                     // sr4 21, red-diff has none
+    ];
+    let md = markdown(&records);
+    let lines: Vec<&str> = md.lines().collect();
+    assert_eq!(lines[0], "| method | NFE | hdr | sr4 | mean (tasks) |");
+    assert_eq!(lines[1], "|---|---|---|---|---|");
+    assert_eq!(
+        lines[2],
+        "| `dps-1000` | 50/1000 | 29.00 | **21.00** | 25.00 (2) |"
+    );
+    assert_eq!(
+        lines[3],
+        "| `red-diff` | 50 | **31.00** (n = 1) | – | 31.00 (1) |"
+    );
+    assert_eq!(lines.len(), 4);
 }

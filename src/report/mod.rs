@@ -239,3 +239,77 @@ pub fn table_against(records: &[DemoRecord], baseline: Option<&str>) -> String {
     }
     s
 }
+
+/// The records as a Markdown table: one row per method (`NFE` as recorded; several values
+/// joined by `/` where the tasks' presets differ), one column of mean PSNR (dB) per task, the
+/// best of each task in bold, and the mean over the tasks a method ran with their count. A row
+/// scored on fewer images than the table's most carries `(n = K)`; a task a method did not run
+/// is `–`. Methods and tasks in first-seen order.
+pub fn markdown(records: &[DemoRecord]) -> String {
+    let mut tasks: Vec<&str> = Vec::new();
+    let mut methods: Vec<&str> = Vec::new();
+    for r in records {
+        if !tasks.contains(&r.task.as_str()) {
+            tasks.push(&r.task);
+        }
+        if !methods.contains(&r.method.as_str()) {
+            methods.push(&r.method);
+        }
+    }
+    let find = |t: &str, m: &str| records.iter().find(|r| r.task == t && r.method == m);
+    let most = records.iter().map(|r| r.psnr.len()).max().unwrap_or(0);
+    let best: Vec<f64> = tasks
+        .iter()
+        .map(|t| {
+            records
+                .iter()
+                .filter(|r| r.task == *t && !r.psnr.is_empty())
+                .map(DemoRecord::mean_psnr)
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect();
+    let mut s = format!("| method | NFE | {} | mean (tasks) |\n", tasks.join(" | "));
+    let _ = writeln!(s, "|---|---|{}---|", "---|".repeat(tasks.len()));
+    for m in &methods {
+        let mine: Vec<&DemoRecord> = records.iter().filter(|r| r.method == *m).collect();
+        let mut nfe: Vec<usize> = mine.iter().map(|r| r.nfe).collect();
+        nfe.sort_unstable();
+        nfe.dedup();
+        let nfe = nfe
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join("/");
+        let cells: Vec<String> = tasks
+            .iter()
+            .zip(&best)
+            .map(|(t, &b)| match find(t, m).filter(|r| !r.psnr.is_empty()) {
+                None => "–".into(),
+                Some(r) => {
+                    let p = r.mean_psnr();
+                    let mut c = if p == b {
+                        format!("**{p:.2}**")
+                    } else {
+                        format!("{p:.2}")
+                    };
+                    if r.psnr.len() < most {
+                        let _ = write!(c, " (n = {})", r.psnr.len());
+                    }
+                    c
+                }
+            })
+            .collect();
+        let ran: Vec<f64> = mine
+            .iter()
+            .filter(|r| !r.psnr.is_empty())
+            .map(|r| r.mean_psnr())
+            .collect();
+        let avg = if ran.is_empty() {
+            "–".into()
+        } else {
+            format!("{:.2} ({})", mean(&ran), ran.len())
+        };
+        let _ = writeln!(s, "| `{m}` | {nfe} | {} | {avg} |", cells.join(" | "));
+    }
+    s
+}
