@@ -48,7 +48,8 @@ for r in "${RUNS[@]}"; do
 done
 mkdir -p "$OUT"
 E=results/digits/equal-nfe-100
-"$D" report "$E/dps1000-same-y.json" "$E/daps1k.json" "$E/guided.json" "$OUT/methods.json" \
-  "$RUN/red.json" "$RUN/pnp.json" "$RUN/smc.json" "$RUN/nfe1000.json" "$RUN/nfe1000b.json" \
-  "$RUN/nfe1000c.json" \
-  --baseline dps-1000 --first "$N" --json "$OUT/budgets.json" | tee "$OUT/budgets.txt"
+# (red.json first: its task order is the table's)
+"$D" report "$RUN/red.json" "$E/dps1000-same-y.json" "$E/daps1k.json" "$E/guided.json" \
+  "$RUN/nfe1000b.json" "$RUN/nfe1000c.json" "$RUN/nfe1000.json" "$RUN/pnp.json" "$RUN/smc.json" \
+  "$OUT/methods.json" --baseline dps-1000 --first "$N" --json "$OUT/budgets.json" \
+  --markdown "$OUT/budgets.md" | tee "$OUT/budgets.txt"
