@@ -497,9 +497,19 @@ pub(super) fn conv3x3(
             &made[..]
         }
     };
-    let bt_n = block_tiles(c, o, budget).min(tiles);
+    let threads = rayon::current_num_threads();
+    let mut bt_n = block_tiles(c, o, budget).min(tiles);
+    if threads > 1 && tiles.div_ceil(bt_n) < 2 * threads {
+        // Small images: smaller blocks (of at least 32 tiles), so that the transforms run in
+        // parallel too, not only each block's products.
+        bt_n = bt_n.min(tiles.div_ceil(2 * threads).next_multiple_of(L).max(32));
+    }
     let blocks = tiles.div_ceil(bt_n);
-    let inner = gemm_parallelism(blocks);
+    let inner = if blocks >= threads {
+        gemm::Parallelism::None
+    } else {
+        gemm_parallelism(blocks)
+    };
     let yp = SendPtr(y.as_mut_ptr());
     let block = |i: usize| {
         let t0 = i * bt_n;
