@@ -134,19 +134,7 @@ pub fn table(records: &[DemoRecord]) -> String {
 
 /// [`table`] with the paired differences taken from `baseline` (default: the first method).
 pub fn table_against(records: &[DemoRecord], baseline: Option<&str>) -> String {
-    let mut tasks: Vec<&str> = Vec::new();
-    let mut methods: Vec<&str> = Vec::new();
-    if let Some(b) = baseline.filter(|b| records.iter().any(|r| r.method == *b)) {
-        methods.push(b);
-    }
-    for r in records {
-        if !tasks.contains(&r.task.as_str()) {
-            tasks.push(&r.task);
-        }
-        if !methods.contains(&r.method.as_str()) {
-            methods.push(&r.method);
-        }
-    }
+    let (tasks, methods) = tasks_and_methods(records, baseline);
     let find = |t: &str, m: &str| records.iter().find(|r| r.task == t && r.method == m);
     let mw = methods
         .iter()
@@ -240,14 +228,16 @@ pub fn table_against(records: &[DemoRecord], baseline: Option<&str>) -> String {
     s
 }
 
-/// The records as a Markdown table: one row per method (`NFE` as recorded; several values
-/// joined by `/` where the tasks' presets differ), one column of mean PSNR (dB) per task, the
-/// best of each task in bold, and the mean over the tasks a method ran with their count. A row
-/// scored on fewer images than the table's most carries `(n = K)`; a task a method did not run
-/// is `–`. Methods and tasks in first-seen order.
-pub fn markdown(records: &[DemoRecord]) -> String {
+/// The tasks and methods of `records` in first-seen order, `first` (if a method there) first.
+fn tasks_and_methods<'a>(
+    records: &'a [DemoRecord],
+    first: Option<&'a str>,
+) -> (Vec<&'a str>, Vec<&'a str>) {
     let mut tasks: Vec<&str> = Vec::new();
     let mut methods: Vec<&str> = Vec::new();
+    if let Some(b) = first.filter(|b| records.iter().any(|r| r.method == *b)) {
+        methods.push(b);
+    }
     for r in records {
         if !tasks.contains(&r.task.as_str()) {
             tasks.push(&r.task);
@@ -256,6 +246,16 @@ pub fn markdown(records: &[DemoRecord]) -> String {
             methods.push(&r.method);
         }
     }
+    (tasks, methods)
+}
+
+/// The records as a Markdown table: one row per method (`NFE` as recorded; several values
+/// joined by `/` where the tasks' presets differ), one column of mean PSNR (dB) per task, the
+/// best of each task in bold, and the mean over the tasks a method ran with their count. A row
+/// scored on fewer images than the table's most carries `(n = K)`; a task a method did not run
+/// is `–`. Methods and tasks in first-seen order.
+pub fn markdown(records: &[DemoRecord]) -> String {
+    let (tasks, methods) = tasks_and_methods(records, None);
     let find = |t: &str, m: &str| records.iter().find(|r| r.task == t && r.method == m);
     let most = records.iter().map(|r| r.psnr.len()).max().unwrap_or(0);
     let best: Vec<f64> = tasks
