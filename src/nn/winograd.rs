@@ -247,18 +247,119 @@ fn input_block_body<const WIDE: bool>(x: &[f32], g: Tiles, t0: usize, n: usize, 
             } else {
                 patches(x, g, &at[..nl], ch, &mut d);
             }
-            // Bᵀ d (columns, in place), then · B (rows) into V.
-            for s in 0..6 {
-                let col = bt([d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]]);
+            transform_into(&mut d, v, cn, ch * nn + j0);
+        }
+    }
+}
+
+/// Bᵀ d B of eight patches `d` into V at offset `at` of each of its 36 blocks (stride `cn`).
+#[inline(always)]
+fn transform_into(d: &mut [[Lanes; 6]; 6], v: &mut [f32], cn: usize, at: usize) {
+    // Bᵀ d (columns, in place), then · B (rows) into V.
+    for s in 0..6 {
+        let col = bt([d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]]);
+        for (r, dr) in d.iter_mut().enumerate() {
+            dr[s] = col[r];
+        }
+    }
+    for (r, dr) in d.iter().enumerate() {
+        for (s, val) in bt(*dr).iter().enumerate() {
+            v[(r * 6 + s) * cn + at..][..L].copy_from_slice(val);
+        }
+    }
+}
+
+/// `x` `[B, C, H, W]` zero-padded to `[B, C, 4·th + 2, 4·tw + 4]` (one row and column of zeros
+/// before, the rest after): every tile's 6×6 patch, and every 8-wide row load from its left
+/// column, then lies inside, so the input transform needs no per-lane bounds checks.
+fn padded(x: &[f32], g: Tiles, b: usize) -> (Vec<f32>, usize, usize) {
+    let (hp, wp) = (4 * g.th + 2, 4 * g.tw + 4);
+    let mut xp = vec![0f32; b * g.c * hp * wp];
+    for (plane, dst) in x.chunks_exact(g.h * g.w).zip(xp.chunks_exact_mut(hp * wp)) {
+        for (row, d) in plane.chunks_exact(g.w).zip(dst[wp..].chunks_exact_mut(wp)) {
+            d[1..1 + g.w].copy_from_slice(row);
+        }
+    }
+    (xp, hp, wp)
+}
+
+/// [`input_block`] from the [`padded`] input `xp` (`hp × wp` planes).
+fn input_block_padded(
+    xp: &[f32],
+    g: Tiles,
+    hp: usize,
+    wp: usize,
+    t0: usize,
+    n: usize,
+    v: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { input_block_padded_avx2(xp, g, hp, wp, t0, n, v) };
+    }
+    input_block_padded_body::<false>(xp, g, hp, wp, t0, n, v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_block_padded_avx2(
+    xp: &[f32],
+    g: Tiles,
+    hp: usize,
+    wp: usize,
+    t0: usize,
+    n: usize,
+    v: &mut [f32],
+) {
+    input_block_padded_body::<true>(xp, g, hp, wp, t0, n, v)
+}
+
+/// [`input_block_body`] from the [`padded`] input: lanes gathered by [`patch_rows_avx2`]
+/// (`WIDE`) or row slices, never bounds-checked per value.
+#[inline(always)]
+fn input_block_padded_body<const WIDE: bool>(
+    xp: &[f32],
+    g: Tiles,
+    hp: usize,
+    wp: usize,
+    t0: usize,
+    n: usize,
+    v: &mut [f32],
+) {
+    let nn = n.next_multiple_of(L);
+    let cn = stride36(g.c * nn);
+    let plane = hp * wp;
+    for j0 in (0..n).step_by(L) {
+        let nl = L.min(n - j0);
+        // Per lane: the offset of the patch's top-left corner in the item's channel 0.
+        let mut at = [0usize; L];
+        for (l, a) in at.iter_mut().enumerate().take(nl) {
+            let (bi, ty, tx) = g.at(t0 + j0 + l);
+            *a = bi * g.c * plane + 4 * ty * wp + 4 * tx;
+        }
+        let mut d = [[ZERO; 6]; 6];
+        for ch in 0..g.c {
+            #[cfg(target_arch = "x86_64")]
+            if WIDE && nl == L {
+                let ptrs: [*const f32; L] =
+                    std::array::from_fn(|l| xp[at[l] + ch * plane..].as_ptr());
+                // SAFETY: WIDE only where the CPU has AVX2; rows 4·ty + r (r < 6) and columns
+                // 4·tx .. 4·tx + 8 lie inside the padded plane (`padded`).
+                unsafe { patch_rows_avx2(&ptrs, wp, &mut d) };
+                transform_into(&mut d, v, cn, ch * nn + j0);
+                continue;
+            }
+            for (l, &a) in at.iter().enumerate().take(nl) {
+                let p = &xp[a + ch * plane..];
                 for (r, dr) in d.iter_mut().enumerate() {
-                    dr[s] = col[r];
+                    let row = &p[r * wp..][..6];
+                    for s in 0..6 {
+                        dr[s][l] = row[s];
+                    }
                 }
             }
-            for (r, dr) in d.iter().enumerate() {
-                for (s, val) in bt(*dr).iter().enumerate() {
-                    v[(r * 6 + s) * cn + ch * nn + j0..][..L].copy_from_slice(val);
-                }
-            }
+            transform_into(&mut d, v, cn, ch * nn + j0);
         }
     }
 }
@@ -443,6 +544,10 @@ fn output_block_body<const WIDE: bool>(
     }
 }
 
+/// Images at most this wide are zero-padded once per call ([`padded`]) before the input
+/// transform; wider ones gather border tiles lane by lane.
+const PAD_MAX_WIDTH: usize = 64;
+
 /// Tiles per block: V and M of a block take about `budget` f32, at least 32 tiles.
 fn block_tiles(c: usize, o: usize, budget: usize) -> usize {
     (budget / (36 * (c + o))).max(32)
@@ -510,6 +615,8 @@ pub(super) fn conv3x3(
     } else {
         gemm_parallelism(blocks)
     };
+    // Small images: most lane groups touch the border, so pad the input once.
+    let pad = (wd <= PAD_MAX_WIDTH).then(|| padded(x, g, b));
     let yp = SendPtr(y.as_mut_ptr());
     let block = |i: usize| {
         let t0 = i * bt_n;
@@ -520,7 +627,10 @@ pub(super) fn conv3x3(
         let (v, m) = &mut bufs;
         grow(v, 36 * vs);
         grow(m, 36 * ms);
-        input_block(x, g, t0, n, v);
+        match &pad {
+            Some((xp, hp, wp)) => input_block_padded(xp, g, *hp, *wp, t0, n, v),
+            None => input_block(x, g, t0, n, v),
+        }
         for k in 0..36 {
             // SAFETY: M_k [O, n], U_k [O, C] and V_k [C, n] are row-major blocks of
             // buffers of 36 such blocks each, alive for the call.
