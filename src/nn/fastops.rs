@@ -1001,13 +1001,19 @@ fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     chunks.remainder().iter().map(|&v| f(v)).sum::<f64>() + acc.iter().sum::<f64>()
 }
 
-/// `fn NAME(args) -> R` running `BODY(args)` built for AVX2 + FMA where the CPU has it (the
-/// crate targets baseline x86-64, whose SSE2 does half as many lanes per instruction). For the
+/// `fn NAME(args) -> R` running `BODY(args)` built for AVX-512 (F, VL, DQ) or else AVX2 + FMA
+/// where the CPU has it (the crate targets baseline x86-64, whose SSE2 does a quarter / half as
+/// many lanes per instruction; the same operations in the same order, so the same bits). For the
 /// per-chunk kernels of parallel loops: a closure that rayon calls is not built with the
 /// features of the function that made it.
 macro_rules! avx2_dispatch {
-    ($name:ident, $avx:ident, $body:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
+    ($name:ident, $avx:ident, $avx512:ident, $body:ident, ($($a:ident: $t:ty),*) -> $r:ty) => {
         fn $name($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            if super::winograd::avx512() {
+                // SAFETY: the CPU has AVX-512F/VL/DQ, AVX2 and FMA (checked).
+                return unsafe { $avx512($($a),*) };
+            }
             #[cfg(target_arch = "x86_64")]
             if super::winograd::avx2() {
                 // SAFETY: the CPU has AVX2 and FMA (checked).
@@ -1021,15 +1027,21 @@ macro_rules! avx2_dispatch {
         unsafe fn $avx($($a: $t),*) -> $r {
             $body($($a),*)
         }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+        unsafe fn $avx512($($a: $t),*) -> $r {
+            $body($($a),*)
+        }
     };
 }
 
-avx2_dispatch!(gn_fwd_chunk, gn_fwd_chunk_avx2, gn_fwd_chunk_body,
+avx2_dispatch!(gn_fwd_chunk, gn_fwd_chunk_avx2, gn_fwd_chunk_avx512, gn_fwd_chunk_body,
     (yb: &mut [MaybeUninit<f32>], xb: &[f32], gb: &[f32], bb: &[f32], s: usize, eps: f64, act: bool) -> ());
-avx2_dispatch!(gn_bwd_chunk, gn_bwd_chunk_avx2, gn_bwd_chunk_body,
+avx2_dispatch!(gn_bwd_chunk, gn_bwd_chunk_avx2, gn_bwd_chunk_avx512, gn_bwd_chunk_body,
     (db: &mut [MaybeUninit<f32>], xb: &[f32], gyb: &[f32], pb: &mut [(f64, f64)], gb: &[f32], s: usize, eps: f64) -> ());
-avx2_dispatch!(silu_chunk, silu_chunk_avx2, silu_chunk_body, (yb: &mut [MaybeUninit<f32>], xb: &[f32]) -> ());
-avx2_dispatch!(silu_grad_chunk, silu_grad_chunk_avx2, silu_grad_chunk_body,
+avx2_dispatch!(silu_chunk, silu_chunk_avx2, silu_chunk_avx512, silu_chunk_body, (yb: &mut [MaybeUninit<f32>], xb: &[f32]) -> ());
+avx2_dispatch!(silu_grad_chunk, silu_grad_chunk_avx2, silu_grad_chunk_avx512, silu_grad_chunk_body,
     (db: &mut [MaybeUninit<f32>], xb: &[f32], gb: &[f32]) -> ());
 
 /// `n` values not yet written: for outputs that a pass writes whole, without zeroing them first

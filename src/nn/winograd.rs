@@ -126,6 +126,19 @@ pub(super) fn avx2() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// Whether this CPU runs AVX-512 (F, VL, DQ) builds of the elementwise kernels, with AVX2 and
+/// FMA (x86-64; checked once).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+    })
+}
+
 /// [`input_block_body`], built for AVX2 (one 8-lane register per [`Lanes`]) where the CPU has
 /// it: the crate is built for baseline x86-64, whose SSE2 takes two instructions per lane op.
 fn input_block(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
