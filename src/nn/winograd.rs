@@ -287,12 +287,17 @@ fn transform_into(d: &mut [[Lanes; 6]; 6], v: &mut [f32], cn: usize, at: usize) 
 /// column, then lies inside, so the input transform needs no per-lane bounds checks.
 fn padded(x: &[f32], g: Tiles, b: usize) -> (Vec<f32>, usize, usize) {
     let (hp, wp) = (4 * g.th + 2, 4 * g.tw + 4);
-    let mut xp = vec![0f32; b * g.c * hp * wp];
-    for (plane, dst) in x.chunks_exact(g.h * g.w).zip(xp.chunks_exact_mut(hp * wp)) {
-        for (row, d) in plane.chunks_exact(g.w).zip(dst[wp..].chunks_exact_mut(wp)) {
-            d[1..1 + g.w].copy_from_slice(row);
+    // Written in order, each value once (no zero-fill of the whole buffer first).
+    let mut xp = Vec::with_capacity(b * g.c * hp * wp);
+    for plane in x.chunks_exact(g.h * g.w) {
+        xp.resize(xp.len() + wp + 1, 0.0);
+        for row in plane.chunks_exact(g.w) {
+            xp.extend_from_slice(row);
+            xp.resize(xp.len() + wp - g.w, 0.0);
         }
+        xp.resize(xp.len() + (hp - 1 - g.h) * wp - 1, 0.0);
     }
+    debug_assert_eq!(xp.len(), b * g.c * hp * wp);
     (xp, hp, wp)
 }
 
