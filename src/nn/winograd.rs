@@ -139,22 +139,34 @@ pub(super) fn avx512() -> bool {
     })
 }
 
-/// [`input_block_body`], built for AVX2 (one 8-lane register per [`Lanes`]) where the CPU has
-/// it: the crate is built for baseline x86-64, whose SSE2 takes two instructions per lane op.
-fn input_block(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { input_block_avx2(x, g, t0, n, v) };
-    }
-    input_block_body::<false>(x, g, t0, n, v)
+/// `fn NAME(args)` running `BODY::<true>(args)` built for AVX2 + FMA where the CPU has it (the
+/// crate is built for baseline x86-64, whose SSE2 takes two instructions per 8-lane op), else
+/// `BODY::<false>(args)`.
+macro_rules! wide_dispatch {
+    ($(#[$doc:meta])* $name:ident, $avx:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
+        $(#[$doc])*
+        fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            if avx2() {
+                // SAFETY: the CPU has AVX2 and FMA (checked).
+                return unsafe { $avx($($a),*) };
+            }
+            $body::<false>($($a),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx($($a: $t),*) {
+            $body::<true>($($a),*)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn input_block_avx2(x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32]) {
-    input_block_body::<true>(x, g, t0, n, v)
-}
+wide_dispatch!(
+    /// [`input_block_body`] (one 8-lane AVX2 register per [`Lanes`] where the CPU has it).
+    input_block, input_block_avx2, input_block_body,
+    (x: &[f32], g: Tiles, t0: usize, n: usize, v: &mut [f32])
+);
 
 /// Rows `0..6` of the eight 6×6 patches at `ptrs` (row stride `w`) into `d` (`d[r][s]` = lane
 /// per patch): per row, eight 8-wide loads and an 8×8 transpose, instead of 48 scalar moves.
@@ -301,37 +313,11 @@ fn padded(x: &[f32], g: Tiles, b: usize) -> (Vec<f32>, usize, usize) {
     (xp, hp, wp)
 }
 
-/// [`input_block`] from the [`padded`] input `xp` (`hp × wp` planes).
-fn input_block_padded(
-    xp: &[f32],
-    g: Tiles,
-    hp: usize,
-    wp: usize,
-    t0: usize,
-    n: usize,
-    v: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { input_block_padded_avx2(xp, g, hp, wp, t0, n, v) };
-    }
-    input_block_padded_body::<false>(xp, g, hp, wp, t0, n, v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn input_block_padded_avx2(
-    xp: &[f32],
-    g: Tiles,
-    hp: usize,
-    wp: usize,
-    t0: usize,
-    n: usize,
-    v: &mut [f32],
-) {
-    input_block_padded_body::<true>(xp, g, hp, wp, t0, n, v)
-}
+wide_dispatch!(
+    /// [`input_block`] from the [`padded`] input `xp` (`hp × wp` planes).
+    input_block_padded, input_block_padded_avx2, input_block_padded_body,
+    (xp: &[f32], g: Tiles, hp: usize, wp: usize, t0: usize, n: usize, v: &mut [f32])
+);
 
 /// [`input_block_body`] from the [`padded`] input: lanes gathered by [`patch_rows_avx2`]
 /// (`WIDE`) or row slices, never bounds-checked per value.
@@ -421,37 +407,11 @@ fn patches(
     }
 }
 
-/// [`output_block_body`], built for AVX2 where the CPU has it (as [`input_block`]).
-fn output_block(
-    m: &[f32],
-    g: Tiles,
-    bias: Option<&[f32]>,
-    o: usize,
-    t0: usize,
-    n: usize,
-    y: *mut f32,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above); `y` as for the body.
-        return unsafe { output_block_avx2(m, g, bias, o, t0, n, y) };
-    }
-    output_block_body::<false>(m, g, bias, o, t0, n, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn output_block_avx2(
-    m: &[f32],
-    g: Tiles,
-    bias: Option<&[f32]>,
-    o: usize,
-    t0: usize,
-    n: usize,
-    y: *mut f32,
-) {
-    output_block_body::<true>(m, g, bias, o, t0, n, y)
-}
+wide_dispatch!(
+    /// [`output_block_body`] (AVX2 where the CPU has it, as [`input_block`]).
+    output_block, output_block_avx2, output_block_body,
+    (m: &[f32], g: Tiles, bias: Option<&[f32]>, o: usize, t0: usize, n: usize, y: *mut f32)
+);
 
 /// Row `out` (4 values × 8 lanes) of eight whole output tiles, plus `bias`, to `dst[l]`: a 4×8
 /// transpose and one 4-wide store per lane instead of 32 scalar stores.
