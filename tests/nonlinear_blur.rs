@@ -414,3 +414,16 @@ fn task_needs_weights_and_records_their_path() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Its fused `residual_vjp` (one network pass with the graph kept) gives what `forward`, the
+/// residual and `vjp` give, bit for bit.
+#[test]
+fn residual_vjp_equals_vjp_of_the_residual() {
+    let op = random_operator(&tiny_config(), 11, DType::F32);
+    let x = (randn_as(&[2, 3, 128, 128], 40, DType::F32) * 0.5).unwrap();
+    let y = randn_as(&[1, 3, 128, 128], 41, DType::F32);
+    let r = op.forward(&x).unwrap().broadcast_sub(&y).unwrap();
+    let want = op.vjp(&x, &r).unwrap();
+    let got = op.residual_vjp(&x, &y).unwrap();
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+}

@@ -527,6 +527,9 @@ impl Operator for TimedOperator<'_> {
     fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         self.clock.time(|| synced(x, self.inner.vjp(x, v)))
     }
+    fn residual_vjp(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self.clock.time(|| synced(x, self.inner.residual_vjp(x, y)))
+    }
     fn name(&self) -> String {
         self.inner.name()
     }

@@ -488,6 +488,46 @@ impl Operator for PhaseRetrieval {
         Ok(PhaseRetrievalOp(*self).vjp(x, v)?)
     }
 
+    fn residual_vjp(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let (h, w) = self.check(x)?;
+        let (ph, pw) = self.padding(h, w);
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        let fused = x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+            && y.dtype() == x.dtype()
+            && y.rank() == 4
+            && (y.dim(0)? == b || y.dim(0)? == 1)
+            && y.dims()[1..] == [c, h + 2 * ph, w + 2 * pw];
+        if !fused {
+            let r = self.forward(x)?.broadcast_sub(y)?;
+            return self.vjp(x, &r);
+        }
+        let (xf, yf) = (x.flatten_all()?, y.flatten_all()?);
+        let g = match x.dtype() {
+            DType::F32 => Tensor::from_vec(
+                PhaseRetrievalOp(*self).residual_vjp_cpu(
+                    &xf.to_vec1::<f32>()?,
+                    &yf.to_vec1::<f32>()?,
+                    h,
+                    w,
+                ),
+                x.shape(),
+                &Device::Cpu,
+            )?,
+            _ => Tensor::from_vec(
+                PhaseRetrievalOp(*self).residual_vjp_cpu(
+                    &xf.to_vec1::<f64>()?,
+                    &yf.to_vec1::<f64>()?,
+                    h,
+                    w,
+                ),
+                x.shape(),
+                &Device::Cpu,
+            )?,
+        };
+        Ok(g)
+    }
+
     fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
         self.check(x)?;
         let (zr, zi) = self.spectrum_dense(x)?;
@@ -659,7 +699,6 @@ impl<T: Real> PrKernel<T> {
         self.transform(x[0], x[1], ws);
         let [ya, yb] = y;
         let s = self.scale;
-        let abs = |z: Complex<T>| (z.re * z.re + z.im * z.im).sqrt();
         if yb.is_empty() {
             self.gather(&ws.b, ya, |z| abs(z) * s);
             return;
@@ -677,15 +716,6 @@ impl<T: Real> PrKernel<T> {
     /// g = ½·Re(ifft2c(v·z/|z|)) cropped, per channel (0 where z = 0).
     fn vjp(&self, x: [&[T]; 2], v: [&[T]; 2], g: [&mut [T]; 2], ws: &mut PrWork<T>) {
         self.transform(x[0], x[1], ws);
-        let zero = Complex::new(T::zero(), T::zero());
-        let unit = |z: Complex<T>, s: T| {
-            let r = (z.re * z.re + z.im * z.im).sqrt();
-            if r > T::zero() {
-                z * (s / r)
-            } else {
-                zero
-            }
-        };
         let paired = !v[1].is_empty();
         self.scatter(v[0], &mut ws.ra);
         if paired {
@@ -696,8 +726,39 @@ impl<T: Real> PrKernel<T> {
         self.for_each_mirrored(|k, m| {
             let (a, b) = Self::split(z, k, m);
             wa[k] = unit(a, va[k]);
-            wb[k] = if paired { unit(b, vb[k]) } else { zero };
+            wb[k] = if paired { unit(b, vb[k]) } else { zero() };
         });
+        self.vjp_tail(g, ws);
+    }
+
+    /// [`Self::vjp`] at v = A(x) − y, from one transform of x (not one for A(x) and one for
+    /// the VJP): the same values, bit for bit, as `forward`, the subtraction, then `vjp`.
+    fn residual_vjp(&self, x: [&[T]; 2], y: [&[T]; 2], g: [&mut [T]; 2], ws: &mut PrWork<T>) {
+        self.transform(x[0], x[1], ws);
+        let paired = !x[1].is_empty();
+        self.scatter(y[0], &mut ws.ra);
+        if paired {
+            self.scatter(y[1], &mut ws.rb);
+        }
+        let s = self.scale;
+        let (z, wa, wb, ya, yb) = (&ws.b, &mut ws.a, &mut ws.c, &ws.ra, &ws.rb);
+        self.for_each_mirrored(|k, m| {
+            let (a, b) = Self::split(z, k, m);
+            if paired {
+                // As `forward` computes each channel's magnitude: from the split spectra.
+                wa[k] = unit(a, abs(a) * s - ya[k]);
+                wb[k] = unit(b, abs(b) * s - yb[k]);
+            } else {
+                // One channel: `forward` takes the magnitude of the packed spectrum itself.
+                wa[k] = unit(a, abs(z[k]) * s - ya[k]);
+                wb[k] = zero();
+            }
+        });
+        self.vjp_tail(g, ws);
+    }
+
+    /// The rest of [`Self::vjp`] from ws.a, ws.c = v·z/|z| per channel.
+    fn vjp_tail(&self, g: [&mut [T]; 2], ws: &mut PrWork<T>) {
         // Re(ifft2c(w)) = ifft2c(Hermitian part of w): both channels in one transform.
         let half = cast::<T>(0.5);
         let (wa, wb, u) = (&ws.a, &ws.c, &mut ws.b);
@@ -723,6 +784,24 @@ impl<T: Real> PrKernel<T> {
                 }
             }
         }
+    }
+}
+
+fn zero<T: Real>() -> Complex<T> {
+    Complex::new(T::zero(), T::zero())
+}
+
+fn abs<T: Real>(z: Complex<T>) -> T {
+    (z.re * z.re + z.im * z.im).sqrt()
+}
+
+/// v·z/|z| (0 where z = 0).
+fn unit<T: Real>(z: Complex<T>, v: T) -> Complex<T> {
+    let r = abs(z);
+    if r > T::zero() {
+        z * (v / r)
+    } else {
+        zero()
     }
 }
 
@@ -762,6 +841,27 @@ impl PhaseRetrievalOp {
             .for_each_init(
                 || k.work(),
                 |ws, (g, (x, v))| k.vjp(two(x, n), two(v, np), two_mut(g, n), ws),
+            );
+        g
+    }
+
+    /// Jᵀ(A(x) − y) on the CPU for x `[B, C, H, W]` (flat) and y `[B or 1, C, H', W']` (flat,
+    /// `yp` planes): plane p of x meets plane p mod yp of y.
+    fn residual_vjp_cpu<T: Real>(&self, x: &[T], y: &[T], h: usize, w: usize) -> Vec<T> {
+        let k = PrKernel::<T>::new(&self.0, h, w);
+        let (n, np) = (h * w, k.hp * k.wp);
+        let yp = y.len() / np;
+        let plane = |p: usize| &y[(p % yp) * np..][..np];
+        let mut g = vec![T::zero(); x.len()];
+        g.par_chunks_mut(2 * n)
+            .zip(x.par_chunks(2 * n))
+            .enumerate()
+            .for_each_init(
+                || k.work(),
+                |ws, (i, (g, x))| {
+                    let y1 = if x.len() > n { plane(2 * i + 1) } else { &[] };
+                    k.residual_vjp(two(x, n), [plane(2 * i), y1], two_mut(g, n), ws)
+                },
             );
         g
     }

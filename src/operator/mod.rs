@@ -45,6 +45,14 @@ pub trait Operator: Send + Sync {
             .ok_or_else(|| Error::msg(format!("{}: no gradient reached the input", self.name())))
     }
 
+    /// Jᵀ(A(x) − y) at `x`: the data gradient of ½‖A(x) − y‖², `y` `[B, ...]` or `[1, ...]`.
+    /// Default: `forward`, then `vjp` of the residual; an operator whose VJP recomputes what its
+    /// forward computed overrides it to do that once (phase retrieval: one FFT fewer per call).
+    fn residual_vjp(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let r = self.forward(x)?.broadcast_sub(y)?;
+        self.vjp(x, &r)
+    }
+
     /// A(x) by candle tensor ops only ([`portable`]), so it runs on any device with no host
     /// copy; operators with CPU kernels take this path in `forward` for tensors off the CPU.
     /// Default: `forward`, for operators that are tensor ops already.
@@ -98,6 +106,27 @@ impl Measurement {
         let ax = op.forward(x)?;
         Ok(ax.broadcast_sub(&self.y)?)
     }
+
+    /// Jᵀ(A(x) − y) ([`Operator::residual_vjp`]): `op.vjp(x, &self.residual(op, x)?)` with
+    /// the same values, in one pass where the operator fuses them.
+    pub fn residual_vjp(&self, op: &dyn Operator, x: &Tensor) -> Result<Tensor> {
+        op.residual_vjp(x, &self.y)
+    }
+}
+
+/// Jᵀ(A(x) − y) by autograd through one `forward` with its graph kept: for operators whose VJP
+/// is autograd's (the default), one forward pass fewer than the default
+/// [`Operator::residual_vjp`], with the same values.
+pub fn autograd_residual_vjp(op: &dyn Operator, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let xv = Var::from_tensor(&x.detach())?;
+    let out = op.forward(xv.as_tensor())?;
+    let r = out.detach().broadcast_sub(y)?;
+    let s = (out * r)?.sum_all()?;
+    let grads = s.backward()?;
+    grads
+        .get(xv.as_tensor())
+        .cloned()
+        .ok_or_else(|| Error::msg(format!("{}: no gradient reached the input", op.name())))
 }
 
 /// Per-chain squared norms Σ r² over all but the first dimension, as `[B]`.

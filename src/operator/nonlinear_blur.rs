@@ -745,6 +745,11 @@ impl Operator for NonlinearBlur {
         Ok(y.to_dtype(in_dtype)?.to_device(x.device())?)
     }
 
+    /// One network pass for the residual and its VJP (autograd), not a second forward first.
+    fn residual_vjp(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        super::autograd_residual_vjp(self, x, y)
+    }
+
     fn name(&self) -> String {
         format!(
             "nonlinear blur (bkse KernelWizard.adaptKernel, weights {}, latent seed {} × {})",

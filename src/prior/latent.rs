@@ -63,6 +63,12 @@ impl Operator for Decoded<'_> {
         pullback(&self.operator.vjp(&x, v)?)
     }
 
+    /// One decode for the residual and the pullback (not one for A(decode z), one for the VJP).
+    fn residual_vjp(&self, z: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let (x, pullback) = self.prior.decode_with_pullback(z)?;
+        pullback(&self.operator.residual_vjp(&x, y)?)
+    }
+
     fn name(&self) -> String {
         format!("{} ∘ decode", self.operator.name())
     }

@@ -65,8 +65,7 @@ impl Target<'_> {
     /// ∇ log target at x.
     pub fn score(&self, x: &Tensor) -> Result<Tensor> {
         let p = &self.problem;
-        let r = p.measurement.residual(p.operator, x)?;
-        let g = p.operator.vjp(x, &r)?;
+        let g = p.measurement.residual_vjp(p.operator, x)?;
         let data = g.affine(-self.data_factor() / (self.tau * self.tau), 0.0)?;
         let inv_s2 = 1.0 / (self.sigma * self.sigma);
         let prior = match self.prior_term {
@@ -166,8 +165,7 @@ pub fn langevin(t: &Target, steps: usize, lr: f64, noise: &mut dyn NoiseSource) 
             let Some((seed, draw)) = noise.claim_draw() else {
                 return langevin_steps(t, x, steps, lr, noise);
             };
-            let r = p.measurement.residual(p.operator, &x)?;
-            let g = p.operator.vjp(&x, &r)?.contiguous()?;
+            let g = p.measurement.residual_vjp(p.operator, &x)?.contiguous()?;
             let op = FusedLangevin {
                 a: (1.0 - k) as f32,
                 b: k as f32,

@@ -157,8 +157,7 @@ pub fn pnp_dm(
                 let gamma = cfg.langevin_lr / (1.0 / (rho * rho) + 1.0 / (sy * sy));
                 let mut z = x.clone();
                 for _ in 0..cfg.langevin_steps {
-                    let r = p.measurement.residual(p.operator, &z)?;
-                    let g = (p.operator.vjp(&z, &r)? / (sy * sy))?;
+                    let g = (p.measurement.residual_vjp(p.operator, &z)? / (sy * sy))?;
                     let grad = (g + ((&z - &x)? / (rho * rho))?)?;
                     let xi = noise.randn(z.shape(), &dev)?;
                     z = ((z - (grad * gamma)?)? + (xi * (2.0 * gamma).sqrt())?)?;

@@ -98,8 +98,10 @@ pub fn red_diff(
             noise.randn(mu.shape(), &device)?
         };
         let den = p.prior.denoise(&(&mu + (e * s)?)?, s)?;
-        let r = p.measurement.residual(p.operator, &mu)?;
-        let g_data = p.operator.vjp(&mu, &r)?.to_dtype(mu.dtype())?;
+        let g_data = p
+            .measurement
+            .residual_vjp(p.operator, &mu)?
+            .to_dtype(mu.dtype())?;
         let g = (((&mu - &den)? * (cfg.lambda / d as f64))?
             + (g_data * (cfg.obs_weight / dy as f64))?)?;
         m1 = ((m1 * b1)? + (&g * (1.0 - b1))?)?;

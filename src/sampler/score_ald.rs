@@ -94,8 +94,7 @@ pub fn score_ald(
         let mut d = x.clone();
         for _ in 0..cfg.steps_each {
             d = p.prior.denoise(&x, s)?;
-            let r = p.measurement.residual(p.operator, &x)?;
-            let g = p.operator.vjp(&x, &r)?;
+            let g = p.measurement.residual_vjp(p.operator, &x)?;
             let drift = ((&d - &x)? / (s * s))?.sub(&(g / (s2y + s * s))?)?;
             let xi = noise.randn(x.shape(), &dev)?;
             x = ((&x + (drift * alpha)?)? + (xi * (2.0 * alpha).sqrt())?)?;

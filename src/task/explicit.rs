@@ -65,6 +65,9 @@ impl Operator for Explicit<'_> {
     fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         self.op.vjp(x, v)
     }
+    fn residual_vjp(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self.op.residual_vjp(x, y)
+    }
     fn name(&self) -> String {
         format!("{} (explicit matrix)", self.op.name())
     }

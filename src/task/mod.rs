@@ -895,6 +895,9 @@ impl Operator for Task {
     fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         self.op.vjp(x, v)
     }
+    fn residual_vjp(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self.op.residual_vjp(x, y)
+    }
     fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
         self.op.forward_portable(x)
     }
