@@ -502,30 +502,11 @@ impl Operator for PhaseRetrieval {
             let r = self.forward(x)?.broadcast_sub(y)?;
             return self.vjp(x, &r);
         }
-        let (xf, yf) = (x.flatten_all()?, y.flatten_all()?);
-        let g = match x.dtype() {
-            DType::F32 => Tensor::from_vec(
-                PhaseRetrievalOp(*self).residual_vjp_cpu(
-                    &xf.to_vec1::<f32>()?,
-                    &yf.to_vec1::<f32>()?,
-                    h,
-                    w,
-                ),
-                x.shape(),
-                &Device::Cpu,
-            )?,
-            _ => Tensor::from_vec(
-                PhaseRetrievalOp(*self).residual_vjp_cpu(
-                    &xf.to_vec1::<f64>()?,
-                    &yf.to_vec1::<f64>()?,
-                    h,
-                    w,
-                ),
-                x.shape(),
-                &Device::Cpu,
-            )?,
-        };
-        Ok(g)
+        let op = PhaseRetrievalOp(*self);
+        Ok(match x.dtype() {
+            DType::F32 => op.residual_vjp_tensor::<f32>(x, y, h, w)?,
+            _ => op.residual_vjp_tensor::<f64>(x, y, h, w)?,
+        })
     }
 
     fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
@@ -713,14 +694,21 @@ impl<T: Real> PrKernel<T> {
         self.gather(&ws.rb, yb, |v| v);
     }
 
-    /// g = ½·Re(ifft2c(v·z/|z|)) cropped, per channel (0 where z = 0).
-    fn vjp(&self, x: [&[T]; 2], v: [&[T]; 2], g: [&mut [T]; 2], ws: &mut PrWork<T>) {
+    /// The spectrum of x into ws.b and the one or two planes `v` (centred) into ws.ra, ws.rb
+    /// (standard, transposed); whether there are two.
+    fn load(&self, x: [&[T]; 2], v: [&[T]; 2], ws: &mut PrWork<T>) -> bool {
         self.transform(x[0], x[1], ws);
         let paired = !v[1].is_empty();
         self.scatter(v[0], &mut ws.ra);
         if paired {
             self.scatter(v[1], &mut ws.rb);
         }
+        paired
+    }
+
+    /// g = ½·Re(ifft2c(v·z/|z|)) cropped, per channel (0 where z = 0).
+    fn vjp(&self, x: [&[T]; 2], v: [&[T]; 2], g: [&mut [T]; 2], ws: &mut PrWork<T>) {
+        let paired = self.load(x, v, ws);
         // ws.a, ws.c = v·z/|z| for each channel.
         let (z, wa, wb, va, vb) = (&ws.b, &mut ws.a, &mut ws.c, &ws.ra, &ws.rb);
         self.for_each_mirrored(|k, m| {
@@ -734,12 +722,7 @@ impl<T: Real> PrKernel<T> {
     /// [`Self::vjp`] at v = A(x) − y, from one transform of x (not one for A(x) and one for
     /// the VJP): the same values, bit for bit, as `forward`, the subtraction, then `vjp`.
     fn residual_vjp(&self, x: [&[T]; 2], y: [&[T]; 2], g: [&mut [T]; 2], ws: &mut PrWork<T>) {
-        self.transform(x[0], x[1], ws);
-        let paired = !x[1].is_empty();
-        self.scatter(y[0], &mut ws.ra);
-        if paired {
-            self.scatter(y[1], &mut ws.rb);
-        }
+        let paired = self.load(x, y, ws);
         let s = self.scale;
         let (z, wa, wb, ya, yb) = (&ws.b, &mut ws.a, &mut ws.c, &ws.ra, &ws.rb);
         self.for_each_mirrored(|k, m| {
@@ -864,6 +847,25 @@ impl PhaseRetrievalOp {
                 },
             );
         g
+    }
+
+    /// [`Self::residual_vjp_cpu`] on CPU tensors of `T` values.
+    fn residual_vjp_tensor<T: Real + candle_core::WithDType>(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        h: usize,
+        w: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (xf, yf) = (
+            x.flatten_all()?.to_vec1::<T>()?,
+            y.flatten_all()?.to_vec1::<T>()?,
+        );
+        Tensor::from_vec(
+            self.residual_vjp_cpu(&xf, &yf, h, w),
+            x.shape(),
+            &Device::Cpu,
+        )
     }
 
     /// Jᵀv for x `[B, C, H, W]` and v `[B, C, H', W']`, on the CPU, returned on x's device.
