@@ -499,8 +499,7 @@ impl Operator for PhaseRetrieval {
             && (y.dim(0)? == b || y.dim(0)? == 1)
             && y.dims()[1..] == [c, h + 2 * ph, w + 2 * pw];
         if !fused {
-            let r = self.forward(x)?.broadcast_sub(y)?;
-            return self.vjp(x, &r);
+            return super::residual_then_vjp(self, x, y);
         }
         let op = PhaseRetrievalOp(*self);
         Ok(match x.dtype() {

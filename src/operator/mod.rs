@@ -35,22 +35,14 @@ pub trait Operator: Send + Sync {
 
     /// Jᵀ v at `x` (the vector–Jacobian product). Default: autograd through `forward`.
     fn vjp(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let xv = Var::from_tensor(&x.detach())?;
-        let out = self.forward(xv.as_tensor())?;
-        let s = (out * v.detach())?.sum_all()?;
-        let grads = s.backward()?;
-        grads
-            .get(xv.as_tensor())
-            .cloned()
-            .ok_or_else(|| Error::msg(format!("{}: no gradient reached the input", self.name())))
+        autograd_pullback(self, x, |_| Ok(v.detach()))
     }
 
     /// Jᵀ(A(x) − y) at `x`: the data gradient of ½‖A(x) − y‖², `y` `[B, ...]` or `[1, ...]`.
     /// Default: `forward`, then `vjp` of the residual; an operator whose VJP recomputes what its
     /// forward computed overrides it to do that once (phase retrieval: one FFT fewer per call).
     fn residual_vjp(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
-        let r = self.forward(x)?.broadcast_sub(y)?;
-        self.vjp(x, &r)
+        residual_then_vjp(self, x, y)
     }
 
     /// A(x) by candle tensor ops only ([`portable`]), so it runs on any device with no host
@@ -114,15 +106,29 @@ impl Measurement {
     }
 }
 
+/// The default [`Operator::residual_vjp`]: `forward`, the residual, then `vjp` of it.
+pub fn residual_then_vjp<O: Operator + ?Sized>(op: &O, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let r = op.forward(x)?.broadcast_sub(y)?;
+    op.vjp(x, &r)
+}
+
 /// Jᵀ(A(x) − y) by autograd through one `forward` with its graph kept: for operators whose VJP
-/// is autograd's (the default), one forward pass fewer than the default
-/// [`Operator::residual_vjp`], with the same values.
+/// is autograd's (the default), one forward pass fewer than [`residual_then_vjp`], with the
+/// same values.
 pub fn autograd_residual_vjp(op: &dyn Operator, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    autograd_pullback(op, x, |out| Ok(out.detach().broadcast_sub(y)?))
+}
+
+/// Jᵀv at `x` by candle's autograd through `forward`, the cotangent v made from A(x).
+fn autograd_pullback<O: Operator + ?Sized>(
+    op: &O,
+    x: &Tensor,
+    cotangent: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let xv = Var::from_tensor(&x.detach())?;
     let out = op.forward(xv.as_tensor())?;
-    let r = out.detach().broadcast_sub(y)?;
-    let s = (out * r)?.sum_all()?;
-    let grads = s.backward()?;
+    let v = cotangent(&out)?;
+    let grads = (out * v)?.sum_all()?.backward()?;
     grads
         .get(xv.as_tensor())
         .cloned()
