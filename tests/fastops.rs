@@ -124,21 +124,26 @@ fn conv_matches_finite_differences_f64() {
     }
 }
 
+/// Conv layer cases (input, weight, padding, stride, dtype): im2col 3×3, 1×1 and stride 2;
+/// Winograd on whole 4×4 tiles (16 channels, 32 tiles) and with cropped border tiles (18×14);
+/// f64.
+type LayerCase = ([usize; 4], [usize; 4], usize, usize, DType);
+const LAYER_CASES: &[LayerCase] = &[
+    ([2, 4, 6, 6], [3, 4, 3, 3], 1, 1, DType::F32),
+    ([2, 5, 7, 6], [6, 5, 1, 1], 0, 1, DType::F32),
+    ([1, 4, 9, 8], [5, 4, 3, 3], 1, 2, DType::F32),
+    ([2, 16, 16, 16], [17, 16, 3, 3], 1, 1, DType::F32),
+    ([2, 16, 18, 14], [16, 16, 3, 3], 1, 1, DType::F32),
+    ([2, 4, 6, 6], [3, 4, 3, 3], 1, 1, DType::F64),
+];
+
 /// A layer with a bias and no graph adds the bias as the convolution writes its output: equal
 /// to candle's layer, and bit for bit to the convolution followed by the separate bias pass, on
-/// the im2col path (3×3, 1×1, stride 2) and the Winograd path (16 channels, 32 tiles), and in f64;
-/// later calls through the layer's kept Winograd weights give the same bits as fresh ones, and
+/// every [`LAYER_CASES`] path; later calls through the layer's kept Winograd weights give the same bits as fresh ones, and
 /// weights that are a variable are not kept (a change counts).
 #[test]
 fn conv_layer_with_bias_and_no_grad_path() {
-    let cases: &[([usize; 4], [usize; 4], usize, usize, DType)] = &[
-        ([2, 4, 6, 6], [3, 4, 3, 3], 1, 1, DType::F32),
-        ([2, 5, 7, 6], [6, 5, 1, 1], 0, 1, DType::F32),
-        ([1, 4, 9, 8], [5, 4, 3, 3], 1, 2, DType::F32),
-        ([2, 16, 16, 16], [17, 16, 3, 3], 1, 1, DType::F32),
-        ([2, 4, 6, 6], [3, 4, 3, 3], 1, 1, DType::F64),
-    ];
-    for (i, &(xs, ws, padding, stride, dt)) in cases.iter().enumerate() {
+    for (i, &(xs, ws, padding, stride, dt)) in LAYER_CASES.iter().enumerate() {
         let x = rand(&xs, 10 + i as u64, dt);
         let w = rand(&ws, 20 + i as u64, dt);
         let b = rand(&[ws[0]], 30 + i as u64, dt);
@@ -188,6 +193,33 @@ fn conv_layer_with_bias_and_no_grad_path() {
     wv.set(&w2).unwrap();
     let fresh = fastops::Conv2d::new(w2, Some(b), 1, 1).forward(&x).unwrap();
     assert!(rel_diff(&layer.forward(&x).unwrap(), &fresh) < 1e-6);
+}
+
+/// A residual added as the convolution writes its output (`Conv2d::forward_add`) has the bits
+/// of the layer's output plus the residual, on every [`LAYER_CASES`] path; with an input in a
+/// graph it is differentiable (the gradient of Σ(r + conv(x)) reaches x and r).
+#[test]
+fn conv_forward_add_has_the_bits_of_the_sum() {
+    for (i, &(xs, ws, padding, stride, dt)) in LAYER_CASES.iter().enumerate() {
+        let x = rand(&xs, 60 + i as u64, dt);
+        let w = rand(&ws, 70 + i as u64, dt);
+        let b = rand(&[ws[0]], 80 + i as u64, dt);
+        let layer = fastops::Conv2d::new(w, Some(b), padding, stride);
+        let y = layer.forward(&x).unwrap();
+        let r = rand(y.dims(), 90 + i as u64, dt);
+        let sum = (&r + &y).unwrap();
+        assert_eq!(
+            vec64(&layer.forward_add(&x, &r).unwrap()),
+            vec64(&sum),
+            "case {i}"
+        );
+        let xv = Var::from_tensor(&x).unwrap();
+        let rv = Var::from_tensor(&r).unwrap();
+        let z = layer.forward_add(xv.as_tensor(), rv.as_tensor()).unwrap();
+        assert_eq!(vec64(&z), vec64(&sum), "case {i}, tracked");
+        let g = z.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(xv.as_tensor()).is_some() && g.get(rv.as_tensor()).is_some());
+    }
 }
 
 /// Loss Σ r·GN(x); returns (y, dx, dγ, dβ).
@@ -321,6 +353,40 @@ fn group_norm_silu_matches_candle() {
             let xv = Var::from_tensor(&x).unwrap();
             let y = fastops::group_norm_silu(xv.as_tensor(), &gamma, &beta, groups, 1e-5).unwrap();
             assert!(rel_diff(&y, &want) < tol);
+            let g = y.sum_all().unwrap().backward().unwrap();
+            assert!(
+                g.get(xv.as_tensor()).is_some(),
+                "no gradient through the tracked path"
+            );
+        }
+    }
+}
+
+/// ADM's out-norm in one pass, SiLU(GroupNorm(x)·(1 + scale) + shift), has the bits of the
+/// three ops run one after another (f32: the fused pass; f64 and a tracked input: the three
+/// ops themselves, differentiable).
+#[test]
+fn group_norm_scale_shift_silu_has_the_bits_of_the_three_ops() {
+    for dtype in [DType::F32, DType::F64] {
+        for (i, &(shape, groups)) in NORMS.iter().enumerate() {
+            let c = shape[1];
+            let x = ((rand(shape, 180 + i as u64, dtype) * 3.0).unwrap() + 0.7).unwrap();
+            let gamma = (rand(&[c], 190 + i as u64, dtype) + 1.0).unwrap();
+            let beta = rand(&[c], 200 + i as u64, dtype);
+            let scale = rand(&shape[..2], 210 + i as u64, dtype);
+            let shift = rand(&shape[..2], 220 + i as u64, dtype);
+            let three = |x: &Tensor| {
+                let n = fastops::group_norm(x, &gamma, &beta, groups, 1e-5).unwrap();
+                fastops::silu(&fastops::scale_shift(&n, &scale, &shift).unwrap()).unwrap()
+            };
+            let one = |x: &Tensor| {
+                let (affine, mods) = ((&gamma, &beta), (&scale, &shift));
+                fastops::group_norm_scale_shift_silu(x, affine, mods, groups, 1e-5).unwrap()
+            };
+            assert_eq!(vec64(&one(&x)), vec64(&three(&x)), "{dtype:?} {shape:?}");
+            let xv = Var::from_tensor(&x).unwrap();
+            let y = one(xv.as_tensor());
+            assert_eq!(vec64(&y), vec64(&three(&x)));
             let g = y.sum_all().unwrap().backward().unwrap();
             assert!(
                 g.get(xv.as_tensor()).is_some(),

@@ -485,7 +485,7 @@ struct ForwardConv {
     u: Option<std::sync::Arc<Vec<f32>>>,
 }
 
-impl candle_core::CustomOp2 for ForwardConv {
+impl ForwardConv {
     fn name(&self) -> &'static str {
         if self.winograd {
             "winograd-conv2d"
@@ -494,12 +494,12 @@ impl candle_core::CustomOp2 for ForwardConv {
         }
     }
 
-    fn cpu_fwd(
+    /// The convolution (+ bias) of `x` by `w`, plus `res` (the output's shape) if given.
+    fn run(
         &self,
-        sx: &CpuStorage,
-        lx: &Layout,
-        sw: &CpuStorage,
-        lw: &Layout,
+        (sx, lx): (&CpuStorage, &Layout),
+        (sw, lw): (&CpuStorage, &Layout),
+        res: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, o, g) = (lx.dims()[0], lw.dims()[0], self.g);
         let (ho, wo) = g.out();
@@ -511,13 +511,57 @@ impl candle_core::CustomOp2 for ForwardConv {
                 bias.map_or(0, |v| v.len())
             );
         }
+        if res.is_some_and(|r| r.len() != b * o * ho * wo) {
+            candle_core::bail!("conv2d: residual of another shape than the output");
+        }
         let y = if self.winograd {
             let u = self.u.as_deref().map(Vec::as_slice);
-            super::winograd::conv3x3(x, w, u, bias, [b, g.c, o, g.h, g.w], TILE)
+            super::winograd::conv3x3(x, w, u, bias, res, [b, g.c, o, g.h, g.w], TILE)
         } else {
-            conv2d_tiled(x, w, bias, b, o, g)
+            let mut y = conv2d_tiled(x, w, bias, b, o, g);
+            if let Some(r) = res {
+                y.par_chunks_mut(1 << 14)
+                    .zip(r.par_chunks(1 << 14))
+                    .for_each(|(yc, rc)| yc.iter_mut().zip(rc).for_each(|(v, r)| *v += r));
+            }
+            y
         };
         Ok((CpuStorage::F32(y), (b, o, ho, wo).into()))
+    }
+}
+
+impl candle_core::CustomOp2 for ForwardConv {
+    fn name(&self) -> &'static str {
+        ForwardConv::name(self)
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((sx, lx), (sw, lw), None)
+    }
+}
+
+/// With a residual `r` as the third argument: `r + conv(x, w)`.
+impl CustomOp3 for ForwardConv {
+    fn name(&self) -> &'static str {
+        ForwardConv::name(self)
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sr: &CpuStorage,
+        lr: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run((sx, lx), (sw, lw), Some(slice(sr, lr)?))
     }
 }
 
@@ -578,14 +622,16 @@ pub fn conv2d_forward_bias(
     stride: usize,
     path: ConvPath,
 ) -> Result<Tensor> {
-    conv2d_forward_kept(x, w, bias, pad, stride, path, None)
+    conv2d_forward_kept(x, w, bias, pad, stride, path, None, None)
 }
 
 /// The Winograd transform of a layer's weights, made by its first Winograd forward and kept
 /// (only for weights that are not variables: a variable can change between calls).
 type KeptU = std::sync::OnceLock<std::sync::Arc<Vec<f32>>>;
 
-/// [`conv2d_forward_bias`] with the layer's [`KeptU`].
+/// [`conv2d_forward_bias`] with the layer's [`KeptU`], plus `res` (the output's shape) if given:
+/// `res + conv` (for f32, added as the output is written).
+#[allow(clippy::too_many_arguments)]
 fn conv2d_forward_kept(
     x: &Tensor,
     w: &Tensor,
@@ -594,6 +640,7 @@ fn conv2d_forward_kept(
     stride: usize,
     path: ConvPath,
     kept: Option<&KeptU>,
+    res: Option<&Tensor>,
 ) -> Result<Tensor> {
     let g = geom(x.dims4()?, w, pad, stride)?;
     let f32s = x.dtype() == DType::F32 && w.dtype() == DType::F32 && x.device().is_cpu();
@@ -631,11 +678,25 @@ fn conv2d_forward_kept(
             bias,
             u,
         };
-        return x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op);
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        return match res {
+            Some(r) if r.dtype() == DType::F32 && r.device().is_cpu() => {
+                x.apply_op3_no_bwd(&w, &r.contiguous()?, &op)
+            }
+            Some(r) => r + x.apply_op2_no_bwd(&w, &op)?,
+            None => x.apply_op2_no_bwd(&w, &op),
+        };
     }
     if let Some(b) = bias {
         let y = conv2d_forward_bias(x, w, None, pad, stride, path)?;
-        return add_channel_bias(&y, b);
+        let y = add_channel_bias(&y, b)?;
+        return match res {
+            Some(r) => r + y,
+            None => Ok(y),
+        };
+    }
+    if let Some(r) = res {
+        return r + conv2d_forward_bias(x, w, None, pad, stride, path)?;
     }
     let (b, o) = (x.dim(0)?, w.dim(0)?);
     let (ho, wo) = g.out();
@@ -797,7 +858,8 @@ fn conv_input_grad(
         };
         let g4 = g3.reshape((b, o, ho, wo))?;
         let kept = kept.filter(|_| !w.is_variable());
-        return conv2d_forward_kept(&g4, &wf, None, k - 1 - padding, 1, ConvPath::Auto, kept);
+        let pad = k - 1 - padding;
+        return conv2d_forward_kept(&g4, &wf, None, pad, 1, ConvPath::Auto, kept, None);
     }
     // dx = col2im(wᵀ g)
     let w2t = w.reshape((o, g.c * g.kh * g.kw))?.t()?;
@@ -950,13 +1012,21 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv2d {
+    /// `r + self.forward(x)` (a residual connection): without a graph on the CPU in f32, `r`
+    /// is added as the output is written (same bits as the sum of the two).
+    pub fn forward_add(&self, x: &Tensor, r: &Tensor) -> Result<Tensor> {
+        self.forward_res(x, Some(r))
+    }
+
+    fn forward_res(&self, x: &Tensor, res: Option<&Tensor>) -> Result<Tensor> {
         if let Some(b) = &self.bias {
             // No graph to keep: the bias goes in as the convolution writes its output.
             let w = &self.weight;
-            let f32s = [x, w, b].iter().all(|t| t.dtype() == DType::F32);
-            if f32s && x.device().is_cpu() && ![x, w, b].iter().any(|t| t.track_op()) {
+            let all = [Some(x), Some(w), Some(b), res];
+            let f32s = all.iter().flatten().all(|t| t.dtype() == DType::F32);
+            let tracked = all.iter().flatten().any(|t| t.track_op());
+            if f32s && x.device().is_cpu() && !tracked {
                 return conv2d_forward_kept(
                     &x.detach(),
                     w,
@@ -965,14 +1035,25 @@ impl Module for Conv2d {
                     self.stride,
                     ConvPath::Auto,
                     Some(&self.winograd_u),
+                    res,
                 );
             }
         }
         let y = conv2d(x, &self.weight, self.padding, self.stride)?;
-        match &self.bias {
+        let y = match &self.bias {
+            None => y,
+            Some(b) => add_channel_bias(&y, b)?,
+        };
+        match res {
+            Some(r) => r + y,
             None => Ok(y),
-            Some(b) => add_channel_bias(&y, b),
         }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_res(x, None)
     }
 }
 
@@ -1037,7 +1118,7 @@ macro_rules! avx2_dispatch {
 }
 
 avx2_dispatch!(gn_fwd_chunk, gn_fwd_chunk_avx2, gn_fwd_chunk_avx512, gn_fwd_chunk_body,
-    (yb: &mut [MaybeUninit<f32>], xb: &[f32], gb: &[f32], bb: &[f32], s: usize, eps: f64, act: bool) -> ());
+    (yb: &mut [MaybeUninit<f32>], xb: &[f32], affine: (&[f32], &[f32]), modulation: Option<(&[f32], &[f32])>, s: usize, eps: f64, act: bool) -> ());
 avx2_dispatch!(gn_bwd_chunk, gn_bwd_chunk_avx2, gn_bwd_chunk_avx512, gn_bwd_chunk_body,
     (db: &mut [MaybeUninit<f32>], xb: &[f32], gyb: &[f32], pb: &mut [(f64, f64)], gb: &[f32], s: usize, eps: f64) -> ());
 avx2_dispatch!(silu_chunk, silu_chunk_avx2, silu_chunk_avx512, silu_chunk_body, (yb: &mut [MaybeUninit<f32>], xb: &[f32]) -> ());
@@ -1063,36 +1144,40 @@ unsafe fn written<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
-/// f32 GroupNorm forward (statistics in f64), with SiLU applied in the same pass when `act`.
+/// f32 GroupNorm forward (statistics in f64), then ADM's scale-shift ·(1 + scale) + shift when
+/// `modulation` holds `scale` and `shift` `[B, C]`, then SiLU when `act`: all in one pass.
 fn gn_fwd_f32(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    s: usize,
-    groups: usize,
-    eps: f64,
-    act: bool,
+    modulation: Option<(&[f32], &[f32])>,
+    (s, groups, eps, act): (usize, usize, f64, bool),
 ) -> Vec<f32> {
-    let cpg = gamma.len() / groups;
+    let c = gamma.len();
+    let cpg = c / groups;
     let mut y = unwritten::<f32>(x.len());
     y.par_chunks_mut(cpg * s)
         .zip(x.par_chunks(cpg * s))
         .enumerate()
         .for_each(|(i, (yb, xb))| {
             let ch = (i % groups) * cpg..(i % groups + 1) * cpg;
-            gn_fwd_chunk(yb, xb, &gamma[ch.clone()], &beta[ch], s, eps, act);
+            let at = (i / groups) * c + ch.start..(i / groups) * c + ch.end;
+            let m = modulation.map(|(sc, sh)| (&sc[at.clone()], &sh[at]));
+            gn_fwd_chunk(yb, xb, (&gamma[ch.clone()], &beta[ch]), m, s, eps, act);
         });
     // SAFETY: each chunk is one (item, group): its cpg channels × s values are all written.
     unsafe { written(y) }
 }
 
-/// One (item, group) of [`gn_fwd_f32`]: `gb`, `bb` its channels' γ and β.
+/// One (item, group) of [`gn_fwd_f32`]: `affine` its channels' γ and β, `modulation` their
+/// scale and shift. The same operations in the same order as GroupNorm, [`scale_shift`] and
+/// [`silu`] one after another, so the same bits.
 #[inline(always)]
 fn gn_fwd_chunk_body(
     yb: &mut [MaybeUninit<f32>],
     xb: &[f32],
-    gb: &[f32],
-    bb: &[f32],
+    (gb, bb): (&[f32], &[f32]),
+    modulation: Option<(&[f32], &[f32])>,
     s: usize,
     eps: f64,
     act: bool,
@@ -1108,13 +1193,28 @@ fn gn_fwd_chunk_body(
     for cc in 0..gb.len() {
         let (a, b) = ((gb[cc] as f64 * rstd) as f32, bb[cc]);
         let (yo, xi) = (&mut yb[cc * s..(cc + 1) * s], &xb[cc * s..(cc + 1) * s]);
-        if act {
-            for (o, &v) in yo.iter_mut().zip(xi) {
-                o.write(silu1((v - m) * a + b));
+        match (modulation, act) {
+            (Some((sc, sh)), true) => {
+                let (k, t) = (sc[cc] + 1.0, sh[cc]);
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    o.write(silu1(((v - m) * a + b) * k + t));
+                }
             }
-        } else {
-            for (o, &v) in yo.iter_mut().zip(xi) {
-                o.write((v - m) * a + b);
+            (Some((sc, sh)), false) => {
+                let (k, t) = (sc[cc] + 1.0, sh[cc]);
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    o.write(((v - m) * a + b) * k + t);
+                }
+            }
+            (None, true) => {
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    o.write(silu1((v - m) * a + b));
+                }
+            }
+            (None, false) => {
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    o.write((v - m) * a + b);
+                }
             }
         }
     }
@@ -1135,10 +1235,8 @@ fn gn_cpu(
             slice(sx, lx)?,
             slice(sg, lg)?,
             slice(sb, lb)?,
-            s,
-            groups,
-            eps,
-            act,
+            None,
+            (s, groups, eps, act),
         )),
         CpuStorage::F64(_) => {
             let y = gn_fwd::<f64>(
@@ -1580,6 +1678,75 @@ pub fn group_norm_silu(
     )
 }
 
+/// SiLU(GroupNorm(x)·(1 + scale) + shift) with `scale`, `shift` `[B, C]` (ADM's scale-shift
+/// norm): one pass on the CPU in f32 when no argument is in a graph, with the bits of
+/// [`silu`] ∘ [`scale_shift`] ∘ [`group_norm`], which it runs otherwise.
+pub fn group_norm_scale_shift_silu(
+    x: &Tensor,
+    (gamma, beta): (&Tensor, &Tensor),
+    (scale, shift): (&Tensor, &Tensor),
+    groups: usize,
+    eps: f64,
+) -> Result<Tensor> {
+    let all = [x, gamma, beta, scale, shift];
+    let dims = x.dims();
+    let fused = all.iter().all(|t| !t.track_op() && t.dtype() == DType::F32)
+        && x.device().is_cpu()
+        && dims.len() >= 3
+        && dims[1] == gamma.elem_count()
+        && dims[1] == beta.elem_count()
+        && dims[1].is_multiple_of(groups)
+        && scale.dims() == &dims[..2]
+        && shift.dims() == &dims[..2];
+    if !fused {
+        let n = group_norm(x, gamma, beta, groups, eps)?;
+        return silu(&scale_shift(&n, scale, shift)?);
+    }
+    let op = GroupNormScaleShiftSilu {
+        gamma: gamma.flatten_all()?.to_vec1()?,
+        beta: beta.flatten_all()?.to_vec1()?,
+        groups,
+        eps,
+    };
+    x.contiguous()?
+        .apply_op3_no_bwd(&scale.contiguous()?, &shift.contiguous()?, &op)
+}
+
+/// [`group_norm_scale_shift_silu`]'s one pass, forward only (f32, CPU).
+struct GroupNormScaleShiftSilu {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    groups: usize,
+    eps: f64,
+}
+
+impl CustomOp3 for GroupNormScaleShiftSilu {
+    fn name(&self) -> &'static str {
+        "fast-group-norm-scale-shift-silu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        ssc: &CpuStorage,
+        lsc: &Layout,
+        ssh: &CpuStorage,
+        lsh: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = lx.dims()[2..].iter().product::<usize>();
+        let modulation = Some((slice(ssc, lsc)?, slice(ssh, lsh)?));
+        let y = gn_fwd_f32(
+            slice(sx, lx)?,
+            &self.gamma,
+            &self.beta,
+            modulation,
+            (s, self.groups, self.eps, true),
+        );
+        Ok((CpuStorage::F32(y), lx.shape().clone()))
+    }
+}
+
 /// A GroupNorm layer with the parameters of `candle_nn::group_norm` (`weight`, `bias`).
 #[derive(Clone, Debug)]
 pub struct GroupNorm {
@@ -1620,6 +1787,17 @@ impl GroupNorm {
     /// SiLU of the layer's output ([`group_norm_silu`]).
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         group_norm_silu(x, &self.weight, &self.bias, self.groups, self.eps)
+    }
+
+    /// SiLU of the layer's output · (1 + `scale`) + `shift` ([`group_norm_scale_shift_silu`]).
+    pub fn forward_scale_shift_silu(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+    ) -> Result<Tensor> {
+        let affine = (&self.weight, &self.bias);
+        group_norm_scale_shift_silu(x, affine, (scale, shift), self.groups, self.eps)
     }
 
     /// The input gradient of [`Module::forward`] (`silu`: of [`GroupNorm::forward_silu`]) at

@@ -410,18 +410,24 @@ fn patches(
 wide_dispatch!(
     /// [`output_block_body`] (AVX2 where the CPU has it, as [`input_block`]).
     output_block, output_block_avx2, output_block_body,
-    (m: &[f32], g: Tiles, bias: Option<&[f32]>, o: usize, t0: usize, n: usize, y: *mut f32)
+    (m: &[f32], g: Tiles, adds: (Option<&[f32]>, Option<&[f32]>), o: usize, t0: usize, n: usize, y: *mut f32)
 );
 
-/// Row `out` (4 values × 8 lanes) of eight whole output tiles, plus `bias`, to `dst[l]`: a 4×8
-/// transpose and one 4-wide store per lane instead of 32 scalar stores.
+/// Row `out` (4 values × 8 lanes) of eight whole output tiles, plus `bias`, then plus the
+/// residual at `src[l]` (as `r + (out + bias)`), to `dst[l]`: a 4×8 transpose and one 4-wide
+/// store per lane instead of 32 scalar stores.
 ///
 /// # Safety
-/// The CPU has AVX2; `dst[l] .. dst[l] + 4` are writable.
+/// The CPU has AVX2; `dst[l] .. dst[l] + 4` are writable, `src[l] .. src[l] + 4` readable.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn tile_row_avx2(out: &[Lanes; 4], bias: f32, dst: &[*mut f32; L]) {
+unsafe fn tile_row_avx2(
+    out: &[Lanes; 4],
+    bias: f32,
+    dst: &[*mut f32; L],
+    src: Option<&[*const f32; L]>,
+) {
     use std::arch::x86_64::*;
     let b = _mm256_set1_ps(bias);
     // SAFETY: a Lanes is 8 f32.
@@ -443,22 +449,30 @@ unsafe fn tile_row_avx2(out: &[Lanes; 4], bias: f32, dst: &[*mut f32; L]) {
         _mm256_shuffle_ps::<0xEE>(t1, t3),
     ];
     for (k, uk) in u.into_iter().enumerate() {
+        let (mut lo, mut hi) = (_mm256_castps256_ps128(uk), _mm256_extractf128_ps::<1>(uk));
+        if let Some(src) = src {
+            // SAFETY: readable as the caller guarantees.
+            unsafe {
+                lo = _mm_add_ps(_mm_loadu_ps(src[k]), lo);
+                hi = _mm_add_ps(_mm_loadu_ps(src[k + 4]), hi);
+            }
+        }
         // SAFETY: writable as the caller guarantees.
         unsafe {
-            _mm_storeu_ps(dst[k], _mm256_castps256_ps128(uk));
-            _mm_storeu_ps(dst[k + 4], _mm256_extractf128_ps::<1>(uk));
+            _mm_storeu_ps(dst[k], lo);
+            _mm_storeu_ps(dst[k + 4], hi);
         }
     }
 }
 
 /// Writes tiles `t0..t0 + n` of `y` `[B, O, H, W]` from M `[36, O, nn]` (block stride
-/// [`stride36`], `nn` as in [`input_block`]).
+/// [`stride36`], `nn` as in [`input_block`]), plus `bias`, plus `res` (`y`'s shape) if given.
 /// `WIDE`: the CPU has AVX2 (whole tiles stored by [`tile_row_avx2`]).
 #[inline(always)]
 fn output_block_body<const WIDE: bool>(
     m: &[f32],
     g: Tiles,
-    bias: Option<&[f32]>,
+    (bias, res): (Option<&[f32]>, Option<&[f32]>),
     o: usize,
     t0: usize,
     n: usize,
@@ -498,9 +512,10 @@ fn output_block_body<const WIDE: bool>(
                     // SAFETY: WIDE only where the CPU has AVX2 (output_block); the eight tiles
                     // are whole, so their row r lies inside `y`, written by this tile only.
                     unsafe {
-                        let dst: [*mut f32; L] =
-                            std::array::from_fn(|l| y.add(pos[l].0 + (oc * h + r) * w));
-                        tile_row_avx2(&out, bv, &dst);
+                        let at = |l: usize| pos[l].0 + (oc * h + r) * w;
+                        let dst: [*mut f32; L] = std::array::from_fn(|l| y.add(at(l)));
+                        let src = res.map(|r| std::array::from_fn(|l| r.as_ptr().add(at(l))));
+                        tile_row_avx2(&out, bv, &dst, src.as_ref());
                     }
                     continue;
                 }
@@ -510,10 +525,12 @@ fn output_block_body<const WIDE: bool>(
                     }
                     // SAFETY: the pixels of this lane's output tile, cropped to the image, lie
                     // inside `y` ([B, O, H, W]) and are written by this tile only.
+                    let at = off + (oc * h + r) * w;
                     unsafe {
-                        let dst = y.add(off + (oc * h + r) * w);
+                        let dst = y.add(at);
                         for (q, v) in out.iter().enumerate().take(cols) {
-                            dst.add(q).write(v[l] + bv);
+                            let val = v[l] + bv;
+                            dst.add(q).write(res.map_or(val, |r| r[at + q] + val));
                         }
                     }
                 }
@@ -548,18 +565,23 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 }
 
 /// `x` `[B, C, H, W]` * `w` `[O, C, 3, 3]` (+ `bias` `[O]`) with stride 1 and padding 1 →
-/// `[B, O, H, W]`. `dims` = [B, C, O, H, W]; blocks of tiles hold about `budget` f32 of V and M.
+/// `[B, O, H, W]`, plus `res` `[B, O, H, W]` if given (added as the output is written). `dims` = [B, C, O, H, W]; blocks of tiles hold about `budget` f32 of V and M.
 /// `u`, if given, is [`weights`] of `w` (made here otherwise).
 pub(super) fn conv3x3(
     x: &[f32],
     w: &[f32],
     u: Option<&[f32]>,
     bias: Option<&[f32]>,
+    res: Option<&[f32]>,
     dims: [usize; 5],
     budget: usize,
 ) -> Vec<f32> {
     let [b, c, o, h, wd] = dims;
     let len = b * o * h * wd;
+    assert!(
+        res.is_none_or(|r| r.len() == len),
+        "winograd: residual of another shape"
+    );
     let mut y: Vec<f32> = Vec::with_capacity(len);
     if len == 0 {
         return y;
@@ -622,7 +644,7 @@ pub(super) fn conv3x3(
                 );
             }
         }
-        output_block(m, g, bias, o, t0, n, yp.get());
+        output_block(m, g, (bias, res), o, t0, n, yp.get());
         BUFS.set(bufs);
     };
     if matches!(inner, gemm::Parallelism::None) {

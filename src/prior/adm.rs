@@ -554,6 +554,18 @@ impl ResBlock {
         let conv_in = h.dims4()?;
         let h = self.in_conv.forward(&h)?;
         let e = self.emb.forward(emb)?;
+        if tape.is_none() && self.scale_shift {
+            // Inference: norm, scale-shift and SiLU in one pass, the residual added as the
+            // out-conv writes its output (same bits).
+            let scale = e.narrow(1, 0, self.out_ch)?;
+            let shift = e.narrow(1, self.out_ch, self.out_ch)?;
+            let a = self.out_norm.forward_scale_shift_silu(&h, &scale, &shift)?;
+            let skip = match &self.skip {
+                Some(s) => s.forward(&xr)?,
+                None => xr,
+            };
+            return self.out_conv.forward_add(&a, &skip);
+        }
         let (normed, pre, scale) = if self.scale_shift {
             let scale = e.narrow(1, 0, self.out_ch)?;
             let shift = e.narrow(1, self.out_ch, self.out_ch)?;
