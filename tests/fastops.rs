@@ -124,12 +124,15 @@ fn conv_matches_finite_differences_f64() {
     }
 }
 
-/// Conv layer cases (input, weight, padding, stride, dtype): im2col 3×3, 1×1 and stride 2;
-/// Winograd on whole 4×4 tiles (16 channels, 32 tiles) and with cropped border tiles (18×14);
-/// f64.
+/// Conv layer cases (input, weight, padding, stride, dtype): the direct kernel for few (1–4)
+/// outputs (whole runs of 64 outputs and a tail); im2col 3×3, 1×1 and stride 2; Winograd on
+/// whole 4×4 tiles (16 channels, 32 tiles) and with cropped border tiles (18×14); f64.
 type LayerCase = ([usize; 4], [usize; 4], usize, usize, DType);
 const LAYER_CASES: &[LayerCase] = &[
-    ([2, 4, 6, 6], [3, 4, 3, 3], 1, 1, DType::F32),
+    ([3, 5, 7, 9], [1, 5, 3, 3], 1, 1, DType::F32),
+    ([2, 3, 11, 13], [3, 3, 3, 3], 1, 1, DType::F32),
+    ([1, 6, 16, 16], [4, 6, 3, 3], 1, 1, DType::F32),
+    ([2, 6, 16, 16], [5, 6, 3, 3], 1, 1, DType::F32),
     ([2, 5, 7, 6], [6, 5, 1, 1], 0, 1, DType::F32),
     ([1, 4, 9, 8], [5, 4, 3, 3], 1, 2, DType::F32),
     ([2, 16, 16, 16], [17, 16, 3, 3], 1, 1, DType::F32),
