@@ -75,6 +75,13 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // candle 0.11 asks for its matmul thread count on every call, and without RAYON_NUM_THREADS
+    // counts the physical cores by reading /proc/cpuinfo each time (54,000 reads in a 2-core
+    // `daps demo`). Rayon's own default, said once.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     // Pool threads get the main thread's stack size (candle's backward pass recurses over the
     // graph). With one thread (RAYON_NUM_THREADS=1) the command runs on it: otherwise every
     // parallel op is handed from the main thread to the pool thread and back, for nothing
