@@ -229,3 +229,40 @@ fn solve_gives_the_same_bits_with_any_threads() {
         }
     }
 }
+
+/// `daps demo` runs its (task, sampler) jobs side by side when it has several threads: the
+/// records (all but the times) and the grid PNG are the same bytes as with one thread.
+#[test]
+fn demo_gives_the_same_records_and_grid_with_any_threads() {
+    let dir = tmp_dir("parallel", "demo");
+    let bin = env!("CARGO_BIN_EXE_daps");
+    let run = |threads: usize| {
+        let (png, json) = (
+            dir.join(format!("grid-{threads}.png")),
+            dir.join(format!("r-{threads}.json")),
+        );
+        let out = Command::new(bin)
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .args(["demo", "--digits", "2", "--tasks", "sr4,gaussian-blur,hdr"])
+            .args(["--set", "annealing_steps=3", "--set", "mcmc_steps=4"])
+            .args(["--dps-steps", "3", "--out", s(&png), "--json", s(&json)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        for r in v.as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("seconds");
+        }
+        (v, std::fs::read(&png).unwrap())
+    };
+    let one = run(1);
+    assert_eq!(one.0.as_array().unwrap().len(), 6, "3 tasks × 2 samplers");
+    for threads in [2, 3] {
+        assert!(one == run(threads), "1 vs {threads} threads differ");
+    }
+}
