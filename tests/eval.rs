@@ -83,7 +83,7 @@ fn records(run: &Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn whole_sharded_and_resumed_runs_agree() {
+fn whole_sharded_side_by_side_and_resumed_runs_agree() {
     let dir = tmp_dir("eval", "agree");
     // (a) whole.
     let whole = dir.join("whole");
@@ -114,6 +114,16 @@ fn whole_sharded_and_resumed_runs_agree() {
         a,
         "two shards give the whole run's results"
     );
+
+    // (b') the batches side by side in one process (`--jobs`, 3 threads).
+    let side = dir.join("side-by-side");
+    run_ok(
+        daps()
+            .env("RAYON_NUM_THREADS", "3")
+            .args(eval_args(&side))
+            .args(["--jobs", "3"]),
+    );
+    assert_eq!(merged(&side), a, "--jobs 3 gives the whole run's results");
 
     // (c) killed after its first records, one finished record corrupted, then resumed.
     let resumed = dir.join("resumed");
@@ -197,7 +207,7 @@ fn bad_eval_input_is_refused_before_work() {
         (("--limit", "2000"), "exceeds the 1000 held-out digits"),
         (
             ("--batch", "0"),
-            "--batch, --samples and --limit must be ≥ 1",
+            "--batch, --samples, --limit and --jobs must be ≥ 1",
         ),
         (("--methods", "daps-50@lr"), "'lr' is not KEY=VALUE"),
         (("--methods", "daps-50@no_such_key=1"), "no_such_key"),
@@ -219,6 +229,12 @@ fn bad_eval_input_is_refused_before_work() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("--shard must be k/n"));
+    let o = daps()
+        .args(eval_args(&out))
+        .args(["--jobs", "0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--jobs must be ≥ 1"));
     let o = daps()
         .args(eval_args(&out))
         .args(["--runs", "1,hdr=4"])

@@ -14,6 +14,7 @@ use daps::operator::{per_chain_sq_norm, Measurement, Operator};
 use daps::prior::Denoiser;
 use daps::sampler::{Method, Problem, Silent, METHODS};
 use daps::task::{demo_tasks, resolve_method, MeasurementFile, Task, TaskFiles, TaskSpec};
+use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -76,6 +77,11 @@ pub struct EvalArgs {
     /// together give the same records as one unsharded run.
     #[arg(long)]
     pub shard: Option<String>,
+    /// Batches run side by side (CPU only; at most the thread count at once): for small images
+    /// on several cores, where one batch's ops are too small to keep them all busy. The same
+    /// records either way; each record's time is its batch's, run beside the others.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
     /// The run folder (created; rerunning the same command resumes it).
     #[arg(long)]
     pub out: PathBuf,
@@ -94,8 +100,15 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     super::check_sigma_y(a.sigma_y)?;
     let dev = daps::device::parse(&a.device)?;
-    if a.batch == 0 || a.samples == 0 || a.limit == Some(0) {
-        bail!("--batch, --samples and --limit must be ≥ 1");
+    if a.batch == 0 || a.samples == 0 || a.limit == Some(0) || a.jobs == 0 {
+        bail!("--batch, --samples, --limit and --jobs must be ≥ 1");
+    }
+    if a.jobs > 1 && !dev.is_cpu() {
+        bail!(
+            "--jobs {} runs batches side by side on the CPU only (--device {})",
+            a.jobs,
+            a.device
+        );
     }
     let mut inputs = Inputs::default();
     inputs
@@ -224,7 +237,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         jobs.len() - todo.len()
     );
     let started = Instant::now();
-    for (k, job) in todo.iter().enumerate() {
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let one = |job: &Job| -> Result<()> {
         let t = settings
             .tasks
             .iter()
@@ -232,7 +246,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             .unwrap_or(0);
         let p = &plan[t];
         let Some((_, method)) = p.methods.iter().find(|(m, _)| *m == job.method) else {
-            continue;
+            return Ok(());
         };
         let recs = run_job(
             &run,
@@ -251,6 +265,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             )
         })?;
         let mean = recs.iter().map(|r| r.psnr).sum::<f64>() / recs.len().max(1) as f64;
+        let k = finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         eprintln!(
             "  [{}/{}] {:<16} {:<12} run {} images {:>4}..{:<4} PSNR {:6.2}  ({:.1} s)",
             k + 1,
@@ -263,6 +278,19 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             mean,
             recs.iter().map(|r| r.seconds).sum::<f64>()
         );
+        Ok(())
+    };
+    if a.jobs > 1 {
+        // `--jobs` lanes, each taking every jobs-th batch in order; the ops inside a batch
+        // still use the pool's free threads. Results do not depend on the threads.
+        (0..a.jobs).into_par_iter().try_for_each(|lane| {
+            todo.iter()
+                .skip(lane)
+                .step_by(a.jobs)
+                .try_for_each(|job| one(job))
+        })?;
+    } else {
+        todo.iter().try_for_each(|job| one(job))?;
     }
     println!(
         "done: {} job(s) in {:.1} s; `daps report {}` summarises the run",
