@@ -581,51 +581,59 @@ fn few_tail(acc: &mut [f32], xp: &[f32], taps: &[(usize, f32)], s0: usize) {
     }
 }
 
-/// [`few_plane`]'s whole runs: four 16-lane sums per run of 64 outputs.
+/// `unsafe fn NAME(acc, xp, taps)`: [`few_plane`]'s whole runs of [`FEW_RUN`] outputs, each held
+/// in FEW_RUN / LANES registers of `$v` over all taps (one broadcast weight, one load and one FMA
+/// per register and tap), for the target features `$feat`.
 ///
-/// # Safety
-/// AVX-512F; `xp[off + s .. off + s + 64]` readable for every tap and run start s.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn few_runs_avx512(acc: &mut [f32], xp: &[f32], taps: &[(usize, f32)]) {
-    use std::arch::x86_64::*;
-    for (r, out) in acc.chunks_exact_mut(FEW_RUN).enumerate() {
-        let base = xp.as_ptr().add(r * FEW_RUN);
-        let mut a = [_mm512_setzero_ps(); 4];
-        for &(off, wv) in taps {
-            let (p, w) = (base.add(off), _mm512_set1_ps(wv));
-            for (q, aq) in a.iter_mut().enumerate() {
-                *aq = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(16 * q)), *aq);
+/// # Safety (of the functions made)
+/// The CPU has `$feat`; `xp[off + s .. off + s + FEW_RUN]` is readable for every tap offset and
+/// run start s < `acc.len()`.
+macro_rules! few_runs {
+    ($name:ident, $feat:literal, $v:ident, $lanes:literal,
+     $zero:ident, $set1:ident, $fmadd:ident, $load:ident, $store:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(acc: &mut [f32], xp: &[f32], taps: &[(usize, f32)]) {
+            use std::arch::x86_64::*;
+            for (r, out) in acc.chunks_exact_mut(FEW_RUN).enumerate() {
+                let base = xp.as_ptr().add(r * FEW_RUN);
+                let mut a: [$v; FEW_RUN / $lanes] = [$zero(); FEW_RUN / $lanes];
+                for &(off, wv) in taps {
+                    let (p, w) = (base.add(off), $set1(wv));
+                    for (q, aq) in a.iter_mut().enumerate() {
+                        *aq = $fmadd(w, $load(p.add($lanes * q)), *aq);
+                    }
+                }
+                for (q, aq) in a.iter().enumerate() {
+                    $store(out.as_mut_ptr().add($lanes * q), *aq);
+                }
             }
         }
-        for (q, aq) in a.iter().enumerate() {
-            _mm512_storeu_ps(out.as_mut_ptr().add(16 * q), *aq);
-        }
-    }
+    };
 }
 
-/// [`few_runs_avx512`] in eight 8-lane sums.
-///
-/// # Safety
-/// AVX2 and FMA; as [`few_runs_avx512`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn few_runs_avx2(acc: &mut [f32], xp: &[f32], taps: &[(usize, f32)]) {
-    use std::arch::x86_64::*;
-    for (r, out) in acc.chunks_exact_mut(FEW_RUN).enumerate() {
-        let base = xp.as_ptr().add(r * FEW_RUN);
-        let mut a = [_mm256_setzero_ps(); 8];
-        for &(off, wv) in taps {
-            let (p, w) = (base.add(off), _mm256_set1_ps(wv));
-            for (q, aq) in a.iter_mut().enumerate() {
-                *aq = _mm256_fmadd_ps(w, _mm256_loadu_ps(p.add(8 * q)), *aq);
-            }
-        }
-        for (q, aq) in a.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * q), *aq);
-        }
-    }
-}
+few_runs!(
+    few_runs_avx512,
+    "avx512f",
+    __m512,
+    16,
+    _mm512_setzero_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps
+);
+few_runs!(
+    few_runs_avx2,
+    "avx2,fma",
+    __m256,
+    8,
+    _mm256_setzero_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps
+);
 
 /// The f32 forward conv as a graph-less custom op on (x, w): [`conv2d_tiled`], or
 /// [`super::winograd::conv3x3`] (3×3, stride 1, padding 1 only); a bias `[O]`, if any, is added
