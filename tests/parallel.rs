@@ -9,7 +9,9 @@
 use candle_core::{Device, Tensor};
 use daps::noise::SeededNoise;
 use daps::operator::Measurement;
-use daps::prior::{batch_splits, default, par_batches, Denoiser, CHAINS_PER_PIECE, MAX_PIECES};
+use daps::prior::{
+    batch_splits, default, par_batches, too_small_to_share, Denoiser, CHAINS_PER_PIECE, MAX_PIECES,
+};
 use daps::sampler::{dps, DpsConfig, Problem, Silent};
 use daps::task::{Task, TaskFiles, TaskSpec};
 
@@ -62,6 +64,10 @@ fn splits_are_fixed_pieces_whatever_the_threads() {
         });
         assert!(err.unwrap_err().to_string().contains("piece 2 failed"));
     }
+    // One piece of at most 8 digits is run on one thread by the binary; two pieces, or a
+    // larger image, are shared out.
+    assert!(too_small_to_share(&[1, 1, 32, 32]) && too_small_to_share(&[8, 1, 32, 32]));
+    assert!(!too_small_to_share(&[9, 1, 32, 32]) && !too_small_to_share(&[1, 3, 64, 64]));
 }
 
 #[test]
@@ -191,9 +197,10 @@ fn solve_gives_the_same_bits_with_any_threads() {
             &["--preset", "daps-50", "--set", "annealing_steps=3"],
             &["--method", "dps", "--set", "steps=2"],
         ];
-        for method in methods {
-            // 12 chains: pieces of 8 and 4 (one piece per thread, the pieces with 3 threads would
-            // be 4, 4, 4, and their bits differ from 12 in one piece).
+        // 12 chains: pieces of 8 and 4 (one piece per thread, the pieces with 3 threads would be
+        // 4, 4, 4, and their bits differ from 12 in one piece); 2 chains: one small piece, which
+        // the binary runs on one thread of its own.
+        for (method, chains) in methods.into_iter().flat_map(|m| [(m, 12), (m, 2)]) {
             let run = |threads: usize| {
                 let samples = dir.join(format!("samples-{threads}.safetensors"));
                 ok(Command::new(bin)
@@ -203,7 +210,7 @@ fn solve_gives_the_same_bits_with_any_threads() {
                         "--measurement",
                         s(&y),
                         "--samples",
-                        "12",
+                        &chains.to_string(),
                         "--seed",
                         "3",
                     ])
@@ -219,7 +226,7 @@ fn solve_gives_the_same_bits_with_any_threads() {
                 sample_bits(&samples)
             };
             let one = run(1);
-            assert_eq!(one.len(), 12 * 32 * 32);
+            assert_eq!(one.len(), chains * 32 * 32);
             for threads in [2, 3] {
                 assert!(
                     one == run(threads),

@@ -487,7 +487,10 @@ fn run_job(
     let n = job.images.len();
     let seed = s.job_seed(job);
     let t0 = Instant::now();
-    let all = method.run_on_device(&problem, &[n * k, c, h, w], seed, &mut Silent)?;
+    let shape = [n * k, c, h, w];
+    let all = super::sized_threads(&shape, prior.device().is_cpu(), || {
+        Ok(method.run_on_device(&problem, &shape, seed, &mut Silent)?)
+    })?;
     let seconds = t0.elapsed().as_secs_f64() / n as f64;
     let first: Vec<u32> = (0..n).map(|i| (i * k) as u32).collect();
     let x = all.index_select(&Tensor::new(first.as_slice(), all.device())?, 0)?;

@@ -43,6 +43,30 @@ impl PromptArgs {
 
 /// The measurement noise σ_y a command accepts: finite, in [0, 10] (image units, [−1, 1]); above 1
 /// is allowed with a warning (noise larger than the image's range).
+/// Runs `f` on a one-thread pool when a CPU batch of `x_shape` is too small to share over threads
+/// ([`daps::prior::too_small_to_share`]), else here. The results are the same bits either way.
+/// Inside a pool's worker (`eval --jobs` lanes) it runs here: the caller already shares the
+/// cores out, and a worker waiting on another pool would take more of its own jobs meanwhile.
+pub fn sized_threads<R: Send>(
+    x_shape: &[usize],
+    on_cpu: bool,
+    f: impl FnOnce() -> anyhow::Result<R> + Send,
+) -> anyhow::Result<R> {
+    let nested = rayon::current_thread_index().is_some();
+    if on_cpu
+        && !nested
+        && rayon::current_num_threads() > 1
+        && daps::prior::too_small_to_share(x_shape)
+    {
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .stack_size(8 << 20)
+            .build()?;
+        return one.install(f);
+    }
+    f()
+}
+
 pub fn check_sigma_y(sigma_y: f64) -> anyhow::Result<()> {
     if !(sigma_y.is_finite() && (0.0..=10.0).contains(&sigma_y)) {
         anyhow::bail!(

@@ -634,7 +634,9 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     );
     let started = Instant::now();
     let shape = [a.samples, c, h, w];
-    let result = method.run_on_device(&problem, &shape, a.seed, &mut progress);
+    let result = super::sized_threads(&shape, prior.device().is_cpu(), || {
+        Ok(method.run_on_device(&problem, &shape, a.seed, &mut progress))
+    })?;
     progress.bar.finish_and_clear();
     let x = match result {
         Ok(x) => x,

@@ -314,9 +314,12 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
         let [c, h, w] = task.shape();
         let mut progress = Progress::new(group.method.steps(), task.is_complex(), None);
         let t0 = Instant::now();
-        let result = group
-            .method
-            .run_on_device(&problem, &[n * ks, c, h, w], seed, &mut progress);
+        let shape = [n * ks, c, h, w];
+        let result = super::sized_threads(&shape, prior.device().is_cpu(), || {
+            Ok(group
+                .method
+                .run_on_device(&problem, &shape, seed, &mut progress))
+        })?;
         progress.bar.finish_and_clear();
         let x = result
             .map_err(|e| {
