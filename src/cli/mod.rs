@@ -41,8 +41,6 @@ impl PromptArgs {
     }
 }
 
-/// The measurement noise σ_y a command accepts: finite, in [0, 10] (image units, [−1, 1]); above 1
-/// is allowed with a warning (noise larger than the image's range).
 /// Runs `f` on a one-thread pool when a CPU batch of `x_shape` is too small to share over threads
 /// ([`daps::prior::too_small_to_share`]), else here. The results are the same bits either way.
 /// Inside a pool's worker (`eval --jobs` lanes) it runs here: the caller already shares the
@@ -67,6 +65,8 @@ pub fn sized_threads<R: Send>(
     f()
 }
 
+/// The measurement noise σ_y a command accepts: finite, in [0, 10] (image units, [−1, 1]); above 1
+/// is allowed with a warning (noise larger than the image's range).
 pub fn check_sigma_y(sigma_y: f64) -> anyhow::Result<()> {
     if !(sigma_y.is_finite() && (0.0..=10.0).contains(&sigma_y)) {
         anyhow::bail!(
