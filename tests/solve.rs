@@ -988,6 +988,39 @@ fn solve_a_folder_in_batches_per_operator_and_resume() {
     let mut other_seed = args.to_vec();
     other_seed.extend(["--seed", "5"]);
     assert!(fails(&other_seed).contains("holds another solve"));
+    // The batches side by side (`--jobs 3`, 3 threads): the same pictures and records.
+    let side = dir.join("side");
+    let mut jobs = args.to_vec();
+    jobs[6] = s(&side);
+    jobs.extend(["--jobs", "3"]);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_daps"))
+        .env("RAYON_NUM_THREADS", "3")
+        .args(&jobs)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // Everything but the time and the output paths (another folder).
+    let strip = |mut r: serde_json::Value| {
+        let o = r.as_object_mut().unwrap();
+        o.remove("seconds");
+        o.remove("outputs");
+        r
+    };
+    for name in ["a", "b", "c", "d"] {
+        let text = std::fs::read_to_string(side.join(format!("{name}.json"))).unwrap();
+        let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(strip(got), strip(record(name)), "{name}");
+        let png = format!("{name}.png");
+        assert_eq!(
+            std::fs::read(side.join(&png)).unwrap(),
+            std::fs::read(out.join(&png)).unwrap(),
+            "{png}"
+        );
+    }
     // Bad inputs are named before any work: a broken file, --batch with one file, the
     // measurement folder as the output.
     std::fs::write(ys.join("e.safetensors"), b"not a measurement").unwrap();
@@ -1010,6 +1043,22 @@ fn solve_a_folder_in_batches_per_operator_and_resume() {
         "2",
     ]);
     assert!(e.contains("--batch applies to a folder"), "{e}");
+    let e = fails(&[
+        "solve",
+        "--measurement",
+        s(&ys.join("a.safetensors")),
+        "--prior",
+        &prior,
+        "--out",
+        s(&dir.join("x.png")),
+        "--jobs",
+        "2",
+    ]);
+    assert!(e.contains("--jobs applies to a folder"), "{e}");
+    let mut no_jobs = args.to_vec();
+    no_jobs[6] = s(&out2);
+    no_jobs.extend(["--jobs", "0"]);
+    assert!(fails(&no_jobs).contains("--batch and --jobs must be at least 1"));
     let mut into_inputs = args.to_vec();
     into_inputs[6] = s(&ys);
     assert!(fails(&into_inputs).contains("refusing to overwrite an input"));

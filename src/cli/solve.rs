@@ -76,6 +76,10 @@ pub struct SolveArgs {
     /// chains) [default: 16].
     #[arg(long)]
     pub batch: Option<usize>,
+    /// With a folder of measurements: batches solved side by side (CPU only; at most the thread
+    /// count at once), for small images on several cores; the same results [default: 1].
+    #[arg(long)]
+    pub jobs: Option<usize>,
     /// bkse weights for a nonlinear-blur measurement (instead of the path it records).
     #[arg(long)]
     pub blur_weights: Option<PathBuf>,
@@ -531,11 +535,13 @@ pub fn solve(a: SolveArgs) -> Result<()> {
     if a.measurement.is_dir() {
         return super::solve_dir::solve_dir(&a);
     }
-    if a.batch.is_some() {
-        bail!(
-            "--batch applies to a folder of measurements; {} is a file",
-            a.measurement.display()
-        );
+    for (flag, given) in [("--batch", a.batch.is_some()), ("--jobs", a.jobs.is_some())] {
+        if given {
+            bail!(
+                "{flag} applies to a folder of measurements; {} is a file",
+                a.measurement.display()
+            );
+        }
     }
     let dev = daps::device::parse(&a.device)?;
     let files = TaskFiles {

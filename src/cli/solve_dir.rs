@@ -22,8 +22,10 @@ use daps::metric::image::{psnr, ssim, IMAGE_RANGE};
 use daps::operator::{per_chain_sq_norm, Measurement};
 use daps::sampler::{Method, Problem};
 use daps::task::{MeasurementFile, TaskFiles};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Measurements per batch without `--batch`.
@@ -111,8 +113,9 @@ fn reference_file(dir: &Path, name: &str) -> Result<PathBuf> {
 pub fn solve_dir(a: &SolveArgs) -> Result<()> {
     let dir = &a.measurement;
     let batch = a.batch.unwrap_or(DEFAULT_BATCH);
-    if batch == 0 {
-        bail!("--batch must be at least 1");
+    let jobs = a.jobs.unwrap_or(1);
+    if batch == 0 || jobs == 0 {
+        bail!("--batch and --jobs must be at least 1");
     }
     for (flag, given) in [
         ("--save-trajectory", a.save_trajectory.is_some()),
@@ -287,9 +290,16 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
         );
     }
 
+    if jobs > 1 && !prior.device().is_cpu() {
+        bail!(
+            "--jobs {jobs} solves batches side by side on the CPU only (--device {})",
+            a.device
+        );
+    }
     let started = Instant::now();
-    let mut solved = 0;
-    for (k, &&(g, items)) in todo.iter().enumerate() {
+    let solved = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let one = |&(g, items): &(usize, &[usize])| -> Result<()> {
         let group = &groups[g];
         let first = &mfs[items[0]];
         let task = &first.task;
@@ -313,6 +323,12 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
         let seed = a.seed.wrapping_add(daps::eval::name_hash(&names[0]));
         let [c, h, w] = task.shape();
         let mut progress = Progress::new(group.method.steps(), task.is_complex(), None);
+        if jobs > 1 {
+            // Side by side, bars would overwrite each other: a line per finished batch instead.
+            progress
+                .bar
+                .set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         let t0 = Instant::now();
         let shape = [n * ks, c, h, w];
         let result = super::sized_threads(&shape, prior.device().is_cpu(), || {
@@ -324,11 +340,11 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
         let x = result
             .map_err(|e| {
                 anyhow!(e).context(format!(
-                    "batch {} ({}): {} failed; the {solved} measurement(s) solved before it are \
-                     in {}; rerun the same command to resume",
-                    k + 1,
+                    "batch of {}: {} failed; the {} measurement(s) solved before it are in {}; \
+                     rerun the same command to resume",
                     names.join(", "),
                     group.method.name(),
+                    solved.load(Ordering::Relaxed),
                     a.out.display()
                 ))
             })?
@@ -355,7 +371,7 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
                 record_path(i),
                 serde_json::to_string_pretty(&rec)?.as_bytes(),
             )?;
-            solved += 1;
+            solved.fetch_add(1, Ordering::Relaxed);
         }
         let score = if psnrs.is_empty() {
             String::new()
@@ -365,6 +381,7 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
                 psnrs.iter().sum::<f64>() / psnrs.len() as f64
             )
         };
+        let k = finished.fetch_add(1, Ordering::Relaxed);
         eprintln!(
             "  [{}/{}] {:<16} {} .. {} ({n}){score}  ({:.1} s)",
             k + 1,
@@ -374,7 +391,20 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
             names[n - 1],
             seconds * n as f64
         );
+        Ok(())
+    };
+    if jobs > 1 {
+        // `--jobs` lanes, each taking every jobs-th batch in order (as `daps eval --jobs`).
+        (0..jobs).into_par_iter().try_for_each(|lane| {
+            todo.iter()
+                .skip(lane)
+                .step_by(jobs)
+                .try_for_each(|batch| one(batch))
+        })?;
+    } else {
+        todo.iter().try_for_each(|batch| one(batch))?;
     }
+    let solved = solved.into_inner();
     println!(
         "done: {solved} measurement(s) solved in {:.1} s ({} already done); results in {}",
         started.elapsed().as_secs_f64(),
