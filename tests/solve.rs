@@ -1021,8 +1021,8 @@ fn solve_a_folder_in_batches_per_operator_and_resume() {
             "{png}"
         );
     }
-    // Bad inputs are named before any work: a broken file, --batch with one file, the
-    // measurement folder as the output.
+    // Bad inputs are named before any work: a broken file, --batch or --jobs with one file,
+    // --jobs 0, the measurement folder as the output.
     std::fs::write(ys.join("e.safetensors"), b"not a measurement").unwrap();
     let out2 = dir.join("out2");
     let mut broken = args.to_vec();
@@ -1031,30 +1031,20 @@ fn solve_a_folder_in_batches_per_operator_and_resume() {
     assert!(e.contains("e.safetensors"), "{e}");
     assert!(!out2.join("solve.json").exists() && !out2.join("a.png").exists());
     std::fs::remove_file(ys.join("e.safetensors")).unwrap();
-    let e = fails(&[
-        "solve",
-        "--measurement",
-        s(&ys.join("a.safetensors")),
-        "--prior",
-        &prior,
-        "--out",
-        s(&dir.join("x.png")),
-        "--batch",
-        "2",
-    ]);
-    assert!(e.contains("--batch applies to a folder"), "{e}");
-    let e = fails(&[
-        "solve",
-        "--measurement",
-        s(&ys.join("a.safetensors")),
-        "--prior",
-        &prior,
-        "--out",
-        s(&dir.join("x.png")),
-        "--jobs",
-        "2",
-    ]);
-    assert!(e.contains("--jobs applies to a folder"), "{e}");
+    for flag in ["--batch", "--jobs"] {
+        let e = fails(&[
+            "solve",
+            "--measurement",
+            s(&ys.join("a.safetensors")),
+            "--prior",
+            &prior,
+            "--out",
+            s(&dir.join("x.png")),
+            flag,
+            "2",
+        ]);
+        assert!(e.contains(&format!("{flag} applies to a folder")), "{e}");
+    }
     let mut no_jobs = args.to_vec();
     no_jobs[6] = s(&out2);
     no_jobs.extend(["--jobs", "0"]);
