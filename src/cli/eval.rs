@@ -14,7 +14,6 @@ use daps::operator::{per_chain_sq_norm, Measurement, Operator};
 use daps::prior::Denoiser;
 use daps::sampler::{Method, Problem, Silent, METHODS};
 use daps::task::{demo_tasks, resolve_method, MeasurementFile, Task, TaskFiles, TaskSpec};
-use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -280,18 +279,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         );
         Ok(())
     };
-    if a.jobs > 1 {
-        // `--jobs` lanes, each taking every jobs-th batch in order; the ops inside a batch
-        // still use the pool's free threads. Results do not depend on the threads.
-        (0..a.jobs).into_par_iter().try_for_each(|lane| {
-            todo.iter()
-                .skip(lane)
-                .step_by(a.jobs)
-                .try_for_each(|job| one(job))
-        })?;
-    } else {
-        todo.iter().try_for_each(|job| one(job))?;
-    }
+    super::in_lanes(&todo, a.jobs, |job| one(job))?;
     println!(
         "done: {} job(s) in {:.1} s; `daps report {}` summarises the run",
         todo.len(),

@@ -65,6 +65,23 @@ pub fn sized_threads<R: Send>(
     f()
 }
 
+/// `f` on every item, `jobs` at a time (`--jobs`): `jobs` lanes over rayon's pool, each taking
+/// every jobs-th item in order, the ops inside still using the pool's free threads; one lane
+/// runs here, in order. Results do not depend on the lanes (each item's seeds are its own).
+pub fn in_lanes<T: Sync>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    use rayon::prelude::*;
+    if jobs <= 1 {
+        return items.iter().try_for_each(f);
+    }
+    (0..jobs)
+        .into_par_iter()
+        .try_for_each(|lane| items.iter().skip(lane).step_by(jobs).try_for_each(&f))
+}
+
 /// The measurement noise σ_y a command accepts: finite, in [0, 10] (image units, [−1, 1]); above 1
 /// is allowed with a warning (noise larger than the image's range).
 pub fn check_sigma_y(sigma_y: f64) -> anyhow::Result<()> {

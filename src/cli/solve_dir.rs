@@ -22,7 +22,6 @@ use daps::metric::image::{psnr, ssim, IMAGE_RANGE};
 use daps::operator::{per_chain_sq_norm, Measurement};
 use daps::sampler::{Method, Problem};
 use daps::task::{MeasurementFile, TaskFiles};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -393,17 +392,7 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
         );
         Ok(())
     };
-    if jobs > 1 {
-        // `--jobs` lanes, each taking every jobs-th batch in order (as `daps eval --jobs`).
-        (0..jobs).into_par_iter().try_for_each(|lane| {
-            todo.iter()
-                .skip(lane)
-                .step_by(jobs)
-                .try_for_each(|batch| one(batch))
-        })?;
-    } else {
-        todo.iter().try_for_each(|batch| one(batch))?;
-    }
+    super::in_lanes(&todo, jobs, |batch| one(batch))?;
     let solved = solved.into_inner();
     println!(
         "done: {solved} measurement(s) solved in {:.1} s ({} already done); results in {}",
