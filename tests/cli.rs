@@ -61,6 +61,12 @@ fn bench_speed_quick_writes_its_keys() {
         "digits_daps1k_gaussian_blur_solve_estimate_s",
         "digits_daps1k_gaussian_blur_network_gflops",
         "digits_gflop_forward",
+        "digits_ops_outnorm_fused_ms",
+        "digits_ops_outnorm_separate_ms",
+        "digits_ops_residual_fused_ms",
+        "digits_ops_residual_separate_ms",
+        "digits_ops_out_conv_direct_ms",
+        "digits_ops_out_conv_im2col_ms",
     ] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {}", v[k]);
     }

@@ -660,6 +660,94 @@ pub struct DigitsReport {
     pub figures: BTreeMap<String, f64>,
 }
 
+/// Timed calls per kernel in [`digits_ops`] (alternating with the ops it replaces).
+const OPS_REPS: usize = 60;
+
+/// The built-in prior's ResBlocks per network call as (channels, side, count): one per level
+/// down, two in the middle, two per level up (channel_mult 1, 2, 2 of 32).
+const DIGITS_RESBLOCKS: [(usize, usize, usize); 3] = [(32, 32, 3), (64, 16, 3), (64, 8, 5)];
+
+/// The digits network's fused kernels against the separate ops they replace, at its shapes
+/// for a batch of [`DIGITS_BATCH`], timed alternately in this process (best of [`OPS_REPS`]
+/// each), in ms per network call: a ResBlock's out-norm (GroupNorm, scale-shift, SiLU in one
+/// pass), its out-conv with the residual added as it writes, and the 32 → 1 output conv
+/// (direct kernel against im2col + gemm). Alternating in one process keeps the comparison
+/// fair on a machine whose speed drifts between runs.
+pub fn digits_ops(figures: &mut BTreeMap<String, f64>) -> Result<()> {
+    let dev = Device::Cpu;
+    let b = DIGITS_BATCH;
+    let mut noise = SeededNoise::new(7);
+    let mut randn = |shape: &[usize]| noise.randn(&candle_core::Shape::from(shape.to_vec()), &dev);
+    let pair = |a: &mut dyn FnMut() -> Result<()>, z: &mut dyn FnMut() -> Result<()>| {
+        let (mut ta, mut tz) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..OPS_REPS {
+            ta = ta.min(best_seconds(0, 1, a)?);
+            tz = tz.min(best_seconds(0, 1, z)?);
+        }
+        Ok::<_, crate::Error>((ta, tz))
+    };
+    let (mut norm, mut res) = ((0.0, 0.0), (0.0, 0.0));
+    for (c, side, count) in DIGITS_RESBLOCKS {
+        let h = randn(&[b, c, side, side])?;
+        let (gamma, beta) = ((randn(&[c])? + 1.0)?, randn(&[c])?);
+        let (scale, shift) = (randn(&[b, c])?, randn(&[b, c])?);
+        let gn = fastops::GroupNorm::new(gamma.clone(), beta.clone(), 32, 1e-5);
+        let (f, s) = pair(
+            &mut || {
+                gn.forward_scale_shift_silu(&h, &scale, &shift)?;
+                Ok(())
+            },
+            &mut || {
+                let n = candle_core::Module::forward(&gn, &h)?;
+                fastops::silu(&fastops::scale_shift(&n, &scale, &shift)?)?;
+                Ok(())
+            },
+        )?;
+        norm = (norm.0 + count as f64 * f, norm.1 + count as f64 * s);
+        let conv = fastops::Conv2d::new((randn(&[c, c, 3, 3])? * 0.05)?, Some(beta), 1, 1);
+        let (f, s) = pair(
+            &mut || {
+                conv.forward_add(&h, &h)?;
+                Ok(())
+            },
+            &mut || {
+                (&h + candle_core::Module::forward(&conv, &h)?)?;
+                Ok(())
+            },
+        )?;
+        res = (res.0 + count as f64 * f, res.1 + count as f64 * s);
+    }
+    let h = randn(&[b, 32, 32, 32])?;
+    let out = fastops::Conv2d::new((randn(&[1, 32, 3, 3])? * 0.05)?, Some(randn(&[1])?), 1, 1);
+    let run = || -> Result<()> {
+        candle_core::Module::forward(&out, &h)?;
+        Ok(())
+    };
+    let few = pair(
+        &mut || {
+            fastops::set_direct_few(true);
+            run()
+        },
+        &mut || {
+            fastops::set_direct_few(false);
+            run()
+        },
+    );
+    fastops::set_direct_few(true);
+    let few = few?;
+    for (key, v) in [
+        ("outnorm_fused", norm.0),
+        ("outnorm_separate", norm.1),
+        ("residual_fused", res.0),
+        ("residual_separate", res.1),
+        ("out_conv_direct", few.0),
+        ("out_conv_im2col", few.1),
+    ] {
+        figures.insert(format!("digits_ops_{key}_ms"), v * 1e3);
+    }
+    Ok(())
+}
+
 /// DAPS-1K (each task's preset: 5 Euler steps and 100 Langevin steps per level) on
 /// [`DIGITS_BATCH`] held-out digits as one batch, with `levels` annealing levels instead of
 /// 200 (same cost per level), timed by part per level. With `data`, writes the digits, each
@@ -689,6 +777,8 @@ pub fn digits_daps1k(
         .macs(32, 32)?
         .forward_flops();
     figures.insert("digits_gflop_forward".into(), net_flop / 1e9);
+    progress("the digits network's fused kernels against the separate ops");
+    digits_ops(&mut figures)?;
     let mut tensors = vec![("x", x.clone())];
     let mut meta = serde_json::Map::new();
     for (k, name) in DIGITS_TASKS.iter().enumerate() {

@@ -571,6 +571,26 @@ fn print_gpu(g: &daps::bench::speed::GpuReport, architecture: &str) {
 }
 
 fn print_digits(r: &daps::bench::speed::DigitsReport) {
+    let op = |k: &str| {
+        r.figures
+            .get(&format!("digits_ops_{k}_ms"))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let ratio = |fused: &str, separate: &str| op(separate) / op(fused);
+    println!(
+        "digits network, per call of {} digits, alternating in this process: out-norms fused {:.2} ms / separate {:.2} ms ({:.2}×), out-convs + residual {:.2} / {:.2} ms ({:.2}×), 32 → 1 output conv direct {:.2} / im2col {:.2} ms ({:.2}×)",
+        r.digits_daps1k_digits,
+        op("outnorm_fused"),
+        op("outnorm_separate"),
+        ratio("outnorm_fused", "outnorm_separate"),
+        op("residual_fused"),
+        op("residual_separate"),
+        ratio("residual_fused", "residual_separate"),
+        op("out_conv_direct"),
+        op("out_conv_im2col"),
+        ratio("out_conv_direct", "out_conv_im2col")
+    );
     for task in daps::bench::speed::DIGITS_TASKS {
         let f = |part: &str| {
             r.figures

@@ -681,7 +681,8 @@ impl ForwardConv {
         } else {
             let few = o <= FEW_OUTPUTS
                 && (g.kh, g.kw, g.pad, g.stride) == (3, 3, 1, 1)
-                && g.c * (g.h + 2) * (g.w + 2) <= FEW_MAX_INPUT;
+                && g.c * (g.h + 2) * (g.w + 2) <= FEW_MAX_INPUT
+                && DIRECT_FEW.load(Ordering::Relaxed);
             let mut y = if few {
                 conv3x3_few(x, w, bias, b, o, g)
             } else {
@@ -734,6 +735,13 @@ impl CustomOp3 for ForwardConv {
 }
 
 static WINOGRAD: AtomicBool = AtomicBool::new(true);
+static DIRECT_FEW: AtomicBool = AtomicBool::new(true);
+
+/// Turns the direct kernel for 3×3 convs to ≤ 4 channels ([`conv3x3_few`]) on or off,
+/// process-wide (on by default; off, they take im2col + gemm). For timing the two in one run.
+pub fn set_direct_few(on: bool) {
+    DIRECT_FEW.store(on, Ordering::Relaxed);
+}
 
 /// Turns the Winograd path of f32 3×3 convolutions on or off, process-wide (on by default;
 /// off, they take the im2col path like every other conv). For timing the two in one run.
