@@ -668,7 +668,7 @@ const OPS_REPS: usize = 60;
 const DIGITS_RESBLOCKS: [(usize, usize, usize); 3] = [(32, 32, 3), (64, 16, 3), (64, 8, 5)];
 
 /// The digits network's fused kernels against the separate ops they replace, at its shapes
-/// for a batch of [`DIGITS_BATCH`], timed alternately in this process (best of [`OPS_REPS`]
+/// for a batch of [`DIGITS_BATCH`], timed alternately in this process (best of `OPS_REPS`
 /// each), in ms per network call: a ResBlock's out-norm (GroupNorm, scale-shift, SiLU in one
 /// pass), its out-conv with the residual added as it writes, and the 32 → 1 output conv
 /// (direct kernel against im2col + gemm). Alternating in one process keeps the comparison

@@ -737,7 +737,7 @@ impl CustomOp3 for ForwardConv {
 static WINOGRAD: AtomicBool = AtomicBool::new(true);
 static DIRECT_FEW: AtomicBool = AtomicBool::new(true);
 
-/// Turns the direct kernel for 3×3 convs to ≤ 4 channels ([`conv3x3_few`]) on or off,
+/// Turns the direct kernel for 3×3 convs to ≤ 4 channels (`conv3x3_few`) on or off,
 /// process-wide (on by default; off, they take im2col + gemm). For timing the two in one run.
 pub fn set_direct_few(on: bool) {
     DIRECT_FEW.store(on, Ordering::Relaxed);
