@@ -235,6 +235,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         jobs.len(),
         jobs.len() - todo.len()
     );
+    let chains = a.batch.min(settings.images.len()) * a.samples;
+    super::suggest_jobs(&[chains, c, h, w], todo.len(), a.jobs, dev.is_cpu());
     let started = Instant::now();
     let finished = std::sync::atomic::AtomicUsize::new(0);
     let one = |job: &Job| -> Result<()> {

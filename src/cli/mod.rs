@@ -82,6 +82,20 @@ pub fn in_lanes<T: Sync>(
         .try_for_each(|lane| items.iter().skip(lane).step_by(jobs).try_for_each(&f))
 }
 
+/// A line on stderr when `--jobs 1` leaves cores idle: several batches to do on the CPU, each
+/// of shape `x_shape` too small to share over threads, so each runs on one.
+pub fn suggest_jobs(x_shape: &[usize], batches: usize, jobs: usize, on_cpu: bool) {
+    let threads = rayon::current_num_threads();
+    if on_cpu && jobs == 1 && threads > 1 && batches > 1 && daps::prior::too_small_to_share(x_shape)
+    {
+        eprintln!(
+            "  (each batch is small enough to run on one thread; --jobs {} would run {} side by side)",
+            threads.min(batches),
+            threads.min(batches)
+        );
+    }
+}
+
 /// The measurement noise σ_y a command accepts: finite, in [0, 10] (image units, [−1, 1]); above 1
 /// is allowed with a warning (noise larger than the image's range).
 pub fn check_sigma_y(sigma_y: f64) -> anyhow::Result<()> {

@@ -295,6 +295,11 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
             a.device
         );
     }
+    if let Some((_, items)) = todo.first() {
+        let [c, h, w] = mfs[items[0]].task.shape();
+        let shape = [items.len() * a.samples, c, h, w];
+        super::suggest_jobs(&shape, todo.len(), jobs, prior.device().is_cpu());
+    }
     let started = Instant::now();
     let solved = AtomicUsize::new(0);
     let finished = AtomicUsize::new(0);
