@@ -507,7 +507,7 @@ fn conv3x3_few(
             let mut xp = vec![0f32; c * hp * wp + FEW_RUN];
             for (plane, dst) in xb.chunks_exact(h * wd).zip(xp.chunks_exact_mut(hp * wp)) {
                 for (row, d) in plane.chunks_exact(wd).zip(dst[wp..].chunks_exact_mut(wp)) {
-                    copy_short(&mut d[1..=wd], row);
+                    d[1..=wd].copy_from_slice(row);
                 }
             }
             // Outputs in the padded width: row r of the plane at r·(W + 2), two spare columns.
@@ -525,20 +525,6 @@ fn conv3x3_few(
         });
     // SAFETY: every (item, output channel) plane was written whole above.
     unsafe { written(y) }
-}
-
-/// `dst.copy_from_slice(src)` for a short row, in 8-value moves of a size known when compiling
-/// (a `memcpy` call per 32-value image row cost more than the copy).
-#[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
-    for (d8, s8) in (&mut d).zip(&mut s) {
-        let (d8, s8): (&mut [f32; 8], &[f32; 8]) = (d8.try_into().unwrap(), s8.try_into().unwrap());
-        *d8 = *s8;
-    }
-    for (a, &v) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *a = v;
-    }
 }
 
 /// Outputs per register-held run of [`few_plane`] (four AVX-512 or eight AVX2 registers).
@@ -820,6 +806,13 @@ fn conv2d_forward_kept(
 ) -> Result<Tensor> {
     let g = geom(x.dims4()?, w, pad, stride)?;
     let f32s = x.dtype() == DType::F32 && w.dtype() == DType::F32 && x.device().is_cpu();
+    let fused_res = f32s
+        && bias.is_none_or(|b| b.dtype() == DType::F32)
+        && res.is_none_or(|r| r.dtype() == DType::F32 && r.device().is_cpu());
+    if let (Some(r), false) = (res, fused_res) {
+        // Only the f32 CPU op adds a residual as it writes; elsewhere, afterwards.
+        return r + conv2d_forward_kept(x, w, bias, pad, stride, path, kept, None)?;
+    }
     let fits = f32s && g.kh == 3 && g.kw == 3 && pad == 1 && stride == 1;
     let o = w.dim(0)?;
     let wino = match path {
@@ -856,23 +849,13 @@ fn conv2d_forward_kept(
         };
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         return match res {
-            Some(r) if r.dtype() == DType::F32 && r.device().is_cpu() => {
-                x.apply_op3_no_bwd(&w, &r.contiguous()?, &op)
-            }
-            Some(r) => r + x.apply_op2_no_bwd(&w, &op)?,
+            Some(r) => x.apply_op3_no_bwd(&w, &r.contiguous()?, &op),
             None => x.apply_op2_no_bwd(&w, &op),
         };
     }
     if let Some(b) = bias {
         let y = conv2d_forward_bias(x, w, None, pad, stride, path)?;
-        let y = add_channel_bias(&y, b)?;
-        return match res {
-            Some(r) => r + y,
-            None => Ok(y),
-        };
-    }
-    if let Some(r) = res {
-        return r + conv2d_forward_bias(x, w, None, pad, stride, path)?;
+        return add_channel_bias(&y, b);
     }
     let (b, o) = (x.dim(0)?, w.dim(0)?);
     let (ho, wo) = g.out();
@@ -1294,7 +1277,7 @@ macro_rules! avx2_dispatch {
 }
 
 avx2_dispatch!(gn_fwd_chunk, gn_fwd_chunk_avx2, gn_fwd_chunk_avx512, gn_fwd_chunk_body,
-    (yb: &mut [MaybeUninit<f32>], xb: &[f32], affine: (&[f32], &[f32]), modulation: Option<(&[f32], &[f32])>, s: usize, eps: f64, act: bool) -> ());
+    (yb: &mut [MaybeUninit<f32>], xb: &[f32], affine: (&[f32], &[f32]), then: GnThen<'_>, s: usize, eps: f64) -> ());
 avx2_dispatch!(gn_bwd_chunk, gn_bwd_chunk_avx2, gn_bwd_chunk_avx512, gn_bwd_chunk_body,
     (db: &mut [MaybeUninit<f32>], xb: &[f32], gyb: &[f32], pb: &mut [(f64, f64)], gb: &[f32], s: usize, eps: f64) -> ());
 avx2_dispatch!(silu_chunk, silu_chunk_avx2, silu_chunk_avx512, silu_chunk_body, (yb: &mut [MaybeUninit<f32>], xb: &[f32]) -> ());
@@ -1320,14 +1303,23 @@ unsafe fn written<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
-/// f32 GroupNorm forward (statistics in f64), then ADM's scale-shift ·(1 + scale) + shift when
-/// `modulation` holds `scale` and `shift` `[B, C]`, then SiLU when `act`: all in one pass.
+/// What [`gn_fwd_f32`] applies after GroupNorm's affine map, in the same pass.
+#[derive(Clone, Copy)]
+enum GnThen<'a> {
+    Nothing,
+    Silu,
+    /// ADM's scale-shift norm, ·(1 + scale) + shift with `scale`, `shift` `[B, C]` (in a
+    /// chunk: its channels'), then SiLU.
+    ScaleShiftSilu(&'a [f32], &'a [f32]),
+}
+
+/// f32 GroupNorm forward (statistics in f64), then `then`: all in one pass.
 fn gn_fwd_f32(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    modulation: Option<(&[f32], &[f32])>,
-    (s, groups, eps, act): (usize, usize, f64, bool),
+    then: GnThen<'_>,
+    (s, groups, eps): (usize, usize, f64),
 ) -> Vec<f32> {
     let c = gamma.len();
     let cpg = c / groups;
@@ -1338,25 +1330,27 @@ fn gn_fwd_f32(
         .for_each(|(i, (yb, xb))| {
             let ch = (i % groups) * cpg..(i % groups + 1) * cpg;
             let at = (i / groups) * c + ch.start..(i / groups) * c + ch.end;
-            let m = modulation.map(|(sc, sh)| (&sc[at.clone()], &sh[at]));
-            gn_fwd_chunk(yb, xb, (&gamma[ch.clone()], &beta[ch]), m, s, eps, act);
+            let then = match then {
+                GnThen::ScaleShiftSilu(sc, sh) => GnThen::ScaleShiftSilu(&sc[at.clone()], &sh[at]),
+                t => t,
+            };
+            gn_fwd_chunk(yb, xb, (&gamma[ch.clone()], &beta[ch]), then, s, eps);
         });
     // SAFETY: each chunk is one (item, group): its cpg channels × s values are all written.
     unsafe { written(y) }
 }
 
-/// One (item, group) of [`gn_fwd_f32`]: `affine` its channels' γ and β, `modulation` their
-/// scale and shift. The same operations in the same order as GroupNorm, [`scale_shift`] and
-/// [`silu`] one after another, so the same bits.
+/// One (item, group) of [`gn_fwd_f32`]: `affine` its channels' γ and β. The same operations
+/// in the same order as GroupNorm, [`scale_shift`] and [`silu`] one after another, so the same
+/// bits.
 #[inline(always)]
 fn gn_fwd_chunk_body(
     yb: &mut [MaybeUninit<f32>],
     xb: &[f32],
     (gb, bb): (&[f32], &[f32]),
-    modulation: Option<(&[f32], &[f32])>,
+    then: GnThen<'_>,
     s: usize,
     eps: f64,
-    act: bool,
 ) {
     let n = xb.len() as f64;
     let mean = sum_lanes(xb, |v| v as f64) / n;
@@ -1369,25 +1363,19 @@ fn gn_fwd_chunk_body(
     for cc in 0..gb.len() {
         let (a, b) = ((gb[cc] as f64 * rstd) as f32, bb[cc]);
         let (yo, xi) = (&mut yb[cc * s..(cc + 1) * s], &xb[cc * s..(cc + 1) * s]);
-        match (modulation, act) {
-            (Some((sc, sh)), true) => {
+        match then {
+            GnThen::ScaleShiftSilu(sc, sh) => {
                 let (k, t) = (sc[cc] + 1.0, sh[cc]);
                 for (o, &v) in yo.iter_mut().zip(xi) {
                     o.write(silu1(((v - m) * a + b) * k + t));
                 }
             }
-            (Some((sc, sh)), false) => {
-                let (k, t) = (sc[cc] + 1.0, sh[cc]);
-                for (o, &v) in yo.iter_mut().zip(xi) {
-                    o.write(((v - m) * a + b) * k + t);
-                }
-            }
-            (None, true) => {
+            GnThen::Silu => {
                 for (o, &v) in yo.iter_mut().zip(xi) {
                     o.write(silu1((v - m) * a + b));
                 }
             }
-            (None, false) => {
+            GnThen::Nothing => {
                 for (o, &v) in yo.iter_mut().zip(xi) {
                     o.write((v - m) * a + b);
                 }
@@ -1411,8 +1399,8 @@ fn gn_cpu(
             slice(sx, lx)?,
             slice(sg, lg)?,
             slice(sb, lb)?,
-            None,
-            (s, groups, eps, act),
+            if act { GnThen::Silu } else { GnThen::Nothing },
+            (s, groups, eps),
         )),
         CpuStorage::F64(_) => {
             let y = gn_fwd::<f64>(
@@ -1911,13 +1899,13 @@ impl CustomOp3 for GroupNormScaleShiftSilu {
         lsh: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let s = lx.dims()[2..].iter().product::<usize>();
-        let modulation = Some((slice(ssc, lsc)?, slice(ssh, lsh)?));
+        let then = GnThen::ScaleShiftSilu(slice(ssc, lsc)?, slice(ssh, lsh)?);
         let y = gn_fwd_f32(
             slice(sx, lx)?,
             &self.gamma,
             &self.beta,
-            modulation,
-            (s, self.groups, self.eps, true),
+            then,
+            (s, self.groups, self.eps),
         );
         Ok((CpuStorage::F32(y), lx.shape().clone()))
     }

@@ -565,7 +565,8 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 }
 
 /// `x` `[B, C, H, W]` * `w` `[O, C, 3, 3]` (+ `bias` `[O]`) with stride 1 and padding 1 →
-/// `[B, O, H, W]`, plus `res` `[B, O, H, W]` if given (added as the output is written). `dims` = [B, C, O, H, W]; blocks of tiles hold about `budget` f32 of V and M.
+/// `[B, O, H, W]`, plus `res` `[B, O, H, W]` if given (added as the output is written).
+/// `dims` = [B, C, O, H, W]; blocks of tiles hold about `budget` f32 of V and M.
 /// `u`, if given, is [`weights`] of `w` (made here otherwise).
 pub(super) fn conv3x3(
     x: &[f32],
