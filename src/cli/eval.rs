@@ -102,13 +102,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if a.batch == 0 || a.samples == 0 || a.limit == Some(0) || a.jobs == 0 {
         bail!("--batch, --samples, --limit and --jobs must be ≥ 1");
     }
-    if a.jobs > 1 && !dev.is_cpu() {
-        bail!(
-            "--jobs {} runs batches side by side on the CPU only (--device {})",
-            a.jobs,
-            a.device
-        );
-    }
+    super::check_jobs(a.jobs, dev.is_cpu(), &a.device)?;
     let mut inputs = Inputs::default();
     inputs
         .prior(a.prior.as_deref())

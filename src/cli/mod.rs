@@ -82,6 +82,16 @@ pub fn in_lanes<T: Sync>(
         .try_for_each(|lane| items.iter().skip(lane).step_by(jobs).try_for_each(&f))
 }
 
+/// `--jobs N` side by side needs the CPU: a GPU's batches run one after another.
+pub fn check_jobs(jobs: usize, on_cpu: bool, device: &str) -> anyhow::Result<()> {
+    if jobs > 1 && !on_cpu {
+        anyhow::bail!(
+            "--jobs {jobs} runs batches side by side on the CPU only (--device {device})"
+        );
+    }
+    Ok(())
+}
+
 /// A line on stderr when `--jobs 1` leaves cores idle: several batches to do on the CPU, each
 /// of shape `x_shape` too small to share over threads, so each runs on one.
 pub fn suggest_jobs(x_shape: &[usize], batches: usize, jobs: usize, on_cpu: bool) {

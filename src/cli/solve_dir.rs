@@ -289,12 +289,7 @@ pub fn solve_dir(a: &SolveArgs) -> Result<()> {
         );
     }
 
-    if jobs > 1 && !prior.device().is_cpu() {
-        bail!(
-            "--jobs {jobs} solves batches side by side on the CPU only (--device {})",
-            a.device
-        );
-    }
+    super::check_jobs(jobs, prior.device().is_cpu(), &a.device)?;
     if let Some((_, items)) = todo.first() {
         let [c, h, w] = mfs[items[0]].task.shape();
         let shape = [items.len() * a.samples, c, h, w];
