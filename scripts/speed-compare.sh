@@ -3,7 +3,7 @@
 # 1. `daps bench speed --quick` (FFHQ-256 ADM, random weights, batch 1: forward and
 #    forward+backward to the input) and scripts/speed-pytorch.py (the same architecture in plain
 #    torch, same thread count, same protocol: WARMUP untimed calls, then the best of REPS);
-# 2. DAPS-1K on 10 held-out digits (one batch; phase retrieval and Gaussian blur, each task's
+# 2. DAPS-1K on BATCH held-out digits (one batch; phase retrieval and Gaussian blur, each task's
 #    DAPS-1K preset) with the built-in digits prior: `daps bench speed`'s digits figures and
 #    scripts/speed-digits-pytorch.py, the OFFICIAL DAPS code (DAPS_DIR) running the same
 #    network weights on the same digits and measurements. LEVELS annealing levels per task
@@ -12,7 +12,8 @@
 #
 #   scripts/speed-compare.sh [OUT_DIR]          (default target/speed-compare)
 #
-# Env: THREADS (default: all cores), WARMUP (0), REPS (1), LEVELS (2), DIGITS_ONLY (0; 1 skips
+# Env: THREADS (default: all cores), WARMUP (0), REPS (1), LEVELS (2), BATCH (10: digits per
+# batch in part 2; 1 times a one-digit solve), DIGITS_ONLY (0; 1 skips
 # part 1, minutes on 2 cores), VENV (default /tmp/daps-torch-venv: created and filled from
 # PyPI when missing — torch numpy, and tqdm torchdiffeq scipy pyyaml packaging pillow for the
 # official code; ≈5 GB, the PyPI wheel is the CUDA build), DAPS_DIR (default
@@ -28,6 +29,7 @@ THREADS=${THREADS:-$(nproc)}
 WARMUP=${WARMUP:-0}
 REPS=${REPS:-1}
 LEVELS=${LEVELS:-2}
+BATCH=${BATCH:-10}
 DIGITS_ONLY=${DIGITS_ONLY:-0}
 DAPS_DIR=${DAPS_DIR:-target/daps-official}
 mkdir -p "$OUT"
@@ -41,7 +43,7 @@ fi
 [ -n "${DAPS_BIN:-}" ] || cargo build --release --bin daps
 D=${DAPS_BIN:-./target/release/daps}
 [ "$WARMUP" = 0 ] && [ "$REPS" = 1 ] || echo "note: daps bench speed --quick always runs 0 warm-up + 1 call; WARMUP/REPS apply to torch only" >&2
-DIGITS="--digits-levels $LEVELS --digits-data $OUT/digits.safetensors --json $OUT/daps.json"
+DIGITS="--digits-levels $LEVELS --digits-batch $BATCH --digits-data $OUT/digits.safetensors --json $OUT/daps.json"
 if [ "$DIGITS_ONLY" = 1 ]; then
   RAYON_NUM_THREADS=$THREADS "$D" bench speed --digits-only $DIGITS
   echo '{}' > "$OUT/torch.json"

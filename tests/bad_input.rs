@@ -223,6 +223,10 @@ fn bad_values_are_named() {
         &["bench", "speed", "--digits-levels", "0"],
         "--digits-levels must be ≥ 1",
     );
+    refused(
+        &["bench", "speed", "--digits-batch", "0"],
+        "--digits-batch must be 1..=1000",
+    );
     // A batch too large to allocate is an error, not an abort.
     refused(
         &[

@@ -32,6 +32,8 @@ fn bench_speed_quick_writes_its_keys() {
             "--tiny",
             "--digits-levels",
             "1",
+            "--digits-batch",
+            "3",
             "--json",
         ])
         .arg(&json)
@@ -71,6 +73,7 @@ fn bench_speed_quick_writes_its_keys() {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {}", v[k]);
     }
     assert_eq!(v["digits_daps1k_levels"], 1);
+    assert_eq!(v["digits_daps1k_digits"], 3);
     // GPU figures only with --device cuda
     assert!(v
         .as_object()
@@ -79,9 +82,9 @@ fn bench_speed_quick_writes_its_keys() {
         .all(|k| !k.starts_with("gpu_")));
     // The files for scripts/speed-digits-pytorch.py: digits, measurements, D(x, 1), presets.
     let t = candle_core::safetensors::load(&data, &candle_core::Device::Cpu).unwrap();
-    assert_eq!(t["x"].dims(), [10, 1, 32, 32]);
-    assert_eq!(t["y_phase-retrieval"].dims(), [10, 1, 48, 48]);
-    assert_eq!(t["d_sigma1"].dims(), [10, 1, 32, 32]);
+    assert_eq!(t["x"].dims(), [3, 1, 32, 32]);
+    assert_eq!(t["y_phase-retrieval"].dims(), [3, 1, 48, 48]);
+    assert_eq!(t["d_sigma1"].dims(), [3, 1, 32, 32]);
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.with_extension("json")).unwrap())
             .unwrap();

@@ -35,6 +35,8 @@ pub struct SpeedSettings {
     pub reps: usize,
     /// Annealing levels timed per task by the digits DAPS-1K figures ([`digits_daps1k`]).
     pub digits_levels: usize,
+    /// Digits per batch in the digits DAPS-1K figures ([`DIGITS_BATCH`] by default).
+    pub digits_batch: usize,
     /// Where [`digits_daps1k`] writes its digits and measurements, if anywhere.
     pub digits_data: Option<std::path::PathBuf>,
     /// A GPU to time as well ([`GpuReport`]); the CPU figures are the same with or without it.
@@ -256,7 +258,12 @@ pub fn run(s: &SpeedSettings, progress: &mut dyn FnMut(&str)) -> Result<SpeedRep
 
     progress("one DAPS annealing level");
     let level = daps_level(&net, side)?;
-    let digits_report = digits_daps1k(s.digits_levels, s.digits_data.as_deref(), progress)?;
+    let digits_report = digits_daps1k(
+        s.digits_levels,
+        s.digits_batch,
+        s.digits_data.as_deref(),
+        progress,
+    )?;
 
     let mix = crate::bench::gmm::mixture_prior(80, &dev)?;
     let (mix_ms, mix_frac) = mixture_figure(&mix, gemm_gflops)?;
@@ -645,7 +652,7 @@ fn random_problem(
     Ok((task, m, noise))
 }
 
-/// Held-out digits (9000..) solved as one batch by [`digits_daps1k`].
+/// Held-out digits (9000..) solved as one batch by [`digits_daps1k`] by default.
 pub const DIGITS_BATCH: usize = 10;
 /// The tasks of [`digits_daps1k`].
 pub const DIGITS_TASKS: [&str; 2] = ["phase-retrieval", "gaussian-blur"];
@@ -748,25 +755,26 @@ pub fn digits_ops(figures: &mut BTreeMap<String, f64>) -> Result<()> {
     Ok(())
 }
 
-/// DAPS-1K (each task's preset: 5 Euler steps and 100 Langevin steps per level) on
-/// [`DIGITS_BATCH`] held-out digits as one batch, with `levels` annealing levels instead of
+/// DAPS-1K (each task's preset: 5 Euler steps and 100 Langevin steps per level) on `batch`
+/// held-out digits (9000..) as one batch, with `levels` annealing levels instead of
 /// 200 (same cost per level), timed by part per level. With `data`, writes the digits, each
 /// task's measurement `y_TASK` and D(x, σ = 1) (`d_sigma1`) there, and the presets and task
 /// parameters beside it (same stem, `.json`), for scripts/speed-digits-pytorch.py.
 pub fn digits_daps1k(
     levels: usize,
+    batch: usize,
     data: Option<&Path>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<DigitsReport> {
-    if levels == 0 {
+    if levels == 0 || batch == 0 {
         return Err(crate::Error::config(
-            "digits DAPS-1K figures: levels must be ≥ 1",
+            "digits DAPS-1K figures: levels and batch must be ≥ 1",
         ));
     }
     let dev = Device::Cpu;
     let prior = crate::prior::default::digits(&dev)?;
     let held = crate::prior::default::HELD_OUT.start;
-    let x = crate::data::mnist_range(held..held + DIGITS_BATCH)?
+    let x = crate::data::mnist_range(held..held + batch)?
         .images()
         .clone();
     let shape = x.dims().to_vec();
@@ -783,7 +791,7 @@ pub fn digits_daps1k(
     let mut meta = serde_json::Map::new();
     for (k, name) in DIGITS_TASKS.iter().enumerate() {
         progress(&format!(
-            "DAPS-1K on {DIGITS_BATCH} digits, {name}, {levels} level(s)"
+            "DAPS-1K on {batch} digit(s), {name}, {levels} level(s)"
         ));
         let task = Task::build(
             TaskSpec::defaults(name, 32, 32, &TaskFiles::default())?,
@@ -795,7 +803,10 @@ pub fn digits_daps1k(
             annealing_steps: levels,
             ..crate::task::preset::preset(name, "daps-1k")?
         };
-        let s = split_levels(&prior, &task, &measurement, &cfg, &shape, &mut noise)?;
+        // As `daps solve` runs it: a batch too small to share, on one thread.
+        let s = crate::prior::in_sized_pool(&shape, true, || {
+            split_levels(&prior, &task, &measurement, &cfg, &shape, &mut noise)
+        })?;
         let key = |part: &str| format!("digits_daps1k_{}_{part}", name.replace('-', "_"));
         for (part, v) in [
             ("level_ms", s.total),
@@ -807,7 +818,7 @@ pub fn digits_daps1k(
             figures.insert(key(part), v * 1e3);
         }
         figures.insert(key("solve_estimate_s"), 200.0 * s.total);
-        let calls = (cfg.ode_steps * DIGITS_BATCH) as f64;
+        let calls = (cfg.ode_steps * batch) as f64;
         figures.insert(key("network_gflops"), calls * net_flop / s.network / 1e9);
         let mut p = serde_json::to_value(&cfg).map_err(|e| crate::Error::msg(e.to_string()))?;
         for (k, v) in task.spec().params() {
@@ -844,7 +855,7 @@ pub fn digits_daps1k(
         )?;
     }
     Ok(DigitsReport {
-        digits_daps1k_digits: DIGITS_BATCH,
+        digits_daps1k_digits: batch,
         digits_daps1k_levels: levels,
         figures,
     })

@@ -93,6 +93,10 @@ pub struct SpeedArgs {
     /// one batch; 200 levels in a real solve, each costing the same).
     #[arg(long, default_value_t = 2)]
     pub digits_levels: usize,
+    /// Digits per batch in the digits DAPS-1K figures (held-out digits 9000..; 1 times a
+    /// one-digit solve).
+    #[arg(long, default_value_t = daps::bench::speed::DIGITS_BATCH)]
+    pub digits_batch: usize,
     /// Only the digits DAPS-1K figures (no GEMM, FFHQ-256 or mixture figures).
     #[arg(long)]
     pub digits_only: bool,
@@ -378,6 +382,12 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
     if a.digits_levels == 0 {
         bail!("--digits-levels must be ≥ 1");
     }
+    if a.digits_batch == 0 || a.digits_batch > 1000 {
+        bail!(
+            "--digits-batch must be 1..=1000 (the held-out digits), not {}",
+            a.digits_batch
+        );
+    }
     let dev = daps::device::parse(&a.device)?;
     let gpu = (!dev.is_cpu()).then_some(dev);
     if gpu.is_some() && a.digits_only {
@@ -401,6 +411,7 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
         tiny: a.tiny,
         reps: a.reps,
         digits_levels: a.digits_levels,
+        digits_batch: a.digits_batch,
         digits_data: a.digits_data.clone(),
         gpu,
     };
@@ -500,9 +511,12 @@ pub fn speed(a: SpeedArgs) -> Result<()> {
 /// `bench speed --digits-only`: the digits DAPS-1K figures alone.
 fn speed_digits(a: &SpeedArgs) -> Result<()> {
     use daps::bench::speed::{cpu_model, digits_daps1k};
-    let r = digits_daps1k(a.digits_levels, a.digits_data.as_deref(), &mut |what| {
-        eprintln!("timing {what} …")
-    })?;
+    let r = digits_daps1k(
+        a.digits_levels,
+        a.digits_batch,
+        a.digits_data.as_deref(),
+        &mut |what| eprintln!("timing {what} …"),
+    )?;
     let threads = rayon::current_num_threads();
     println!(
         "{} , {threads} threads; daps {}",
@@ -580,7 +594,7 @@ fn print_digits(r: &daps::bench::speed::DigitsReport) {
     let ratio = |fused: &str, separate: &str| op(separate) / op(fused);
     println!(
         "digits network, per call of {} digits, alternating in this process: out-norms fused {:.2} ms / separate {:.2} ms ({:.2}×), out-convs + residual {:.2} / {:.2} ms ({:.2}×), 32 → 1 output conv direct {:.2} / im2col {:.2} ms ({:.2}×)",
-        r.digits_daps1k_digits,
+        daps::bench::speed::DIGITS_BATCH,
         op("outnorm_fused"),
         op("outnorm_separate"),
         ratio("outnorm_fused", "outnorm_separate"),

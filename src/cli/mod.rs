@@ -41,28 +41,13 @@ impl PromptArgs {
     }
 }
 
-/// Runs `f` on a one-thread pool when a CPU batch of `x_shape` is too small to share over threads
-/// ([`daps::prior::too_small_to_share`]), else here. The results are the same bits either way.
-/// Inside a pool's worker (`eval --jobs` lanes) it runs here: the caller already shares the
-/// cores out, and a worker waiting on another pool would take more of its own jobs meanwhile.
+/// [`daps::prior::in_sized_pool`] for the CLI's solves (typed for their `anyhow` closures).
 pub fn sized_threads<R: Send>(
     x_shape: &[usize],
     on_cpu: bool,
     f: impl FnOnce() -> anyhow::Result<R> + Send,
 ) -> anyhow::Result<R> {
-    let nested = rayon::current_thread_index().is_some();
-    if on_cpu
-        && !nested
-        && rayon::current_num_threads() > 1
-        && daps::prior::too_small_to_share(x_shape)
-    {
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .stack_size(8 << 20)
-            .build()?;
-        return one.install(f);
-    }
-    f()
+    daps::prior::in_sized_pool(x_shape, on_cpu, f)
 }
 
 /// `f` on every item, `jobs` at a time (`--jobs`): `jobs` lanes over rayon's pool, each taking

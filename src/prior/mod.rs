@@ -206,6 +206,24 @@ pub fn too_small_to_share(x_shape: &[usize]) -> bool {
     chains <= CHAINS_PER_PIECE && x_shape.iter().product::<usize>() <= SMALL_BATCH_VALUES
 }
 
+/// Runs `f` on a one-thread pool when a CPU batch of `x_shape` is [`too_small_to_share`], else
+/// here (the results are the same bits either way). Inside a pool's worker it runs here: the
+/// caller already shares the cores out, and a worker waiting on another pool would take more of
+/// its own jobs meanwhile. If the pool cannot be made, `f` runs here.
+pub fn in_sized_pool<R: Send>(x_shape: &[usize], on_cpu: bool, f: impl FnOnce() -> R + Send) -> R {
+    let nested = rayon::current_thread_index().is_some();
+    if on_cpu && !nested && rayon::current_num_threads() > 1 && too_small_to_share(x_shape) {
+        if let Ok(one) = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .stack_size(8 << 20)
+            .build()
+        {
+            return one.install(f);
+        }
+    }
+    f()
+}
+
 /// Runs `f(start, len)` on the batch ranges of [`batch_splits`] in parallel over rayon's pool;
 /// the results come back in order.
 ///
