@@ -542,6 +542,9 @@ struct PrKernel<T: Real> {
     /// Centred index → standard index, per axis: (i + n − ⌊n/2⌋) mod n.
     shift_h: Vec<usize>,
     shift_w: Vec<usize>,
+    /// Standard index → offset of its centred row (·wp) and its centred column.
+    unshift_h: Vec<usize>,
+    unshift_w: Vec<usize>,
     scale: T,
 }
 
@@ -574,6 +577,8 @@ impl<T: Real> PrKernel<T> {
             col_inv: plan(hp, true),
             shift_h: shift(hp),
             shift_w: shift(wp),
+            unshift_h: (0..hp).map(|r| (r + hp / 2) % hp * wp).collect(),
+            unshift_w: (0..wp).map(|c| (c + wp / 2) % wp).collect(),
             scale: cast(1.0 / ((hp * wp) as f64).sqrt()),
         }
     }
@@ -632,6 +637,23 @@ impl<T: Real> PrKernel<T> {
             f(c * hp, mc * hp);
             for r in 1..hp {
                 f(c * hp + r, mc * hp + hp - r);
+            }
+        }
+    }
+
+    /// Calls `f(k, m, ck, cm)` once for each pair of a transposed index k and the index m of −k
+    /// (k = m for the frequencies that are their own mirror), with ck, cm their offsets in a
+    /// centred row-major plane.
+    fn for_each_pair(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+        let (hp, wp) = (self.hp, self.wp);
+        let (uh, uw) = (&self.unshift_h, &self.unshift_w);
+        for c in 0..=wp / 2 {
+            let mc = (wp - c) % wp;
+            // A column that mirrors onto itself pairs rows r and hp − r within it.
+            let rows = if c == mc { hp / 2 + 1 } else { hp };
+            for r in 0..rows {
+                let mr = (hp - r) % hp;
+                f(c * hp + r, mc * hp + mr, uh[r] + uw[c], uh[mr] + uw[mc]);
             }
         }
     }
@@ -720,23 +742,51 @@ impl<T: Real> PrKernel<T> {
 
     /// [`Self::vjp`] at v = A(x) − y, from one transform of x (not one for A(x) and one for
     /// the VJP): the same values, bit for bit, as `forward`, the subtraction, then `vjp`.
+    ///
+    /// Each pair of mirrored frequencies (k, −k) is visited once: the split spectra at −k are
+    /// the conjugates of those at k (exactly: the same sums, negated), so their magnitudes are
+    /// computed once, and the Hermitian parts at k and −k (see [`Self::vjp_tail`]) are written
+    /// straight over the spectrum, with no v·z/|z| planes in between.
     fn residual_vjp(&self, x: [&[T]; 2], y: [&[T]; 2], g: [&mut [T]; 2], ws: &mut PrWork<T>) {
-        let paired = self.load(x, y, ws);
-        let s = self.scale;
-        let (z, wa, wb, ya, yb) = (&ws.b, &mut ws.a, &mut ws.c, &ws.ra, &ws.rb);
-        self.for_each_mirrored(|k, m| {
+        self.transform(x[0], x[1], ws);
+        let paired = !y[1].is_empty();
+        let (s, half) = (self.scale, cast::<T>(0.5));
+        let (z, [ya, yb]) = (&mut ws.b, y);
+        // The Hermitian parts of wa, wb at k (as vjp_tail), packed as one spectrum.
+        let herm = |wk: Complex<T>, wm: Complex<T>, vk: Complex<T>, vm: Complex<T>| {
+            let ha = (wk + wm.conj()) * half;
+            let hb = (vk + vm.conj()) * half;
+            Complex::new(ha.re - hb.im, ha.im + hb.re)
+        };
+        // y is read in place (centred), not scattered into the spectrum's order first.
+        self.for_each_pair(|k, m, ck, cm| {
             let (a, b) = Self::split(z, k, m);
-            if paired {
+            let (wak, wbk, wam, wbm) = if paired {
                 // As `forward` computes each channel's magnitude: from the split spectra.
-                wa[k] = unit(a, abs(a) * s - ya[k]);
-                wb[k] = unit(b, abs(b) * s - yb[k]);
+                let (ra, rb) = (abs(a), abs(b));
+                (
+                    unit_of(a, ra, ra * s - ya[ck]),
+                    unit_of(b, rb, rb * s - yb[ck]),
+                    unit_of(a.conj(), ra, ra * s - ya[cm]),
+                    unit_of(b.conj(), rb, rb * s - yb[cm]),
+                )
             } else {
                 // One channel: `forward` takes the magnitude of the packed spectrum itself.
-                wa[k] = unit(a, abs(z[k]) * s - ya[k]);
-                wb[k] = zero();
+                (
+                    unit(a, abs(z[k]) * s - ya[ck]),
+                    zero(),
+                    unit(a.conj(), abs(z[m]) * s - ya[cm]),
+                    zero(),
+                )
+            };
+            if k == m {
+                z[k] = herm(wak, wak, wbk, wbk);
+            } else {
+                z[k] = herm(wak, wam, wbk, wbm);
+                z[m] = herm(wam, wak, wbm, wbk);
             }
         });
-        self.vjp_tail(g, ws);
+        self.inverse_crop(g, ws);
     }
 
     /// The rest of [`Self::vjp`] from ws.a, ws.c = v·z/|z| per channel.
@@ -749,6 +799,13 @@ impl<T: Real> PrKernel<T> {
             let hb = (wb[k] + wb[m].conj()) * half;
             u[k] = Complex::new(ha.re - hb.im, ha.im + hb.re);
         });
+        self.inverse_crop(g, ws);
+    }
+
+    /// g = the unpadded plane of the inverse transform of ws.b (transposed, standard order),
+    /// real part to the first channel, imaginary to the second, each times ½·scale.
+    fn inverse_crop(&self, g: [&mut [T]; 2], ws: &mut PrWork<T>) {
+        let half = cast::<T>(0.5);
         self.col_inv
             .process_with_scratch(&mut ws.b, &mut ws.scratch);
         transpose(&ws.b, self.wp, self.hp, &mut ws.a);
@@ -779,7 +836,12 @@ fn abs<T: Real>(z: Complex<T>) -> T {
 
 /// v·z/|z| (0 where z = 0).
 fn unit<T: Real>(z: Complex<T>, v: T) -> Complex<T> {
-    let r = abs(z);
+    unit_of(z, abs(z), v)
+}
+
+/// [`unit`] with r = |z| given.
+#[inline(always)]
+fn unit_of<T: Real>(z: Complex<T>, r: T, v: T) -> Complex<T> {
     if r > T::zero() {
         z * (v / r)
     } else {
